@@ -1,0 +1,38 @@
+//! `corral-agent`: the node side of Corral, starting with the sandbox every agent runs tasks in.
+//!
+//! A Corral task is a WASI preview1 command module (any `wasm32-wasip1` program) run under hard
+//! limits. The [`sandbox`] module is the executor: it admits a module (size cap, validation,
+//! one compilation per sha256, compiled code cached on disk), runs it in a fresh store with a
+//! fuel budget, a linear-memory cap, a wall-clock timeout and exactly the WASI capabilities the
+//! task was granted, and reports an [`Outcome`](sandbox::Outcome) with what the run cost.
+//!
+//! The sandbox is the only place in Corral that names wasmtime.
+//!
+//! # Main types
+//! - [`Sandbox`](sandbox::Sandbox): one per process; cheap to clone, safe to share across threads.
+//! - [`RunSpec`](sandbox::RunSpec) and [`Limits`](sandbox::Limits): what one run is given.
+//! - [`RunReport`](sandbox::RunReport) and [`Outcome`](sandbox::Outcome): what happened.
+//!
+//! # Example
+//! ```
+//! use corral_agent::sandbox::{DirGrant, Outcome, RunSpec, Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! // A WASI command that writes "hi\n" to stdout.
+//! let module = br#"(module
+//!   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+//!   (memory (export "memory") 1)
+//!   (data (i32.const 16) "hi\n")
+//!   (func (export "_start")
+//!     (i32.store (i32.const 0) (i32.const 16))
+//!     (i32.store (i32.const 4) (i32.const 3))
+//!     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+//! let spec = RunSpec { program: "hello".into(), ..RunSpec::default() };
+//! let report = sandbox.run(module, &spec)?;
+//! assert_eq!(report.outcome, Outcome::Success);
+//! assert_eq!(report.stdout, b"hi\n");
+//! assert!(report.fuel_used > 0);
+//! # Ok::<(), corral_agent::sandbox::SandboxError>(())
+//! ```
+
+pub mod sandbox;
