@@ -1,1 +1,208 @@
-fn main() {}
+//! kmeans: k-means clustering (k-means++ seeding, then Lloyd's iterations).
+//!
+//! Reads the CSV named by its argument, or stdin when there is none (an optional header row,
+//! then numbers). Clusters the rows on the feature columns (every column but the last) into
+//! `--k` clusters, seeded with `--seed`, iterating until no row changes cluster or
+//! `--max-iter` is reached. Reports the inertia (sum of squared distances to the centres), the
+//! cluster sizes and centres, and the purity of the clusters against the last column taken as
+//! a label. `--json` prints one JSON object with `k`, `iterations`, `converged`, `inertia`,
+//! `sizes`, `centers` and `purity`.
+//!
+//! Run it in Corral, from the repository root:
+//!     $ scripts/build-guests
+//!     $ cargo run --release -p corral -- run --dir-ro examples/data::/data target/wasm/kmeans.wasm /data/iris.csv --k 3
+//!     $ cargo run --release -p corral -- run --stdin examples/data/iris.csv target/wasm/kmeans.wasm --json --k 4 --seed 9
+//! or natively:
+//!     $ cargo run --release -p corral-example-kmeans -- examples/data/iris.csv --k 3
+//!     $ cargo run --release -p corral-example-kmeans -- --json --k 4 --seed 9 < examples/data/iris.csv
+
+use corral_guest::args::Args;
+use corral_guest::json::{self, Object};
+use corral_guest::rng::Rng;
+use corral_guest::{csv, host, input};
+
+fn main() {
+    if let Err(message) = run() {
+        eprintln!("kmeans: {message}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = Args::from_env();
+    let as_json = args.flag("--json");
+    let k: usize = args.value("--k", 3).map_err(|e| e.to_string())?;
+    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
+    let max_iter: usize = args.value("--max-iter", 100).map_err(|e| e.to_string())?;
+    let path = args.positional();
+    args.finish().map_err(|e| e.to_string())?;
+
+    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let (n, f) = (data.rows(), data.features);
+    if k == 0 || k > n {
+        return Err(format!(
+            "--k {k} must be between 1 and the number of rows ({n})"
+        ));
+    }
+
+    let mut centers = seed_centers(&data, k, &mut Rng::new(seed));
+    let mut assignment = vec![usize::MAX; n];
+    let mut iterations = 0;
+    let mut converged = false;
+    while iterations < max_iter {
+        iterations += 1;
+        let mut changed = 0;
+        for (i, slot) in assignment.iter_mut().enumerate() {
+            let (best, _) = nearest(&centers, f, data.row(i));
+            if *slot != best {
+                *slot = best;
+                changed += 1;
+            }
+        }
+        let mut sums = vec![0.0; k * f];
+        let mut counts = vec![0usize; k];
+        for (i, &c) in assignment.iter().enumerate() {
+            counts[c] += 1;
+            for (s, x) in sums[c * f..(c + 1) * f].iter_mut().zip(data.row(i)) {
+                *s += x;
+            }
+        }
+        for c in 0..k {
+            // An emptied cluster keeps its centre.
+            if counts[c] > 0 {
+                for j in 0..f {
+                    centers[c * f + j] = sums[c * f + j] / counts[c] as f64;
+                }
+            }
+        }
+        host::progress(iterations as u64, max_iter as u64);
+        if changed == 0 {
+            converged = true;
+            break;
+        }
+    }
+
+    let inertia: f64 = (0..n).map(|i| nearest(&centers, f, data.row(i)).1).sum();
+    let mut sizes = vec![0usize; k];
+    assignment.iter().for_each(|&c| sizes[c] += 1);
+    let purity = purity(&assignment, &data.y, k);
+    host::metric("inertia", inertia);
+
+    if as_json {
+        let rows: Vec<String> = centers.chunks(f).map(json::array).collect();
+        let centers_json = format!("[{}]", rows.join(","));
+        let sizes_f: Vec<f64> = sizes.iter().map(|&s| s as f64).collect();
+        let json = Object::new()
+            .integer("k", k as i64)
+            .integer("iterations", iterations as i64)
+            .boolean("converged", converged)
+            .number("inertia", inertia)
+            .numbers("sizes", &sizes_f)
+            .raw("centers", &centers_json)
+            .number("purity", purity)
+            .finish();
+        println!("{json}");
+    } else {
+        println!("kmeans: k={k} on {n} rows x {f} features (seed {seed})");
+        if converged {
+            println!("converged after {iterations} iterations");
+        } else {
+            println!("stopped at --max-iter {max_iter} before converging");
+        }
+        println!("inertia {inertia:.6}");
+        for c in 0..k {
+            let center: Vec<String> = centers[c * f..(c + 1) * f]
+                .iter()
+                .map(|v| format!("{v:.4}"))
+                .collect();
+            println!(
+                "cluster {c}: {:>7} rows, centre [{}]",
+                sizes[c],
+                center.join(", ")
+            );
+        }
+        println!("purity against {}: {purity:.6}", data.target_name());
+    }
+    Ok(())
+}
+
+/// k-means++: the first centre uniformly, each next one with probability proportional to the
+/// squared distance to the nearest centre chosen so far.
+fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
+    let (n, f) = (data.rows(), data.features);
+    let mut centers = Vec::with_capacity(k * f);
+    centers.extend_from_slice(data.row(rng.below(n)));
+    let mut distance: Vec<f64> = (0..n)
+        .map(|i| squared(data.row(i), &centers[..f]))
+        .collect();
+    while centers.len() < k * f {
+        let total: f64 = distance.iter().sum();
+        let pick = if total > 0.0 {
+            let mut target = rng.next_f64() * total;
+            let mut chosen = n - 1;
+            for (i, d) in distance.iter().enumerate() {
+                if target < *d {
+                    chosen = i;
+                    break;
+                }
+                target -= d;
+            }
+            chosen
+        } else {
+            rng.below(n)
+        };
+        let start = centers.len();
+        centers.extend_from_slice(data.row(pick));
+        for (i, d) in distance.iter_mut().enumerate() {
+            *d = d.min(squared(data.row(i), &centers[start..start + f]));
+        }
+    }
+    centers
+}
+
+/// The nearest centre to `x` and the squared distance to it.
+fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (c, center) in centers.chunks(f).enumerate() {
+        let d = squared(x, center);
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    best
+}
+
+fn squared(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// The fraction of rows whose label is the most common label of their cluster.
+fn purity(assignment: &[usize], labels: &[f64], k: usize) -> f64 {
+    let mut counts: Vec<Vec<(f64, usize)>> = vec![Vec::new(); k];
+    for (&c, &label) in assignment.iter().zip(labels) {
+        match counts[c].iter_mut().find(|(l, _)| *l == label) {
+            Some(entry) => entry.1 += 1,
+            None => counts[c].push((label, 1)),
+        }
+    }
+    let majority: usize = counts
+        .iter()
+        .map(|c| c.iter().map(|(_, n)| *n).max().unwrap_or(0))
+        .sum();
+    majority as f64 / assignment.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purity_counts_majority_labels() {
+        assert_eq!(purity(&[0, 0, 1, 1], &[5.0, 5.0, 6.0, 7.0], 2), 0.75);
+    }
+
+    #[test]
+    fn nearest_picks_the_closest_centre() {
+        assert_eq!(nearest(&[0.0, 0.0, 10.0, 10.0], 2, &[9.0, 9.0]), (1, 2.0));
+    }
+}

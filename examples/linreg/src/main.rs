@@ -1,1 +1,192 @@
-fn main() {}
+//! linreg: least-squares linear regression from a CSV's feature columns to its last column.
+//!
+//! Reads the CSV named by its argument, or stdin when there is none (an optional header row,
+//! then numbers; the last column is the target). Shuffles the rows with `--seed`, holds out
+//! `--test-fraction` of them, fits the rest by the normal equations (Cholesky), and reports the
+//! coefficients and the held-out mean squared error. `--json` prints one JSON object with
+//! `intercept`, `coefficients`, `train_rows`, `test_rows` and `test_mse`.
+//!
+//! Run it in Corral, from the repository root:
+//!     $ scripts/build-guests
+//!     $ cargo run --release -p corral -- run --dir-ro examples/data::/data target/wasm/linreg.wasm /data/iris.csv
+//!     $ cargo run --release -p corral -- run --stdin examples/data/iris.csv target/wasm/linreg.wasm --json --seed 7
+//! or natively:
+//!     $ cargo run --release -p corral-example-linreg -- examples/data/iris.csv
+//!     $ cargo run --release -p corral-example-linreg -- --json --seed 7 < examples/data/iris.csv
+
+use corral_guest::args::Args;
+use corral_guest::json::Object;
+use corral_guest::{csv, host, input};
+
+fn main() {
+    if let Err(message) = run() {
+        eprintln!("linreg: {message}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = Args::from_env();
+    let as_json = args.flag("--json");
+    let test_fraction: f64 = args
+        .value("--test-fraction", 0.2)
+        .map_err(|e| e.to_string())?;
+    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
+    let path = args.positional();
+    args.finish().map_err(|e| e.to_string())?;
+
+    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let (train, test) = data.split(test_fraction, seed)?;
+    let p = data.features + 1;
+    if train.len() < p {
+        return Err(format!(
+            "{} training rows cannot fit {} coefficients",
+            train.len(),
+            p
+        ));
+    }
+    host::info(&format!(
+        "fitting {} coefficients on {} rows",
+        p,
+        train.len()
+    ));
+
+    // Normal equations: (Z'Z) b = Z'y with Z = [1, x].
+    let mut ztz = vec![0.0; p * p];
+    let mut zty = vec![0.0; p];
+    let mut z = vec![1.0; p];
+    for (n, &i) in train.iter().enumerate() {
+        z[1..].copy_from_slice(data.row(i));
+        let y = data.y[i];
+        for a in 0..p {
+            zty[a] += z[a] * y;
+            for b in 0..=a {
+                ztz[a * p + b] += z[a] * z[b];
+            }
+        }
+        if n % 65536 == 0 {
+            host::progress(n as u64, train.len() as u64);
+        }
+    }
+    let beta = solve_cholesky(&mut ztz, &zty, p).ok_or_else(|| {
+        "the feature columns are collinear: least squares has no unique solution".to_string()
+    })?;
+    host::progress(train.len() as u64, train.len() as u64);
+
+    let test_mse = if test.is_empty() {
+        None
+    } else {
+        let sum: f64 = test
+            .iter()
+            .map(|&i| {
+                let prediction = beta[0]
+                    + data
+                        .row(i)
+                        .iter()
+                        .zip(&beta[1..])
+                        .map(|(x, b)| x * b)
+                        .sum::<f64>();
+                (data.y[i] - prediction) * (data.y[i] - prediction)
+            })
+            .sum();
+        Some(sum / test.len() as f64)
+    };
+    if let Some(mse) = test_mse {
+        host::metric("test_mse", mse);
+    }
+
+    if as_json {
+        let json = Object::new()
+            .number("intercept", beta[0])
+            .numbers("coefficients", &beta[1..])
+            .integer("train_rows", train.len() as i64)
+            .integer("test_rows", test.len() as i64)
+            .optional_number("test_mse", test_mse)
+            .finish();
+        println!("{json}");
+    } else {
+        println!(
+            "linreg: least squares of {} on {} features",
+            data.target_name(),
+            data.features
+        );
+        println!(
+            "rows: {} train, {} test (test fraction {}, seed {})",
+            train.len(),
+            test.len(),
+            test_fraction,
+            seed
+        );
+        println!("{:<16}{:>14.6}", "intercept", beta[0]);
+        for (name, b) in data.feature_names().iter().zip(&beta[1..]) {
+            println!("{name:<16}{b:>14.6}");
+        }
+        match test_mse {
+            Some(mse) => println!("{:<16}{:>14.6}", "test MSE", mse),
+            None => println!("test MSE: no test rows"),
+        }
+    }
+    Ok(())
+}
+
+/// Solves `A x = b` for symmetric positive definite `A` (lower triangle used, `n` x `n`,
+/// row-major), overwriting `A` with its Cholesky factor. `None` when `A` is not positive
+/// definite (collinear features).
+fn solve_cholesky(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
+    let scale = (0..n).map(|i| a[i * n + i].abs()).fold(0.0, f64::max);
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if !(d > scale * 1e-12) {
+            return None;
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    // L y = b, then L' x = y.
+    let mut y = vec![0.0; n];
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= a[i * n + k] * y[k];
+        }
+        y[i] = s / a[i * n + i];
+    }
+    let mut x = vec![0.0; n];
+    for i in (0..n).rev() {
+        let mut s = y[i];
+        for k in i + 1..n {
+            s -= a[k * n + i] * x[k];
+        }
+        x[i] = s / a[i * n + i];
+    }
+    Some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solves_a_known_system() {
+        // [[4, 2], [2, 3]] x = [2, 1]  =>  x = [0.5, 0]
+        let mut a = vec![4.0, 0.0, 2.0, 3.0];
+        let x = solve_cholesky(&mut a, &[2.0, 1.0], 2).unwrap();
+        assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12, "{x:?}");
+    }
+
+    #[test]
+    fn refuses_a_singular_system() {
+        let mut a = vec![1.0, 0.0, 1.0, 1.0];
+        assert!(solve_cholesky(&mut a, &[1.0, 1.0], 2).is_none());
+    }
+}

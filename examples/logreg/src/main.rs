@@ -1,1 +1,241 @@
-fn main() {}
+//! logreg: multinomial logistic (softmax) regression by batch gradient descent.
+//!
+//! Reads the CSV named by its argument, or stdin when there is none (an optional header row,
+//! then numbers; the last column is the class index 0, 1, 2...). Standardises the features on
+//! the training rows, runs `--epochs` steps of gradient descent on the mean cross-entropy with
+//! `--learning-rate`, and reports the loss and the train and test accuracy. `--json` prints one
+//! JSON object with `classes`, `epochs`, `loss`, `train_accuracy`, `test_accuracy`,
+//! `train_rows` and `test_rows`. The softmax uses `corral_guest::math::exp`, so wasm and native
+//! builds print the same digits.
+//!
+//! Run it in Corral, from the repository root:
+//!     $ scripts/build-guests
+//!     $ cargo run --release -p corral -- run --dir-ro examples/data::/data target/wasm/logreg.wasm /data/iris.csv
+//!     $ cargo run --release -p corral -- run --stdin examples/data/iris.csv target/wasm/logreg.wasm --json --epochs 100
+//! or natively:
+//!     $ cargo run --release -p corral-example-logreg -- examples/data/iris.csv
+//!     $ cargo run --release -p corral-example-logreg -- --json --epochs 100 < examples/data/iris.csv
+
+use corral_guest::args::Args;
+use corral_guest::json::Object;
+use corral_guest::{csv, host, input, math};
+
+fn main() {
+    if let Err(message) = run() {
+        eprintln!("logreg: {message}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = Args::from_env();
+    let as_json = args.flag("--json");
+    let epochs: usize = args.value("--epochs", 300).map_err(|e| e.to_string())?;
+    let learning_rate: f64 = args
+        .value("--learning-rate", 0.5)
+        .map_err(|e| e.to_string())?;
+    let test_fraction: f64 = args
+        .value("--test-fraction", 0.2)
+        .map_err(|e| e.to_string())?;
+    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
+    let path = args.positional();
+    args.finish().map_err(|e| e.to_string())?;
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        return Err(format!("--learning-rate {learning_rate} must be positive"));
+    }
+
+    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let labels = class_labels(&data.y)?;
+    let classes = labels.iter().max().map_or(0, |m| m + 1);
+    if classes < 2 {
+        return Err("the target has a single class: nothing to separate".into());
+    }
+    let (train, test) = data.split(test_fraction, seed)?;
+    if train.is_empty() {
+        return Err("no training rows".into());
+    }
+
+    // Standardise with the training rows' mean and deviation.
+    let f = data.features;
+    let mut mean = vec![0.0; f];
+    let mut std = vec![0.0; f];
+    for &i in &train {
+        for (m, x) in mean.iter_mut().zip(data.row(i)) {
+            *m += x;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= train.len() as f64);
+    for &i in &train {
+        for ((s, m), x) in std.iter_mut().zip(&mean).zip(data.row(i)) {
+            *s += (x - m) * (x - m);
+        }
+    }
+    std.iter_mut().for_each(|s| {
+        *s = if *s > 0.0 {
+            (*s / train.len() as f64).sqrt()
+        } else {
+            1.0
+        }
+    });
+    let z = |i: usize, out: &mut [f64]| {
+        out[0] = 1.0;
+        for (j, x) in data.row(i).iter().enumerate() {
+            out[j + 1] = (x - mean[j]) / std[j];
+        }
+    };
+
+    let p = f + 1;
+    let mut weights = vec![0.0; classes * p];
+    let mut gradient = vec![0.0; classes * p];
+    let mut row = vec![0.0; p];
+    let mut probabilities = vec![0.0; classes];
+    let mut loss = 0.0;
+    for epoch in 0..epochs {
+        gradient.iter_mut().for_each(|g| *g = 0.0);
+        loss = 0.0;
+        for &i in &train {
+            z(i, &mut row);
+            softmax(&weights, &row, &mut probabilities);
+            loss -= math::ln(probabilities[labels[i]].max(1e-300));
+            for (k, pk) in probabilities.iter().enumerate() {
+                let error = pk - if k == labels[i] { 1.0 } else { 0.0 };
+                for (g, x) in gradient[k * p..(k + 1) * p].iter_mut().zip(&row) {
+                    *g += error * x;
+                }
+            }
+        }
+        loss /= train.len() as f64;
+        let step = learning_rate / train.len() as f64;
+        for (w, g) in weights.iter_mut().zip(&gradient) {
+            *w -= step * g;
+        }
+        host::progress(epoch as u64 + 1, epochs as u64);
+        host::metric("loss", loss);
+    }
+
+    let accuracy = |rows: &[usize]| -> Option<f64> {
+        if rows.is_empty() {
+            return None;
+        }
+        let mut row = vec![0.0; p];
+        let mut probabilities = vec![0.0; classes];
+        let correct = rows
+            .iter()
+            .filter(|&&i| {
+                z(i, &mut row);
+                softmax(&weights, &row, &mut probabilities);
+                argmax(&probabilities) == labels[i]
+            })
+            .count();
+        Some(correct as f64 / rows.len() as f64)
+    };
+    let train_accuracy = accuracy(&train);
+    let test_accuracy = accuracy(&test);
+
+    if as_json {
+        let json = Object::new()
+            .integer("classes", classes as i64)
+            .integer("epochs", epochs as i64)
+            .number("loss", loss)
+            .optional_number("train_accuracy", train_accuracy)
+            .optional_number("test_accuracy", test_accuracy)
+            .integer("train_rows", train.len() as i64)
+            .integer("test_rows", test.len() as i64)
+            .finish();
+        println!("{json}");
+    } else {
+        println!(
+            "logreg: softmax regression of {} ({} classes) on {} features",
+            data.target_name(),
+            classes,
+            f
+        );
+        println!(
+            "rows: {} train, {} test (test fraction {}, seed {})",
+            train.len(),
+            test.len(),
+            test_fraction,
+            seed
+        );
+        println!("epochs: {epochs}, learning rate {learning_rate}");
+        println!("{:<16}{:>10.6}", "loss", loss);
+        for (name, value) in [
+            ("train accuracy", train_accuracy),
+            ("test accuracy", test_accuracy),
+        ] {
+            match value {
+                Some(a) => println!("{name:<16}{a:>10.6}"),
+                None => println!("{name:<16}{:>10}", "n/a"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The class index of each target, which must be a whole number from 0.
+fn class_labels(y: &[f64]) -> Result<Vec<usize>, String> {
+    y.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+                Ok(v as usize)
+            } else {
+                Err(format!(
+                    "target {v} of data row {} is not a class index 0, 1, 2...",
+                    i + 1
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Class probabilities for one standardised row.
+fn softmax(weights: &[f64], row: &[f64], out: &mut [f64]) {
+    let p = row.len();
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = weights[k * p..(k + 1) * p]
+            .iter()
+            .zip(row)
+            .map(|(w, x)| w * x)
+            .sum();
+    }
+    let max = out.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for o in out.iter_mut() {
+        *o = math::exp(*o - max);
+        sum += *o;
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
+}
+
+fn argmax(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_must_be_class_indices() {
+        assert_eq!(class_labels(&[0.0, 2.0, 1.0]).unwrap(), vec![0, 2, 1]);
+        assert!(class_labels(&[0.0, 1.5])
+            .unwrap_err()
+            .contains("data row 2"));
+        assert!(class_labels(&[-1.0]).is_err());
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_favours_the_larger_logit() {
+        let mut out = [0.0; 2];
+        softmax(&[0.0, 0.0, 1.0, 0.0], &[1.0, 0.0], &mut out);
+        assert!((out[0] + out[1] - 1.0).abs() < 1e-15);
+        assert_eq!(argmax(&out), 1);
+    }
+}
