@@ -61,15 +61,11 @@ pub struct RunArgs {
     quiet: bool,
 
     /// Cache compiled code in DIR [default: $XDG_CACHE_HOME/corral or ~/.cache/corral].
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "CORRAL_CACHE_DIR",
-        conflicts_with = "no_cache"
-    )]
+    #[arg(long, value_name = "DIR", env = "CORRAL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
-    /// Do not read or write the compiled-code cache.
+    /// Do not read or write the compiled-code cache (overrides --cache-dir and
+    /// CORRAL_CACHE_DIR).
     #[arg(long)]
     no_cache: bool,
 

@@ -54,6 +54,8 @@ pub struct SandboxConfig {
     /// Largest module accepted, in bytes (binary or text form).
     pub max_module_bytes: u64,
     /// Where compiled code is cached across processes; `None` disables the on-disk cache.
+    /// wasmtime's cache lives in its own subdirectory, [`WASMTIME_CACHE_SUBDIR`], because it
+    /// prunes files it does not recognise in its directory.
     pub cache_dir: Option<PathBuf>,
     /// Compiled modules kept in memory, most recently admitted first out last.
     pub max_cached_modules: usize,
@@ -65,6 +67,9 @@ pub struct SandboxConfig {
     /// instruction budget (the timeout still holds) and report `fuel_used` 0.
     pub fuel_metering: bool,
 }
+
+/// The subdirectory of [`SandboxConfig::cache_dir`] that wasmtime's compiled-code cache owns.
+pub const WASMTIME_CACHE_SUBDIR: &str = "wasmtime";
 
 impl SandboxConfig {
     /// Default module size cap: 64 MiB.
@@ -275,13 +280,14 @@ impl Sandbox {
             .shared_memory(false);
         let disk_cache = match &config.cache_dir {
             Some(dir) => {
+                let dir = dir.join(WASMTIME_CACHE_SUBDIR);
                 let cache_error = |message: String| SandboxError::Cache {
                     path: dir.clone(),
                     message,
                 };
-                std::fs::create_dir_all(dir).map_err(|e| cache_error(e.to_string()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| cache_error(e.to_string()))?;
                 let mut cache_config = CacheConfig::new();
-                cache_config.with_directory(dir);
+                cache_config.with_directory(&dir);
                 let cache = Cache::new(cache_config).map_err(|e| cache_error(format!("{e:#}")))?;
                 wasm.cache(Some(cache.clone()));
                 Some(cache)

@@ -1,0 +1,300 @@
+//! `corral run` as a user runs it: a real process, its stdout, stderr and exit status.
+
+use std::path::{Path, PathBuf};
+
+use corral_tests::{bin, corral_json, run};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "hello\n")
+  (data (i32.const 96) "oops\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 96))
+    (i32.store (i32.const 4) (i32.const 5))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+#[test]
+fn text_output_separates_guest_output_from_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "hello.wat", HELLO);
+    let out = run(
+        &bin("corral"),
+        &["run", module.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"hello\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let mut lines = stderr.lines();
+    assert_eq!(lines.next(), Some("oops"));
+    let summary = lines.next().unwrap();
+    assert!(
+        summary.starts_with("corral: success fuel_used="),
+        "{summary}"
+    );
+    assert!(summary.contains("peak_memory=64.0KiB"), "{summary}");
+
+    let quiet = run(
+        &bin("corral"),
+        &["run", "-q", module.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(quiet.stderr, b"oops\n");
+}
+
+#[test]
+fn json_output_has_every_documented_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "hello.wat", HELLO);
+    let (report, status) = corral_json(&[], &module, &[], dir.path());
+    assert_eq!(status, 0);
+    for field in [
+        "outcome",
+        "exit_code",
+        "message",
+        "fuel_used",
+        "peak_memory_bytes",
+        "wall_ms",
+        "cached",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+        "stderr_truncated",
+    ] {
+        assert!(report.get(field).is_some(), "missing {field} in {report}");
+    }
+    assert_eq!(report["outcome"], "success");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["message"], serde_json::Value::Null);
+    assert_eq!(report["stdout"], "hello\n");
+    assert_eq!(report["stderr"], "oops\n");
+    assert_eq!(report["peak_memory_bytes"], 65536);
+    assert!(report["fuel_used"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn each_outcome_has_its_documented_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &[&str], &str, i32)] = &[
+        (
+            "exit.wat",
+            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))
+               (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))"#,
+            &[],
+            "exit",
+            7,
+        ),
+        (
+            "spin.wat",
+            r#"(module (func (export "_start") (loop br 0)))"#,
+            &["--fuel", "10000"],
+            "out_of_fuel",
+            130,
+        ),
+        (
+            "spin2.wat",
+            r#"(module (func (export "_start") (loop br 0)))"#,
+            &["--fuel", "1000000000000000", "--timeout", "200ms"],
+            "timeout",
+            132,
+        ),
+        (
+            "grow.wat",
+            r#"(module (memory 1) (func (export "_start") (loop (drop (memory.grow (i32.const 1))) br 0)))"#,
+            &["--memory", "1MiB", "--fuel", "100000"],
+            "memory_limit",
+            131,
+        ),
+        (
+            "deep.wat",
+            r#"(module (func $f (call $f)) (func (export "_start") (call $f)))"#,
+            &[],
+            "stack_overflow",
+            129,
+        ),
+        (
+            "trap.wat",
+            r#"(module (func (export "_start") unreachable))"#,
+            &[],
+            "trap",
+            128,
+        ),
+        (
+            "link.wat",
+            r#"(module (import "env" "nope" (func)) (func (export "_start")))"#,
+            &[],
+            "link_error",
+            127,
+        ),
+        (
+            "bad.wat",
+            "(module (func (export \"_start\") i32.add))",
+            &[],
+            "invalid_module",
+            126,
+        ),
+    ];
+    for (name, text, flags, outcome, status) in cases {
+        let module = write(dir.path(), name, text);
+        let (report, code) = corral_json(flags, &module, &[], dir.path());
+        assert_eq!(report["outcome"], *outcome, "{name}: {report}");
+        assert_eq!(code, *status, "{name}");
+        if matches!(*outcome, "trap" | "link_error" | "invalid_module") {
+            assert!(
+                report["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_process_reuses_the_compiled_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "hello.wat", HELLO);
+    let cache = dir.path().join("cache");
+    let (first, _) = corral_json(
+        &["--cache-dir", cache.to_str().unwrap()],
+        &module,
+        &[],
+        dir.path(),
+    );
+    let (second, _) = corral_json(
+        &["--cache-dir", cache.to_str().unwrap()],
+        &module,
+        &[],
+        dir.path(),
+    );
+    assert_eq!(first["cached"], false);
+    assert_eq!(second["cached"], true);
+    let (uncached, _) = corral_json(&["--no-cache"], &module, &[], dir.path());
+    assert_eq!(uncached["cached"], false);
+}
+
+#[test]
+fn env_args_and_stdin_reach_the_guest_and_nothing_else_does() {
+    // Exits with env count + 10 * arg count.
+    let counter = r#"(module
+      (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "args_sizes_get" (func $args (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $env (i32.const 0) (i32.const 4)))
+        (drop (call $args (i32.const 8) (i32.const 12)))
+        (call $exit (i32.add (i32.load (i32.const 0)) (i32.mul (i32.load (i32.const 8)) (i32.const 10))))))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "count.wat", counter);
+    let (report, code) = corral_json(&[], &module, &[], dir.path());
+    assert_eq!((report["outcome"].as_str(), code), (Some("exit"), 10));
+    let (_, code) = corral_json(
+        &["--env", "A=1", "--env", "PATH"],
+        &module,
+        &["x", "--y"],
+        dir.path(),
+    );
+    assert_eq!(code, 32);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "hello.wat", HELLO);
+    let corral = bin("corral");
+
+    let out = run(
+        &corral,
+        &["run", "--memory", "lots", module.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(134));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"lots\" is not a size"));
+
+    let out = run(
+        &corral,
+        &["run", "--frobnicate", module.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(134));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+
+    let out = run(&corral, &["run", "missing.wasm"], None, dir.path());
+    assert_eq!(out.status.code(), Some(133));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read module missing.wasm"));
+
+    let out = run(
+        &corral,
+        &[
+            "run",
+            "--dir",
+            "/nonexistent/corral::/data",
+            module.to_str().unwrap(),
+        ],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(133));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/corral"));
+
+    let out = run(
+        &corral,
+        &["run", "--env", "NO_SUCH_VAR_X1", module.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(133));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_VAR_X1"));
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(
+        &garbage,
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0xff, 0xff],
+    )
+    .unwrap();
+    let (report, code) = corral_json(&[], &garbage, &[], dir.path());
+    assert_eq!(
+        (report["outcome"].as_str(), code),
+        (Some("invalid_module"), 126)
+    );
+}
+
+#[test]
+fn version_and_help_succeed_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = run(&bin("corral"), &["--version"], None, dir.path());
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap().trim(),
+        format!("corral {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = run(&bin("corral"), &["run", "--help"], None, dir.path());
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in [
+        "--env",
+        "--dir",
+        "--dir-ro",
+        "--fuel",
+        "--memory",
+        "--timeout",
+        "--stdin",
+        "--max-output",
+        "--output",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}");
+    }
+}
