@@ -527,27 +527,14 @@ fn many_runs_at_once_are_safe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_runs_go_to_blocking_threads() {
     let module: Arc<[u8]> = Arc::from(HELLO.as_bytes());
-    let runs = (0..8).map(|_| sandbox().run_async(module.clone(), spec()));
-    for report in futures_join_all(runs).await {
-        let report = report.unwrap();
+    let runs: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(sandbox().run_async(module.clone(), spec())))
+        .collect();
+    for run in runs {
+        let report = run.await.unwrap().unwrap();
         assert_eq!(report.outcome, Outcome::Success);
         assert_eq!(report.stdout, b"hello\n");
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for handle in handles {
-        out.push(handle.await.unwrap());
-    }
-    out
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //!
 //! Both are accurate to about one unit in the last place.
 
-const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+const LN2_HI: f64 = 0.693_147_180_369_123_8;
 const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 
 /// e raised to `x`.

@@ -139,7 +139,7 @@ fn solve_cholesky(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
         for k in 0..j {
             d -= a[j * n + k] * a[j * n + k];
         }
-        if !(d > scale * 1e-12) {
+        if d.is_nan() || d <= scale * 1e-12 {
             return None;
         }
         let d = d.sqrt();

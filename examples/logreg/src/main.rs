@@ -40,7 +40,7 @@ fn run() -> Result<(), String> {
     let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
     let path = args.positional();
     args.finish().map_err(|e| e.to_string())?;
-    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+    if !learning_rate.is_finite() || learning_rate <= 0.0 {
         return Err(format!("--learning-rate {learning_rate} must be positive"));
     }
 
