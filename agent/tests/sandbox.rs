@@ -555,3 +555,43 @@ fn compiled_code_is_reused_in_process_and_from_the_disk_cache() {
     assert_eq!(report.outcome, Outcome::Success);
     assert!(report.cached);
 }
+
+#[test]
+fn runs_beyond_the_pool_wait_for_a_slot_and_all_finish() {
+    let small = Sandbox::new(SandboxConfig {
+        pool_slots: Some(2),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    // Each run holds its slot for about 50 ms (a host sleep), so eight runs must queue.
+    let sleeper = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 200) "done\n")
+      (func (export "_start")
+        (i32.store8 (i32.const 8) (i32.const 0))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const 50000000))
+        (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+        (i32.store (i32.const 300) (i32.const 200))
+        (i32.store (i32.const 304) (i32.const 5))
+        (drop (call $fd_write (i32.const 1) (i32.const 300) (i32.const 1) (i32.const 308)))))"#;
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| small.run(sleeper.as_bytes(), &spec()).unwrap()))
+            .collect();
+        for run in runs {
+            let report = run.join().unwrap();
+            assert_eq!(report.outcome, Outcome::Success);
+            assert_eq!(report.stdout, b"done\n");
+        }
+    });
+    // Two at a time, four rounds of at least 50 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -16,9 +16,9 @@ pub(crate) struct Limiter {
 }
 
 /// Memories a module may define; Rust and C guests have one.
-const MAX_MEMORIES: usize = 4;
+pub(crate) const MAX_MEMORIES: usize = 4;
 /// Tables a module may define.
-const MAX_TABLES: usize = 16;
+pub(crate) const MAX_TABLES: usize = 16;
 
 impl Limiter {
     pub(crate) fn new(memory_cap: u64, table_cap: u32) -> Self {
