@@ -37,8 +37,8 @@ impl Dataset {
         &self.names[self.features]
     }
 
-    /// Splits the row indices into (train, test) after a shuffle seeded with `seed`: the test
-    /// set is `test_fraction` of the rows, rounded (0 gives no test rows).
+    /// Splits the row indices into (train, test) at random, seeded with `seed`: the test set is
+    /// `test_fraction` of the rows, rounded (0 gives no test rows). Each set is in row order.
     ///
     /// ```
     /// let data = corral_guest::csv::parse("1,0\n2,0\n3,1\n4,1\n5,1\n").unwrap();
@@ -53,7 +53,11 @@ impl Dataset {
         let mut order: Vec<usize> = (0..self.rows()).collect();
         crate::rng::Rng::new(seed).shuffle(&mut order);
         let test_rows = (self.rows() as f64 * test_fraction).round() as usize;
-        let train = order.split_off(test_rows);
+        let mut train = order.split_off(test_rows);
+        // Which rows go where is random; visiting them in file order keeps memory access
+        // sequential, which matters on large data sets.
+        train.sort_unstable();
+        order.sort_unstable();
         Ok((train, order))
     }
 }
@@ -79,8 +83,53 @@ impl fmt::Display for CsvError {
 
 impl std::error::Error for CsvError {}
 
-fn number(field: &str) -> Option<f64> {
-    field.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+/// Exact powers of ten: every one up to 1e22 is representable in an f64.
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Clinger's fast path for plain decimals (`-12.345`, `7`, `0.5`): when the digits form an
+/// integer below 2^53 and the decimal exponent is at most 22, the value is that integer times
+/// or divided by an exact power of ten, and one IEEE operation rounds it correctly, so the
+/// result is the same bits `str::parse` gives. `None` (use `str::parse`) for anything else:
+/// exponents, more digits, `inf`, malformed text.
+///
+/// `str::parse` handles every case but needs 64x64->128-bit multiplications, which wasm32
+/// emulates; this path makes reading a numeric CSV about twice as fast in wasm.
+fn fast_decimal(text: &str) -> Option<f64> {
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.first()? {
+        b'-' => (true, &bytes[1..]),
+        b'+' => (false, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut fraction_digits = 0usize;
+    let mut seen_point = false;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                count += 1;
+                if count > 15 {
+                    // 15 digits always fit below 2^53; more may not.
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                if seen_point {
+                    fraction_digits += 1;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None,
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let value = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
+    Some(if negative { -value } else { value })
 }
 
 /// Parses numeric CSV. The first non-blank line is a header when any of its fields is not a
@@ -94,19 +143,34 @@ fn number(field: &str) -> Option<f64> {
 /// assert_eq!(err.to_string(), "line 3: field 2 \"x\" is not a finite number");
 /// ```
 pub fn parse(text: &str) -> Result<Dataset, CsvError> {
+    // One pass over the bytes with plain loops: `str::split` costs several times more per
+    // field in wasm, and a CSV is mostly short fields.
+    let bytes = text.as_bytes();
     let mut names: Option<Vec<String>> = None;
     let mut columns = 0;
     let mut first_line = 0;
     let mut x = Vec::new();
     let mut y = Vec::new();
-    for (index, raw) in text.split('\n').enumerate() {
-        let line = index + 1;
-        let row = raw.strip_suffix('\r').unwrap_or(raw);
-        if row.trim().is_empty() {
+    let mut line = 0;
+    let mut pos = 0;
+    while pos < bytes.len() {
+        line += 1;
+        let mut end = pos;
+        while end < bytes.len() && bytes[end] != b'\n' {
+            end += 1;
+        }
+        let mut row = &bytes[pos..end];
+        pos = end + 1;
+        if let [rest @ .., b'\r'] = row {
+            row = rest;
+        }
+        if row.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         if columns == 0 {
-            columns = row.split(',').count();
+            // The first row: its width, and whether it is a header (rare path, so str is fine).
+            let first = std::str::from_utf8(row).unwrap_or_default();
+            columns = first.split(',').count();
             first_line = line;
             if columns < 2 {
                 return Err(CsvError {
@@ -114,38 +178,17 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
                     message: "need at least two columns: features, then the target".into(),
                 });
             }
-            if row.split(',').any(|f| number(f).is_none()) {
+            if first.split(',').any(|f| number(f).is_none()) {
                 names = Some(
-                    row.split(',')
+                    first
+                        .split(',')
                         .map(|f| f.trim().trim_matches('"').to_string())
                         .collect(),
                 );
                 continue;
             }
         }
-        let mut count = 0;
-        for (i, field) in row.split(',').enumerate() {
-            count += 1;
-            if count > columns {
-                break;
-            }
-            let value = number(field).ok_or_else(|| CsvError {
-                line,
-                message: format!("field {} {:?} is not a finite number", i + 1, field.trim()),
-            })?;
-            if i + 1 == columns {
-                y.push(value);
-            } else {
-                x.push(value);
-            }
-        }
-        if count != columns {
-            let count = row.split(',').count();
-            return Err(CsvError {
-                line,
-                message: format!("{count} fields, but line {first_line} has {columns}"),
-            });
-        }
+        parse_row(row, line, columns, first_line, &mut x, &mut y)?;
     }
     if y.is_empty() {
         return Err(CsvError {
@@ -168,9 +211,141 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
     })
 }
 
+/// Parses one data row into `x` (features) and `y` (target) in a single pass over its bytes:
+/// plain decimals are accumulated digit by digit as they are scanned; any other field (spaces,
+/// exponents, `inf`, garbage) goes to [`number`], which gives the same value or the error.
+fn parse_row(
+    row: &[u8],
+    line: usize,
+    columns: usize,
+    first_line: usize,
+    x: &mut Vec<f64>,
+    y: &mut Vec<f64>,
+) -> Result<(), CsvError> {
+    let mut field = 0;
+    let mut start = 0;
+    let mut mantissa: u64 = 0;
+    let mut digits = 0usize;
+    let mut fraction_digits = 0usize;
+    let mut seen_point = false;
+    let mut negative = false;
+    let mut plain = true;
+    let mut i = 0;
+    loop {
+        let b = if i < row.len() { row[i] } else { b',' };
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                digits += 1;
+                fraction_digits += seen_point as usize;
+            }
+            b'.' if !seen_point => seen_point = true,
+            b'-' if i == start => negative = true,
+            b'+' if i == start => {}
+            b',' => {
+                field += 1;
+                if field > columns {
+                    break;
+                }
+                let value = if plain && digits > 0 && digits <= 15 {
+                    let v = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
+                    if negative {
+                        -v
+                    } else {
+                        v
+                    }
+                } else {
+                    // `row` is a str cut at ASCII bytes, so the field is valid UTF-8.
+                    let text = std::str::from_utf8(&row[start..i]).unwrap_or_default();
+                    number(text).ok_or_else(|| CsvError {
+                        line,
+                        message: format!("field {field} {:?} is not a finite number", text.trim()),
+                    })?
+                };
+                if field == columns {
+                    y.push(value);
+                } else {
+                    x.push(value);
+                }
+                if i >= row.len() {
+                    break;
+                }
+                start = i + 1;
+                mantissa = 0;
+                digits = 0;
+                fraction_digits = 0;
+                seen_point = false;
+                negative = false;
+                plain = true;
+            }
+            _ => plain = false,
+        }
+        i += 1;
+    }
+    if field != columns {
+        let count = row.iter().filter(|&&b| b == b',').count() + 1;
+        return Err(CsvError {
+            line,
+            message: format!("{count} fields, but line {first_line} has {columns}"),
+        });
+    }
+    Ok(())
+}
+
+fn number(field: &str) -> Option<f64> {
+    let field = field.trim();
+    fast_decimal(field)
+        .or_else(|| field.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_path_gives_the_same_bits_as_str_parse() {
+        let mut state: u64 = 99;
+        for _ in 0..200_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let digits = (state >> 60) as usize + 1;
+            let point = (state >> 56 & 0xf) as usize % (digits + 1);
+            let mut text = String::new();
+            if state & 1 == 1 {
+                text.push('-');
+            }
+            let mut v = state >> 8;
+            for i in 0..digits {
+                if i == point && i > 0 {
+                    text.push('.');
+                }
+                text.push((b'0' + (v % 10) as u8) as char);
+                v /= 10;
+            }
+            let expected: f64 = text.parse().unwrap();
+            // Up to 15 digits the fast path must answer, with str::parse's bits; beyond, it
+            // must decline.
+            let want = (digits <= 15).then(|| expected.to_bits());
+            assert_eq!(fast_decimal(&text).map(f64::to_bits), want, "{text}");
+        }
+        for text in [
+            "1e5",
+            "inf",
+            "NaN",
+            "",
+            "-",
+            ".",
+            "1.2.3",
+            "1234567890123456",
+            "0x10",
+        ] {
+            assert_eq!(fast_decimal(text), None, "{text}");
+        }
+        assert_eq!(fast_decimal(".5"), Some(0.5));
+        assert_eq!(fast_decimal("-0"), Some(-0.0));
+    }
 
     #[test]
     fn header_is_optional() {

@@ -7,6 +7,40 @@
 const LN2_HI: f64 = 0.693_147_180_369_123_8;
 const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 
+/// 1/k! for k = 0..=14: the Taylor coefficients of e^r.
+const INVERSE_FACTORIALS: [f64; 15] = [
+    1.0,
+    1.0,
+    0.5,
+    0.16666666666666666,
+    0.041666666666666664,
+    0.008333333333333333,
+    0.001388888888888889,
+    0.0001984126984126984,
+    2.48015873015873e-05,
+    2.7557319223985893e-06,
+    2.755731922398589e-07,
+    2.505210838544172e-08,
+    2.08767569878681e-09,
+    1.6059043836821613e-10,
+    1.1470745597729725e-11,
+];
+
+/// 1/n for odd n = 3..=23: the series of atanh.
+const INVERSE_ODDS: [f64; 11] = [
+    0.3333333333333333,
+    0.2,
+    0.14285714285714285,
+    0.1111111111111111,
+    0.09090909090909091,
+    0.07692307692307693,
+    0.06666666666666667,
+    0.058823529411764705,
+    0.05263157894736842,
+    0.047619047619047616,
+    0.043478260869565216,
+];
+
 /// e raised to `x`.
 pub fn exp(x: f64) -> f64 {
     if x.is_nan() {
@@ -22,11 +56,9 @@ pub fn exp(x: f64) -> f64 {
     let k = (x * std::f64::consts::LOG2_E + 0.5).floor();
     let r = (x - k * LN2_HI) - k * LN2_LO;
     // e^r by its Taylor series to r^14 (error below 1e-17 for |r| <= 0.35), in Horner form.
-    let mut p = 1.0;
-    let mut i = 14;
-    while i > 0 {
-        p = 1.0 + p * r / i as f64;
-        i -= 1;
+    let mut p = 0.0;
+    for c in INVERSE_FACTORIALS.iter().rev() {
+        p = p * r + c;
     }
     scale_by_power_of_two(p, k as i32)
 }
@@ -71,10 +103,8 @@ pub fn ln(x: f64) -> f64 {
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let mut sum = 0.0;
-    let mut n = 23;
-    while n >= 3 {
-        sum = (sum + 1.0 / n as f64) * s2;
-        n -= 2;
+    for c in INVERSE_ODDS.iter().rev() {
+        sum = (sum + c) * s2;
     }
     let ln_m = 2.0 * s + 2.0 * s * sum;
     let e = e as f64;

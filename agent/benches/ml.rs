@@ -1,0 +1,229 @@
+//! The ML examples on 1,000,000 generated rows: the native build (default x86-64 target)
+//! against the wasm build in the sandbox, with fuel metering (Corral's default) and with epoch
+//! interruption only. Every variant's output is checked to be identical before timing.
+//!
+//! Needs the native examples and the guests built first; `scripts/bench` does this:
+//!     cargo build --release -p corral-example-linreg -p corral-example-logreg -p corral-example-kmeans
+//!     scripts/build-guests
+//! Run: `cargo bench -p corral-agent --bench ml`
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use corral_agent::sandbox::{
+    DirGrant, Limits, Outcome, PreparedModule, RunSpec, Sandbox, SandboxConfig,
+};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const ROWS: usize = 1_000_000;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn built(path: PathBuf, how: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: {how} (scripts/bench does)",
+        path.display()
+    );
+    path
+}
+
+/// A deterministic stream of uniform numbers in [0, 1) (PCG-style LCG, top 53 bits).
+struct Uniform(u64);
+
+impl Uniform {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal number (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (1.0 - self.next(), self.next());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Writes `name` into the bench data directory unless it is already there.
+fn data_file(name: &str, generate: impl FnOnce() -> String) -> PathBuf {
+    let dir = repo_root().join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if !path.exists() {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, generate()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// y = 3 + 2 a - b + 0.5 c + 0.25 d + noise, with four standard normal features.
+fn regression_csv() -> String {
+    let mut rng = Uniform(1);
+    let mut csv = String::with_capacity(ROWS * 48);
+    csv.push_str("a,b,c,d,y\n");
+    for _ in 0..ROWS {
+        let x: [f64; 4] = [rng.normal(), rng.normal(), rng.normal(), rng.normal()];
+        let y = 3.0 + 2.0 * x[0] - x[1] + 0.5 * x[2] + 0.25 * x[3] + 0.1 * rng.normal();
+        let _ = writeln!(
+            csv,
+            "{:.5},{:.5},{:.5},{:.5},{:.5}",
+            x[0], x[1], x[2], x[3], y
+        );
+    }
+    csv
+}
+
+/// Three Gaussian blobs in four dimensions, labelled 0, 1, 2.
+fn classes_csv() -> String {
+    let mut rng = Uniform(2);
+    let centres = [
+        [0.0, 0.0, 0.0, 0.0],
+        [3.0, 3.0, 0.0, 1.0],
+        [0.0, 3.0, 3.0, -1.0],
+    ];
+    let mut csv = String::with_capacity(ROWS * 40);
+    csv.push_str("a,b,c,d,label\n");
+    for _ in 0..ROWS {
+        let class = (rng.next() * 3.0) as usize;
+        let c = centres[class];
+        let _ = writeln!(
+            csv,
+            "{:.4},{:.4},{:.4},{:.4},{class}",
+            c[0] + rng.normal(),
+            c[1] + rng.normal(),
+            c[2] + rng.normal(),
+            c[3] + rng.normal()
+        );
+    }
+    csv
+}
+
+struct Case {
+    example: &'static str,
+    data: PathBuf,
+    args: Vec<&'static str>,
+}
+
+fn run_native(case: &Case) -> Vec<u8> {
+    let exe = built(
+        repo_root().join("target/release").join(case.example),
+        "cargo build --release -p corral-example-...",
+    );
+    let out = Command::new(exe)
+        .arg(&case.data)
+        .args(&case.args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn run_wasm(sandbox: &Sandbox, module: &PreparedModule, case: &Case) -> Vec<u8> {
+    let file = case.data.file_name().unwrap().to_str().unwrap();
+    let mut args = vec![format!("/data/{file}")];
+    args.extend(case.args.iter().map(|s| s.to_string()));
+    let spec = RunSpec {
+        program: case.example.into(),
+        args,
+        dirs: vec![DirGrant::read_only(case.data.parent().unwrap(), "/data")],
+        limits: Limits {
+            fuel: 10_000_000_000_000,
+            memory_bytes: 2 << 30,
+            timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+        ..RunSpec::default()
+    };
+    let report = sandbox.run_module(module, &spec).unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::Success,
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    report.stdout
+}
+
+fn bench(c: &mut Criterion) {
+    let regression = data_file("regression-1m.csv", regression_csv);
+    let classes = data_file("classes-1m.csv", classes_csv);
+    let cases = [
+        Case {
+            example: "linreg",
+            data: regression,
+            args: vec![],
+        },
+        Case {
+            example: "logreg",
+            data: classes.clone(),
+            args: vec!["--epochs", "10"],
+        },
+        Case {
+            example: "kmeans",
+            data: classes,
+            args: vec!["--k", "3"],
+        },
+    ];
+    let fuel = Sandbox::new(SandboxConfig::default()).unwrap();
+    let epoch_only = Sandbox::new(SandboxConfig {
+        fuel_metering: false,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+
+    for case in &cases {
+        let bytes = std::fs::read(built(
+            repo_root()
+                .join("target/wasm")
+                .join(format!("{}.wasm", case.example)),
+            "run scripts/build-guests",
+        ))
+        .unwrap();
+        let with_fuel = fuel.prepare(&bytes).unwrap().module;
+        let without_fuel = epoch_only.prepare(&bytes).unwrap().module;
+        let native = run_native(case);
+        assert_eq!(
+            run_wasm(&fuel, &with_fuel, case),
+            native,
+            "{}: fuel",
+            case.example
+        );
+        assert_eq!(
+            run_wasm(&epoch_only, &without_fuel, case),
+            native,
+            "{}: epoch",
+            case.example
+        );
+
+        let mut group = c.benchmark_group(format!("ml/{}", case.example));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(20));
+        group.bench_function("native", |b| b.iter(|| run_native(case)));
+        group.bench_function("wasm_fuel", |b| {
+            b.iter(|| run_wasm(&fuel, &with_fuel, case))
+        });
+        group.bench_function("wasm_epoch_only", |b| {
+            b.iter(|| run_wasm(&epoch_only, &without_fuel, case))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
