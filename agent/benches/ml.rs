@@ -7,6 +7,9 @@
 //!     scripts/build-guests
 //! Run: `cargo bench -p corral-agent --bench ml`
 
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

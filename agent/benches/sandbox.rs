@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench -p corral-agent --bench sandbox`
 
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
+
 use corral_agent::sandbox::{Outcome, RunSpec, Sandbox, SandboxConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 

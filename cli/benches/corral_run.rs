@@ -4,6 +4,9 @@
 //! Needs the guests built first (`scripts/build-guests`; `scripts/bench` does it).
 //! Run: `cargo bench -p corral --bench corral_run`
 
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
