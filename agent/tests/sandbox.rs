@@ -595,3 +595,11 @@ fn runs_beyond_the_pool_wait_for_a_slot_and_all_finish() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[should_panic(expected = "runtime")]
+async fn running_a_guest_on_a_tokio_worker_thread_is_refused() {
+    // Guests must not block async workers; the blocking entry point refuses to run there
+    // rather than stall the runtime.
+    let _ = sandbox().run(HELLO.as_bytes(), &spec());
+}
