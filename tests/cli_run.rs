@@ -259,6 +259,19 @@ fn bad_input_gets_a_clear_error_and_its_status() {
     assert_eq!(out.status.code(), Some(133));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_VAR_X1"));
 
+    let (report, code) = corral_json(&["--max-module-size", "100B"], &module, &[], dir.path());
+    assert_eq!(
+        (report["outcome"].as_str(), code),
+        (Some("invalid_module"), 126)
+    );
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the 100-byte cap"),
+        "{report}"
+    );
+
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(
         &garbage,

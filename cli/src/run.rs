@@ -52,6 +52,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     max_output: u64,
 
+    /// Refuse modules larger than this (binary or text), as `invalid_module`.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_module_size: u64,
+
     /// Output format: the guest's output and a summary line, or one JSON object.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -178,6 +182,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir,
+        max_module_bytes: args.max_module_size,
         ..SandboxConfig::default()
     })?;
     let report = sandbox.run(&module, &spec)?;

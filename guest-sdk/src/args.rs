@@ -16,6 +16,13 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// So that `?` works in a task's `fn run() -> Result<(), String>`.
+impl From<UsageError> for String {
+    fn from(error: UsageError) -> Self {
+        error.0
+    }
+}
+
 /// Arguments not yet consumed. Take flags and values first, then positionals, then
 /// [`Args::finish`] to reject anything left over.
 ///

@@ -83,6 +83,13 @@ impl fmt::Display for CsvError {
 
 impl std::error::Error for CsvError {}
 
+/// So that `?` works in a task's `fn run() -> Result<(), String>`.
+impl From<CsvError> for String {
+    fn from(error: CsvError) -> Self {
+        error.to_string()
+    }
+}
+
 /// Exact powers of ten: every one up to 1e22 is representable in an f64.
 const POWERS_OF_TEN: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,

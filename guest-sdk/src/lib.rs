@@ -32,8 +32,8 @@
 //!     let mut args = Args::from_env();
 //!     let as_json = args.flag("--json");
 //!     let path = args.positional();
-//!     args.finish().map_err(|e| e.to_string())?;
-//!     let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+//!     args.finish()?;
+//!     let data = csv::parse(&input::read_text(path.as_deref())?)?;
 //!     let mut sum = 0.0;
 //!     for (i, y) in data.y.iter().enumerate() {
 //!         sum += y;

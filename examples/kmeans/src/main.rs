@@ -31,13 +31,13 @@ fn main() {
 fn run() -> Result<(), String> {
     let mut args = Args::from_env();
     let as_json = args.flag("--json");
-    let k: usize = args.value("--k", 3).map_err(|e| e.to_string())?;
-    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
-    let max_iter: usize = args.value("--max-iter", 100).map_err(|e| e.to_string())?;
+    let k: usize = args.value("--k", 3)?;
+    let seed: u64 = args.value("--seed", 42)?;
+    let max_iter: usize = args.value("--max-iter", 100)?;
     let path = args.positional();
-    args.finish().map_err(|e| e.to_string())?;
+    args.finish()?;
 
-    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let data = csv::parse(&input::read_text(path.as_deref())?)?;
     let (n, f) = (data.rows(), data.features);
     if k == 0 || k > n {
         return Err(format!(

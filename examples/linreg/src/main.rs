@@ -28,14 +28,12 @@ fn main() {
 fn run() -> Result<(), String> {
     let mut args = Args::from_env();
     let as_json = args.flag("--json");
-    let test_fraction: f64 = args
-        .value("--test-fraction", 0.2)
-        .map_err(|e| e.to_string())?;
-    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
+    let test_fraction: f64 = args.value("--test-fraction", 0.2)?;
+    let seed: u64 = args.value("--seed", 42)?;
     let path = args.positional();
-    args.finish().map_err(|e| e.to_string())?;
+    args.finish()?;
 
-    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let data = csv::parse(&input::read_text(path.as_deref())?)?;
     let (train, test) = data.split(test_fraction, seed)?;
     let p = data.features + 1;
     if train.len() < p {

@@ -30,21 +30,17 @@ fn main() {
 fn run() -> Result<(), String> {
     let mut args = Args::from_env();
     let as_json = args.flag("--json");
-    let epochs: usize = args.value("--epochs", 300).map_err(|e| e.to_string())?;
-    let learning_rate: f64 = args
-        .value("--learning-rate", 0.5)
-        .map_err(|e| e.to_string())?;
-    let test_fraction: f64 = args
-        .value("--test-fraction", 0.2)
-        .map_err(|e| e.to_string())?;
-    let seed: u64 = args.value("--seed", 42).map_err(|e| e.to_string())?;
+    let epochs: usize = args.value("--epochs", 300)?;
+    let learning_rate: f64 = args.value("--learning-rate", 0.5)?;
+    let test_fraction: f64 = args.value("--test-fraction", 0.2)?;
+    let seed: u64 = args.value("--seed", 42)?;
     let path = args.positional();
-    args.finish().map_err(|e| e.to_string())?;
+    args.finish()?;
     if !learning_rate.is_finite() || learning_rate <= 0.0 {
         return Err(format!("--learning-rate {learning_rate} must be positive"));
     }
 
-    let data = csv::parse(&input::read_text(path.as_deref())?).map_err(|e| e.to_string())?;
+    let data = csv::parse(&input::read_text(path.as_deref())?)?;
     let labels = class_labels(&data.y)?;
     let classes = labels.iter().max().map_or(0, |m| m + 1);
     if classes < 2 {
