@@ -446,7 +446,7 @@ fn stdin_is_exactly_the_given_bytes() {
             (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 12)))
             (br 1))))))"#;
     let mut spec = spec();
-    spec.stdin = b"rows,of,data\n1,2,3\n".to_vec();
+    spec.stdin = bytes::Bytes::from_static(b"rows,of,data\n1,2,3\n");
     let report = run(module, &spec);
     assert_eq!(report.outcome, Outcome::Success);
     assert_eq!(report.stdout, b"rows,of,data\n1,2,3\n");

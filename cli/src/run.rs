@@ -163,7 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         program: args.module.display().to_string(),
         args: args.args,
         env,
-        stdin,
+        stdin: stdin.into(),
         dirs,
         limits: Limits {
             fuel: args.fuel,

@@ -168,8 +168,9 @@ pub struct RunSpec {
     pub args: Vec<String>,
     /// The guest's entire environment.
     pub env: Vec<(String, String)>,
-    /// The guest's stdin; it reads end-of-file after these bytes.
-    pub stdin: Vec<u8>,
+    /// The guest's stdin; it reads end-of-file after these bytes. Shared, not copied, by the
+    /// runs given it.
+    pub stdin: bytes::Bytes,
     /// Host directories the guest may open.
     pub dirs: Vec<DirGrant>,
     /// Caps on what the run may consume.
@@ -450,6 +451,10 @@ impl Sandbox {
 
     /// Admits `bytes` and runs them under `spec`. A rejected module is reported as its
     /// `invalid_module` or `link_error` outcome. Blocks the calling thread until the run ends.
+    ///
+    /// This hashes `bytes` on every call (time in proportion to the module's size) to find the
+    /// compiled module; to
+    /// run one module many times, [`Sandbox::prepare`] it once and use [`Sandbox::run_module`].
     pub fn run(&self, bytes: &[u8], spec: &RunSpec) -> Result<RunReport, SandboxError> {
         match self.prepare(bytes) {
             Ok(admitted) => {
