@@ -603,3 +603,33 @@ async fn running_a_guest_on_a_tokio_worker_thread_is_refused() {
     // rather than stall the runtime.
     let _ = sandbox().run(HELLO.as_bytes(), &spec());
 }
+
+#[test]
+fn tables_beyond_the_pool_slot_are_refused_by_name_or_as_the_memory_limit() {
+    use corral_agent::sandbox::POOL_TABLE_ELEMENTS;
+    let mut spec = spec();
+    spec.limits.table_elements = 1_000_000;
+    // An initial table larger than a slot holds: refused at admission, naming the limit.
+    let too_big = format!(
+        r#"(module (table {} funcref) (func (export "_start")))"#,
+        POOL_TABLE_ELEMENTS + 1
+    );
+    match run(&too_big, &spec).outcome {
+        Outcome::InvalidModule { message } => {
+            assert!(
+                message.contains(&POOL_TABLE_ELEMENTS.to_string()),
+                "{message}"
+            )
+        }
+        other => panic!("expected invalid_module, got {other:?}"),
+    }
+    // Growing past the slot at run time, under a larger per-run cap: the run's memory limit.
+    let grow = format!(
+        r#"(module (table 10 funcref)
+          (func (export "_start")
+            (drop (table.grow (ref.null func) (i32.const {})))))"#,
+        POOL_TABLE_ELEMENTS
+    );
+    assert_eq!(run(&grow, &spec).outcome, Outcome::MemoryLimit);
+    assert_next_task_runs();
+}

@@ -74,6 +74,13 @@ pub struct SandboxConfig {
     pub fuel_metering: bool,
 }
 
+/// Elements per table that a pooled instance slot holds. A module whose initial table is larger
+/// is refused at admission (`invalid_module`, naming the limit); per-run caps above it are
+/// clamped to it, so growing a table past it is that run's `memory_limit`.
+pub const POOL_TABLE_ELEMENTS: u32 = Limits::DEFAULT_TABLE_ELEMENTS;
+/// Bytes of linear memory a pooled slot holds per memory: all of a 32-bit address space.
+const POOL_MEMORY_BYTES: u64 = 4 << 30;
+
 /// The subdirectory of [`SandboxConfig::cache_dir`] that wasmtime's compiled-code cache owns.
 pub const WASMTIME_CACHE_SUBDIR: &str = "wasmtime";
 
@@ -314,8 +321,8 @@ impl Sandbox {
                 .total_stacks(slots)
                 .max_memories_per_module(limiter::MAX_MEMORIES as u32)
                 .max_tables_per_module(limiter::MAX_TABLES as u32)
-                .max_memory_size(4 << 30)
-                .table_elements(Limits::DEFAULT_TABLE_ELEMENTS as usize)
+                .max_memory_size(POOL_MEMORY_BYTES as usize)
+                .table_elements(POOL_TABLE_ELEMENTS as usize)
                 .linear_memory_keep_resident(64 << 10);
             wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
@@ -452,9 +459,8 @@ impl Sandbox {
     /// Admits `bytes` and runs them under `spec`. A rejected module is reported as its
     /// `invalid_module` or `link_error` outcome. Blocks the calling thread until the run ends.
     ///
-    /// This hashes `bytes` on every call (time in proportion to the module's size) to find the
-    /// compiled module; to
-    /// run one module many times, [`Sandbox::prepare`] it once and use [`Sandbox::run_module`].
+    /// This hashes `bytes` on every call, in time proportional to the module's size. To run one
+    /// module many times, [`Sandbox::prepare`] it once and use [`Sandbox::run_module`].
     pub fn run(&self, bytes: &[u8], spec: &RunSpec) -> Result<RunReport, SandboxError> {
         match self.prepare(bytes) {
             Ok(admitted) => {
@@ -490,11 +496,20 @@ impl Sandbox {
         let stdout = CappedOutput::new(limits.max_stdout_bytes);
         let stderr = CappedOutput::new(limits.max_stderr_bytes);
         let wasi = wasi_context(spec, &stdout, &stderr)?;
+        // In a pool the slot's size is a hard ceiling too; clamp the caps to it so that the
+        // limiter, not the pool, refuses growth past it and the run says `memory_limit`.
+        let (memory_cap, table_cap) = match inner.slots {
+            Some(_) => (
+                limits.memory_bytes.min(POOL_MEMORY_BYTES),
+                limits.table_elements.min(POOL_TABLE_ELEMENTS),
+            ),
+            None => (limits.memory_bytes, limits.table_elements),
+        };
         // Declared before the store, so the slot is released only after the store is dropped.
         let _slot = inner.slots.as_ref().map(SlotGate::acquire);
         let state = RunState {
             wasi,
-            limiter: Limiter::new(limits.memory_bytes, limits.table_elements),
+            limiter: Limiter::new(memory_cap, table_cap),
             guest: GuestRecord::new(spec.on_event.clone()),
         };
         let mut store = Store::new(&inner.engine, state);
