@@ -15,6 +15,8 @@
 //! | 132    | `timeout`                                         |
 //! | 133    | Corral itself failed (unreadable file, bad grant) |
 //! | 134    | usage error (unknown flag, malformed value)       |
+//! | 135    | `killed`: stopped by `corral task kill`           |
+//! | 136    | the task was LOST with no attempts left           |
 
 use corral_agent::sandbox::Outcome;
 
@@ -36,6 +38,10 @@ pub const TIMEOUT: u8 = 132;
 pub const CORRAL_FAILED: u8 = 133;
 /// The command line was wrong.
 pub const USAGE: u8 = 134;
+/// `killed`.
+pub const KILLED: u8 = 135;
+/// A cluster task ended LOST: its agent vanished and no attempts were left.
+pub const LOST: u8 = 136;
 
 /// The process exit status for a run that ended with `outcome`.
 pub fn status(outcome: &Outcome) -> u8 {
@@ -53,6 +59,7 @@ pub fn status(outcome: &Outcome) -> u8 {
         Outcome::OutOfFuel => OUT_OF_FUEL,
         Outcome::MemoryLimit => MEMORY_LIMIT,
         Outcome::Timeout => TIMEOUT,
+        Outcome::Killed => KILLED,
     }
 }
 
@@ -76,9 +83,10 @@ mod tests {
             Outcome::OutOfFuel,
             Outcome::MemoryLimit,
             Outcome::Timeout,
+            Outcome::Killed,
         ];
         let mut statuses: Vec<u8> = outcomes.iter().map(status).collect();
-        statuses.extend([CORRAL_FAILED, USAGE]);
+        statuses.extend([CORRAL_FAILED, USAGE, LOST]);
         let mut unique = statuses.clone();
         unique.sort_unstable();
         unique.dedup();

@@ -184,6 +184,59 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Called on the run's thread for every progress, log and metric call of the guest.
     pub on_event: Option<EventSink>,
+    /// Lets another thread kill the run and read its fuel use while it runs.
+    pub control: Option<RunControl>,
+}
+
+/// A handle on a run in progress: kill it, or read how much fuel it has used so far. Cheap to
+/// clone; give one to [`RunSpec::control`] and keep another.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    inner: Arc<ControlState>,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    killed: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+    fuel_used: std::sync::atomic::AtomicU64,
+}
+
+impl RunControl {
+    /// A new handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the run: it ends with [`Outcome::Killed`] within about one epoch tick, whether the
+    /// guest is running wasm or parked in a host call. Killing before the run starts makes it
+    /// end at once; killing after it ended does nothing.
+    pub fn kill(&self) {
+        self.inner
+            .killed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+        self.inner.notify.notify_one();
+    }
+
+    /// Whether [`RunControl::kill`] was called.
+    pub fn is_killed(&self) -> bool {
+        self.inner.killed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Fuel used so far, sampled every epoch tick while the run is in wasm: a lower bound
+    /// until the run ends, when it is the report's exact figure.
+    pub fn fuel_used(&self) -> u64 {
+        self.inner
+            .fuel_used
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_fuel_used(&self, fuel: u64) {
+        self.inner
+            .fuel_used
+            .store(fuel, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for RunSpec {
@@ -196,6 +249,7 @@ impl std::fmt::Debug for RunSpec {
             .field("dirs", &self.dirs)
             .field("limits", &self.limits)
             .field("on_event", &self.on_event.is_some())
+            .field("control", &self.control.is_some())
             .finish()
     }
 }
@@ -288,15 +342,7 @@ impl Sandbox {
     /// Builds the engine (Cranelift, fuel, epochs, bounded stack, no threads or shared memory),
     /// the linker (WASI preview1 and the `corral` module) and starts the epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let mut wasm = Config::new();
-        wasm.strategy(wasmtime::Strategy::Cranelift)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed)
-            .consume_fuel(config.fuel_metering)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            // wasmtime is built without its `threads` feature, so the threads proposal (and
-            // with it shared memory) is refused at validation; this makes it explicit.
-            .shared_memory(false);
+        let mut wasm = engine_config(&config);
         let disk_cache = match &config.cache_dir {
             Some(dir) => {
                 let dir = dir.join(WASMTIME_CACHE_SUBDIR);
@@ -519,8 +565,27 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         }
-        store.set_epoch_deadline(epoch_ticks(limits.timeout, inner.config.epoch_tick));
-        store.epoch_deadline_trap();
+        // Every epoch tick: stop if killed or out of time, else publish fuel used and go on.
+        let deadline = epoch_ticks(limits.timeout, inner.config.epoch_tick);
+        let mut ticks = 0u64;
+        let control = spec.control.clone();
+        let (metering, budget) = (inner.config.fuel_metering, limits.fuel);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |store| {
+            ticks += 1;
+            if let Some(control) = &control {
+                if control.is_killed() {
+                    return Ok(wasmtime::UpdateDeadline::Interrupt);
+                }
+                if metering {
+                    control.set_fuel_used(budget.saturating_sub(store.get_fuel().unwrap_or(0)));
+                }
+            }
+            if ticks >= deadline {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
 
         let started = Instant::now();
         let pre = &module.inner.pre;
@@ -530,16 +595,41 @@ impl Sandbox {
             start.call_async(&mut store, ()).await
         };
         // The timer is created inside the async block so that it belongs to the runtime
-        // `block_on` polls it on.
-        let result = block_on(async { tokio::time::timeout(limits.timeout, guest).await });
+        // `block_on` polls it on. A kill also ends a guest parked in a host call.
+        let control = spec.control.clone();
+        let killed = async {
+            match &control {
+                Some(control) => {
+                    let notified = control.inner.notify.notified();
+                    if !control.is_killed() {
+                        notified.await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let result = block_on(async {
+            tokio::select! {
+                result = tokio::time::timeout(limits.timeout, guest) => result,
+                () = killed => Ok(Err(wasmtime::Error::from(Trap::Interrupt))),
+            }
+        });
         let wall_time = started.elapsed();
 
-        let outcome = classify(result, store.data().limiter.cap_hit);
+        let killed = spec.control.as_ref().is_some_and(RunControl::is_killed);
+        let outcome = if killed {
+            Outcome::Killed
+        } else {
+            classify(result, store.data().limiter.cap_hit)
+        };
         let fuel_used = if inner.config.fuel_metering {
             limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
         } else {
             0
         };
+        if let Some(control) = &spec.control {
+            control.set_fuel_used(fuel_used);
+        }
         let state = store.into_data();
         let (stdout, stdout_truncated) = stdout.take();
         let (stderr, stderr_truncated) = stderr.take();
@@ -559,6 +649,88 @@ impl Sandbox {
             logs_dropped: state.guest.logs_dropped,
             metrics: state.guest.metrics,
         })
+    }
+}
+
+/// The engine settings shared by [`Sandbox`] and [`Validator`]: Cranelift at `Speed`, fuel,
+/// epochs, a bounded stack, no threads or shared memory.
+fn engine_config(config: &SandboxConfig) -> Config {
+    let mut wasm = Config::new();
+    wasm.strategy(wasmtime::Strategy::Cranelift)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .consume_fuel(config.fuel_metering)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        // wasmtime is built without its `threads` feature, so the threads proposal (and
+        // with it shared memory) is refused at validation; this makes it explicit.
+        .shared_memory(false);
+    wasm
+}
+
+/// A module that passed [`Validator::validate`].
+#[derive(Clone, Debug)]
+pub struct ValidModule {
+    /// Hex sha256 of the binary form.
+    pub sha256: String,
+    /// The binary form (WAT text converted).
+    pub binary: Vec<u8>,
+}
+
+/// Checks modules exactly as admission does (size cap, WAT, validation with the sandbox's
+/// features, a `_start` function export) without compiling or running them: what a control
+/// plane needs to refuse a bad module at upload while never running guest code.
+#[derive(Clone)]
+pub struct Validator {
+    engine: Engine,
+    max_module_bytes: u64,
+}
+
+impl Validator {
+    /// A validator with the sandbox's engine settings and this size cap.
+    pub fn new(max_module_bytes: u64) -> Result<Self, SandboxError> {
+        let config = SandboxConfig {
+            max_module_bytes,
+            ..SandboxConfig::default()
+        };
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        Ok(Self {
+            engine,
+            max_module_bytes,
+        })
+    }
+
+    /// Validates `bytes` (wasm binary or WAT text). The error is the `invalid_module` message.
+    pub fn validate(&self, bytes: &[u8]) -> Result<ValidModule, String> {
+        if bytes.len() as u64 > self.max_module_bytes {
+            return Err(format!(
+                "module is {} bytes, over the {}-byte cap",
+                bytes.len(),
+                self.max_module_bytes
+            ));
+        }
+        let binary = to_binary(bytes)?.into_owned();
+        Module::validate(&self.engine, &binary).map_err(|e| format!("{e:#}"))?;
+        let exports_start = wasmparser::Parser::new(0)
+            .parse_all(&binary)
+            .filter_map(Result::ok)
+            .any(|payload| match payload {
+                wasmparser::Payload::ExportSection(exports) => {
+                    exports.into_iter().filter_map(Result::ok).any(|export| {
+                        export.name == "_start" && export.kind == wasmparser::ExternalKind::Func
+                    })
+                }
+                _ => false,
+            });
+        if !exports_start {
+            return Err(
+                "module exports no `_start` function: a task must be a WASI command \
+                        module (built for wasm32-wasip1)"
+                    .into(),
+            );
+        }
+        let sha256 = sha256_hex(&Sha256::digest(&binary).into());
+        Ok(ValidModule { sha256, binary })
     }
 }
 

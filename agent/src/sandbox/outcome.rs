@@ -39,6 +39,8 @@ pub enum Outcome {
         /// The validator's (or the admission check's) reason.
         message: String,
     },
+    /// Stopped on request, through [`RunControl::kill`](super::RunControl::kill).
+    Killed,
 }
 
 impl Outcome {
@@ -54,6 +56,7 @@ impl Outcome {
             Outcome::Trap { .. } => "trap",
             Outcome::LinkError { .. } => "link_error",
             Outcome::InvalidModule { .. } => "invalid_module",
+            Outcome::Killed => "killed",
         }
     }
 

@@ -1,0 +1,250 @@
+//! The allocator: which partitions may hold a task, and which of them to pick.
+//!
+//! Pure functions over plain data. A partition may hold a task when
+//! - it is not draining,
+//! - its reservation admits the task's tenant and labels,
+//! - its agent carries every label the task's constraints name, and
+//! - its free capacity covers the task's request (one slot and its memory cap).
+//!
+//! Among those, [`Strategy::Binpack`] picks the tightest fit (least free memory, then fewest free
+//! slots), filling agents up before touching others; [`Strategy::Spread`] picks the partition
+//! with the most free slots (then memory), spreading load. Ties go to the earliest partition, so
+//! a plan is a function of its input alone.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::partition::{contains_all, Reservation, Resources};
+
+/// How to choose among partitions that can hold a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Tightest fit first: keeps whole agents free for big tasks.
+    #[default]
+    Binpack,
+    /// Most free slots first: spreads tasks over agents.
+    Spread,
+}
+
+/// A partition as the allocator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The partition's id.
+    pub partition_id: String,
+    /// Its agent's id.
+    pub agent_id: String,
+    /// Its agent's labels.
+    pub agent_labels: BTreeMap<String, String>,
+    /// Who may use it.
+    pub reservation: Reservation,
+    /// What it holds in all.
+    pub capacity: Resources,
+    /// What is free now.
+    pub free: Resources,
+    /// Takes no new tasks.
+    pub draining: bool,
+}
+
+/// What a task asks of a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Capacity it takes while placed.
+    pub resources: Resources,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its labels (matched against reservations).
+    pub labels: BTreeMap<String, String>,
+    /// Labels its agent must carry.
+    pub constraints: BTreeMap<String, String>,
+}
+
+impl Candidate {
+    /// Whether the task may ever go here, capacity aside: not draining, admitted by the
+    /// reservation, constraints met.
+    pub fn eligible(&self, request: &Request) -> bool {
+        !self.draining
+            && self.reservation.admits(&request.tenant, &request.labels)
+            && contains_all(&self.agent_labels, &request.constraints)
+    }
+
+    /// Whether the task fits now.
+    pub fn fits(&self, request: &Request) -> bool {
+        self.eligible(request) && self.free.covers(&request.resources)
+    }
+}
+
+/// Orders two fitting candidates' free capacity: `true` when `a` is the better choice.
+pub fn better(strategy: Strategy, a: &Resources, b: &Resources) -> bool {
+    match strategy {
+        Strategy::Binpack => (a.memory_bytes, a.slots) < (b.memory_bytes, b.slots),
+        Strategy::Spread => (a.slots, a.memory_bytes) > (b.slots, b.memory_bytes),
+    }
+}
+
+/// The index of the candidate to place `request` in, or `None` when none fits now.
+pub fn choose(candidates: &[Candidate], request: &Request, strategy: Strategy) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, candidate) in candidates.iter().enumerate() {
+        if !candidate.fits(request) {
+            continue;
+        }
+        if best.is_none_or(|b| better(strategy, &candidate.free, &candidates[b].free)) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+/// Why no partition could ever hold `request`, even with all of its capacity free; `None` when
+/// some partition could.
+pub fn never_fits(candidates: &[Candidate], request: &Request) -> Option<String> {
+    let whole = |c: &Candidate| Candidate {
+        free: c.capacity,
+        draining: false,
+        ..c.clone()
+    };
+    if candidates.iter().any(|c| whole(c).fits(request)) {
+        return None;
+    }
+    let want = request.resources;
+    if candidates.is_empty() {
+        return Some("no agent is registered".into());
+    }
+    let admitted: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.reservation.admits(&request.tenant, &request.labels))
+        .collect();
+    if admitted.is_empty() {
+        return Some(format!(
+            "every partition is reserved for another tenant or other labels (tenant {:?})",
+            request.tenant
+        ));
+    }
+    let constrained: Vec<&&Candidate> = admitted
+        .iter()
+        .filter(|c| contains_all(&c.agent_labels, &request.constraints))
+        .collect();
+    if constrained.is_empty() {
+        let wanted: Vec<String> = request
+            .constraints
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        return Some(format!("no agent has the labels {}", wanted.join(",")));
+    }
+    let largest = constrained
+        .iter()
+        .map(|c| c.capacity)
+        .max_by_key(|r| (r.memory_bytes, r.slots))
+        .unwrap_or_default();
+    Some(format!(
+        "the task asks for {} slot(s) and {} of memory; the largest partition it may use holds {} slot(s) and {}",
+        want.slots,
+        bytesize::ByteSize::b(want.memory_bytes).display().iec(),
+        largest.slots,
+        bytesize::ByteSize::b(largest.memory_bytes).display().iec()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, slots: u32, memory: u64) -> Candidate {
+        let capacity = Resources {
+            slots,
+            memory_bytes: memory,
+        };
+        Candidate {
+            partition_id: id.into(),
+            agent_id: id.into(),
+            agent_labels: BTreeMap::new(),
+            reservation: Reservation::default(),
+            capacity,
+            free: capacity,
+            draining: false,
+        }
+    }
+
+    fn request(memory: u64) -> Request {
+        Request {
+            resources: Resources {
+                slots: 1,
+                memory_bytes: memory,
+            },
+            tenant: "default".into(),
+            labels: BTreeMap::new(),
+            constraints: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn binpack_takes_the_tightest_fit_and_spread_the_emptiest() {
+        let mut cs = vec![
+            candidate("a", 4, 100),
+            candidate("b", 4, 100),
+            candidate("c", 4, 100),
+        ];
+        cs[1].free = Resources {
+            slots: 2,
+            memory_bytes: 30,
+        };
+        cs[2].free = Resources {
+            slots: 1,
+            memory_bytes: 10,
+        };
+        assert_eq!(choose(&cs, &request(20), Strategy::Binpack), Some(1));
+        assert_eq!(choose(&cs, &request(5), Strategy::Binpack), Some(2));
+        assert_eq!(choose(&cs, &request(5), Strategy::Spread), Some(0));
+        assert_eq!(choose(&cs, &request(101), Strategy::Binpack), None);
+    }
+
+    #[test]
+    fn ties_go_to_the_earliest_partition() {
+        let cs = vec![candidate("a", 4, 100), candidate("b", 4, 100)];
+        assert_eq!(choose(&cs, &request(1), Strategy::Binpack), Some(0));
+        assert_eq!(choose(&cs, &request(1), Strategy::Spread), Some(0));
+    }
+
+    #[test]
+    fn draining_reserved_and_constrained_partitions_are_skipped() {
+        let mut cs = vec![
+            candidate("a", 4, 100),
+            candidate("b", 4, 100),
+            candidate("c", 4, 100),
+        ];
+        cs[0].draining = true;
+        cs[1].reservation.tenant = Some("acme".into());
+        cs[2].agent_labels.insert("zone".into(), "x".into());
+        let mut r = request(1);
+        r.constraints.insert("zone".into(), "y".into());
+        assert_eq!(choose(&cs, &r, Strategy::Binpack), None);
+        r.constraints.insert("zone".into(), "x".into());
+        assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(2));
+        r.tenant = "acme".into();
+        r.constraints.clear();
+        assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));
+    }
+
+    #[test]
+    fn never_fits_names_the_reason() {
+        let cs = vec![candidate("a", 4, 1 << 30)];
+        assert_eq!(never_fits(&cs, &request(1 << 20)), None);
+        let reason = never_fits(&cs, &request(2 << 30)).unwrap();
+        assert!(
+            reason.contains("2.0 GiB") && reason.contains("1.0 GiB"),
+            "{reason}"
+        );
+        let mut r = request(1);
+        r.constraints.insert("gpu".into(), "yes".into());
+        assert!(never_fits(&cs, &r).unwrap().contains("gpu=yes"));
+        assert!(never_fits(&[], &request(1)).unwrap().contains("no agent"));
+        // A full or draining partition could still hold it later.
+        let mut busy = cs.clone();
+        busy[0].free = Resources::default();
+        busy[0].draining = true;
+        assert_eq!(never_fits(&busy, &request(1)), None);
+    }
+}

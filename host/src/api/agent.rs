@@ -1,0 +1,197 @@
+//! The agent API (`corral.v1.AgentApi`): registration, the agent's session stream, and module
+//! fetches.
+
+use std::pin::Pin;
+
+use corral_proto::pb;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::control::{AgentCommand, ControlPlane, StatusReport};
+use crate::convert;
+use crate::registry::AgentInfo;
+use crate::task::{Attempt, Progress};
+
+/// Serves `corral.v1.AgentApi`.
+pub struct AgentService {
+    plane: ControlPlane,
+}
+
+impl AgentService {
+    /// The service over `plane`.
+    pub fn new(plane: ControlPlane) -> Self {
+        Self { plane }
+    }
+}
+
+fn attempt(task: Option<pb::TaskRef>) -> Result<Attempt, Status> {
+    let task = task.ok_or_else(|| Status::invalid_argument("a task reference is missing"))?;
+    Ok(Attempt {
+        task_id: task.task_id.parse().map_err(Status::invalid_argument)?,
+        attempt: task.attempt,
+    })
+}
+
+fn attempts(refs: Vec<pb::TaskRef>) -> Result<Vec<Attempt>, Status> {
+    refs.into_iter().map(|r| attempt(Some(r))).collect()
+}
+
+fn task_ref(a: &Attempt) -> Option<pb::TaskRef> {
+    Some(pb::TaskRef {
+        task_id: a.task_id.to_string(),
+        attempt: a.attempt,
+    })
+}
+
+fn command_to_pb(command: AgentCommand) -> pb::HostMessage {
+    use pb::host_message::Message;
+    let message = match command {
+        AgentCommand::Launch(a, spec) => Message::Launch(pb::Launch {
+            task: task_ref(&a),
+            spec: Some(convert::spec_to_pb(&spec, true)),
+        }),
+        AgentCommand::Kill(a) => Message::Kill(pb::Kill { task: task_ref(&a) }),
+        AgentCommand::Ack(a) => Message::Ack(pb::Ack { task: task_ref(&a) }),
+    };
+    pb::HostMessage {
+        message: Some(message),
+    }
+}
+
+fn report_from_pb(update: pb::StatusUpdate) -> StatusReport {
+    StatusReport {
+        state: convert::state_from_pb(update.state),
+        outcome: update.outcome.map(convert::outcome_from_pb),
+        fuel_used: update.fuel_used,
+        peak_memory_bytes: update.peak_memory_bytes,
+        wall_ms: update.wall_ms,
+        progress: update.progress.map(|p| Progress {
+            done: p.done,
+            total: p.total,
+        }),
+        output: update.output.map(convert::output_from_pb),
+    }
+}
+
+type HostStream = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ModuleChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_api_server::AgentApi for AgentService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let info = AgentInfo {
+            id: r.agent_id,
+            address: r.address,
+            capacity: convert::resources_from_pb(r.capacity),
+            labels: r.labels,
+            version: r.version,
+        };
+        let running = attempts(r.running)?;
+        let unacknowledged = attempts(r.unacknowledged)?;
+        let session = self
+            .plane
+            .register(info, &running, &unacknowledged)
+            .map_err(status)?;
+        let interval = self.plane.config().heartbeat_interval;
+        Ok(Response::new(pb::RegisterResponse {
+            session,
+            heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    type SessionStream = HostStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        use pb::agent_message::Message;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .and_then(|m| m.message)
+            .ok_or_else(|| Status::invalid_argument("the stream's first message must be attach"))?;
+        let Message::Attach(attach) = first else {
+            return Err(Status::invalid_argument(
+                "the stream's first message must be attach",
+            ));
+        };
+        let (agent_id, session) = (attach.agent_id, attach.session);
+        let commands = self.plane.attach(&agent_id, session).map_err(status)?;
+        let plane = self.plane.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m.message,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(agent_id, error = %e, "agent stream broke");
+                        break;
+                    }
+                };
+                match message {
+                    Some(Message::Heartbeat(_)) => {
+                        if !plane.heartbeat(&agent_id, session) {
+                            break;
+                        }
+                    }
+                    Some(Message::Status(update)) => {
+                        let Ok(attempt) = attempt(update.task.clone()) else {
+                            tracing::warn!(
+                                agent_id,
+                                "status update without a valid task reference"
+                            );
+                            continue;
+                        };
+                        let report = report_from_pb(update);
+                        let final_report = report.state.is_some_and(|s| s.is_terminal());
+                        if final_report {
+                            // Final reports wait for a commit; handle them concurrently so that
+                            // one commit covers many.
+                            let plane = plane.clone();
+                            let agent_id = agent_id.clone();
+                            tokio::spawn(async move {
+                                plane.status(&agent_id, session, attempt, report).await;
+                            });
+                        } else {
+                            plane.status(&agent_id, session, attempt, report).await;
+                        }
+                    }
+                    Some(Message::Attach(_)) | None => {
+                        tracing::warn!(agent_id, "unexpected message on the agent stream");
+                    }
+                }
+            }
+            plane.detach(&agent_id, session);
+        });
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(commands)
+            .map(|c| Ok(command_to_pb(c)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type FetchModuleStream = ChunkStream;
+
+    async fn fetch_module(
+        &self,
+        request: Request<pb::FetchModuleRequest>,
+    ) -> Result<Response<Self::FetchModuleStream>, Status> {
+        let sha = request.into_inner().sha256;
+        let bytes = self.plane.module(&sha).map_err(status)?;
+        let chunks: Vec<Result<pb::ModuleChunk, Status>> = (0..bytes.len().max(1))
+            .step_by(corral_proto::MODULE_CHUNK_BYTES)
+            .map(|start| {
+                let end = (start + corral_proto::MODULE_CHUNK_BYTES).min(bytes.len());
+                Ok(pb::ModuleChunk {
+                    chunk: bytes.slice(start..end),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

@@ -1,0 +1,226 @@
+//! The client API (`corral.v1.Corral`): modules, tasks, agents, partitions.
+
+use std::pin::Pin;
+
+use corral_proto::pb;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::control::{ControlPlane, TaskFilter};
+use crate::convert;
+use crate::task::TaskId;
+
+/// Default and largest page of [`pb::ListTasksRequest`].
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 10_000;
+
+/// Serves `corral.v1.Corral`.
+pub struct ClientService {
+    plane: ControlPlane,
+}
+
+impl ClientService {
+    /// The service over `plane`.
+    pub fn new(plane: ControlPlane) -> Self {
+        Self { plane }
+    }
+}
+
+fn task_id(text: &str) -> Result<TaskId, Status> {
+    text.parse().map_err(Status::invalid_argument)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::corral_server::Corral for ClientService {
+    async fn upload_module(
+        &self,
+        request: Request<Streaming<pb::UploadModuleRequest>>,
+    ) -> Result<Response<pb::UploadModuleResponse>, Status> {
+        let cap = self.plane.config().max_module_size.as_u64();
+        let mut stream = request.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.chunk);
+            if bytes.len() as u64 > cap {
+                return Err(Status::invalid_argument(format!(
+                    "invalid module: larger than the host's {cap}-byte cap"
+                )));
+            }
+        }
+        let (sha256, size_bytes, existed) =
+            self.plane.upload_module(&bytes).await.map_err(status)?;
+        Ok(Response::new(pb::UploadModuleResponse {
+            sha256,
+            size_bytes,
+            existed,
+        }))
+    }
+
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
+        let spec =
+            convert::spec_from_pb(spec, self.plane.config()).map_err(Status::invalid_argument)?;
+        let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
+        let (id, existed) = self.plane.submit(spec, key).await.map_err(status)?;
+        Ok(Response::new(pb::SubmitTaskResponse {
+            task_id: id.to_string(),
+            existed,
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = task_id(&request.into_inner().task_id)?;
+        let task = self.plane.get(id).map_err(status)?;
+        Ok(Response::new(convert::task_to_pb(&task, false)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let state = match request.state {
+            0 => None,
+            n => Some(
+                convert::state_from_pb(n)
+                    .ok_or_else(|| Status::invalid_argument(format!("unknown task state {n}")))?,
+            ),
+        };
+        let filter = TaskFilter {
+            state,
+            name: (!request.name.is_empty()).then_some(request.name),
+            tenant: (!request.tenant.is_empty()).then_some(request.tenant),
+            labels: request.labels,
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(task_id(token)?),
+        };
+        let limit = match request.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let (tasks, more) = self.plane.list(&filter, after, limit);
+        let next_page_token = match (more, tasks.last()) {
+            (true, Some(last)) => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks
+                .iter()
+                .map(|t| convert::task_to_pb(t, false))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn kill_task(
+        &self,
+        request: Request<pb::KillTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = task_id(&request.into_inner().task_id)?;
+        let task = self.plane.kill(id).await.map_err(status)?;
+        Ok(Response::new(convert::task_to_pb(&task, false)))
+    }
+
+    type WatchTasksStream = EventStream;
+
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let request = request.into_inner();
+        let only = match request.task_id.as_str() {
+            "" => None,
+            id => Some(task_id(id)?),
+        };
+        let (current, receiver) = self.plane.watch(only).map_err(status)?;
+        let plane = self.plane.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut receiver = receiver;
+            let event = |t: &crate::task::Task| {
+                Ok(pb::TaskEvent {
+                    task: Some(convert::task_to_pb(t, false)),
+                })
+            };
+            if let Some(task) = &current {
+                if tx.send(event(task)).await.is_err() || task.state.is_terminal() {
+                    return;
+                }
+            }
+            loop {
+                let task = match receiver.recv().await {
+                    Ok(task) => task,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match only {
+                        // Missed some changes: the task's state now says where it is.
+                        Some(id) => match plane.get(id) {
+                            Ok(task) => task,
+                            Err(_) => return,
+                        },
+                        None => continue,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if only.is_some_and(|id| id != task.id) {
+                    continue;
+                }
+                if tx.send(event(&task)).await.is_err() {
+                    return;
+                }
+                if only.is_some() && task.state.is_terminal() {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream.map(|e| e))))
+    }
+
+    async fn get_task_output(
+        &self,
+        request: Request<pb::GetTaskOutputRequest>,
+    ) -> Result<Response<pb::TaskOutput>, Status> {
+        let id = task_id(&request.into_inner().task_id)?;
+        let output = self.plane.output(id).map_err(status)?;
+        Ok(Response::new(convert::output_to_pb(&output)))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self
+            .plane
+            .agents()
+            .iter()
+            .map(|a| convert::agent_to_pb(&a.info, a.state, a.last_seen_ms, a.running))
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn list_partitions(
+        &self,
+        _request: Request<pb::ListPartitionsRequest>,
+    ) -> Result<Response<pb::ListPartitionsResponse>, Status> {
+        let partitions = self
+            .plane
+            .partitions()
+            .iter()
+            .map(convert::partition_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListPartitionsResponse { partitions }))
+    }
+}

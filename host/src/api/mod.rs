@@ -1,0 +1,53 @@
+//! The gRPC edge: the `corral.v1` services over the [`ControlPlane`]. Protobuf types stop here
+//! (and in [`crate::convert`]); errors are mapped to `tonic::Status` once, in [`status`].
+
+mod agent;
+mod client;
+
+use std::net::SocketAddr;
+
+use corral_proto::pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::control::{ControlPlane, HostError};
+
+pub use agent::AgentService;
+pub use client::ClientService;
+
+/// Maps a host error to the gRPC status clients see.
+pub fn status(error: HostError) -> tonic::Status {
+    match error {
+        HostError::NotFound(m) => tonic::Status::not_found(m),
+        HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+        HostError::Store(e) => tonic::Status::internal(e.to_string()),
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    plane: ControlPlane,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let max = corral_proto::MAX_MESSAGE_BYTES;
+    let client = pb::corral_server::CorralServer::new(ClientService::new(plane.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let agent = pb::agent_api_server::AgentApiServer::new(AgentService::new(plane))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(client)
+        .add_service(agent)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

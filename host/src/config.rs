@@ -1,0 +1,169 @@
+//! The host's configuration: one serde struct read from TOML (`corral host --config FILE`),
+//! unknown keys refused, checked by [`HostConfig::validate`]. `host.sample.toml` at the crate
+//! root is a commented sample.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::Strategy;
+use crate::partition::PartitionTemplate;
+
+/// Everything `corral host` can be told in its config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// How tasks are spread over partitions.
+    pub strategy: Strategy,
+    /// How often agents are told to heartbeat.
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    /// An agent silent (or disconnected) this long is lost; its tasks are LOST and retried.
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_timeout: Duration,
+    /// Largest module accepted.
+    pub max_module_size: ByteSize,
+    /// Largest stdin a task may carry.
+    pub max_stdin_size: ByteSize,
+    /// Most output kept per task: the cap on each of stdout and stderr, and on output files in all.
+    pub max_output_size: ByteSize,
+    /// Retries after a LOST (or, when asked, FAILED) attempt, for tasks that do not say.
+    pub default_retries: u32,
+    /// Limits for tasks that do not set their own.
+    pub default_fuel: u64,
+    /// Default memory cap (and reservation) of a task.
+    pub default_memory: ByteSize,
+    /// Default wall-clock limit of a task.
+    #[serde(with = "humantime_serde_compat")]
+    pub default_timeout: Duration,
+    /// Named partitions carved from the agents they select; the rest of each agent is shared.
+    pub partitions: Vec<PartitionTemplate>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Binpack,
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            max_module_size: ByteSize::mib(64),
+            max_stdin_size: ByteSize::mib(16),
+            max_output_size: ByteSize::mib(16),
+            default_retries: 2,
+            default_fuel: 10_000_000_000,
+            default_memory: ByteSize::mib(512),
+            default_timeout: Duration::from_secs(60),
+            partitions: Vec::new(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// Reads and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval.is_zero() {
+            return Err("heartbeat_interval must be above zero".into());
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(format!(
+                "heartbeat_timeout ({}) must be longer than heartbeat_interval ({})",
+                humantime::format_duration(self.heartbeat_timeout),
+                humantime::format_duration(self.heartbeat_interval)
+            ));
+        }
+        if self.default_fuel == 0 || self.default_memory.as_u64() == 0 {
+            return Err("default_fuel and default_memory must be above zero".into());
+        }
+        if self.default_timeout.is_zero() {
+            return Err("default_timeout must be above zero".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.partitions {
+            if p.name.is_empty() || p.name.contains('/') {
+                return Err(format!(
+                    "partition name {:?} must be non-empty and contain no '/'",
+                    p.name
+                ));
+            }
+            if p.name == crate::partition::DEFAULT_PARTITION {
+                return Err("partition name \"default\" is the shared remainder's".into());
+            }
+            if !names.insert(&p.name) {
+                return Err(format!("partition {:?} is defined twice", p.name));
+            }
+            if p.slots == 0 || p.memory.as_u64() == 0 {
+                return Err(format!(
+                    "partition {:?} needs at least one slot and some memory",
+                    p.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durations as humantime strings (`"15s"`, `"1m30s"`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration (like \"15s\"): {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_file_parses() {
+        let text = include_str!("../host.sample.toml");
+        let config = HostConfig::parse(text).unwrap();
+        assert_eq!(config.partitions.len(), 1);
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(HostConfig::parse("").unwrap(), HostConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let e = HostConfig::parse("heartbeat_timout = \"5s\"").unwrap_err();
+        assert!(e.contains("heartbeat_timout"), "{e}");
+        let e = HostConfig::parse("heartbeat_timeout = \"soon\"").unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+        let e = HostConfig::parse("heartbeat_timeout = \"1s\"").unwrap_err();
+        assert!(e.contains("longer than heartbeat_interval"), "{e}");
+        let e = HostConfig::parse("strategy = \"random\"").unwrap_err();
+        assert!(e.contains("random"), "{e}");
+        let dup = "[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n";
+        assert!(HostConfig::parse(dup).unwrap_err().contains("twice"));
+    }
+}

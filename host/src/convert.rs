@@ -1,0 +1,386 @@
+//! Conversions between the domain types and `corral.v1` messages. The gRPC api and the store use
+//! these (the store keeps records in their protobuf form: one schema for the wire and the disk,
+//! compact and able to evolve); nothing else in the host sees protobuf types.
+
+use std::time::Duration;
+
+use corral_proto::pb;
+
+use crate::config::HostConfig;
+use crate::partition::{Partition, PartitionState, Reservation, Resources};
+use crate::registry::{AgentInfo, AgentState};
+use crate::task::{
+    OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits, TaskOutput,
+    TaskSpec, TaskState,
+};
+
+/// A task state to its protobuf form.
+pub fn state_to_pb(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Assigned => pb::TaskState::Assigned,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Finished => pb::TaskState::Finished,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Killed => pb::TaskState::Killed,
+        TaskState::Lost => pb::TaskState::Lost,
+    }
+}
+
+/// A task state from its protobuf number; `None` for unspecified or unknown.
+pub fn state_from_pb(state: i32) -> Option<TaskState> {
+    match pb::TaskState::try_from(state).ok()? {
+        pb::TaskState::Unspecified => None,
+        pb::TaskState::Pending => Some(TaskState::Pending),
+        pb::TaskState::Assigned => Some(TaskState::Assigned),
+        pb::TaskState::Running => Some(TaskState::Running),
+        pb::TaskState::Finished => Some(TaskState::Finished),
+        pb::TaskState::Failed => Some(TaskState::Failed),
+        pb::TaskState::Killed => Some(TaskState::Killed),
+        pb::TaskState::Lost => Some(TaskState::Lost),
+    }
+}
+
+/// A submitted spec, with the host's defaults filled in where the client left a zero, and its
+/// fields checked.
+pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpec, String> {
+    let limits = spec.limits.unwrap_or_default();
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    let sha = spec.module_sha256.trim().to_ascii_lowercase();
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "module_sha256 {:?} is not a sha256 (64 hex digits)",
+            spec.module_sha256
+        ));
+    }
+    if spec.stdin.len() as u64 > defaults.max_stdin_size.as_u64() {
+        return Err(format!(
+            "stdin is {} bytes, over the host's {}-byte cap",
+            spec.stdin.len(),
+            defaults.max_stdin_size.as_u64()
+        ));
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("environment variable name {key:?} is not valid"));
+        }
+    }
+    let retry = spec.retry.unwrap_or_default();
+    Ok(TaskSpec {
+        name: spec.name,
+        tenant: if spec.tenant.is_empty() {
+            "default".into()
+        } else {
+            spec.tenant
+        },
+        module_sha256: sha,
+        args: spec.args,
+        env: spec.env,
+        stdin: spec.stdin,
+        limits: TaskLimits {
+            fuel: or(limits.fuel, defaults.default_fuel),
+            memory_bytes: or(limits.memory_bytes, defaults.default_memory.as_u64()),
+            timeout: Duration::from_millis(or(
+                limits.timeout_ms,
+                u64::try_from(defaults.default_timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+            max_output_bytes: or(limits.max_output_bytes, defaults.max_output_size.as_u64())
+                .min(defaults.max_output_size.as_u64()),
+        },
+        labels: spec.labels,
+        constraints: spec.constraints,
+        retry: RetryPolicy {
+            max_retries: retry.max_retries.unwrap_or(defaults.default_retries),
+            retry_failed: retry.retry_failed,
+        },
+        collect_outputs: spec.collect_outputs,
+    })
+}
+
+/// A spec to its protobuf form; `with_stdin` false leaves stdin out (listings).
+pub fn spec_to_pb(spec: &TaskSpec, with_stdin: bool) -> pb::TaskSpec {
+    pb::TaskSpec {
+        name: spec.name.clone(),
+        tenant: spec.tenant.clone(),
+        module_sha256: spec.module_sha256.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        stdin: if with_stdin {
+            spec.stdin.clone()
+        } else {
+            Default::default()
+        },
+        limits: Some(pb::Limits {
+            fuel: spec.limits.fuel,
+            memory_bytes: spec.limits.memory_bytes,
+            timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_output_bytes: spec.limits.max_output_bytes,
+        }),
+        labels: spec.labels.clone(),
+        constraints: spec.constraints.clone(),
+        retry: Some(pb::RetryPolicy {
+            max_retries: Some(spec.retry.max_retries),
+            retry_failed: spec.retry.retry_failed,
+        }),
+        collect_outputs: spec.collect_outputs,
+    }
+}
+
+/// An outcome to its protobuf form.
+pub fn outcome_to_pb(outcome: &OutcomeRecord) -> pb::Outcome {
+    pb::Outcome {
+        kind: outcome.kind.clone(),
+        exit_code: outcome.exit_code,
+        message: outcome.message.clone(),
+    }
+}
+
+/// An outcome from its protobuf form.
+pub fn outcome_from_pb(outcome: pb::Outcome) -> OutcomeRecord {
+    OutcomeRecord {
+        kind: outcome.kind,
+        exit_code: outcome.exit_code,
+        message: outcome.message,
+    }
+}
+
+/// A task to its protobuf form; `with_stdin` false leaves the spec's stdin out.
+pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        spec: Some(spec_to_pb(&task.spec, with_stdin)),
+        state: state_to_pb(task.state) as i32,
+        attempts: task.attempts,
+        agent_id: task.agent_id.clone().unwrap_or_default(),
+        partition_id: task.partition_id.clone().unwrap_or_default(),
+        outcome: task.outcome.as_ref().map(outcome_to_pb),
+        fuel_used: task.fuel_used,
+        peak_memory_bytes: task.peak_memory_bytes,
+        wall_ms: task.wall_ms,
+        created_at_ms: task.created_at_ms,
+        updated_at_ms: task.updated_at_ms,
+        started_at_ms: task.started_at_ms,
+        finished_at_ms: task.finished_at_ms,
+        reason: task.reason.clone(),
+        progress: task.progress.map(|p| pb::Progress {
+            done: p.done,
+            total: p.total,
+        }),
+        stdin_bytes: task.spec.stdin.len() as u64,
+        memory_request_bytes: task.spec.limits.memory_bytes,
+    }
+}
+
+/// A stored task from its protobuf form.
+pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
+    let id: TaskId = task.id.parse()?;
+    let state = state_from_pb(task.state).ok_or_else(|| format!("task {id} has no state"))?;
+    let spec = spec_from_pb(task.spec.unwrap_or_default(), &HostConfig::default())
+        .map_err(|e| format!("task {id}: {e}"))?;
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    Ok(Task {
+        id,
+        spec,
+        state,
+        attempts: task.attempts,
+        agent_id: some(task.agent_id),
+        partition_id: some(task.partition_id),
+        outcome: task.outcome.map(outcome_from_pb),
+        fuel_used: task.fuel_used,
+        peak_memory_bytes: task.peak_memory_bytes,
+        wall_ms: task.wall_ms,
+        created_at_ms: task.created_at_ms,
+        updated_at_ms: task.updated_at_ms,
+        started_at_ms: task.started_at_ms,
+        finished_at_ms: task.finished_at_ms,
+        reason: task.reason,
+        progress: task.progress.map(|p| Progress {
+            done: p.done,
+            total: p.total,
+        }),
+    })
+}
+
+/// Output to its protobuf form.
+pub fn output_to_pb(output: &TaskOutput) -> pb::TaskOutput {
+    pb::TaskOutput {
+        stdout: output.stdout.clone(),
+        stderr: output.stderr.clone(),
+        stdout_truncated: output.stdout_truncated,
+        stderr_truncated: output.stderr_truncated,
+        files: output
+            .files
+            .iter()
+            .map(|f| pb::OutputFile {
+                path: f.path.clone(),
+                data: f.data.clone(),
+            })
+            .collect(),
+        files_truncated: output.files_truncated,
+    }
+}
+
+/// Output from its protobuf form.
+pub fn output_from_pb(output: pb::TaskOutput) -> TaskOutput {
+    TaskOutput {
+        stdout: output.stdout,
+        stderr: output.stderr,
+        stdout_truncated: output.stdout_truncated,
+        stderr_truncated: output.stderr_truncated,
+        files: output
+            .files
+            .into_iter()
+            .map(|f| OutputFile {
+                path: f.path,
+                data: f.data,
+            })
+            .collect(),
+        files_truncated: output.files_truncated,
+    }
+}
+
+/// Capacity to its protobuf form.
+pub fn resources_to_pb(r: Resources) -> pb::Capacity {
+    pb::Capacity {
+        slots: r.slots,
+        memory_bytes: r.memory_bytes,
+    }
+}
+
+/// Capacity from its protobuf form.
+pub fn resources_from_pb(c: Option<pb::Capacity>) -> Resources {
+    let c = c.unwrap_or_default();
+    Resources {
+        slots: c.slots,
+        memory_bytes: c.memory_bytes,
+    }
+}
+
+/// An agent to its protobuf form.
+pub fn agent_to_pb(
+    info: &AgentInfo,
+    state: AgentState,
+    last_seen_ms: i64,
+    running: u32,
+) -> pb::Agent {
+    pb::Agent {
+        id: info.id.clone(),
+        address: info.address.clone(),
+        capacity: Some(resources_to_pb(info.capacity)),
+        labels: info.labels.clone(),
+        version: info.version.clone(),
+        state: match state {
+            AgentState::Active => pb::AgentState::Active,
+            AgentState::Disconnected => pb::AgentState::Disconnected,
+            AgentState::Lost => pb::AgentState::Lost,
+        } as i32,
+        last_seen_ms,
+        running_tasks: running,
+    }
+}
+
+/// A stored agent from its protobuf form.
+pub fn agent_from_pb(agent: pb::Agent) -> AgentInfo {
+    AgentInfo {
+        id: agent.id,
+        address: agent.address,
+        capacity: resources_from_pb(agent.capacity),
+        labels: agent.labels,
+        version: agent.version,
+    }
+}
+
+/// A partition to its protobuf form.
+pub fn partition_to_pb(p: &Partition) -> pb::Partition {
+    pb::Partition {
+        id: p.id.clone(),
+        agent_id: p.agent_id.clone(),
+        name: p.name.clone(),
+        capacity: Some(resources_to_pb(p.capacity)),
+        allocated: Some(resources_to_pb(p.allocated)),
+        state: match p.state() {
+            PartitionState::Available => pb::PartitionState::Available,
+            PartitionState::Allocated => pb::PartitionState::Allocated,
+            PartitionState::Draining => pb::PartitionState::Draining,
+        } as i32,
+        tenant: p.reservation.tenant.clone().unwrap_or_default(),
+        labels: p.reservation.labels.clone(),
+    }
+}
+
+/// A stored partition from its protobuf form (allocation is recomputed from the tasks).
+pub fn partition_from_pb(p: pb::Partition) -> Partition {
+    Partition {
+        id: p.id,
+        agent_id: p.agent_id,
+        name: p.name,
+        capacity: resources_from_pb(p.capacity),
+        allocated: Resources::default(),
+        reservation: Reservation {
+            tenant: (!p.tenant.is_empty()).then_some(p.tenant),
+            labels: p.labels,
+        },
+        draining: p.state == pb::PartitionState::Draining as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_get_the_hosts_defaults_and_bad_fields_are_named() {
+        let config = HostConfig::default();
+        let spec = spec_from_pb(
+            pb::TaskSpec {
+                module_sha256: "AB".repeat(32),
+                ..Default::default()
+            },
+            &config,
+        )
+        .unwrap();
+        assert_eq!(spec.tenant, "default");
+        assert_eq!(spec.module_sha256, "ab".repeat(32));
+        assert_eq!(spec.limits.memory_bytes, config.default_memory.as_u64());
+        assert_eq!(spec.retry.max_retries, config.default_retries);
+        let e = spec_from_pb(
+            pb::TaskSpec {
+                module_sha256: "xyz".into(),
+                ..Default::default()
+            },
+            &config,
+        )
+        .unwrap_err();
+        assert!(e.contains("xyz"), "{e}");
+    }
+
+    #[test]
+    fn tasks_round_trip_through_protobuf() {
+        let config = HostConfig::default();
+        let mut spec = spec_from_pb(
+            pb::TaskSpec {
+                module_sha256: "0".repeat(64),
+                stdin: bytes::Bytes::from_static(b"in"),
+                retry: Some(pb::RetryPolicy {
+                    max_retries: Some(0),
+                    retry_failed: true,
+                }),
+                ..Default::default()
+            },
+            &config,
+        )
+        .unwrap();
+        spec.labels.insert("k".into(), "v".into());
+        let mut task = Task::new(TaskId(9), spec, 1234);
+        task.state = TaskState::Failed;
+        task.attempts = 1;
+        task.agent_id = Some("a1".into());
+        task.outcome = Some(OutcomeRecord {
+            kind: "exit".into(),
+            exit_code: 3,
+            message: String::new(),
+        });
+        task.progress = Some(Progress { done: 1, total: 2 });
+        assert_eq!(task_from_pb(task_to_pb(&task, true)).unwrap(), task);
+    }
+}

@@ -1,0 +1,39 @@
+//! `corral-host`: Corral's control plane (the Mesos "master").
+//!
+//! The host tracks agents, carves their capacity into partitions, places submitted tasks into
+//! partitions that can hold them, and records every task's life durably in redb. It never runs
+//! guest code: modules are only validated here (with the sandbox's [`Validator`]) and stored.
+//!
+//! # Map
+//! - Pure decisions: [`partition`] (capacity, reservations, carving), [`allocator`] (may this
+//!   partition hold this task; which one is best), [`scheduler`] (a snapshot in, a plan out),
+//!   [`registry`] (agents and their liveness), [`task`] (the lifecycle and retry policy).
+//! - Effects: [`store`] (redb, group commits), [`control`] (the one authority that applies
+//!   decisions, talks to agents and persists), [`api`] (the gRPC services), [`config`].
+//!
+//! # Example
+//! A host on an ephemeral port, answering a client:
+//! ```no_run
+//! use corral_host::{api, config::HostConfig, control::ControlPlane};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let data = tempfile::tempdir()?;
+//! let plane = ControlPlane::start(HostConfig::default(), data.path())?;
+//! let listener = api::bind("127.0.0.1:0".parse()?).await?;
+//! println!("host on http://{}", listener.local_addr()?);
+//! api::serve(plane, listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Validator`]: corral_agent::sandbox::Validator
+
+pub mod allocator;
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod convert;
+pub mod partition;
+pub mod registry;
+pub mod scheduler;
+pub mod store;
+pub mod task;

@@ -1,0 +1,291 @@
+//! The scheduler: places pending tasks into partitions. A pure function: a snapshot in, a plan
+//! out; no I/O, no clock, no async.
+//!
+//! # Properties
+//! - **Never over-allocates**: the plan's placements, added to what each partition already
+//!   holds, stay within every partition's capacity.
+//! - **Every placeable task is placed**: a task left out of the plan fits in no partition given
+//!   the placements made before it (tasks are taken in queue order, and a task that does not fit
+//!   does not block those behind it).
+//! - **Deterministic**: the same snapshot gives the same plan.
+//! - Infeasibility is data: a task no partition could ever hold is listed with the reason,
+//!   not raised as an error.
+//!
+//! # Algorithm
+//! Tasks are grouped by their placement class (tenant, labels, constraints); for each class the
+//! eligible partitions (not draining, reservation and constraints met) are found once. Each task
+//! then scans its class's eligible partitions for the best fit under the [`Strategy`]
+//! (see [`crate::allocator`]), and the chosen partition's free capacity shrinks. Partitions
+//! with no free slot leave the class's list. Cost: O(tasks x eligible partitions), linear in the
+//! number of agents.
+
+use std::collections::HashMap;
+
+use crate::allocator::{better, never_fits, Candidate, Request, Strategy};
+use crate::partition::Resources;
+use crate::task::TaskId;
+
+/// A pending task as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTask {
+    /// The task.
+    pub task_id: TaskId,
+    /// What it asks for.
+    pub request: Request,
+}
+
+/// One placement of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The task.
+    pub task_id: TaskId,
+    /// Index of the chosen partition in the snapshot.
+    pub partition: usize,
+}
+
+/// A task the plan leaves pending, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unplaced {
+    /// The task.
+    pub task_id: TaskId,
+    /// Why it waits.
+    pub reason: String,
+    /// True when no partition could hold it even with all its capacity free.
+    pub never: bool,
+}
+
+/// What to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Tasks to place, in queue order.
+    pub placements: Vec<Placement>,
+    /// Tasks left pending.
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// Places `pending` (in queue order) into `partitions` under `strategy`.
+pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strategy) -> Plan {
+    let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
+    // Eligible partition indices per placement class; built on first use.
+    let mut classes: HashMap<ClassKey<'_>, Vec<usize>> = HashMap::new();
+    let mut plan = Plan::default();
+    for task in pending {
+        let request = &task.request;
+        let eligible = classes.entry(ClassKey::of(request)).or_insert_with(|| {
+            (0..partitions.len())
+                .filter(|&i| partitions[i].eligible(request))
+                .collect()
+        });
+        let mut best: Option<usize> = None;
+        let mut k = 0;
+        while k < eligible.len() {
+            let i = eligible[k];
+            if free[i].slots == 0 {
+                // Full: no task of any class fits until the next snapshot.
+                eligible.swap_remove(k);
+                continue;
+            }
+            if free[i].covers(&request.resources)
+                && best.is_none_or(|b| {
+                    better(strategy, &free[i], &free[b]) || (free[i] == free[b] && i < b)
+                })
+            {
+                best = Some(i);
+            }
+            k += 1;
+        }
+        match best {
+            Some(i) => {
+                free[i] = free[i].minus(&request.resources);
+                plan.placements.push(Placement {
+                    task_id: task.task_id,
+                    partition: i,
+                });
+            }
+            None => {
+                let (reason, never) = match never_fits(partitions, request) {
+                    Some(reason) => (reason, true),
+                    None => ("waiting for a partition with room".to_string(), false),
+                };
+                plan.unplaced.push(Unplaced {
+                    task_id: task.task_id,
+                    reason,
+                    never,
+                });
+            }
+        }
+    }
+    plan
+}
+
+/// What decides which partitions a task may use, capacity aside.
+#[derive(PartialEq, Eq, Hash)]
+struct ClassKey<'a> {
+    tenant: &'a str,
+    labels: Vec<(&'a str, &'a str)>,
+    constraints: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> ClassKey<'a> {
+    fn of(request: &'a Request) -> Self {
+        let pairs = |m: &'a std::collections::BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        };
+        Self {
+            tenant: &request.tenant,
+            labels: pairs(&request.labels),
+            constraints: pairs(&request.constraints),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
+    use proptest::strategy::Strategy as Generator;
+
+    use super::*;
+    use crate::partition::Reservation;
+
+    fn candidate(i: usize, slots: u32, memory: u64) -> Candidate {
+        let capacity = Resources {
+            slots,
+            memory_bytes: memory,
+        };
+        Candidate {
+            partition_id: format!("a{i}/default"),
+            agent_id: format!("a{i}"),
+            agent_labels: BTreeMap::new(),
+            reservation: Reservation::default(),
+            capacity,
+            free: capacity,
+            draining: false,
+        }
+    }
+
+    fn pending(id: u64, memory: u64) -> PendingTask {
+        PendingTask {
+            task_id: TaskId(id),
+            request: Request {
+                resources: Resources {
+                    slots: 1,
+                    memory_bytes: memory,
+                },
+                tenant: "default".into(),
+                labels: BTreeMap::new(),
+                constraints: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn binpack_fills_one_agent_before_the_next() {
+        let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
+        let tasks: Vec<_> = (0..3).map(|i| pending(i, 10)).collect();
+        let plan = plan(&parts, &tasks, Strategy::Binpack);
+        let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
+        assert_eq!(chosen, [0, 0, 1]);
+        assert!(plan.unplaced.is_empty());
+    }
+
+    #[test]
+    fn spread_alternates_between_agents() {
+        let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
+        let tasks: Vec<_> = (0..4).map(|i| pending(i, 10)).collect();
+        let plan = plan(&parts, &tasks, Strategy::Spread);
+        let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
+        assert_eq!(chosen, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_big_task_does_not_block_small_ones_behind_it() {
+        let parts = vec![candidate(0, 4, 100)];
+        let tasks = vec![pending(1, 60), pending(2, 60), pending(3, 30)];
+        let plan = plan(&parts, &tasks, Strategy::Binpack);
+        let placed: Vec<_> = plan.placements.iter().map(|p| p.task_id.0).collect();
+        assert_eq!(placed, [1, 3]);
+        assert_eq!(plan.unplaced.len(), 1);
+        assert_eq!(plan.unplaced[0].task_id, TaskId(2));
+        assert!(!plan.unplaced[0].never);
+    }
+
+    #[test]
+    fn an_impossible_task_is_data_with_a_reason() {
+        let parts = vec![candidate(0, 4, 100)];
+        let plan = plan(&parts, &[pending(1, 1000)], Strategy::Binpack);
+        assert!(plan.placements.is_empty());
+        assert!(plan.unplaced[0].never);
+        assert!(plan.unplaced[0].reason.contains("largest partition"));
+    }
+
+    #[test]
+    fn nothing_is_placed_on_draining_partitions() {
+        let mut parts = vec![candidate(0, 4, 100)];
+        parts[0].draining = true;
+        let plan = plan(&parts, &[pending(1, 1)], Strategy::Spread);
+        assert!(plan.placements.is_empty());
+        assert!(!plan.unplaced[0].never);
+    }
+
+    type RawPartition = (u32, u64, u32, u64, bool, Option<u8>, Option<u8>);
+
+    fn arb_partition() -> impl Generator<Value = RawPartition> {
+        (
+            0u32..6,
+            0u64..1000,
+            0u32..6,
+            0u64..1000,
+            any::<bool>(),
+            proptest::option::of(0u8..2),
+            proptest::option::of(0u8..2),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Never over-allocates, and every task left out fits nowhere once the plan is applied.
+        #[test]
+        fn plans_never_overallocate_and_place_every_placeable_task(
+            raw_parts in proptest::collection::vec(arb_partition(), 0..8),
+            raw_tasks in proptest::collection::vec((0u64..600, 0u8..3, proptest::option::of(0u8..2)), 0..40),
+            spread in any::<bool>(),
+        ) {
+            let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, tenant, zone))| {
+                let mut c = candidate(i, cap_s, cap_m);
+                c.free = c.capacity.minus(&Resources { slots: used_s.min(cap_s), memory_bytes: used_m.min(cap_m) });
+                c.draining = draining;
+                c.reservation.tenant = tenant.map(|t| format!("tenant{t}"));
+                if let Some(z) = zone { c.agent_labels.insert("zone".into(), format!("z{z}")); }
+                c
+            }).collect();
+            let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, &(memory, tenant, zone))| {
+                let mut t = pending(i as u64, memory);
+                t.request.tenant = if tenant == 2 { "default".into() } else { format!("tenant{tenant}") };
+                if let Some(z) = zone { t.request.constraints.insert("zone".into(), format!("z{z}")); }
+                t
+            }).collect();
+            let strategy = if spread { Strategy::Spread } else { Strategy::Binpack };
+            let plan = plan(&parts, &tasks, strategy);
+
+            let mut free: Vec<Resources> = parts.iter().map(|p| p.free).collect();
+            for placement in &plan.placements {
+                let task = tasks.iter().find(|t| t.task_id == placement.task_id).unwrap();
+                let p = &parts[placement.partition];
+                prop_assert!(p.eligible(&task.request));
+                prop_assert!(free[placement.partition].covers(&task.request.resources), "over-allocated {}", p.partition_id);
+                free[placement.partition] = free[placement.partition].minus(&task.request.resources);
+            }
+            prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), tasks.len());
+            for unplaced in &plan.unplaced {
+                let task = tasks.iter().find(|t| t.task_id == unplaced.task_id).unwrap();
+                for (i, p) in parts.iter().enumerate() {
+                    let now = Candidate { free: free[i], ..p.clone() };
+                    prop_assert!(!now.fits(&task.request), "task {} fits {} but was left out", task.task_id, p.partition_id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The durable state store: redb in the host's data dir, holding tasks, outputs, modules, agents,
+//! partitions and idempotency keys.
+//!
+//! redb syncs to disk on every commit, so writes are **group-committed**: one writer thread takes
+//! every write waiting in its queue, applies them in one transaction, commits once and then
+//! answers each caller. Writes are applied in the order they were sent. A caller that needs
+//! durability (a submit about to be acknowledged, a final status about to be acked) awaits its
+//! [`Commit`]; one that does not (an ASSIGNED or RUNNING transition, which reconciliation can
+//! rebuild) drops it, and the write still lands in order.
+//!
+//! Records are stored in their `corral.v1` protobuf form (see [`crate::convert`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::convert;
+use crate::partition::Partition;
+use crate::registry::AgentInfo;
+use crate::task::{Task, TaskId, TaskOutput};
+
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
+const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
+const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+
+/// Most writes applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A failure of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open state store {}: {message}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A read or write failed.
+    #[error("state store: {0}")]
+    Io(String),
+    /// A stored record could not be decoded.
+    #[error("state store holds a corrupt record: {0}")]
+    Corrupt(String),
+    /// The writer thread is gone.
+    #[error("state store writer stopped")]
+    Stopped,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// One change to the stored state.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Insert or replace a task.
+    Task(Task),
+    /// A task's output.
+    Output(TaskId, TaskOutput),
+    /// A module's binary, by sha256.
+    Module(String, Bytes),
+    /// An agent's registration, and when it was last seen.
+    Agent(AgentInfo, i64),
+    /// An agent's partitions, replacing those it had.
+    Partitions(String, Vec<Partition>),
+    /// An idempotency key (`tenant`, `key`) naming a task.
+    Idempotency(String, String, TaskId),
+}
+
+/// What the store held when opened.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every task, by id.
+    pub tasks: Vec<Task>,
+    /// Every agent ever registered, with when it was last seen.
+    pub agents: Vec<(AgentInfo, i64)>,
+    /// Every partition (allocations zero; recompute them from the tasks).
+    pub partitions: Vec<Partition>,
+    /// Idempotency keys: ((tenant, key), task).
+    pub idempotency: Vec<((String, String), TaskId)>,
+    /// Sha256 of every stored module.
+    pub modules: Vec<String>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// A batch of writes sent to the writer, resolved when it is durable.
+pub struct Commit(tokio::sync::oneshot::Receiver<Result<(), String>>);
+
+impl Commit {
+    /// Waits until the writes are on disk.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Io(message)),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+}
+
+/// The store. Cheap to clone. When the last clone is dropped, the queued writes are committed
+/// and the database is closed before the drop returns.
+#[derive(Clone)]
+pub struct Store {
+    writer: Arc<Writer>,
+    db: Arc<Database>,
+}
+
+struct Writer {
+    queue: Option<mpsc::Sender<(Vec<Write>, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/state.redb`, loads everything and starts the writer.
+    pub fn open(data_dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        let path = data_dir.join("state.redb");
+        let open_error = |message: String| StoreError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        // Create the tables, so that reads never meet a missing one.
+        let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
+        for table in [TASKS, OUTPUTS] {
+            txn.open_table(table)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        for table in [MODULES, AGENTS, PARTITIONS] {
+            txn.open_table(table)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        txn.open_table(IDEMPOTENCY)
+            .map_err(|e| open_error(e.to_string()))?;
+        txn.commit().map_err(|e| open_error(e.to_string()))?;
+        let db = Arc::new(db);
+        let loaded = load(&db)?;
+        let (sender, queue) = mpsc::channel();
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("corral-store".into())
+            .spawn(move || write_loop(&writer_db, &queue))
+            .map_err(|e| open_error(e.to_string()))?;
+        let writer = Arc::new(Writer {
+            queue: Some(sender),
+            thread: Some(thread),
+        });
+        Ok((Store { writer, db }, loaded))
+    }
+
+    /// Queues `writes`; they are applied in order with other queued writes. Await the answer
+    /// for durability, or drop it.
+    pub fn write(&self, writes: Vec<Write>) -> Commit {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // A stopped writer shows up when the commit is awaited.
+        if let Some(queue) = &self.writer.queue {
+            let _ = queue.send((writes, reply));
+        }
+        Commit(answer)
+    }
+
+    /// A stored module's binary.
+    pub fn module(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(MODULES).map_err(io)?;
+        Ok(table
+            .get(sha256)
+            .map_err(io)?
+            .map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    /// A task's stored output.
+    pub fn output(&self, id: TaskId) -> Result<Option<TaskOutput>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(OUTPUTS).map_err(io)?;
+        match table.get(id.0).map_err(io)? {
+            None => Ok(None),
+            Some(v) => pb::TaskOutput::decode(v.value())
+                .map(|o| Some(convert::output_from_pb(o)))
+                .map_err(|e| StoreError::Corrupt(format!("output of {id}: {e}"))),
+        }
+    }
+}
+
+fn load(db: &Database) -> Result<Loaded, StoreError> {
+    let txn = db.begin_read().map_err(io)?;
+    let mut loaded = Loaded::default();
+    for row in txn.open_table(TASKS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let task = pb::Task::decode(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", key.value())))
+            .and_then(|t| convert::task_from_pb(t).map_err(StoreError::Corrupt))?;
+        loaded.tasks.push(task);
+    }
+    for row in txn.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let agent = pb::Agent::decode(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("agent {}: {e}", key.value())))?;
+        let seen = agent.last_seen_ms;
+        loaded.agents.push((convert::agent_from_pb(agent), seen));
+    }
+    for row in txn.open_table(PARTITIONS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let p = pb::Partition::decode(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("partition {}: {e}", key.value())))?;
+        loaded.partitions.push(convert::partition_from_pb(p));
+    }
+    for row in txn
+        .open_table(IDEMPOTENCY)
+        .map_err(io)?
+        .iter()
+        .map_err(io)?
+    {
+        let (key, value) = row.map_err(io)?;
+        let (tenant, k) = key
+            .value()
+            .split_once('\0')
+            .unwrap_or(("default", key.value()));
+        loaded
+            .idempotency
+            .push(((tenant.to_string(), k.to_string()), TaskId(value.value())));
+    }
+    for row in txn.open_table(MODULES).map_err(io)?.iter().map_err(io)? {
+        let (key, _) = row.map_err(io)?;
+        loaded.modules.push(key.value().to_string());
+    }
+    Ok(loaded)
+}
+
+fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result =
+            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "state store commit failed");
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    {
+        let mut tasks = txn.open_table(TASKS).map_err(io)?;
+        let mut outputs = txn.open_table(OUTPUTS).map_err(io)?;
+        let mut modules = txn.open_table(MODULES).map_err(io)?;
+        let mut agents = txn.open_table(AGENTS).map_err(io)?;
+        let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
+        let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
+        for write in writes {
+            match write {
+                Write::Task(task) => {
+                    let bytes = convert::task_to_pb(task, true).encode_to_vec();
+                    tasks.insert(task.id.0, bytes.as_slice()).map_err(io)?;
+                }
+                Write::Output(id, output) => {
+                    let bytes = convert::output_to_pb(output).encode_to_vec();
+                    outputs.insert(id.0, bytes.as_slice()).map_err(io)?;
+                }
+                Write::Module(sha, bytes) => {
+                    modules.insert(sha.as_str(), bytes.as_ref()).map_err(io)?;
+                }
+                Write::Agent(info, seen) => {
+                    let state = crate::registry::AgentState::Disconnected;
+                    let bytes = convert::agent_to_pb(info, state, *seen, 0).encode_to_vec();
+                    agents
+                        .insert(info.id.as_str(), bytes.as_slice())
+                        .map_err(io)?;
+                }
+                Write::Partitions(agent_id, list) => {
+                    let prefix = format!("{agent_id}/");
+                    let old: Vec<String> = partitions
+                        .range(prefix.as_str()..)
+                        .map_err(io)?
+                        .map_while(|row| {
+                            let key = row.ok()?.0.value().to_string();
+                            key.starts_with(&prefix).then_some(key)
+                        })
+                        .collect();
+                    for key in old {
+                        partitions.remove(key.as_str()).map_err(io)?;
+                    }
+                    for p in list {
+                        let bytes = convert::partition_to_pb(p).encode_to_vec();
+                        partitions
+                            .insert(p.id.as_str(), bytes.as_slice())
+                            .map_err(io)?;
+                    }
+                }
+                Write::Idempotency(tenant, key, id) => {
+                    let k = format!("{tenant}\0{key}");
+                    idempotency.insert(k.as_str(), id.0).map_err(io)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+
+    fn task(id: u64) -> Task {
+        let spec = convert::spec_from_pb(
+            pb::TaskSpec {
+                name: format!("task{id}"),
+                module_sha256: "1".repeat(64),
+                stdin: Bytes::from(vec![7u8; 1000]),
+                ..Default::default()
+            },
+            &HostConfig::default(),
+        )
+        .unwrap();
+        Task::new(TaskId(id), spec, 1)
+    }
+
+    #[tokio::test]
+    async fn what_was_committed_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = TaskOutput {
+            stdout: Bytes::from_static(b"out"),
+            files: vec![crate::task::OutputFile {
+                path: "a/b.txt".into(),
+                data: Bytes::from_static(b"file"),
+            }],
+            ..Default::default()
+        };
+        {
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert!(loaded.tasks.is_empty());
+            let commits: Vec<Commit> = (1..=50)
+                .map(|i| store.write(vec![Write::Task(task(i))]))
+                .collect();
+            for commit in commits {
+                commit.durable().await.unwrap();
+            }
+            store
+                .write(vec![
+                    Write::Output(TaskId(3), output.clone()),
+                    Write::Module("ab".into(), Bytes::from_static(b"\0asm")),
+                    Write::Idempotency("default".into(), "k1".into(), TaskId(4)),
+                ])
+                .durable()
+                .await
+                .unwrap();
+            assert_eq!(store.output(TaskId(3)).unwrap(), Some(output.clone()));
+        }
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.tasks.len(), 50);
+        assert_eq!(loaded.tasks[2], task(3));
+        assert_eq!(loaded.modules, ["ab"]);
+        assert_eq!(
+            loaded.idempotency,
+            [(("default".to_string(), "k1".to_string()), TaskId(4))]
+        );
+        assert_eq!(store.output(TaskId(3)).unwrap(), Some(output));
+        assert_eq!(store.output(TaskId(4)).unwrap(), None);
+        assert_eq!(store.module("ab").unwrap().unwrap().as_ref(), b"\0asm");
+    }
+
+    #[tokio::test]
+    async fn an_agents_partitions_are_replaced_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = crate::partition::Resources {
+            slots: 2,
+            memory_bytes: 100,
+        };
+        let templates = [crate::partition::PartitionTemplate {
+            name: "res".into(),
+            agents: Default::default(),
+            slots: 1,
+            memory: bytesize::ByteSize::b(10),
+            tenant: Some("acme".into()),
+            labels: Default::default(),
+        }];
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let two = crate::partition::carve("a1", capacity, &Default::default(), &templates);
+            let other = crate::partition::carve("a10", capacity, &Default::default(), &[]);
+            store
+                .write(vec![
+                    Write::Partitions("a1".into(), two),
+                    Write::Partitions("a10".into(), other),
+                ])
+                .durable()
+                .await
+                .unwrap();
+            let one = crate::partition::carve("a1", capacity, &Default::default(), &[]);
+            store
+                .write(vec![Write::Partitions("a1".into(), one)])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let ids: Vec<_> = loaded.partitions.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a1/default", "a10/default"]);
+    }
+}

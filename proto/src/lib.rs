@@ -1,0 +1,40 @@
+//! Corral's gRPC contract, package `corral.v1`, generated at build time from
+//! `proto/corral/v1/corral.proto` by protox and tonic-prost-build (no `protoc` needed).
+//!
+//! Two services:
+//! - [`pb::corral_server::Corral`] / [`pb::corral_client::CorralClient`]: the client API:
+//!   upload modules, submit, get, list, kill and watch tasks, fetch their output, list agents and
+//!   partitions.
+//! - [`pb::agent_api_server::AgentApi`] / [`pb::agent_api_client::AgentApiClient`]: what agents
+//!   speak: `Register`, then one bidirectional `Session` stream (launches, kills and acks to the
+//!   agent; heartbeats and status updates from it), and `FetchModule`.
+//!
+//! These types stop at the edge: `corral-host` and `corral-agent` convert them to their domain
+//! types in their api modules.
+//!
+//! ```
+//! use corral_proto::pb;
+//!
+//! let request = pb::SubmitTaskRequest {
+//!     spec: Some(pb::TaskSpec {
+//!         name: "hello".into(),
+//!         module_sha256: "ab12".into(),
+//!         ..Default::default()
+//!     }),
+//!     idempotency_key: "sweep-1/fold-3".into(),
+//! };
+//! assert_eq!(request.spec.unwrap().tenant, "");
+//! ```
+
+/// The generated messages, clients and servers of `corral.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("corral.v1");
+}
+
+/// Largest gRPC message either side accepts: a task's stdin or a final status update with its
+/// captured output can be tens of MiB, over tonic's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
+
+/// Chunk size for streamed module bytes.
+pub const MODULE_CHUNK_BYTES: usize = 1 << 20;
