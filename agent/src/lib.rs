@@ -35,4 +35,5 @@
 //! # Ok::<(), corral_agent::sandbox::SandboxError>(())
 //! ```
 
+pub mod daemon;
 pub mod sandbox;

@@ -1,11 +1,17 @@
 //! `corral`: the one binary of Corral.
 //!
-//! `corral run` runs a WASM task in the sandbox on this machine, with hard limits, and reports
-//! how it ended and what it cost. Logs go to stderr, filtered by `CORRAL_LOG` (e.g.
-//! `CORRAL_LOG=debug`).
+//! - `corral run` runs a WASM task in the sandbox on this machine, with hard limits, and reports
+//!   how it ended and what it cost.
+//! - `corral dev` runs a host and agents in one process; `corral host` and `corral agent` run
+//!   them on separate machines.
+//! - `corral submit|tasks|task|agents|partitions` are the cluster's clients.
+//!
+//! Logs go to stderr, filtered by `CORRAL_LOG` (e.g. `CORRAL_LOG=debug`).
 
+mod client;
 mod exit;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,6 +29,35 @@ struct Cli {
 enum Command {
     /// Run a WASM module (.wasm or .wat) in the sandbox, here and now.
     Run(run::RunArgs),
+    /// Run a host and N agents in this process: a whole cluster on one machine.
+    Dev(serve::DevArgs),
+    /// Run the host (the control plane).
+    Host(serve::HostArgs),
+    /// Run an agent that registers with a host and runs its tasks.
+    Agent(serve::AgentArgs),
+    /// Submit a task to the cluster; prints its id (or, with --wait, its output).
+    Submit(client::SubmitArgs),
+    /// List tasks: ID NAME STATE AGENT PARTITION FUEL AGE.
+    Tasks(client::TasksArgs),
+    /// Show, kill, fetch the output of, or watch one task.
+    #[command(subcommand)]
+    Task(client::TaskCommand),
+    /// List the agents.
+    Agents(client::ListArgs),
+    /// List the partitions of the agents' capacity.
+    Partitions(client::ListArgs),
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn cluster<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    command: impl FnOnce() -> F,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(command())
 }
 
 fn main() -> ExitCode {
@@ -43,14 +78,26 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Dev(args) => cluster(|| async { done(serve::dev(args).await) }),
+        Command::Host(args) => cluster(|| async { done(serve::host(args).await) }),
+        Command::Agent(args) => cluster(|| async { done(serve::agent(args).await) }),
+        Command::Submit(args) => cluster(|| client::submit(args)),
+        Command::Tasks(args) => cluster(|| client::tasks(args)),
+        Command::Task(command) => cluster(|| client::task(command)),
+        Command::Agents(args) => cluster(|| client::agents(args)),
+        Command::Partitions(args) => cluster(|| client::partitions(args)),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("corral: error: {error:#}");
-            ExitCode::from(exit::CORRAL_FAILED)
+            let status = error
+                .downcast_ref::<client::Failure>()
+                .map_or(exit::CORRAL_FAILED, |f| f.status);
+            ExitCode::from(status)
         }
     }
 }

@@ -122,31 +122,8 @@ struct JsonLog<'a> {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let module = std::fs::read(&args.module)
         .with_context(|| format!("cannot read module {}", args.module.display()))?;
-    let stdin = match &args.stdin {
-        None => Vec::new(),
-        Some(path) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("cannot read this process's stdin")?;
-            bytes
-        }
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("cannot read --stdin file {}", path.display()))?,
-    };
-    let mut env = Vec::with_capacity(args.envs.len());
-    for (key, value) in args.envs {
-        let value = match value {
-            Some(value) => value,
-            None => match std::env::var(&key) {
-                Ok(value) => value,
-                Err(_) => {
-                    bail!("--env {key}: no variable {key} in this process's environment to pass on")
-                }
-            },
-        };
-        env.push((key, value));
-    }
+    let stdin = read_stdin(args.stdin.as_deref())?;
+    let env = resolve_env(args.envs)?;
     let dirs = args
         .dirs
         .into_iter()
@@ -174,6 +151,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..Limits::default()
         },
         on_event: text.then(|| Arc::new(print_guest_log) as _),
+        control: None,
     };
     let cache_dir = if args.no_cache {
         None
@@ -203,6 +181,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit::status(&report.outcome)))
 }
 
+/// The bytes `--stdin FILE` names (`-`: this process's stdin); empty without the flag.
+pub(crate) fn read_stdin(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    Ok(match path {
+        None => Vec::new(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read this process's stdin")?;
+            bytes
+        }
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read --stdin file {}", path.display()))?,
+    })
+}
+
+/// `--env` flags to the guest's variables: `K` alone takes this process's value.
+pub(crate) fn resolve_env(
+    envs: Vec<(String, Option<String>)>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::with_capacity(envs.len());
+    for (key, value) in envs {
+        let value = match value {
+            Some(value) => value,
+            None => match std::env::var(&key) {
+                Ok(value) => value,
+                Err(_) => {
+                    bail!("--env {key}: no variable {key} in this process's environment to pass on")
+                }
+            },
+        };
+        env.push((key, value));
+    }
+    Ok(env)
+}
+
 /// Prints a guest's `corral.log` records to stderr as they happen.
 fn print_guest_log(event: &GuestEvent) {
     if let GuestEvent::Log(record) = event {
@@ -211,7 +225,7 @@ fn print_guest_log(event: &GuestEvent) {
 }
 
 /// The one-line summary printed to stderr after a run.
-fn summary(report: &RunReport) -> String {
+pub(crate) fn summary(report: &RunReport) -> String {
     let mut line = format!(
         "corral: {} fuel_used={} peak_memory={} wall={:.2?} cached={}",
         report.outcome.kind(),
@@ -273,7 +287,7 @@ fn json_report(report: &RunReport) -> JsonReport<'_> {
     }
 }
 
-fn parse_env(arg: &str) -> Result<(String, Option<String>), String> {
+pub(crate) fn parse_env(arg: &str) -> Result<(String, Option<String>), String> {
     let (key, value) = match arg.split_once('=') {
         Some((key, value)) => (key, Some(value.to_string())),
         None => (arg, None),
@@ -284,7 +298,7 @@ fn parse_env(arg: &str) -> Result<(String, Option<String>), String> {
     Ok((key.to_string(), value))
 }
 
-fn parse_dir(arg: &str) -> Result<(PathBuf, String), String> {
+pub(crate) fn parse_dir(arg: &str) -> Result<(PathBuf, String), String> {
     let (host, guest) = match arg.split_once("::") {
         Some((host, guest)) => (host, guest),
         None => (arg, arg),
@@ -295,13 +309,13 @@ fn parse_dir(arg: &str) -> Result<(PathBuf, String), String> {
     Ok((PathBuf::from(host), guest.to_string()))
 }
 
-fn parse_size(arg: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(arg: &str) -> Result<u64, String> {
     arg.parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|_| format!("{arg:?} is not a size; try 64MiB, 512KiB or 1GiB"))
 }
 
-fn parse_duration(arg: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(arg: &str) -> Result<Duration, String> {
     humantime::parse_duration(arg)
         .map_err(|e| format!("{arg:?} is not a duration ({e}); try 10s, 1m30s or 250ms"))
 }

@@ -101,6 +101,13 @@ pub struct AgentView {
     pub running: u32,
 }
 
+/// A task whose attempt just ended, and the events that tell watchers so: the state it ended
+/// in, then PENDING again when it is retried.
+struct Ended {
+    task: Task,
+    events: Vec<Task>,
+}
+
 struct Link {
     session: u64,
     commands: mpsc::UnboundedSender<AgentCommand>,
@@ -118,6 +125,8 @@ struct State {
     queued: HashMap<String, Vec<AgentCommand>>,
     modules: BTreeSet<String>,
     next_id: u64,
+    /// Outputs of tasks that ended, until their commit is durable.
+    fresh_outputs: HashMap<TaskId, TaskOutput>,
 }
 
 struct Shared {
@@ -409,15 +418,17 @@ impl ControlPlane {
                         .or_default()
                         .push(AgentCommand::Kill(attempt));
                 }
-                let task = self.end(&mut state, id, TaskState::Killed, "killed on request");
+                let Ended { task, events } =
+                    self.end(&mut state, id, TaskState::Killed, "killed on request");
                 (
                     public(&task),
-                    Some(self.shared.store.write(vec![Write::Task(task)])),
+                    Some((self.shared.store.write(vec![Write::Task(task)]), events)),
                 )
             }
         };
-        if let Some(commit) = durable {
+        if let Some((commit, events)) = durable {
             commit.durable().await?;
+            self.emit(events);
             self.shared.schedule.notify_one();
         }
         Ok(task)
@@ -426,6 +437,9 @@ impl ControlPlane {
     /// A task's stored output. Tasks that have not ended have none yet.
     pub fn output(&self, id: TaskId) -> Result<TaskOutput, HostError> {
         let task = self.get(id)?;
+        if let Some(output) = self.lock().fresh_outputs.get(&id) {
+            return Ok(output.clone());
+        }
         if !task.state.is_terminal() {
             return Err(HostError::FailedPrecondition(format!(
                 "task {id} has not ended ({}): its output is kept when it does",
@@ -731,18 +745,27 @@ impl ControlPlane {
                 Some(o) => o.kind.clone(),
                 None => "ended without an outcome".into(),
             };
-            let task = self.end(state, attempt.task_id, final_state, &reason);
+            let Ended { task, events } = self.end(state, attempt.task_id, final_state, &reason);
             let mut writes = vec![Write::Task(task.clone())];
             let output = cap_output(
                 report.output.unwrap_or_default(),
                 self.shared.config.max_output_size.as_u64(),
             );
+            state.fresh_outputs.insert(task.id, output.clone());
             writes.push(Write::Output(task.id, output));
-            self.shared.store.write(writes)
+            (self.shared.store.write(writes), task, events)
         };
         self.shared.schedule.notify_one();
-        match commit.durable().await {
-            Ok(()) => send(&self.lock(), agent_id, AgentCommand::Ack(attempt)),
+        let (commit, task, events) = commit;
+        let durable = commit.durable().await;
+        let mut state = self.lock();
+        state.fresh_outputs.remove(&task.id);
+        match durable {
+            Ok(()) => {
+                // Watchers learn of the end once it (and the output) is durable.
+                self.emit(events);
+                send(&state, agent_id, AgentCommand::Ack(attempt));
+            }
             // Not acknowledged: the agent sends it again.
             Err(e) => {
                 tracing::error!(error = %e, task_id = %attempt.task_id, "final status not stored")
@@ -753,8 +776,9 @@ impl ControlPlane {
     // ----- internals ------------------------------------------------------------------------
 
     /// Ends the task's current attempt in `ended`: frees its resources, and queues it again
-    /// when its retry policy allows. Answers the task as it now is.
-    fn end(&self, state: &mut State, id: TaskId, ended: TaskState, reason: &str) -> Task {
+    /// when its retry policy allows. Answers the task as it now is; the caller tells watchers
+    /// (once the change is durable, where that matters).
+    fn end(&self, state: &mut State, id: TaskId, ended: TaskState, reason: &str) -> Ended {
         let now = now_ms();
         let task = state.tasks.get_mut(&id).expect("ending a known task");
         if task.state.holds_resources() {
@@ -770,22 +794,34 @@ impl ControlPlane {
         task.state = ended;
         task.reason = reason.to_string();
         task.updated_at_ms = now;
-        // A retried task goes straight back to PENDING, so watchers never see it "end".
-        if task.may_retry_after(ended) {
-            task.state = TaskState::Pending;
-            task.reason = format!("retrying after {}: {reason}", ended.as_str());
-            state.pending.insert(id);
-            self.shared.schedule.notify_one();
-        } else {
+        let retry = task.may_retry_after(ended);
+        if !retry {
             task.finished_at_ms = now;
         }
-        let _ = self.shared.events.send(public(task));
-        task.clone()
+        let mut events = vec![public(task)];
+        if retry {
+            task.state = TaskState::Pending;
+            task.reason = format!("retrying after {}: {reason}", ended.as_str());
+            events.push(public(task));
+            state.pending.insert(id);
+            self.shared.schedule.notify_one();
+        }
+        Ended {
+            task: task.clone(),
+            events,
+        }
+    }
+
+    fn emit(&self, events: Vec<Task>) {
+        for event in events {
+            let _ = self.shared.events.send(event);
+        }
     }
 
     /// The current attempt of `id` is LOST (its agent vanished or forgot it).
     fn lose(&self, state: &mut State, id: TaskId, reason: &str) -> Vec<Write> {
-        let task = self.end(state, id, TaskState::Lost, reason);
+        let Ended { task, events } = self.end(state, id, TaskState::Lost, reason);
+        self.emit(events);
         tracing::warn!(task_id = %id, state = %task.state, reason, "attempt lost");
         vec![Write::Task(task)]
     }

@@ -345,7 +345,9 @@ impl Sandbox {
         let mut wasm = engine_config(&config);
         let disk_cache = match &config.cache_dir {
             Some(dir) => {
-                let dir = dir.join(WASMTIME_CACHE_SUBDIR);
+                // wasmtime wants an absolute path.
+                let dir = std::path::absolute(dir.join(WASMTIME_CACHE_SUBDIR))
+                    .unwrap_or_else(|_| dir.join(WASMTIME_CACHE_SUBDIR));
                 let cache_error = |message: String| SandboxError::Cache {
                     path: dir.clone(),
                     message,

@@ -180,8 +180,14 @@ impl pb::corral_server::Corral for ClientService {
                 if tx.send(event(&task)).await.is_err() {
                     return;
                 }
-                if only.is_some() && task.state.is_terminal() {
-                    return;
+                // A LOST or FAILED attempt that is retried is followed by PENDING: the watch
+                // ends only when the task itself has.
+                if let Some(id) = only {
+                    if task.state.is_terminal()
+                        && plane.get(id).is_ok_and(|t| t.state.is_terminal())
+                    {
+                        return;
+                    }
                 }
             }
         });

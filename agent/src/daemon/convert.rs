@@ -1,0 +1,242 @@
+//! The agent's protobuf edge: launches become [`RunSpec`]s, [`RunReport`]s become status
+//! updates, and output directories become output files.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use corral_proto::pb;
+
+use super::Key;
+use crate::sandbox::{DirGrant, GuestEvent, Limits, Outcome, RunControl, RunReport, RunSpec};
+
+/// Where a task's output directory appears to the guest, and the variable that names it.
+pub const OUTPUT_DIR_GUEST: &str = "/output";
+/// The environment variable that tells the guest where its output directory is.
+pub const OUTPUT_DIR_ENV: &str = "CORRAL_OUTPUT_DIR";
+/// Most output files kept per task.
+pub const MAX_OUTPUT_FILES: usize = 256;
+
+pub fn task_ref(key: &Key) -> pb::TaskRef {
+    pb::TaskRef {
+        task_id: key.0.clone(),
+        attempt: key.1,
+    }
+}
+
+pub fn key(task: Option<&pb::TaskRef>) -> Option<Key> {
+    task.map(|t| (t.task_id.clone(), t.attempt))
+}
+
+pub fn status_message(update: pb::StatusUpdate) -> pb::AgentMessage {
+    pb::AgentMessage {
+        message: Some(pb::agent_message::Message::Status(update)),
+    }
+}
+
+/// A final FAILED update for an attempt that could not run at all.
+pub fn failed_before_start(task: &pb::TaskRef, kind: &str, message: String) -> pb::StatusUpdate {
+    pb::StatusUpdate {
+        task: Some(task.clone()),
+        state: pb::TaskState::Failed as i32,
+        outcome: Some(pb::Outcome {
+            kind: kind.into(),
+            exit_code: 0,
+            message,
+        }),
+        output: Some(pb::TaskOutput::default()),
+        ..Default::default()
+    }
+}
+
+/// The sandbox run a launch asks for. The guest's progress calls land in `progress`.
+pub fn run_spec(
+    spec: &pb::TaskSpec,
+    output_dir: Option<&Path>,
+    control: RunControl,
+    progress: Arc<Mutex<Option<(u64, u64)>>>,
+) -> RunSpec {
+    let defaults = Limits::default();
+    let limits = spec.limits.clone().unwrap_or_default();
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut dirs = Vec::new();
+    if let Some(dir) = output_dir {
+        dirs.push(DirGrant::read_write(dir, OUTPUT_DIR_GUEST));
+        env.push((OUTPUT_DIR_ENV.into(), OUTPUT_DIR_GUEST.into()));
+    }
+    let on_event: crate::sandbox::EventSink = Arc::new(move |event: &GuestEvent| {
+        if let GuestEvent::Progress(p) = event {
+            *progress.lock().unwrap_or_else(PoisonError::into_inner) = Some((p.done, p.total));
+        }
+    });
+    RunSpec {
+        program: if spec.name.is_empty() {
+            "task".into()
+        } else {
+            spec.name.clone()
+        },
+        args: spec.args.clone(),
+        env,
+        stdin: spec.stdin.clone(),
+        dirs,
+        limits: Limits {
+            fuel: or(limits.fuel, defaults.fuel),
+            memory_bytes: or(limits.memory_bytes, defaults.memory_bytes),
+            timeout: Duration::from_millis(or(
+                limits.timeout_ms,
+                u64::try_from(defaults.timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+            max_stdout_bytes: or(limits.max_output_bytes, defaults.max_stdout_bytes),
+            max_stderr_bytes: or(limits.max_output_bytes, defaults.max_stderr_bytes),
+            ..defaults
+        },
+        on_event: Some(on_event),
+        control: Some(control),
+    }
+}
+
+/// The final update for a run that happened.
+pub fn final_update(
+    task: &pb::TaskRef,
+    report: RunReport,
+    files: Option<(Vec<pb::OutputFile>, bool)>,
+) -> pb::StatusUpdate {
+    let state = match report.outcome {
+        Outcome::Success => pb::TaskState::Finished,
+        Outcome::Killed => pb::TaskState::Killed,
+        _ => pb::TaskState::Failed,
+    };
+    let (files, files_truncated) = files.unwrap_or_default();
+    pb::StatusUpdate {
+        task: Some(task.clone()),
+        state: state as i32,
+        outcome: Some(pb::Outcome {
+            kind: report.outcome.kind().into(),
+            exit_code: report.outcome.exit_code().unwrap_or(0),
+            message: report.outcome.message().unwrap_or_default().into(),
+        }),
+        fuel_used: report.fuel_used,
+        peak_memory_bytes: report.peak_memory_bytes,
+        wall_ms: u64::try_from(report.wall_time.as_millis()).unwrap_or(u64::MAX),
+        progress: report.progress.map(|p| pb::Progress {
+            done: p.done,
+            total: p.total,
+        }),
+        output: Some(pb::TaskOutput {
+            stdout: report.stdout.into(),
+            stderr: report.stderr.into(),
+            stdout_truncated: report.stdout_truncated,
+            stderr_truncated: report.stderr_truncated,
+            files,
+            files_truncated,
+        }),
+    }
+}
+
+/// The regular files under `dir` (paths relative to it, `/`-separated, in name order), kept
+/// while they fit in `max_bytes` in all (0: no files) and number at most [`MAX_OUTPUT_FILES`];
+/// and whether any were left out. Symlinks are not followed.
+pub fn collect_files(dir: &Path, max_bytes: u64) -> (Vec<pb::OutputFile>, bool) {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                paths.push(entry.path());
+            }
+        }
+    }
+    paths.sort();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut truncated = false;
+    for path in paths {
+        let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+        if files.len() == MAX_OUTPUT_FILES || total.saturating_add(size) > max_bytes {
+            truncated = true;
+            continue;
+        }
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        total += data.len() as u64;
+        let relative = path.strip_prefix(dir).unwrap_or(&path);
+        let name: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        files.push(pb::OutputFile {
+            path: name.join("/"),
+            data: data.into(),
+        });
+    }
+    (files, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_files_are_collected_in_order_within_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("b.txt"), b"bbbb").unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"aa").unwrap();
+        std::fs::write(dir.path().join("sub/c.txt"), b"cccccc").unwrap();
+        let (files, truncated) = collect_files(dir.path(), 100);
+        let names: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["a.txt", "b.txt", "sub/c.txt"]);
+        assert!(!truncated);
+        assert_eq!(files[2].data.as_ref(), b"cccccc");
+        let (files, truncated) = collect_files(dir.path(), 7);
+        let names: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+        assert!(truncated);
+    }
+
+    #[test]
+    fn launches_become_exact_run_specs() {
+        let spec = pb::TaskSpec {
+            name: "sweep".into(),
+            args: vec!["--k".into(), "3".into()],
+            env: [("A".to_string(), "1".to_string())].into(),
+            limits: Some(pb::Limits {
+                fuel: 5,
+                memory_bytes: 0,
+                timeout_ms: 1500,
+                max_output_bytes: 10,
+            }),
+            ..Default::default()
+        };
+        let dir = Path::new("/tmp/out");
+        let run = run_spec(&spec, Some(dir), RunControl::new(), Arc::default());
+        assert_eq!(run.program, "sweep");
+        assert_eq!(run.args, ["--k", "3"]);
+        assert_eq!(
+            run.env,
+            [
+                ("A".to_string(), "1".to_string()),
+                (OUTPUT_DIR_ENV.to_string(), OUTPUT_DIR_GUEST.to_string())
+            ]
+        );
+        assert_eq!(run.dirs, [DirGrant::read_write(dir, OUTPUT_DIR_GUEST)]);
+        assert_eq!(run.limits.fuel, 5);
+        assert_eq!(run.limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(run.limits.timeout, Duration::from_millis(1500));
+        assert_eq!(run.limits.max_stdout_bytes, 10);
+    }
+}

@@ -1,0 +1,464 @@
+//! The agent daemon: registers with the host, keeps one session stream open, runs the tasks it
+//! is launched (up to its slots, concurrently) in the [`Sandbox`], kills on request, and reports.
+//!
+//! - **Reports are reliable**: a final status (FINISHED, FAILED, KILLED, with outcome and output)
+//!   is kept until the host acknowledges it, re-sent on every reconnect and periodically while
+//!   unacknowledged. RUNNING updates (state, fuel so far, guest progress) are best effort.
+//! - **The host may go away**: tasks keep running; the agent reconnects with exponential backoff
+//!   (with jitter) and, when it registers again, tells the host what it runs and what it has not
+//!   had acknowledged, so that the host reconciles.
+//! - **Modules** are fetched from the host by sha256 the first time a task needs them, kept on
+//!   disk in `<data_dir>/modules`, and compiled once (the sandbox's caches).
+
+mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corral_proto::pb;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::sandbox::{PreparedModule, RunControl, Sandbox, SandboxConfig};
+
+/// How an agent is set up.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Its id, stable across restarts.
+    pub id: String,
+    /// The host's URL (`http://host:7700`).
+    pub host: String,
+    /// Where it says it is, for people and tools.
+    pub address: String,
+    /// Tasks it runs at once.
+    pub slots: u32,
+    /// Memory it offers to tasks.
+    pub memory_bytes: u64,
+    /// Labels that task constraints match.
+    pub labels: BTreeMap<String, String>,
+    /// Module cache, compiled-code cache and task output directories live here.
+    pub data_dir: PathBuf,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// An agent's failure to start (a running agent retries everything else).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The host URL is malformed.
+    #[error("invalid host address {0:?}: {1}")]
+    HostUrl(String, String),
+    /// The data dir or sandbox could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One attempt, as the agent keys it.
+type Key = (String, u32);
+
+struct Running {
+    control: RunControl,
+}
+
+struct Agent {
+    config: AgentConfig,
+    sandbox: Sandbox,
+    endpoint: Endpoint,
+    running: Mutex<HashMap<Key, Running>>,
+    /// Final reports not yet acknowledged, with when they were last sent.
+    unacked: Mutex<BTreeMap<Key, (pb::StatusUpdate, Instant)>>,
+    /// Where reports go while a session is up.
+    outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
+    modules: tokio::sync::Mutex<HashMap<String, PreparedModule>>,
+}
+
+/// Resolves a host address: `host:port` gets `http://`.
+pub fn host_endpoint(host: &str) -> Result<Endpoint, AgentError> {
+    let url = if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    };
+    Endpoint::from_shared(url.clone())
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+        })
+        .map_err(|e| AgentError::HostUrl(host.to_string(), e.to_string()))
+}
+
+/// Runs an agent until `shutdown` resolves. Tasks still running then are killed.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let endpoint = host_endpoint(&config.host)?;
+    std::fs::create_dir_all(config.data_dir.join("modules"))
+        .and_then(|()| std::fs::create_dir_all(config.data_dir.join("work")))
+        .map_err(|e| {
+            AgentError::Setup(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(config.data_dir.join("cache")),
+        pool_slots: Some(config.slots.max(1)),
+        ..SandboxConfig::default()
+    })
+    .map_err(|e| AgentError::Setup(e.to_string()))?;
+    let agent = Arc::new(Agent {
+        config,
+        sandbox,
+        endpoint,
+        running: Mutex::new(HashMap::new()),
+        unacked: Mutex::new(BTreeMap::new()),
+        outbound: Mutex::new(None),
+        modules: tokio::sync::Mutex::new(HashMap::new()),
+    });
+    let sessions = agent.clone().sessions();
+    tokio::select! {
+        () = sessions => {}
+        () = shutdown => {}
+    }
+    for running in lock(&agent.running).values() {
+        running.control.kill();
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Agent {
+    /// Connects, serves a session until it ends, and reconnects with backoff, forever.
+    async fn sessions(self: Arc<Self>) {
+        let base = Duration::from_millis(100);
+        let mut backoff = base;
+        loop {
+            let attached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            match self.clone().session(attached.clone()).await {
+                Ok(()) => tracing::warn!(agent_id = %self.config.id, "host closed the session"),
+                Err(e) => {
+                    tracing::warn!(agent_id = %self.config.id, error = %e, "session with the host failed")
+                }
+            }
+            *lock(&self.outbound) = None;
+            if attached.load(std::sync::atomic::Ordering::SeqCst) {
+                backoff = base;
+            }
+            // Up to 25% jitter, so that many agents do not reconnect in step.
+            let jitter = backoff.mul_f64(f64::from(jitter_percent()) / 400.0);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One session: register, attach, then serve launches, kills and acks.
+    async fn session(
+        self: Arc<Self>,
+        attached: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), tonic::Status> {
+        let channel = self.endpoint.connect().await.map_err(|e| {
+            tonic::Status::unavailable(format!("cannot reach host {}: {e}", self.config.host))
+        })?;
+        let mut client = client(channel);
+        let running: Vec<pb::TaskRef> = lock(&self.running).keys().map(convert::task_ref).collect();
+        let unacknowledged: Vec<pb::TaskRef> =
+            lock(&self.unacked).keys().map(convert::task_ref).collect();
+        let registered = client
+            .register(pb::RegisterRequest {
+                agent_id: self.config.id.clone(),
+                address: self.config.address.clone(),
+                capacity: Some(pb::Capacity {
+                    slots: self.config.slots,
+                    memory_bytes: self.config.memory_bytes,
+                }),
+                labels: self.config.labels.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                running,
+                unacknowledged,
+            })
+            .await?
+            .into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(pb::AgentMessage {
+            message: Some(pb::agent_message::Message::Attach(pb::Attach {
+                agent_id: self.config.id.clone(),
+                session: registered.session,
+            })),
+        });
+        let mut inbound = client
+            .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        attached.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(agent_id = %self.config.id, session = registered.session, host = %self.config.host, "attached to host");
+        *lock(&self.outbound) = Some(tx.clone());
+        // Whatever ended while we were away goes again.
+        for (update, sent) in lock(&self.unacked).values_mut() {
+            let _ = tx.send(convert::status_message(update.clone()));
+            *sent = Instant::now();
+        }
+        let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
+        let mut heartbeat = tokio::time::interval(interval);
+        let mut resend = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let Some(message) = message? else { return Ok(()) };
+                    self.handle(message, &client);
+                }
+                _ = heartbeat.tick() => {
+                    let running = lock(&self.running).keys().map(convert::task_ref).collect();
+                    let beat = pb::agent_message::Message::Heartbeat(pb::Heartbeat { running });
+                    if tx.send(pb::AgentMessage { message: Some(beat) }).is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = resend.tick() => {
+                    let stale = Instant::now() - Duration::from_secs(5);
+                    for (update, sent) in lock(&self.unacked).values_mut() {
+                        if *sent < stale {
+                            let _ = tx.send(convert::status_message(update.clone()));
+                            *sent = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, message: pb::HostMessage, client: &Client) {
+        use pb::host_message::Message;
+        match message.message {
+            Some(Message::Launch(launch)) => {
+                let (Some(key), Some(spec)) = (convert::key(launch.task.as_ref()), launch.spec)
+                else {
+                    tracing::warn!("launch without a task or spec");
+                    return;
+                };
+                let known = lock(&self.running).contains_key(&key)
+                    || lock(&self.unacked).contains_key(&key);
+                if known {
+                    return;
+                }
+                let control = RunControl::new();
+                lock(&self.running).insert(
+                    key.clone(),
+                    Running {
+                        control: control.clone(),
+                    },
+                );
+                tokio::spawn(self.clone().run_task(key, spec, control, client.clone()));
+            }
+            Some(Message::Kill(kill)) => {
+                if let Some(key) = convert::key(kill.task.as_ref()) {
+                    if let Some(running) = lock(&self.running).get(&key) {
+                        tracing::info!(task_id = %key.0, attempt = key.1, "killing on request");
+                        running.control.kill();
+                    }
+                }
+            }
+            Some(Message::Ack(ack)) => {
+                if let Some(key) = convert::key(ack.task.as_ref()) {
+                    lock(&self.unacked).remove(&key);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn send(&self, update: pb::StatusUpdate) {
+        if let Some(tx) = lock(&self.outbound).as_ref() {
+            let _ = tx.send(convert::status_message(update));
+        }
+    }
+
+    /// Runs one attempt and reports on it.
+    async fn run_task(
+        self: Arc<Self>,
+        key: Key,
+        spec: pb::TaskSpec,
+        control: RunControl,
+        client: Client,
+    ) {
+        let task_ref = convert::task_ref(&key);
+        self.send(pb::StatusUpdate {
+            task: Some(task_ref.clone()),
+            state: pb::TaskState::Running as i32,
+            ..Default::default()
+        });
+        let final_update = match self.module(&spec.module_sha256, client).await {
+            Ok(module) => self.execute(&key, &spec, module, control).await,
+            Err(message) => convert::failed_before_start(&task_ref, "invalid_module", message),
+        };
+        lock(&self.unacked).insert(key.clone(), (final_update.clone(), Instant::now()));
+        lock(&self.running).remove(&key);
+        self.send(final_update);
+    }
+
+    async fn execute(
+        self: &Arc<Self>,
+        key: &Key,
+        spec: &pb::TaskSpec,
+        module: PreparedModule,
+        control: RunControl,
+    ) -> pb::StatusUpdate {
+        let task_ref = convert::task_ref(key);
+        let work = self
+            .config
+            .data_dir
+            .join("work")
+            .join(format!("{}-{}", key.0, key.1));
+        let output_dir = if spec.collect_outputs {
+            if let Err(e) = std::fs::create_dir_all(&work) {
+                let message = format!("cannot create the output directory {}: {e}", work.display());
+                return convert::failed_before_start(&task_ref, "trap", message);
+            }
+            Some(work.clone())
+        } else {
+            None
+        };
+        let progress = Arc::new(Mutex::new(None::<(u64, u64)>));
+        let run_spec = convert::run_spec(
+            spec,
+            output_dir.as_deref(),
+            control.clone(),
+            progress.clone(),
+        );
+        // Live figures while it runs, at most four times a second.
+        let reporter = {
+            let agent = self.clone();
+            let task_ref = task_ref.clone();
+            let control = control.clone();
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let progress = *lock(&progress);
+                    agent.send(pb::StatusUpdate {
+                        task: Some(task_ref.clone()),
+                        state: pb::TaskState::Running as i32,
+                        fuel_used: control.fuel_used(),
+                        progress: progress.map(|(done, total)| pb::Progress { done, total }),
+                        ..Default::default()
+                    });
+                }
+            })
+        };
+        let sandbox = self.sandbox.clone();
+        let result =
+            tokio::task::spawn_blocking(move || sandbox.run_module(&module, &run_spec)).await;
+        reporter.abort();
+        let limit = spec.limits.as_ref().map_or(0, |l| l.max_output_bytes);
+        let files = output_dir
+            .as_deref()
+            .map(|dir| convert::collect_files(dir, limit));
+        if output_dir.is_some() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        match result {
+            Ok(Ok(report)) => convert::final_update(&task_ref, report, files),
+            Ok(Err(e)) => convert::failed_before_start(&task_ref, "trap", e.to_string()),
+            Err(e) => convert::failed_before_start(
+                &task_ref,
+                "trap",
+                format!("the sandbox thread failed: {e}"),
+            ),
+        }
+    }
+
+    /// The prepared module for `sha256`: from memory, from disk, or fetched from the host.
+    async fn module(&self, sha256: &str, mut client: Client) -> Result<PreparedModule, String> {
+        let mut modules = self.modules.lock().await;
+        if let Some(module) = modules.get(sha256) {
+            return Ok(module.clone());
+        }
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("module sha256 {sha256:?} is malformed"));
+        }
+        let path = self
+            .config
+            .data_dir
+            .join("modules")
+            .join(format!("{sha256}.wasm"));
+        let bytes =
+            match std::fs::read(&path) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(_) => {
+                    let mut stream = client
+                        .fetch_module(pb::FetchModuleRequest {
+                            sha256: sha256.into(),
+                        })
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "cannot fetch module {sha256} from the host: {}",
+                                e.message()
+                            )
+                        })?
+                        .into_inner();
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = stream.message().await.map_err(|e| {
+                        format!("fetching module {sha256} broke off: {}", e.message())
+                    })? {
+                        bytes.extend_from_slice(&chunk.chunk);
+                    }
+                    let tmp = path.with_extension("part");
+                    if std::fs::write(&tmp, &bytes)
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .is_err()
+                    {
+                        tracing::warn!(sha256, "cannot keep the module on disk");
+                    }
+                    Bytes::from(bytes)
+                }
+            };
+        let sandbox = self.sandbox.clone();
+        let admitted = tokio::task::spawn_blocking(move || sandbox.prepare(&bytes))
+            .await
+            .map_err(|e| format!("compiling module {sha256} failed: {e}"))?;
+        match admitted {
+            Ok(admitted) if admitted.module.sha256() == sha256 => {
+                if modules.len() >= 256 {
+                    modules.clear();
+                }
+                modules.insert(sha256.to_string(), admitted.module.clone());
+                Ok(admitted.module)
+            }
+            Ok(admitted) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "module bytes hash to {}, not {sha256}",
+                    admitted.module.sha256()
+                ))
+            }
+            Err(rejection) => Err(rejection.outcome.to_string()),
+        }
+    }
+}
+
+type Client = pb::agent_api_client::AgentApiClient<Channel>;
+
+fn client(channel: Channel) -> Client {
+    pb::agent_api_client::AgentApiClient::new(channel)
+        .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
+}
+
+/// 0..100, different from call to call and from agent to agent.
+fn jitter_percent() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 100
+}

@@ -1,0 +1,253 @@
+//! The long-running commands: `corral host`, `corral agent`, and `corral dev` (a host and N
+//! agents in one process, the embedded default for one machine).
+//!
+//! `host` and `dev` print `listening on http://ADDR` as their first line of stdout once they
+//! accept connections (with `--listen 127.0.0.1:0`, ADDR has the port picked).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use corral_agent::daemon::{self, AgentConfig};
+use corral_host::config::HostConfig;
+use corral_host::control::ControlPlane;
+
+use crate::run::parse_size;
+
+/// Arguments of `corral host`.
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// Address to serve the client and agent APIs on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Where the host keeps its state (tasks, modules, outputs, agents).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// A TOML config file (see host/host.sample.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// What `corral agent` and `corral dev` share about agents.
+#[derive(Args, Debug)]
+pub struct AgentCapacity {
+    /// Tasks run at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    slots: u32,
+    /// Memory offered to tasks (their memory caps are reserved from it) [default: 3/4 of this
+    /// machine's memory].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// A label task constraints can match (`zone=eu-1`); repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+/// Arguments of `corral agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The host's address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CORRAL_HOST",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    host: String,
+    #[command(flatten)]
+    capacity: AgentCapacity,
+    /// Where the agent caches modules and compiled code [default: ~/.local/share/corral/agent].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The agent's id [default: kept in DATA_DIR/agent-id, made from the hostname once].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+}
+
+/// Arguments of `corral dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Agents to run in this process.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    agents: u32,
+    /// Address to serve the client and agent APIs on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Where state is kept [default: ~/.local/share/corral/dev].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML host config file (see host/host.sample.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    capacity: AgentCapacity,
+}
+
+pub fn parse_label(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{arg:?} is not K=V")),
+    }
+}
+
+fn data_home(sub: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("corral").join(sub)
+}
+
+/// Three quarters of this machine's memory, from /proc/meminfo; 8 GiB where it is unknown.
+fn default_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    total.map_or(8 << 30, |t| t / 4 * 3)
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
+    match path {
+        Some(path) => HostConfig::load(path).map_err(anyhow::Error::msg),
+        None => Ok(HostConfig::default()),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Starts the control plane and its API; answers the bound address and the serving task.
+async fn start_host(
+    listen: SocketAddr,
+    data_dir: &Path,
+    config: HostConfig,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let plane = ControlPlane::start(config, data_dir)
+        .with_context(|| format!("cannot start the host with data dir {}", data_dir.display()))?;
+    let listener = corral_host::api::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        corral_host::api::serve(plane, listener, shutdown_signal())
+            .await
+            .context("the host's server failed")
+    });
+    println!("listening on http://{addr}");
+    Ok((addr, server))
+}
+
+pub async fn host(args: HostArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let (_, server) = start_host(args.listen, &args.data_dir, config).await?;
+    server.await?
+}
+
+fn agent_config(
+    id: String,
+    host: String,
+    capacity: &AgentCapacity,
+    data_dir: PathBuf,
+) -> AgentConfig {
+    AgentConfig {
+        address: hostname(),
+        id,
+        host,
+        slots: capacity.slots.max(1),
+        memory_bytes: capacity.memory.unwrap_or_else(default_memory),
+        labels: capacity.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        data_dir,
+        max_backoff: Duration::from_secs(10),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The agent id kept in `data_dir/agent-id`, made once from the hostname and a random suffix.
+fn stored_agent_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    let suffix = &corral_agent::sandbox::sha256_hex(&sha2_digest(seed.as_bytes()))[..6];
+    let id = format!("{}-{suffix}", hostname());
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .with_context(|| format!("cannot keep the agent id in {}", path.display()))?;
+    Ok(id)
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| data_home("agent"));
+    let id = match args.id {
+        Some(id) => id,
+        None => stored_agent_id(&data_dir)?,
+    };
+    let config = agent_config(id, args.host, &args.capacity, data_dir);
+    eprintln!(
+        "corral agent {} -> {} ({} slots, {})",
+        config.id,
+        config.host,
+        config.slots,
+        bytesize::ByteSize::b(config.memory_bytes).display().iec()
+    );
+    daemon::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| data_home("dev"));
+    let config = load_config(args.config.as_deref())?;
+    let (addr, server) = start_host(args.listen, &data_dir.join("host"), config).await?;
+    let host = format!("http://{addr}");
+    let mut agents = tokio::task::JoinSet::new();
+    for n in 1..=args.agents {
+        let id = format!("dev-{n}");
+        let dir = data_dir.join("agents").join(&id);
+        let config = agent_config(id, host.clone(), &args.capacity, dir);
+        agents.spawn(daemon::run(config, std::future::pending()));
+    }
+    eprintln!(
+        "corral dev: host on {host} with {} agent(s), state in {}",
+        args.agents,
+        data_dir.display()
+    );
+    tokio::select! {
+        served = server => served?,
+        Some(joined) = agents.join_next() => {
+            joined?.context("an agent of `corral dev` failed")?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The cluster as real processes on 127.0.0.1: a `corral host` and `corral agent`s, driven
+//! through the gRPC client API and the `corral` CLI.
+
+mod local_cluster;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use corral_proto::pb;
+use corral_tests::wasm;
+use local_cluster::{
+    all_tasks, get, spec, spinner_wat, state, submit, upload, upload_wat, wait_until, Cluster,
+    FAST_CONFIG,
+};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn two_hundred_tasks_finish_on_both_agents_and_no_partition_is_ever_over_capacity() {
+    // Memory binds before slots: 256 MiB holds four 64 MiB tasks of the eight slots.
+    let cluster = Cluster::start(FAST_CONFIG, &[("a1", 8, "256MiB"), ("a2", 8, "256MiB")]);
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let spinner = upload_wat(&mut client, &spinner_wat(200_000, "spun\n")).await;
+        let linreg = upload(&mut client, &wasm("linreg")).await;
+        let iris = std::fs::read(corral_tests::repo_root().join("examples/data/iris.csv")).unwrap();
+
+        // Watch the partitions while the tasks run.
+        let watcher_client = cluster.client().await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut client = watcher_client;
+                let mut samples = 0u32;
+                let mut busiest = BTreeMap::<String, u32>::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let parts = client
+                        .list_partitions(pb::ListPartitionsRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .partitions;
+                    for p in parts {
+                        let (cap, used) = (p.capacity.unwrap(), p.allocated.unwrap());
+                        assert!(
+                            used.slots <= cap.slots && used.memory_bytes <= cap.memory_bytes,
+                            "partition {} over capacity: {used:?} of {cap:?}",
+                            p.id
+                        );
+                        let top = busiest.entry(p.id).or_default();
+                        *top = (*top).max(used.slots);
+                    }
+                    samples += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (samples, busiest)
+            }
+        });
+
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let mut task = if i % 4 == 0 {
+                let mut s = spec(&linreg, "linreg", 64 * MIB);
+                s.stdin = iris.clone().into();
+                s.args = vec!["--json".into()];
+                s
+            } else {
+                spec(&spinner, "spinner", 64 * MIB)
+            };
+            task.labels.insert("batch".into(), "two-hundred".into());
+            ids.push(submit(&mut client, task).await);
+        }
+        for id in &ids {
+            wait_until(&mut client, id, Duration::from_secs(120), |t| {
+                t.state == state(pb::TaskState::Finished) || t.state == state(pb::TaskState::Failed)
+            })
+            .await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (samples, busiest) = watcher.await.unwrap();
+        assert!(samples > 0);
+        // The cap was reached: four tasks at once on some partition, never five.
+        assert!(busiest.values().any(|&b| b == 4), "{busiest:?}");
+
+        let tasks = all_tasks(&mut client).await;
+        assert_eq!(tasks.len(), 200);
+        let mut agents = BTreeSet::new();
+        for t in &tasks {
+            assert_eq!(t.state, state(pb::TaskState::Finished), "{t:?}");
+            assert_eq!(t.attempts, 1);
+            assert!(t.fuel_used > 0);
+            agents.insert(t.agent_id.clone());
+        }
+        assert_eq!(agents, BTreeSet::from(["a1".to_string(), "a2".to_string()]));
+
+        // Outputs are the guests' own.
+        let output = |id: String| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_task_output(pb::GetTaskOutputRequest { task_id: id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        assert_eq!(output(ids[1].clone()).await.stdout.as_ref(), b"spun\n");
+        let report: serde_json::Value =
+            serde_json::from_slice(&output(ids[0].clone()).await.stdout).unwrap();
+        assert_eq!(report["train_rows"], 120);
+        assert_eq!(report["test_rows"], 30);
+
+        // Every partition's resources came back.
+        let parts = client
+            .list_partitions(pb::ListPartitionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .partitions;
+        for p in parts {
+            assert_eq!(p.allocated.unwrap(), pb::Capacity::default(), "{}", p.id);
+        }
+    });
+
+    // The listing shows them too, filtered by label and state.
+    let out = cluster.corral(&[
+        "tasks",
+        "--state",
+        "finished",
+        "--label",
+        "batch=two-hundred",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 200);
+    let out = cluster.corral(&["tasks", "--limit", "3"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["ID", "NAME", "STATE", "AGENT", "PARTITION", "FUEL", "AGE"]
+    );
+    assert!(lines.next().unwrap().starts_with("t-1 "), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+}
+
+#[test]
+fn a_killed_agents_tasks_become_lost_and_finish_on_the_other() {
+    let cluster = Cluster::start(FAST_CONFIG, &[("a1", 2, "1GiB"), ("a2", 2, "1GiB")]);
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        // About a second of work each.
+        let long = upload_wat(&mut client, &spinner_wat(400_000_000, "done\n")).await;
+        let mut events = client
+            .watch_tasks(pb::WatchTasksRequest {
+                task_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(submit(&mut client, spec(&long, "long", 64 * MIB)).await);
+        }
+        let mut on_a1 = Vec::new();
+        for id in &ids {
+            let t = wait_until(&mut client, id, Duration::from_secs(20), |t| {
+                t.state == state(pb::TaskState::Running)
+            })
+            .await;
+            if t.agent_id == "a1" {
+                on_a1.push(id.clone());
+            }
+        }
+        assert_eq!(on_a1.len(), 2, "spread puts two tasks on each agent");
+        cluster.sigkill_agent("a1");
+
+        for id in &on_a1 {
+            let t = wait_until(&mut client, id, Duration::from_secs(30), |t| {
+                t.state == state(pb::TaskState::Finished)
+            })
+            .await;
+            assert_eq!(t.agent_id, "a2");
+            assert_eq!(t.attempts, 2);
+        }
+        // Each of them was LOST on a1 first.
+        let mut lost = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lost.len() < on_a1.len() && Instant::now() < deadline {
+            let Ok(Ok(Some(event))) =
+                tokio::time::timeout(Duration::from_secs(1), events.message()).await
+            else {
+                break;
+            };
+            let task = event.task.unwrap();
+            if task.state == state(pb::TaskState::Lost) {
+                assert_eq!(task.agent_id, "a1");
+                assert!(task.reason.contains("a1"), "{}", task.reason);
+                lost.insert(task.id);
+            }
+        }
+        assert_eq!(lost, on_a1.iter().cloned().collect::<BTreeSet<_>>());
+        let agents = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let a1 = agents.iter().find(|a| a.id == "a1").unwrap();
+        assert_eq!(a1.state, pb::AgentState::Lost as i32);
+    });
+}
+
+#[test]
+fn a_host_restart_keeps_every_task_with_its_state_and_output() {
+    let mut cluster = Cluster::start(FAST_CONFIG, &[("a1", 4, "1GiB")]);
+    let (finished, failed, sha) = cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let ok = upload_wat(&mut client, &spinner_wat(10, "kept\n")).await;
+        let trap = upload_wat(
+            &mut client,
+            r#"(module (func (export "_start") unreachable))"#,
+        )
+        .await;
+        let mut finished = Vec::new();
+        for _ in 0..10 {
+            finished.push(submit(&mut client, spec(&ok, "ok", 16 * MIB)).await);
+        }
+        let mut no_retry = spec(&trap, "trap", 16 * MIB);
+        no_retry.retry = Some(pb::RetryPolicy {
+            max_retries: Some(0),
+            retry_failed: false,
+        });
+        let failed = submit(&mut client, no_retry).await;
+        for id in finished.iter().chain([&failed]) {
+            wait_until(&mut client, id, Duration::from_secs(20), |t| {
+                t.state == state(pb::TaskState::Finished) || t.state == state(pb::TaskState::Failed)
+            })
+            .await;
+        }
+        (finished, failed, ok)
+    });
+    let before = cluster.block_on(async { all_tasks(&mut cluster.client().await).await });
+
+    cluster.kill_host();
+    cluster.start_host();
+    cluster.wait_for_agents(&["a1"]);
+
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let after = all_tasks(&mut client).await;
+        assert_eq!(after.len(), before.len());
+        for (a, b) in after.iter().zip(&before) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.state, b.state, "{}", a.id);
+            assert_eq!(a.outcome, b.outcome, "{}", a.id);
+            assert_eq!(a.fuel_used, b.fuel_used, "{}", a.id);
+        }
+        for id in &finished {
+            let output = client
+                .get_task_output(pb::GetTaskOutputRequest {
+                    task_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(output.stdout.as_ref(), b"kept\n");
+        }
+        let t = get(&mut client, &failed).await;
+        assert_eq!(t.state, state(pb::TaskState::Failed));
+        assert_eq!(t.outcome.unwrap().kind, "trap");
+        // The restarted host goes on: new ids follow the old ones, and tasks run.
+        let next = submit(&mut client, spec(&sha, "after", 16 * MIB)).await;
+        assert_eq!(next, "t-12");
+        wait_until(&mut client, &next, Duration::from_secs(20), |t| {
+            t.state == state(pb::TaskState::Finished)
+        })
+        .await;
+    });
+}
+
+#[test]
+fn the_cli_kills_a_running_task_within_a_second_and_refuses_what_no_agent_could_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let forever = dir.path().join("forever.wat");
+    std::fs::write(&forever, r#"(module (func (export "_start") (loop br 0)))"#).unwrap();
+    let cluster = Cluster::start(FAST_CONFIG, &[("a1", 2, "1GiB"), ("a2", 2, "1GiB")]);
+    let forever = forever.to_str().unwrap();
+
+    let out = cluster.corral(&[
+        "submit",
+        "--timeout",
+        "10m",
+        "--fuel",
+        "1000000000000000",
+        forever,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.starts_with("t-"), "{id}");
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        wait_until(&mut client, &id, Duration::from_secs(20), |t| {
+            t.state == state(pb::TaskState::Running)
+        })
+        .await;
+    });
+    let started = Instant::now();
+    let out = cluster.corral(&["task", "kill", &id]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{id} KILLED")
+    );
+    assert!(took < Duration::from_secs(1), "kill took {took:?}");
+    let out = cluster.corral(&["task", "get", "-o", "json", &id]);
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["state"], "KILLED");
+    assert_eq!(task["outcome"], "killed");
+    // Killing it again names the problem.
+    let out = cluster.corral(&["task", "kill", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already ended (KILLED)"));
+
+    // Larger than any agent: refused at submit, with the sizes.
+    let out = cluster.corral(&["submit", "--memory", "2GiB", forever]);
+    assert_eq!(out.status.code(), Some(133));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no agent could ever run this task"), "{err}");
+    assert!(err.contains("2.0 GiB") && err.contains("1.0 GiB"), "{err}");
+    let out = cluster.corral(&["submit", "--constraint", "gpu=yes", forever]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent has the labels gpu=yes"));
+
+    // --wait ends like `corral run`: the guest's output, and its exit status.
+    let exit3 = dir.path().join("exit3.wat");
+    std::fs::write(
+        &exit3,
+        r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+             (memory (export "memory") 1)
+             (func (export "_start") (call $exit (i32.const 3))))"#,
+    )
+    .unwrap();
+    let out = cluster.corral(&["submit", "--wait", exit3.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED exit"));
+    let linreg = wasm("linreg");
+    let out = cluster.corral(&[
+        "submit",
+        "--wait",
+        "--stdin",
+        "examples/data/iris.csv",
+        linreg.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["test_rows"], 30);
+
+    // Clear errors: an invalid module, an unknown task, an unreachable host.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0\x99").unwrap();
+    let out = cluster.corral(&["submit", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid module"));
+    let out = cluster.corral(&["task", "get", "t-999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no task t-999"));
+    let out = cluster.corral(&["task", "get", "banana"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"banana\" is not a task id"));
+    let out = cluster.corral(&["agents", "--host", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(133));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot reach the Corral host at http://127.0.0.1:1"));
+}
