@@ -396,3 +396,18 @@ fn the_cli_kills_a_running_task_within_a_second_and_refuses_what_no_agent_could_
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot reach the Corral host at http://127.0.0.1:1"));
 }
+
+#[test]
+fn the_demo_script_runs_as_the_readme_says() {
+    let out = std::process::Command::new(corral_tests::repo_root().join("scripts/demo"))
+        .env("CORRAL", corral_tests::bin("corral"))
+        .output()
+        .expect("running scripts/demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("test MSE"), "{stdout}");
+    assert!(stderr.contains("FINISHED success"), "{stderr}");
+    assert!(stdout.contains("iris-linreg  FINISHED"), "{stdout}");
+    assert!(stdout.contains("dev-1/default"), "{stdout}");
+}

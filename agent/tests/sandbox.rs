@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use corral_agent::sandbox::{
-    DirGrant, GuestEvent, LogLevel, Outcome, Progress, RunReport, RunSpec, Sandbox, SandboxConfig,
+    DirGrant, GuestEvent, LogLevel, Outcome, Progress, RunControl, RunReport, RunSpec, Sandbox,
+    SandboxConfig, Validator,
 };
 
 /// One sandbox shared by every test in this binary, as one agent process shares it.
@@ -110,6 +111,118 @@ fn guest_sleeping_in_a_host_call_times_out() {
         report.wall_time
     );
     assert_next_task_runs();
+}
+
+/// The poll_oneoff sleeper of `guest_sleeping_in_a_host_call_times_out`.
+const SLEEP_AN_HOUR: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
+/// Runs `module` on another thread, kills it once `ready` says so, and answers the report.
+fn kill_when(module: &'static str, ready: impl Fn(&RunControl) -> bool) -> RunReport {
+    let control = RunControl::new();
+    let mut spec = spec();
+    spec.limits.fuel = 1_000_000_000_000_000;
+    spec.limits.timeout = Duration::from_secs(600);
+    spec.control = Some(control.clone());
+    let run = std::thread::spawn(move || sandbox().run(module.as_bytes(), &spec).expect("run"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready(&control) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got ready to kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    control.kill();
+    run.join().expect("the run's thread")
+}
+
+#[test]
+fn a_spinning_guest_is_killed() {
+    let started = std::time::Instant::now();
+    let report = kill_when(SPIN, |_| started.elapsed() > Duration::from_millis(100));
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(
+        report.wall_time < Duration::from_secs(60),
+        "{:?}",
+        report.wall_time
+    );
+    assert_next_task_runs();
+}
+
+#[test]
+fn fuel_used_is_readable_while_a_guest_runs() {
+    // Fuel is published at each epoch tick as wasmtime last saved it, which it does at calls:
+    // a loop that calls a function shows its fuel climbing.
+    const CALLING: &str = r#"(module (func $f) (func (export "_start") (loop (call $f) (br 0))))"#;
+    let report = kill_when(CALLING, |control| control.fuel_used() > 10_000_000);
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(report.fuel_used > 10_000_000, "{}", report.fuel_used);
+}
+
+#[test]
+fn a_guest_sleeping_in_a_host_call_is_killed() {
+    let started = std::time::Instant::now();
+    let report = kill_when(SLEEP_AN_HOUR, |_| {
+        started.elapsed() > Duration::from_millis(100)
+    });
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert!(
+        report.wall_time < Duration::from_secs(60),
+        "{:?}",
+        report.wall_time
+    );
+    assert_next_task_runs();
+}
+
+#[test]
+fn a_run_killed_before_it_starts_ends_at_once_as_killed() {
+    let control = RunControl::new();
+    control.kill();
+    let mut spec = spec();
+    spec.control = Some(control);
+    spec.limits.timeout = Duration::from_secs(600);
+    let report = run(SPIN, &spec);
+    assert_eq!(report.outcome, Outcome::Killed);
+    assert_next_task_runs();
+}
+
+#[test]
+fn the_validator_agrees_with_admission_without_compiling() {
+    let validator = Validator::new(1 << 20).expect("validator");
+    let valid = validator
+        .validate(HELLO.as_bytes())
+        .expect("hello is valid");
+    assert_eq!(
+        valid.sha256,
+        sandbox()
+            .prepare(HELLO.as_bytes())
+            .ok()
+            .unwrap()
+            .module
+            .sha256()
+    );
+    assert!(valid.binary.starts_with(b"\0asm"));
+    let no_start = validator.validate(b"(module)").unwrap_err();
+    assert!(no_start.contains("`_start`"), "{no_start}");
+    let junk = validator.validate(b"\0asm\x01\0\0\0\x99").unwrap_err();
+    assert!(!junk.is_empty());
+    let shared = validator
+        .validate(br#"(module (memory 1 1 shared) (func (export "_start")))"#)
+        .unwrap_err();
+    assert!(shared.contains("threads"), "{shared}");
+    let big = Validator::new(10)
+        .unwrap()
+        .validate(HELLO.as_bytes())
+        .unwrap_err();
+    assert!(big.contains("cap"), "{big}");
 }
 
 #[test]

@@ -144,10 +144,16 @@ async fn start_host(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    // On SIGINT or SIGTERM the host stops at once: agents' session streams never end by
+    // themselves, so a graceful drain would wait forever, and everything acknowledged is
+    // already durable.
     let server = tokio::spawn(async move {
-        corral_host::api::serve(plane, listener, shutdown_signal())
-            .await
-            .context("the host's server failed")
+        tokio::select! {
+            served = corral_host::api::serve(plane, listener, std::future::pending()) => {
+                served.context("the host's server failed")
+            }
+            () = shutdown_signal() => Ok(()),
+        }
     });
     println!("listening on http://{addr}");
     Ok((addr, server))

@@ -685,10 +685,10 @@ impl ControlPlane {
         let commit = {
             let mut state = self.lock();
             let state = &mut *state;
-            if !state
+            if state
                 .links
                 .get(agent_id)
-                .is_some_and(|l| l.session == session)
+                .is_none_or(|l| l.session != session)
             {
                 return;
             }
@@ -757,11 +757,13 @@ impl ControlPlane {
         };
         self.shared.schedule.notify_one();
         let (commit, task, events) = commit;
+        tracing::debug!(task_id = %task.id, state = %task.state, "attempt ended");
         let durable = commit.durable().await;
         let mut state = self.lock();
         state.fresh_outputs.remove(&task.id);
         match durable {
             Ok(()) => {
+                tracing::debug!(task_id = %task.id, "end durable");
                 // Watchers learn of the end once it (and the output) is durable.
                 self.emit(events);
                 send(&state, agent_id, AgentCommand::Ack(attempt));

@@ -61,6 +61,8 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// One change to the stored state.
+// Tasks dominate the writes; boxing them would add an allocation to the common case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Write {
     /// Insert or replace a task.

@@ -57,7 +57,7 @@ pub fn run_spec(
     progress: Arc<Mutex<Option<(u64, u64)>>>,
 ) -> RunSpec {
     let defaults = Limits::default();
-    let limits = spec.limits.clone().unwrap_or_default();
+    let limits = spec.limits.unwrap_or_default();
     let or = |v: u64, d: u64| if v == 0 { d } else { v };
     let mut env: Vec<(String, String)> = spec
         .env

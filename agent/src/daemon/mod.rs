@@ -249,6 +249,7 @@ impl Agent {
                 if known {
                     return;
                 }
+                tracing::debug!(task_id = %key.0, attempt = key.1, "launch");
                 let control = RunControl::new();
                 lock(&self.running).insert(
                     key.clone(),
@@ -299,6 +300,7 @@ impl Agent {
             Ok(module) => self.execute(&key, &spec, module, control).await,
             Err(message) => convert::failed_before_start(&task_ref, "invalid_module", message),
         };
+        tracing::debug!(task_id = %key.0, attempt = key.1, state = final_update.state, "attempt ended");
         lock(&self.unacked).insert(key.clone(), (final_update.clone(), Instant::now()));
         lock(&self.running).remove(&key);
         self.send(final_update);

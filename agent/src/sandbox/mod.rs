@@ -224,8 +224,10 @@ impl RunControl {
         self.inner.killed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Fuel used so far, sampled every epoch tick while the run is in wasm: a lower bound
-    /// until the run ends, when it is the report's exact figure.
+    /// Fuel used so far, sampled every epoch tick while the run is in wasm. It is the fuel as
+    /// wasmtime last saved it, which it does at calls and returns (a loop without calls keeps
+    /// its count in a register): a lower bound until the run ends, when it is the report's
+    /// figure.
     pub fn fuel_used(&self) -> u64 {
         self.inner
             .fuel_used

@@ -173,7 +173,7 @@ pub struct RunReport {
     /// How the run ended.
     pub outcome: Outcome,
     /// Fuel burned (0 when the sandbox was built without fuel metering). Exact for every
-    /// outcome but `timeout`, where it is a lower bound: wasmtime flushes a frame's fuel count
+    /// outcome but `timeout` and `killed`, where it is a lower bound: wasmtime flushes a frame's fuel count
     /// at calls, returns and traps, not at the epoch check that ends the run, so fuel burned in
     /// a call-free loop since its last call is not seen.
     pub fuel_used: u64,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use corral_proto::pb;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::control::{ControlPlane, HostError};
 
@@ -38,12 +39,18 @@ pub async fn serve(
     let agent = pb::agent_api_server::AgentApiServer::new(AgentService::new(plane))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    // tonic applies its own TCP_NODELAY only to listeners it binds itself; without it, a
+    // small response written right after another waits for the peer's delayed ACK (~40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(client)
         .add_service(agent)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
