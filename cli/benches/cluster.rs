@@ -4,7 +4,8 @@
 //! - idle latency: one task at a time, submit to FINISHED seen on a watch; median and p99;
 //! - throughput: N tasks from C concurrent submitters, first submit to last FINISHED.
 //!
-//! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks).
+//! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks;
+//! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
 
 // A bench binary, not a library.
 #![allow(missing_docs)]

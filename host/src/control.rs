@@ -134,7 +134,8 @@ struct Shared {
     store: Store,
     validator: corral_agent::sandbox::Validator,
     state: Mutex<State>,
-    events: broadcast::Sender<Task>,
+    /// Task changes, shared: every watcher gets the same `Arc`.
+    events: broadcast::Sender<Arc<Task>>,
     schedule: Arc<Notify>,
 }
 
@@ -333,7 +334,7 @@ impl ControlPlane {
         if let Some((tenant, k)) = key {
             writes.push(Write::Idempotency(tenant, k, id));
         }
-        let _ = self.shared.events.send(public(&task));
+        let _ = self.shared.events.send(Arc::new(public(&task)));
         writes.insert(0, Write::Task(task));
         self.shared.store.write(writes).durable().await?;
         self.lock().pending.insert(id);
@@ -453,7 +454,7 @@ impl ControlPlane {
     pub fn watch(
         &self,
         id: Option<TaskId>,
-    ) -> Result<(Option<Task>, broadcast::Receiver<Task>), HostError> {
+    ) -> Result<(Option<Task>, broadcast::Receiver<Arc<Task>>), HostError> {
         let state = self.lock();
         let receiver = self.shared.events.subscribe();
         let current = match id {
@@ -727,7 +728,7 @@ impl ControlPlane {
                     task.started_at_ms = task.updated_at_ms;
                     task.reason.clear();
                 }
-                let _ = self.shared.events.send(public(task));
+                let _ = self.shared.events.send(Arc::new(public(task)));
                 if first {
                     drop(self.shared.store.write(vec![Write::Task(task.clone())]));
                 }
@@ -816,7 +817,7 @@ impl ControlPlane {
 
     fn emit(&self, events: Vec<Task>) {
         for event in events {
-            let _ = self.shared.events.send(event);
+            let _ = self.shared.events.send(Arc::new(event));
         }
     }
 
@@ -916,7 +917,7 @@ impl ControlPlane {
                     .commands
                     .send(AgentCommand::Launch(attempt, Arc::new(task.spec.clone())));
             }
-            let _ = self.shared.events.send(public(task));
+            let _ = self.shared.events.send(Arc::new(public(task)));
             writes.push(Write::Task(task.clone()));
         }
         for unplaced in plan.unplaced {

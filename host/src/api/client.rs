@@ -167,7 +167,7 @@ impl pb::corral_server::Corral for ClientService {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match only {
                         // Missed some changes: the task's state now says where it is.
                         Some(id) => match plane.get(id) {
-                            Ok(task) => task,
+                            Ok(task) => std::sync::Arc::new(task),
                             Err(_) => return,
                         },
                         None => continue,
