@@ -875,6 +875,10 @@ impl ControlPlane {
             return;
         }
         let candidates = candidates(state);
+        // With every slot taken, no plan can place anything: skip the pass over the queue.
+        if candidates.iter().all(|c| c.draining || c.free.slots == 0) {
+            return;
+        }
         let partition_ids: Vec<String> =
             candidates.iter().map(|c| c.partition_id.clone()).collect();
         let pending: Vec<PendingTask> = state

@@ -68,6 +68,7 @@ pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strateg
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'_>, Vec<usize>> = HashMap::new();
+    let mut reasons: HashMap<(ClassKey<'_>, Resources), (String, bool)> = HashMap::new();
     let mut plan = Plan::default();
     for task in pending {
         let request = &task.request;
@@ -103,10 +104,15 @@ pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strateg
                 });
             }
             None => {
-                let (reason, never) = match never_fits(partitions, request) {
-                    Some(reason) => (reason, true),
-                    None => ("waiting for a partition with room".to_string(), false),
-                };
+                // The same for every task of one class and size: worked out once per plan.
+                let key = (ClassKey::of(request), request.resources);
+                let (reason, never) = reasons
+                    .entry(key)
+                    .or_insert_with(|| match never_fits(partitions, request) {
+                        Some(reason) => (reason, true),
+                        None => ("waiting for a partition with room".to_string(), false),
+                    })
+                    .clone();
                 plan.unplaced.push(Unplaced {
                     task_id: task.task_id,
                     reason,
