@@ -192,22 +192,17 @@ impl Drop for Cluster {
 
 /// Uploads a module file; answers its sha256.
 pub async fn upload(client: &mut CorralClient<Channel>, module: &Path) -> String {
-    let bytes = std::fs::read(module).expect("reading the module");
-    let request = pb::UploadModuleRequest {
-        chunk: bytes.into(),
-    };
-    client
-        .upload_module(tokio_stream::iter(vec![request]))
-        .await
-        .expect("uploading the module")
-        .into_inner()
-        .sha256
+    upload_bytes(client, std::fs::read(module).expect("reading the module")).await
 }
 
 /// Uploads WAT text; answers its sha256.
 pub async fn upload_wat(client: &mut CorralClient<Channel>, wat: &str) -> String {
+    upload_bytes(client, wat.as_bytes().to_vec()).await
+}
+
+async fn upload_bytes(client: &mut CorralClient<Channel>, bytes: Vec<u8>) -> String {
     let request = pb::UploadModuleRequest {
-        chunk: wat.as_bytes().to_vec().into(),
+        chunk: bytes.into(),
     };
     client
         .upload_module(tokio_stream::iter(vec![request]))

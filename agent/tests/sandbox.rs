@@ -92,18 +92,9 @@ fn infinite_loop_in_the_start_function_is_stopped() {
 fn guest_sleeping_in_a_host_call_times_out() {
     // poll_oneoff on a one-hour relative clock subscription: the guest is parked in the host,
     // where epoch interruption cannot reach it; the run's timeout still must.
-    let module = r#"(module
-      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (func (export "_start")
-        (i32.store8 (i32.const 8) (i32.const 0))            ;; tag: clock
-        (i32.store (i32.const 16) (i32.const 1))            ;; clock id: monotonic
-        (i64.store (i32.const 24) (i64.const 3600000000000));; timeout: 1 h in ns
-        (i32.store16 (i32.const 40) (i32.const 0))          ;; flags: relative
-        (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
     let mut spec = spec();
     spec.limits.timeout = Duration::from_millis(300);
-    let report = run(module, &spec);
+    let report = run(SLEEP_AN_HOUR, &spec);
     assert_eq!(report.outcome, Outcome::Timeout);
     assert!(
         report.wall_time < Duration::from_secs(30),
@@ -113,15 +104,16 @@ fn guest_sleeping_in_a_host_call_times_out() {
     assert_next_task_runs();
 }
 
-/// The poll_oneoff sleeper of `guest_sleeping_in_a_host_call_times_out`.
+/// poll_oneoff on a one-hour relative clock subscription: the guest is parked in the host,
+/// where epoch interruption cannot reach it.
 const SLEEP_AN_HOUR: &str = r#"(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (i32.store16 (i32.const 40) (i32.const 0))
+    (i32.store8 (i32.const 8) (i32.const 0))              ;; tag: clock
+    (i32.store (i32.const 16) (i32.const 1))              ;; clock id: monotonic
+    (i64.store (i32.const 24) (i64.const 3600000000000))  ;; timeout: 1 h in ns
+    (i32.store16 (i32.const 40) (i32.const 0))            ;; flags: relative
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
 
 /// Runs `module` on another thread, kills it once `ready` says so, and answers the report.

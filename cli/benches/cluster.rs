@@ -77,6 +77,18 @@ fn spec(sha: &str) -> pb::TaskSpec {
     }
 }
 
+async fn submit(client: &mut CorralClient<Channel>, sha: &str) -> String {
+    client
+        .submit_task(pb::SubmitTaskRequest {
+            spec: Some(spec(sha)),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .task_id
+}
+
 async fn finished(client: &mut CorralClient<Channel>, id: &str) {
     let mut events = client
         .watch_tasks(pb::WatchTasksRequest { task_id: id.into() })
@@ -132,30 +144,14 @@ async fn bench(quick: bool) {
     }
     // Warm up: the module compiled on both agents.
     for _ in 0..20 {
-        let id = client
-            .submit_task(pb::SubmitTaskRequest {
-                spec: Some(spec(&sha)),
-                idempotency_key: String::new(),
-            })
-            .await
-            .expect("submit")
-            .into_inner()
-            .task_id;
+        let id = submit(&mut client, &sha).await;
         finished(&mut client, &id).await;
     }
 
     if std::env::var_os("CORRAL_BENCH_BREAKDOWN").is_some() {
         for _ in 0..5 {
             let t = Instant::now();
-            let id = client
-                .submit_task(pb::SubmitTaskRequest {
-                    spec: Some(spec(&sha)),
-                    idempotency_key: String::new(),
-                })
-                .await
-                .expect("submit")
-                .into_inner()
-                .task_id;
+            let id = submit(&mut client, &sha).await;
             let submitted = t.elapsed();
             let mut events = client
                 .watch_tasks(pb::WatchTasksRequest {
@@ -179,15 +175,7 @@ async fn bench(quick: bool) {
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let id = client
-            .submit_task(pb::SubmitTaskRequest {
-                spec: Some(spec(&sha)),
-                idempotency_key: String::new(),
-            })
-            .await
-            .expect("submit")
-            .into_inner()
-            .task_id;
+        let id = submit(&mut client, &sha).await;
         finished(&mut client, &id).await;
         latencies.push(started.elapsed());
     }
@@ -209,15 +197,7 @@ async fn bench(quick: bool) {
             handles.push(tokio::spawn(async move {
                 let mut ids = Vec::with_capacity(each);
                 for _ in 0..each {
-                    let id = client
-                        .submit_task(pb::SubmitTaskRequest {
-                            spec: Some(spec(&sha)),
-                            idempotency_key: String::new(),
-                        })
-                        .await
-                        .expect("submit")
-                        .into_inner()
-                        .task_id;
+                    let id = submit(&mut client, &sha).await;
                     ids.push(id);
                 }
                 // Then see each one finished (at once, for those that already have).
