@@ -411,3 +411,124 @@ fn the_demo_script_runs_as_the_readme_says() {
     assert!(stdout.contains("iris-linreg  FINISHED"), "{stdout}");
     assert!(stdout.contains("dev-1/default"), "{stdout}");
 }
+
+#[test]
+fn uploads_and_idempotent_submits_answer_what_exists_outputs_are_kept_and_listings_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = dir.path().join("writer.wat");
+    // Writes "42\n" to result.txt in its output directory (the only preopen, fd 3).
+    std::fs::write(
+        &writer,
+        r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "result.txt")
+  (data (i32.const 200) "42\n")
+  (func (export "_start")
+    (if (i32.ne (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 10) (i32.const 1)
+                            (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 300))
+                (i32.const 0))
+      (then unreachable))
+    (i32.store (i32.const 0) (i32.const 200))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .unwrap();
+    let cluster = Cluster::start(FAST_CONFIG, &[("a1", 2, "1GiB")]);
+
+    let out = cluster.corral(&[
+        "submit",
+        "--outputs",
+        "--wait",
+        "-o",
+        "json",
+        writer.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"], serde_json::json!(["result.txt"]));
+    let id = report["id"].as_str().unwrap().to_string();
+    let saved = dir.path().join("saved");
+    let out = cluster.corral(&["task", "output", &id, "--save", saved.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(saved.join("result.txt")).unwrap(), b"42\n");
+
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let wat = spinner_wat(1, "x");
+        let first = client
+            .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+                chunk: wat.clone().into_bytes().into(),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let again = client
+            .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+                chunk: wat.into_bytes().into(),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!first.existed);
+        assert!(again.existed);
+        assert_eq!(first.sha256, again.sha256);
+
+        let keyed = |key: &str| pb::SubmitTaskRequest {
+            spec: Some(spec(&first.sha256, "keyed", 16 * MIB)),
+            idempotency_key: key.into(),
+        };
+        let a = client
+            .submit_task(keyed("fold-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        let b = client
+            .submit_task(keyed("fold-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        let c = client
+            .submit_task(keyed("fold-2"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (a.task_id.as_str(), a.existed),
+            (b.task_id.as_str(), !b.existed)
+        );
+        assert_ne!(a.task_id, c.task_id);
+
+        // Pages of two cover every task once, in id order.
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_tasks(pb::ListTasksRequest {
+                    page_size: 2,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.tasks.len() <= 2);
+            seen.extend(page.tasks.into_iter().map(|t| t.id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, ["t-1", "t-2", "t-3"]);
+    });
+}
