@@ -1,4 +1,10 @@
-//! `corral-agent`: the node side of Corral, starting with the sandbox every agent runs tasks in.
+//! `corral-agent`: the node side of Corral: the agent daemon ([`daemon`]) and the sandbox it runs
+//! every task in ([`sandbox`]).
+//!
+//! The daemon registers with a host, keeps one gRPC session stream open, runs the tasks it is
+//! launched (up to its slots, concurrently, on blocking threads), kills on request, reports
+//! progress and outcomes (re-sending final reports until the host acknowledges them) and
+//! reconnects with backoff when the host is away. `corral agent` and `corral dev` run it.
 //!
 //! A Corral task is a WASI preview1 command module (any `wasm32-wasip1` program) run under hard
 //! limits. The [`sandbox`] module is the executor: it admits a module (size cap, validation,
@@ -9,9 +15,12 @@
 //! The sandbox is the only place in Corral that names wasmtime.
 //!
 //! # Main types
+//! - [`daemon::run`] and [`daemon::AgentConfig`]: the agent process.
 //! - [`Sandbox`](sandbox::Sandbox): one per process; cheap to clone, safe to share across threads.
 //! - [`RunSpec`](sandbox::RunSpec) and [`Limits`](sandbox::Limits): what one run is given.
 //! - [`RunReport`](sandbox::RunReport) and [`Outcome`](sandbox::Outcome): what happened.
+//! - [`RunControl`](sandbox::RunControl): kill a run, read its fuel while it runs.
+//! - [`Validator`](sandbox::Validator): admission's checks without compiling, for the host.
 //!
 //! # Example
 //! ```
