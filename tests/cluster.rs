@@ -532,3 +532,166 @@ fn uploads_and_idempotent_submits_answer_what_exists_outputs_are_kept_and_listin
         assert_eq!(seen, ["t-1", "t-2", "t-3"]);
     });
 }
+
+/// Partitions carved by `corral host --config`: a tenant's reservation and a labelled one on
+/// the agents of one zone, shared `default` remainders, and tasks placed by those rules.
+#[test]
+fn partitions_from_the_host_config_are_reserved_for_their_tenant_and_labels() {
+    let config = format!(
+        r#"{FAST_CONFIG}
+strategy = "binpack"
+
+[[partitions]]
+name = "acme"
+agents = {{ zone = "eu-1" }}
+slots = 2
+memory = "256MiB"
+tenant = "acme"
+
+[[partitions]]
+name = "gpu"
+agents = {{ zone = "eu-1" }}
+slots = 1
+memory = "256MiB"
+labels = {{ kind = "gpu" }}
+"#
+    )
+    .replace("strategy = \"spread\"\n", "");
+    let mut cluster = Cluster::start(&config, &[]);
+    cluster.start_agent("eu", 4, "1GiB", &["zone=eu-1"]);
+    cluster.start_agent("us", 4, "1GiB", &["zone=us-1"]);
+    cluster.wait_for_agents(&["eu", "us"]);
+
+    // What `corral partitions` shows: the carving, with each reservation.
+    let out = cluster.corral(&["partitions", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let carved: BTreeMap<String, (u64, u64, serde_json::Value, serde_json::Value)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                (
+                    p["slots"].as_u64().unwrap(),
+                    p["memory_bytes"].as_u64().unwrap() / MIB,
+                    p["tenant"].clone(),
+                    p["labels"].clone(),
+                ),
+            )
+        })
+        .collect();
+    let none = serde_json::Value::Null;
+    let no_labels = serde_json::json!({});
+    assert_eq!(
+        carved,
+        BTreeMap::from([
+            ("eu/acme".into(), (2, 256, "acme".into(), no_labels.clone())),
+            (
+                "eu/gpu".into(),
+                (1, 256, none.clone(), serde_json::json!({"kind": "gpu"}))
+            ),
+            (
+                "eu/default".into(),
+                (1, 512, none.clone(), no_labels.clone())
+            ),
+            ("us/default".into(), (4, 1024, none, no_labels)),
+        ])
+    );
+
+    let partitions_of = |ids: &[String]| -> Vec<String> {
+        cluster.block_on(async {
+            let mut client = cluster.client().await;
+            let mut placed = Vec::new();
+            for id in ids {
+                let task = wait_until(&mut client, id, Duration::from_secs(20), |t| {
+                    t.state == state(pb::TaskState::Running)
+                })
+                .await;
+                placed.push(task.partition_id);
+            }
+            placed
+        })
+    };
+    let (acme, others, gpu) = cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let forever = upload_wat(
+            &mut client,
+            r#"(module (func (export "_start") (loop br 0)))"#,
+        )
+        .await;
+        let task = |name: &str, tenant: &str, labels: &[(&str, &str)]| {
+            let mut spec = spec(&forever, name, 64 * MIB);
+            spec.tenant = tenant.into();
+            spec.labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let limits = spec.limits.as_mut().unwrap();
+            limits.fuel = 1 << 50;
+            limits.timeout_ms = 600_000;
+            spec
+        };
+        let mut acme = Vec::new();
+        for i in 0..3 {
+            acme.push(submit(&mut client, task(&format!("acme-{i}"), "acme", &[])).await);
+        }
+        // The first two fill acme's reservation before touching shared capacity.
+        for id in &acme {
+            wait_until(&mut client, id, Duration::from_secs(20), |t| {
+                t.attempts == 1
+            })
+            .await;
+        }
+        let mut others = Vec::new();
+        for i in 0..2 {
+            others.push(submit(&mut client, task(&format!("other-{i}"), "default", &[])).await);
+        }
+        let gpu = submit(&mut client, task("gpu", "default", &[("kind", "gpu")])).await;
+        (acme, others, gpu)
+    });
+    let acme_placed = partitions_of(&acme);
+    assert_eq!(&acme_placed[..2], ["eu/acme", "eu/acme"]);
+    // The reservation is full: the third goes to the tightest shared partition (binpack).
+    assert_eq!(acme_placed[2], "eu/default");
+    // Other tenants never use acme's partition or the gpu one; eu/default is full by now.
+    assert_eq!(partitions_of(&others), ["us/default", "us/default"]);
+    // A task with the gpu label goes to the partition reserved for it.
+    assert_eq!(partitions_of(std::slice::from_ref(&gpu)), ["eu/gpu"]);
+
+    let allocated: BTreeMap<String, u64> = cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let partitions = client
+            .list_partitions(pb::ListPartitionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .partitions;
+        partitions
+            .into_iter()
+            .map(|p| (p.id, u64::from(p.allocated.unwrap_or_default().slots)))
+            .collect()
+    });
+    assert_eq!(
+        allocated,
+        BTreeMap::from([
+            ("eu/acme".into(), 2),
+            ("eu/gpu".into(), 1),
+            ("eu/default".into(), 1),
+            ("us/default".into(), 2),
+        ])
+    );
+    for id in acme.iter().chain(&others).chain([&gpu]) {
+        let out = cluster.corral(&["task", "kill", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

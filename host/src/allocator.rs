@@ -6,7 +6,10 @@
 //! - its agent carries every label the task's constraints name, and
 //! - its free capacity covers the task's request (one slot and its memory cap).
 //!
-//! Among those, [`Strategy::Binpack`] picks the tightest fit (least free memory, then fewest free
+//! Among those, a partition reserved for the task (its reservation names the task's tenant or
+//! labels) comes before shared ones, as a Mesos role's reserved resources are offered to it
+//! first: tasks use what was set aside for them and leave shared capacity to everyone else.
+//! Then [`Strategy::Binpack`] picks the tightest fit (least free memory, then fewest free
 //! slots), filling agents up before touching others; [`Strategy::Spread`] picks the partition
 //! with the most free slots (then memory), spreading load. Ties go to the earliest partition, so
 //! a plan is a function of its input alone.
@@ -75,8 +78,14 @@ impl Candidate {
     }
 }
 
-/// Orders two fitting candidates' free capacity: `true` when `a` is the better choice.
-pub fn better(strategy: Strategy, a: &Resources, b: &Resources) -> bool {
+/// Orders two fitting candidates, each given as (reserved, free capacity): `true` when `a` is
+/// the better choice. Reserved partitions (which admitted the task, so are reserved for it)
+/// come first; then the strategy decides on free capacity.
+pub fn better(strategy: Strategy, a: (bool, &Resources), b: (bool, &Resources)) -> bool {
+    if a.0 != b.0 {
+        return a.0;
+    }
+    let (a, b) = (a.1, b.1);
     match strategy {
         Strategy::Binpack => (a.memory_bytes, a.slots) < (b.memory_bytes, b.slots),
         Strategy::Spread => (a.slots, a.memory_bytes) > (b.slots, b.memory_bytes),
@@ -90,7 +99,11 @@ pub fn choose(candidates: &[Candidate], request: &Request, strategy: Strategy) -
         if !candidate.fits(request) {
             continue;
         }
-        if best.is_none_or(|b| better(strategy, &candidate.free, &candidates[b].free)) {
+        let rank = |c: &'_ Candidate| (c.reservation.is_reserved(), c.free);
+        if best.is_none_or(|b| {
+            let (a, b) = (rank(candidate), rank(&candidates[b]));
+            better(strategy, (a.0, &a.1), (b.0, &b.1))
+        }) {
             best = Some(i);
         }
     }
@@ -100,12 +113,13 @@ pub fn choose(candidates: &[Candidate], request: &Request, strategy: Strategy) -
 /// Why no partition could ever hold `request`, even with all of its capacity free; `None` when
 /// some partition could.
 pub fn never_fits(candidates: &[Candidate], request: &Request) -> Option<String> {
-    let whole = |c: &Candidate| Candidate {
-        free: c.capacity,
-        draining: false,
-        ..c.clone()
+    // Eligible but for draining, and fitting when empty.
+    let could_hold = |c: &Candidate| {
+        c.reservation.admits(&request.tenant, &request.labels)
+            && contains_all(&c.agent_labels, &request.constraints)
+            && c.capacity.covers(&request.resources)
     };
-    if candidates.iter().any(|c| whole(c).fits(request)) {
+    if candidates.iter().any(could_hold) {
         return None;
     }
     let want = request.resources;
@@ -226,6 +240,30 @@ mod tests {
         r.tenant = "acme".into();
         r.constraints.clear();
         assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));
+    }
+
+    #[test]
+    fn a_partition_reserved_for_the_task_comes_before_shared_ones() {
+        let mut cs = vec![
+            candidate("shared-tight", 4, 100),
+            candidate("acme", 4, 100),
+            candidate("shared-empty", 8, 1000),
+        ];
+        cs[0].free = Resources {
+            slots: 1,
+            memory_bytes: 10,
+        };
+        cs[1].reservation.tenant = Some("acme".into());
+        let mut r = request(5);
+        r.tenant = "acme".into();
+        assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));
+        assert_eq!(choose(&cs, &r, Strategy::Spread), Some(1));
+        // Once the reservation is full, shared capacity serves.
+        cs[1].free = Resources::default();
+        assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(0));
+        // Other tenants never see it, and keep their strategy's choice.
+        cs[1].free = cs[1].capacity;
+        assert_eq!(choose(&cs, &request(5), Strategy::Spread), Some(2));
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Whether the partition is set aside for some tenant or labels (else it is shared).
+    pub fn is_reserved(&self) -> bool {
+        self.tenant.is_some() || !self.labels.is_empty()
+    }
+
     /// Whether a task of `tenant` with `labels` may use the partition.
     pub fn admits(&self, tenant: &str, labels: &BTreeMap<String, String>) -> bool {
         self.tenant.as_deref().is_none_or(|t| t == tenant) && contains_all(labels, &self.labels)

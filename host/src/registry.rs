@@ -103,10 +103,12 @@ impl Registry {
         self.agents.insert(entry.info.id.clone(), entry);
     }
 
-    /// Marks the agent heard from. False when the session is not its current one.
+    /// Marks the agent heard from. False when the session is not its current one, or ended
+    /// when the agent was declared lost: a lost agent's tasks went elsewhere, and it must
+    /// register again (and be reconciled) before it is trusted with more.
     pub fn heard(&mut self, id: &str, session: u64, now: Instant, now_ms: i64) -> bool {
         match self.agents.get_mut(id) {
-            Some(entry) if entry.session == session => {
+            Some(entry) if entry.session == session && entry.state != AgentState::Lost => {
                 entry.state = AgentState::Active;
                 entry.last_seen = now;
                 entry.last_seen_ms = now_ms;
@@ -186,6 +188,10 @@ mod tests {
             ["a"]
         );
         assert_eq!(registry.get("a").unwrap().state, AgentState::Lost);
+        assert!(
+            !registry.heard("a", s1, t0 + Duration::from_secs(12), 0),
+            "a lost agent's session is over"
+        );
         assert!(registry
             .expire(t0 + Duration::from_secs(12), timeout)
             .is_empty());

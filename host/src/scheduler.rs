@@ -63,9 +63,14 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
 }
 
-/// Places `pending` (in queue order) into `partitions` under `strategy`.
+/// Places `pending` (in queue order) into `partitions` under `strategy`: each task goes where
+/// [`allocator::choose`](crate::allocator::choose) would put it given the placements before it.
 pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strategy) -> Plan {
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
+    let reserved: Vec<bool> = partitions
+        .iter()
+        .map(|p| p.reservation.is_reserved())
+        .collect();
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'_>, Vec<usize>> = HashMap::new();
     let mut reasons: HashMap<(ClassKey<'_>, Resources), (String, bool)> = HashMap::new();
@@ -88,7 +93,9 @@ pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strateg
             }
             if free[i].covers(&request.resources)
                 && best.is_none_or(|b| {
-                    better(strategy, &free[i], &free[b]) || (free[i] == free[b] && i < b)
+                    let (ri, rb) = (reserved[i], reserved[b]);
+                    better(strategy, (ri, &free[i]), (rb, &free[b]))
+                        || (ri == rb && free[i] == free[b] && i < b)
                 })
             {
                 best = Some(i);
@@ -281,6 +288,9 @@ mod tests {
                 let task = tasks.iter().find(|t| t.task_id == placement.task_id).unwrap();
                 let p = &parts[placement.partition];
                 prop_assert!(p.eligible(&task.request));
+                // The plan's choice is the allocator's, given what is free at that point.
+                let now: Vec<Candidate> = parts.iter().zip(&free).map(|(p, f)| Candidate { free: *f, ..p.clone() }).collect();
+                prop_assert_eq!(crate::allocator::choose(&now, &task.request, strategy), Some(placement.partition));
                 prop_assert!(free[placement.partition].covers(&task.request.resources), "over-allocated {}", p.partition_id);
                 free[placement.partition] = free[placement.partition].minus(&task.request.resources);
             }
