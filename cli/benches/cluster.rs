@@ -1,8 +1,12 @@
-//! End to end through a real `corral dev` process (a host and two agents, 16 slots each, state
-//! in a temp dir on disk): trivial tasks submitted over gRPC on loopback.
+//! End to end, twice: through a real `corral dev` process (a host and two agents in one
+//! process), then through a `corral host` and two `corral agent` processes; 16 slots per agent,
+//! state in a temp dir on disk, trivial tasks submitted over gRPC on loopback.
 //!
+//! - RSS of each process, idle after a warm-up;
 //! - idle latency: one task at a time, submit to FINISHED seen on a watch; median and p99;
-//! - throughput: N tasks from C concurrent submitters, first submit to last FINISHED.
+//! - throughput: 10,240 tasks from 1, 16 and 256 concurrent submitters (each submits its share,
+//!   then watches each of its tasks to the end), first submit to last FINISHED, with the
+//!   submit-to-result percentiles.
 //!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks;
 //! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
@@ -10,84 +14,15 @@
 // A bench binary, not a library.
 #![allow(missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "common/mod.rs"]
+mod common;
 
+use std::time::Instant;
+
+use common::{ms, percentile, spec, submit};
 use corral_proto::pb;
 use corral_proto::pb::corral_client::CorralClient;
 use tonic::transport::Channel;
-
-struct Dev {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev() -> Dev {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--agents",
-            "2",
-            "--slots",
-            "16",
-            "--memory",
-            "8GiB",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting corral dev");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("reading the address");
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    Dev {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
-const TRIVIAL: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
-
-fn spec(sha: &str) -> pb::TaskSpec {
-    pb::TaskSpec {
-        name: "trivial".into(),
-        module_sha256: sha.into(),
-        limits: Some(pb::Limits {
-            memory_bytes: 1 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn submit(client: &mut CorralClient<Channel>, sha: &str) -> String {
-    client
-        .submit_task(pb::SubmitTaskRequest {
-            spec: Some(spec(sha)),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .task_id
-}
 
 async fn finished(client: &mut CorralClient<Channel>, id: &str) {
     let mut events = client
@@ -103,55 +38,63 @@ async fn finished(client: &mut CorralClient<Channel>, id: &str) {
     assert_eq!(last.state, pb::TaskState::Finished as i32, "{last:?}");
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+/// The cluster under test: `corral dev` alone, or a host and two agents as processes.
+struct Setup {
+    name: &'static str,
+    servers: Vec<common::Server>,
+    url: String,
 }
 
-async fn bench(quick: bool) {
-    let dev = start_dev();
-    let mut client = loop {
-        if let Ok(c) = CorralClient::connect(dev.url.clone()).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let sha = client
-        .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
-            chunk: TRIVIAL.as_bytes().to_vec().into(),
-        }]))
-        .await
-        .expect("upload")
-        .into_inner()
-        .sha256;
-    // Both agents attached.
-    loop {
-        let agents = client
-            .list_agents(pb::ListAgentsRequest {})
-            .await
-            .expect("agents")
-            .into_inner()
-            .agents;
-        if agents
-            .iter()
-            .filter(|a| a.state == pb::AgentState::Active as i32)
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+const AGENT_ARGS: [&str; 4] = ["--slots", "16", "--memory", "8GiB"];
+
+fn dev() -> Setup {
+    let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--agents", "2"];
+    args.extend(AGENT_ARGS);
+    let dev = common::start(&args, true);
+    Setup {
+        name: "corral dev",
+        url: dev.url.clone(),
+        servers: vec![dev],
     }
+}
+
+fn processes() -> Setup {
+    let host = common::start(&["host", "--listen", "127.0.0.1:0"], true);
+    let url = host.url.clone();
+    let mut servers = vec![host];
+    for id in ["a1", "a2"] {
+        let mut args = vec!["agent", "--host", &url, "--id", id];
+        args.extend(AGENT_ARGS);
+        servers.push(common::start(&args, false));
+    }
+    Setup {
+        name: "host + 2 agents",
+        servers,
+        url,
+    }
+}
+
+async fn bench(setup: Setup, quick: bool) {
+    let mut client = common::connect(&setup.url).await;
+    let sha = common::upload_trivial(&mut client).await;
+    common::wait_for_agents(&mut client, 2).await;
+    let name = setup.name;
     // Warm up: the module compiled on both agents.
     for _ in 0..20 {
-        let id = submit(&mut client, &sha).await;
+        let id = submit(&mut client, spec(&sha, "trivial".into())).await;
         finished(&mut client, &id).await;
     }
+    let rss: Vec<String> = setup
+        .servers
+        .iter()
+        .map(|s| format!("{:.1} MiB", common::mib(s.usage().rss_bytes)))
+        .collect();
+    println!("{name}: RSS after warm-up, idle: {}", rss.join(", "));
 
     if std::env::var_os("CORRAL_BENCH_BREAKDOWN").is_some() {
         for _ in 0..5 {
             let t = Instant::now();
-            let id = submit(&mut client, &sha).await;
+            let id = submit(&mut client, spec(&sha, "trivial".into())).await;
             let submitted = t.elapsed();
             let mut events = client
                 .watch_tasks(pb::WatchTasksRequest {
@@ -175,19 +118,19 @@ async fn bench(quick: bool) {
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let id = submit(&mut client, &sha).await;
+        let id = submit(&mut client, spec(&sha, "trivial".into())).await;
         finished(&mut client, &id).await;
         latencies.push(started.elapsed());
     }
     latencies.sort();
     println!(
-        "idle submit-to-result (n={n}): median {:.2} ms, p99 {:.2} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        "{name}: idle submit-to-result (n={n}): median {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99))
     );
 
-    let total = if quick { 2_000 } else { 10_000 };
-    for submitters in [1usize, 16, 64] {
+    let total = if quick { 2_048 } else { 10_240 };
+    for submitters in [1usize, 16, 256] {
         let started = Instant::now();
         let each = total / submitters;
         let mut handles = Vec::new();
@@ -195,40 +138,42 @@ async fn bench(quick: bool) {
             let mut client = client.clone();
             let sha = sha.clone();
             handles.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(each);
                 let mut ids = Vec::with_capacity(each);
                 for _ in 0..each {
-                    let id = submit(&mut client, &sha).await;
-                    ids.push(id);
+                    let t = Instant::now();
+                    ids.push((submit(&mut client, spec(&sha, "trivial".into())).await, t));
                 }
                 // Then see each one finished (at once, for those that already have).
-                for id in ids {
+                for (id, t) in ids {
                     finished(&mut client, &id).await;
+                    latencies.push(t.elapsed());
                 }
+                latencies
             }));
         }
+        let mut latencies = Vec::with_capacity(total);
         for h in handles {
-            h.await.expect("submitter");
+            latencies.extend(h.await.expect("submitter"));
         }
         let elapsed = started.elapsed();
+        latencies.sort();
         let tasks = each * submitters;
         println!(
-            "throughput, {submitters:>2} submitter(s): {tasks} tasks in {:.2} s = {:.0} tasks/s",
+            "{name}: throughput, {submitters:>3} submitter(s): {tasks} tasks in {:.2} s = {:.0} tasks/s \
+             (submit-to-result median {:.1} ms, p99 {:.1} ms)",
             elapsed.as_secs_f64(),
-            tasks as f64 / elapsed.as_secs_f64()
+            tasks as f64 / elapsed.as_secs_f64(),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99))
         );
     }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not run this.
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(bench(quick));
+    common::main_with(|args| async move {
+        let quick = args.iter().any(|a| a == "--quick");
+        bench(dev(), quick).await;
+        bench(processes(), quick).await;
+    });
 }

@@ -18,26 +18,44 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 const TASKS: u64 = 100_000;
 
-fn partitions(agents: usize) -> Vec<Candidate> {
+/// What the partitions' candidates borrow: ids and labels per agent.
+struct Agents {
+    ids: Vec<(String, String)>,
+    labels: Vec<BTreeMap<String, String>>,
+    shared: Reservation,
+}
+
+fn agents(n: usize) -> Agents {
+    Agents {
+        ids: (0..n)
+            .map(|i| (format!("agent-{i:05}/default"), format!("agent-{i:05}")))
+            .collect(),
+        labels: (0..n)
+            .map(|i| BTreeMap::from([("zone".to_string(), format!("z{}", i % 4))]))
+            .collect(),
+        shared: Reservation::default(),
+    }
+}
+
+fn partitions(agents: &Agents) -> Vec<Candidate<'_>> {
     // Enough slots in all for every task, spread evenly.
-    let slots = u32::try_from(TASKS as usize / agents + 1).unwrap();
-    (0..agents)
-        .map(|i| {
-            let capacity = Resources {
-                slots,
-                memory_bytes: u64::from(slots) << 26,
-            };
-            let mut labels = BTreeMap::new();
-            labels.insert("zone".to_string(), format!("z{}", i % 4));
-            Candidate {
-                partition_id: format!("agent-{i:05}/default"),
-                agent_id: format!("agent-{i:05}"),
-                agent_labels: labels,
-                reservation: Reservation::default(),
-                capacity,
-                free: capacity,
-                draining: false,
-            }
+    let slots = u32::try_from(TASKS as usize / agents.ids.len() + 1).unwrap();
+    let capacity = Resources {
+        slots,
+        memory_bytes: u64::from(slots) << 26,
+    };
+    agents
+        .ids
+        .iter()
+        .zip(&agents.labels)
+        .map(|((partition_id, agent_id), labels)| Candidate {
+            partition_id,
+            agent_id,
+            agent_labels: labels,
+            reservation: &agents.shared,
+            capacity,
+            free: capacity,
+            draining: false,
         })
         .collect()
 }
@@ -64,10 +82,11 @@ fn scheduler(c: &mut Criterion) {
     let mut group = c.benchmark_group("scheduler/100k_tasks");
     group.sample_size(10);
     group.throughput(Throughput::Elements(TASKS));
-    for agents in [100, 1_000, 10_000] {
-        let parts = partitions(agents);
+    for n in [100, 1_000, 10_000] {
+        let agents = agents(n);
+        let parts = partitions(&agents);
         for (name, strategy) in [("binpack", Strategy::Binpack), ("spread", Strategy::Spread)] {
-            group.bench_with_input(BenchmarkId::new(name, agents), &parts, |b, parts| {
+            group.bench_with_input(BenchmarkId::new(name, n), &parts, |b, parts| {
                 b.iter(|| {
                     let plan = plan(black_box(parts), black_box(&tasks), strategy);
                     assert_eq!(plan.placements.len() as u64, TASKS);

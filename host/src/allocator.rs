@@ -31,17 +31,18 @@ pub enum Strategy {
     Spread,
 }
 
-/// A partition as the allocator sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
+/// A partition as the allocator sees it, borrowed from the caller's state: building the
+/// snapshot of thousands of partitions copies no strings or maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate<'a> {
     /// The partition's id.
-    pub partition_id: String,
+    pub partition_id: &'a str,
     /// Its agent's id.
-    pub agent_id: String,
+    pub agent_id: &'a str,
     /// Its agent's labels.
-    pub agent_labels: BTreeMap<String, String>,
+    pub agent_labels: &'a BTreeMap<String, String>,
     /// Who may use it.
-    pub reservation: Reservation,
+    pub reservation: &'a Reservation,
     /// What it holds in all.
     pub capacity: Resources,
     /// What is free now.
@@ -63,13 +64,20 @@ pub struct Request {
     pub constraints: BTreeMap<String, String>,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     /// Whether the task may ever go here, capacity aside: not draining, admitted by the
     /// reservation, constraints met.
     pub fn eligible(&self, request: &Request) -> bool {
         !self.draining
             && self.reservation.admits(&request.tenant, &request.labels)
-            && contains_all(&self.agent_labels, &request.constraints)
+            && contains_all(self.agent_labels, &request.constraints)
+    }
+
+    /// Whether the task could go here once the partition is empty and not draining.
+    pub fn could_ever_hold(&self, request: &Request) -> bool {
+        self.reservation.admits(&request.tenant, &request.labels)
+            && contains_all(self.agent_labels, &request.constraints)
+            && self.capacity.covers(&request.resources)
     }
 
     /// Whether the task fits now.
@@ -93,13 +101,17 @@ pub fn better(strategy: Strategy, a: (bool, &Resources), b: (bool, &Resources)) 
 }
 
 /// The index of the candidate to place `request` in, or `None` when none fits now.
-pub fn choose(candidates: &[Candidate], request: &Request, strategy: Strategy) -> Option<usize> {
+pub fn choose(
+    candidates: &[Candidate<'_>],
+    request: &Request,
+    strategy: Strategy,
+) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, candidate) in candidates.iter().enumerate() {
         if !candidate.fits(request) {
             continue;
         }
-        let rank = |c: &'_ Candidate| (c.reservation.is_reserved(), c.free);
+        let rank = |c: &Candidate<'_>| (c.reservation.is_reserved(), c.free);
         if best.is_none_or(|b| {
             let (a, b) = (rank(candidate), rank(&candidates[b]));
             better(strategy, (a.0, &a.1), (b.0, &b.1))
@@ -112,21 +124,15 @@ pub fn choose(candidates: &[Candidate], request: &Request, strategy: Strategy) -
 
 /// Why no partition could ever hold `request`, even with all of its capacity free; `None` when
 /// some partition could.
-pub fn never_fits(candidates: &[Candidate], request: &Request) -> Option<String> {
-    // Eligible but for draining, and fitting when empty.
-    let could_hold = |c: &Candidate| {
-        c.reservation.admits(&request.tenant, &request.labels)
-            && contains_all(&c.agent_labels, &request.constraints)
-            && c.capacity.covers(&request.resources)
-    };
-    if candidates.iter().any(could_hold) {
+pub fn never_fits(candidates: &[Candidate<'_>], request: &Request) -> Option<String> {
+    if candidates.iter().any(|c| c.could_ever_hold(request)) {
         return None;
     }
     let want = request.resources;
     if candidates.is_empty() {
         return Some("no agent is registered".into());
     }
-    let admitted: Vec<&Candidate> = candidates
+    let admitted: Vec<&Candidate<'_>> = candidates
         .iter()
         .filter(|c| c.reservation.admits(&request.tenant, &request.labels))
         .collect();
@@ -136,9 +142,9 @@ pub fn never_fits(candidates: &[Candidate], request: &Request) -> Option<String>
             request.tenant
         ));
     }
-    let constrained: Vec<&&Candidate> = admitted
+    let constrained: Vec<&&Candidate<'_>> = admitted
         .iter()
-        .filter(|c| contains_all(&c.agent_labels, &request.constraints))
+        .filter(|c| contains_all(c.agent_labels, &request.constraints))
         .collect();
     if constrained.is_empty() {
         let wanted: Vec<String> = request
@@ -166,16 +172,22 @@ pub fn never_fits(candidates: &[Candidate], request: &Request) -> Option<String>
 mod tests {
     use super::*;
 
-    fn candidate(id: &str, slots: u32, memory: u64) -> Candidate {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    static SHARED: Reservation = Reservation {
+        tenant: None,
+        labels: BTreeMap::new(),
+    };
+
+    fn candidate(id: &'static str, slots: u32, memory: u64) -> Candidate<'static> {
         let capacity = Resources {
             slots,
             memory_bytes: memory,
         };
         Candidate {
-            partition_id: id.into(),
-            agent_id: id.into(),
-            agent_labels: BTreeMap::new(),
-            reservation: Reservation::default(),
+            partition_id: id,
+            agent_id: id,
+            agent_labels: &NO_LABELS,
+            reservation: &SHARED,
             capacity,
             free: capacity,
             draining: false,
@@ -191,6 +203,13 @@ mod tests {
             tenant: "default".into(),
             labels: BTreeMap::new(),
             constraints: BTreeMap::new(),
+        }
+    }
+
+    fn reserved_for(tenant: &str) -> Reservation {
+        Reservation {
+            tenant: Some(tenant.into()),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -224,14 +243,16 @@ mod tests {
 
     #[test]
     fn draining_reserved_and_constrained_partitions_are_skipped() {
+        let acme = reserved_for("acme");
+        let zone_x = BTreeMap::from([("zone".to_string(), "x".to_string())]);
         let mut cs = vec![
             candidate("a", 4, 100),
             candidate("b", 4, 100),
             candidate("c", 4, 100),
         ];
         cs[0].draining = true;
-        cs[1].reservation.tenant = Some("acme".into());
-        cs[2].agent_labels.insert("zone".into(), "x".into());
+        cs[1].reservation = &acme;
+        cs[2].agent_labels = &zone_x;
         let mut r = request(1);
         r.constraints.insert("zone".into(), "y".into());
         assert_eq!(choose(&cs, &r, Strategy::Binpack), None);
@@ -244,6 +265,7 @@ mod tests {
 
     #[test]
     fn a_partition_reserved_for_the_task_comes_before_shared_ones() {
+        let acme = reserved_for("acme");
         let mut cs = vec![
             candidate("shared-tight", 4, 100),
             candidate("acme", 4, 100),
@@ -253,7 +275,7 @@ mod tests {
             slots: 1,
             memory_bytes: 10,
         };
-        cs[1].reservation.tenant = Some("acme".into());
+        cs[1].reservation = &acme;
         let mut r = request(5);
         r.tenant = "acme".into();
         assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));

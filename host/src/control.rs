@@ -183,6 +183,9 @@ impl ControlPlane {
         for mut p in loaded.partitions {
             // Nothing goes to an agent's partitions until it attaches again.
             p.draining = true;
+            if let Some(agent) = state.registry.get(&p.agent_id) {
+                p.agent_labels = agent.info.labels.clone();
+            }
             state.partitions.insert(p.id.clone(), p);
         }
         for task in loaded.tasks {
@@ -313,9 +316,16 @@ impl ControlPlane {
                     spec.module_sha256
                 )));
             }
-            if !state.registry.is_empty() {
-                let candidates = candidates(&state);
-                if let Some(reason) = never_fits(&candidates, &request(&spec)) {
+            let request = request(&spec);
+            // Usually the first partition could hold it; the reason is worked out only when
+            // none could.
+            if !state.registry.is_empty()
+                && !state
+                    .partitions
+                    .values()
+                    .any(|p| candidate(p).could_ever_hold(&request))
+            {
+                if let Some(reason) = never_fits(&candidates(&state), &request) {
                     return Err(HostError::FailedPrecondition(format!(
                         "no agent could ever run this task: {reason}"
                     )));
@@ -879,8 +889,6 @@ impl ControlPlane {
         if candidates.iter().all(|c| c.draining || c.free.slots == 0) {
             return;
         }
-        let partition_ids: Vec<String> =
-            candidates.iter().map(|c| c.partition_id.clone()).collect();
         let pending: Vec<PendingTask> = state
             .pending
             .iter()
@@ -892,14 +900,19 @@ impl ControlPlane {
             })
             .collect();
         let plan = scheduler::plan(&candidates, &pending, self.shared.config.strategy);
+        let placements: Vec<(TaskId, String)> = plan
+            .placements
+            .iter()
+            .map(|p| (p.task_id, candidates[p.partition].partition_id.to_string()))
+            .collect();
+        drop(candidates);
         let now = now_ms();
-        let mut writes = Vec::with_capacity(plan.placements.len());
-        for placement in &plan.placements {
-            let partition_id = &partition_ids[placement.partition];
+        let mut writes = Vec::with_capacity(placements.len());
+        for (task_id, partition_id) in &placements {
             let Some(p) = state.partitions.get_mut(partition_id) else {
                 continue;
             };
-            let Some(task) = state.tasks.get_mut(&placement.task_id) else {
+            let Some(task) = state.tasks.get_mut(task_id) else {
                 continue;
             };
             p.allocated = p.allocated.plus(&task.spec.resources());
@@ -955,25 +968,22 @@ fn request(spec: &TaskSpec) -> Request {
     }
 }
 
-/// The allocator's view of every partition, in id order.
-fn candidates(state: &State) -> Vec<Candidate> {
-    state
-        .partitions
-        .values()
-        .map(|p| Candidate {
-            partition_id: p.id.clone(),
-            agent_id: p.agent_id.clone(),
-            agent_labels: state
-                .registry
-                .get(&p.agent_id)
-                .map(|a| a.info.labels.clone())
-                .unwrap_or_default(),
-            reservation: p.reservation.clone(),
-            capacity: p.capacity,
-            free: p.free(),
-            draining: p.draining || p.state() == PartitionState::Draining,
-        })
-        .collect()
+/// The allocator's view of every partition, in id order, borrowed from the state.
+fn candidates(state: &State) -> Vec<Candidate<'_>> {
+    state.partitions.values().map(candidate).collect()
+}
+
+/// The allocator's view of one partition.
+fn candidate(p: &Partition) -> Candidate<'_> {
+    Candidate {
+        partition_id: &p.id,
+        agent_id: &p.agent_id,
+        agent_labels: &p.agent_labels,
+        reservation: &p.reservation,
+        capacity: p.capacity,
+        free: p.free(),
+        draining: p.draining || p.state() == PartitionState::Draining,
+    }
 }
 
 /// Keeps output within the host's cap: files are kept in order while they fit in `max` bytes

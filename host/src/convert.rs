@@ -308,7 +308,8 @@ pub fn partition_to_pb(p: &Partition) -> pb::Partition {
     }
 }
 
-/// A stored partition from its protobuf form (allocation is recomputed from the tasks).
+/// A stored partition from its protobuf form (allocation is recomputed from the tasks, agent
+/// labels taken from the agent's record).
 pub fn partition_from_pb(p: pb::Partition) -> Partition {
     Partition {
         id: p.id,
@@ -320,6 +321,7 @@ pub fn partition_from_pb(p: pb::Partition) -> Partition {
             tenant: (!p.tenant.is_empty()).then_some(p.tenant),
             labels: p.labels,
         },
+        agent_labels: Default::default(),
         draining: p.state == pb::PartitionState::Draining as i32,
     }
 }

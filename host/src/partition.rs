@@ -101,6 +101,9 @@ pub struct Partition {
     pub allocated: Resources,
     /// Who may use it.
     pub reservation: Reservation,
+    /// Its agent's labels (matched by task constraints), kept here so that a snapshot of every
+    /// partition needs no lookup in the registry. Not stored: restored from the agent's record.
+    pub agent_labels: BTreeMap<String, String>,
     /// Takes no new tasks.
     pub draining: bool,
 }
@@ -165,6 +168,7 @@ pub fn carve(
         capacity,
         allocated: Resources::default(),
         reservation,
+        agent_labels: agent_labels.clone(),
         draining: false,
     };
     for template in templates {

@@ -65,7 +65,7 @@ pub struct Plan {
 
 /// Places `pending` (in queue order) into `partitions` under `strategy`: each task goes where
 /// [`allocator::choose`](crate::allocator::choose) would put it given the placements before it.
-pub fn plan(partitions: &[Candidate], pending: &[PendingTask], strategy: Strategy) -> Plan {
+pub fn plan(partitions: &[Candidate<'_>], pending: &[PendingTask], strategy: Strategy) -> Plan {
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
     let reserved: Vec<bool> = partitions
         .iter()
@@ -162,16 +162,23 @@ mod tests {
     use super::*;
     use crate::partition::Reservation;
 
-    fn candidate(i: usize, slots: u32, memory: u64) -> Candidate {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    static SHARED: Reservation = Reservation {
+        tenant: None,
+        labels: BTreeMap::new(),
+    };
+    const IDS: [&str; 8] = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+
+    fn candidate(i: usize, slots: u32, memory: u64) -> Candidate<'static> {
         let capacity = Resources {
             slots,
             memory_bytes: memory,
         };
         Candidate {
-            partition_id: format!("a{i}/default"),
-            agent_id: format!("a{i}"),
-            agent_labels: BTreeMap::new(),
-            reservation: Reservation::default(),
+            partition_id: IDS[i],
+            agent_id: IDS[i],
+            agent_labels: &NO_LABELS,
+            reservation: &SHARED,
             capacity,
             free: capacity,
             draining: false,
@@ -266,12 +273,14 @@ mod tests {
             raw_tasks in proptest::collection::vec((0u64..600, 0u8..3, proptest::option::of(0u8..2)), 0..40),
             spread in any::<bool>(),
         ) {
-            let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, tenant, zone))| {
+            let reservations: Vec<Reservation> = raw_parts.iter().map(|p| Reservation { tenant: p.5.map(|t| format!("tenant{t}")), labels: BTreeMap::new() }).collect();
+            let labels: Vec<BTreeMap<String, String>> = raw_parts.iter().map(|p| p.6.map(|z| ("zone".to_string(), format!("z{z}"))).into_iter().collect()).collect();
+            let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, _, _))| {
                 let mut c = candidate(i, cap_s, cap_m);
                 c.free = c.capacity.minus(&Resources { slots: used_s.min(cap_s), memory_bytes: used_m.min(cap_m) });
                 c.draining = draining;
-                c.reservation.tenant = tenant.map(|t| format!("tenant{t}"));
-                if let Some(z) = zone { c.agent_labels.insert("zone".into(), format!("z{z}")); }
+                c.reservation = &reservations[i];
+                c.agent_labels = &labels[i];
                 c
             }).collect();
             let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, &(memory, tenant, zone))| {
@@ -289,7 +298,7 @@ mod tests {
                 let p = &parts[placement.partition];
                 prop_assert!(p.eligible(&task.request));
                 // The plan's choice is the allocator's, given what is free at that point.
-                let now: Vec<Candidate> = parts.iter().zip(&free).map(|(p, f)| Candidate { free: *f, ..p.clone() }).collect();
+                let now: Vec<Candidate> = parts.iter().zip(&free).map(|(p, f)| Candidate { free: *f, ..*p }).collect();
                 prop_assert_eq!(crate::allocator::choose(&now, &task.request, strategy), Some(placement.partition));
                 prop_assert!(free[placement.partition].covers(&task.request.resources), "over-allocated {}", p.partition_id);
                 free[placement.partition] = free[placement.partition].minus(&task.request.resources);
@@ -298,7 +307,7 @@ mod tests {
             for unplaced in &plan.unplaced {
                 let task = tasks.iter().find(|t| t.task_id == unplaced.task_id).unwrap();
                 for (i, p) in parts.iter().enumerate() {
-                    let now = Candidate { free: free[i], ..p.clone() };
+                    let now = Candidate { free: free[i], ..*p };
                     prop_assert!(!now.fits(&task.request), "task {} fits {} but was left out", task.task_id, p.partition_id);
                 }
             }
