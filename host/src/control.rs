@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use crate::allocator::{never_fits, Candidate, Request};
 use crate::config::HostConfig;
+use crate::events::{Events, Subscription};
 use crate::partition::{self, Partition, PartitionState};
 use crate::registry::{AgentInfo, AgentState, Registry};
 use crate::scheduler::{self, PendingTask};
@@ -135,7 +136,7 @@ struct Shared {
     validator: corral_agent::sandbox::Validator,
     state: Mutex<State>,
     /// Task changes, shared: every watcher gets the same `Arc`.
-    events: broadcast::Sender<Arc<Task>>,
+    events: Arc<Events>,
     schedule: Arc<Notify>,
 }
 
@@ -212,7 +213,7 @@ impl ControlPlane {
             agents = state.registry.iter().count(),
             "state restored"
         );
-        let (events, _) = broadcast::channel(16_384);
+        let events = Events::new(16_384);
         let plane = Self {
             shared: Arc::new(Shared {
                 config,
@@ -344,7 +345,7 @@ impl ControlPlane {
         if let Some((tenant, k)) = key {
             writes.push(Write::Idempotency(tenant, k, id));
         }
-        let _ = self.shared.events.send(Arc::new(public(&task)));
+        self.shared.events.publish(Arc::new(public(&task)));
         writes.insert(0, Write::Task(task));
         self.shared.store.write(writes).durable().await?;
         self.lock().pending.insert(id);
@@ -460,20 +461,18 @@ impl ControlPlane {
         Ok(self.shared.store.output(id)?.unwrap_or_default())
     }
 
-    /// Subscribes to task changes; with `id`, also answers that task as it is now.
-    pub fn watch(
-        &self,
-        id: Option<TaskId>,
-    ) -> Result<(Option<Task>, broadcast::Receiver<Arc<Task>>), HostError> {
+    /// Subscribes to task changes (every task's, or one task's); with `id`, also answers that
+    /// task as it is now.
+    pub fn watch(&self, id: Option<TaskId>) -> Result<(Option<Task>, Subscription), HostError> {
         let state = self.lock();
-        let receiver = self.shared.events.subscribe();
         let current = match id {
             Some(id) => Some(public(
                 state.tasks.get(&id).ok_or_else(|| unknown_task(id))?,
             )),
             None => None,
         };
-        Ok((current, receiver))
+        // Subscribed under the lock: no change falls between `current` and the first event.
+        Ok((current, self.shared.events.subscribe(id)))
     }
 
     /// Every agent, by id.
@@ -738,7 +737,7 @@ impl ControlPlane {
                     task.started_at_ms = task.updated_at_ms;
                     task.reason.clear();
                 }
-                let _ = self.shared.events.send(Arc::new(public(task)));
+                self.shared.events.publish(Arc::new(public(task)));
                 if first {
                     drop(self.shared.store.write(vec![Write::Task(task.clone())]));
                 }
@@ -827,7 +826,7 @@ impl ControlPlane {
 
     fn emit(&self, events: Vec<Task>) {
         for event in events {
-            let _ = self.shared.events.send(Arc::new(event));
+            self.shared.events.publish(Arc::new(event));
         }
     }
 
@@ -934,7 +933,7 @@ impl ControlPlane {
                     .commands
                     .send(AgentCommand::Launch(attempt, Arc::new(task.spec.clone())));
             }
-            let _ = self.shared.events.send(Arc::new(public(task)));
+            self.shared.events.publish(Arc::new(public(task)));
             writes.push(Write::Task(task.clone()));
         }
         for unplaced in plan.unplaced {

@@ -9,7 +9,8 @@
 //!   partition hold this task; which one is best), [`scheduler`] (a snapshot in, a plan out),
 //!   [`registry`] (agents and their liveness), [`task`] (the lifecycle and retry policy).
 //! - Effects: [`store`] (redb, group commits), [`control`] (the one authority that applies
-//!   decisions, talks to agents and persists), [`api`] (the gRPC services), [`config`].
+//!   decisions, talks to agents and persists), [`events`] (task changes for watchers), [`api`]
+//!   (the gRPC services), [`config`].
 //!
 //! # Example
 //! A host on an ephemeral port, answering a client:
@@ -32,6 +33,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod events;
 pub mod partition;
 pub mod registry;
 pub mod scheduler;

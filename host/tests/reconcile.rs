@@ -3,17 +3,17 @@
 //! and store, with the agent played by the test through the same calls the gRPC service makes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use corral_host::config::HostConfig;
 use corral_host::control::{AgentCommand, ControlPlane, StatusReport};
 use corral_host::convert;
+use corral_host::events::Subscription;
 use corral_host::partition::Resources;
 use corral_host::registry::{AgentInfo, AgentState};
 use corral_host::task::{Attempt, OutcomeRecord, Task, TaskId, TaskState};
 use corral_proto::pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 /// `(module (func (export "_start")))`.
 const TRIVIAL_MODULE: &[u8] = &[
@@ -102,7 +102,7 @@ fn finished() -> StatusReport {
 }
 
 /// Waits for the watch stream to show `id` in `state`.
-async fn seen(events: &mut broadcast::Receiver<Arc<Task>>, id: TaskId, state: TaskState) -> Task {
+async fn seen(events: &mut Subscription, id: TaskId, state: TaskState) -> Task {
     tokio::time::timeout(WAIT, async {
         loop {
             let task = events.recv().await.expect("the watch stream is open");
