@@ -19,24 +19,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::{ms, percentile, spec, submit};
+use common::{finished, ms, percentile, spec, submit};
 use corral_proto::pb;
-use corral_proto::pb::corral_client::CorralClient;
-use tonic::transport::Channel;
-
-async fn finished(client: &mut CorralClient<Channel>, id: &str) {
-    let mut events = client
-        .watch_tasks(pb::WatchTasksRequest { task_id: id.into() })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut last = None;
-    while let Some(event) = events.message().await.expect("event") {
-        last = event.task;
-    }
-    let last = last.expect("an event");
-    assert_eq!(last.state, pb::TaskState::Finished as i32, "{last:?}");
-}
 
 /// The cluster under test: `corral dev` alone, or a host and two agents as processes.
 struct Setup {

@@ -107,6 +107,21 @@ pub async fn submit(client: &mut CorralClient<Channel>, spec: pb::TaskSpec) -> S
         .task_id
 }
 
+/// Watches task `id` to its end; asserts it FINISHED.
+pub async fn finished(client: &mut CorralClient<Channel>, id: &str) {
+    let mut events = client
+        .watch_tasks(pb::WatchTasksRequest { task_id: id.into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.message().await.expect("event") {
+        last = event.task;
+    }
+    let last = last.expect("an event");
+    assert_eq!(last.state, pb::TaskState::Finished as i32, "{last:?}");
+}
+
 /// Waits until `n` agents are active.
 pub async fn wait_for_agents(client: &mut CorralClient<Channel>, n: usize) {
     loop {
