@@ -48,8 +48,12 @@ enum Command {
     Partitions(client::ListArgs),
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// tokio's default bound on blocking threads; guests run on them, one per running task.
+const BLOCKING_THREADS: usize = 512;
+
+fn runtime(blocking_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking_threads.max(BLOCKING_THREADS))
         .enable_all()
         .build()
 }
@@ -57,7 +61,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn cluster<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     command: impl FnOnce() -> F,
 ) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(command())
+    runtime(BLOCKING_THREADS)?.block_on(command())
+}
+
+/// A server whose agents run `runs` guests at once: each needs a blocking thread of its own,
+/// plus some for compiles and other blocking work, or runs past tokio's default bound would
+/// wait for a thread while their task shows RUNNING.
+fn serve<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    runs: usize,
+    command: impl FnOnce() -> F,
+) -> anyhow::Result<ExitCode> {
+    runtime(runs + 64)?.block_on(command())
 }
 
 fn main() -> ExitCode {
@@ -81,9 +95,13 @@ fn main() -> ExitCode {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Dev(args) => cluster(|| async { done(serve::dev(args).await) }),
+        Command::Dev(args) => serve(args.concurrent_runs(), || async {
+            done(serve::dev(args).await)
+        }),
         Command::Host(args) => cluster(|| async { done(serve::host(args).await) }),
-        Command::Agent(args) => cluster(|| async { done(serve::agent(args).await) }),
+        Command::Agent(args) => serve(args.concurrent_runs(), || async {
+            done(serve::agent(args).await)
+        }),
         Command::Submit(args) => cluster(|| client::submit(args)),
         Command::Tasks(args) => cluster(|| client::tasks(args)),
         Command::Task(command) => cluster(|| client::task(command)),

@@ -86,6 +86,20 @@ pub struct DevArgs {
     capacity: AgentCapacity,
 }
 
+impl AgentArgs {
+    /// Guests this agent runs at once, at most.
+    pub fn concurrent_runs(&self) -> usize {
+        self.capacity.slots as usize
+    }
+}
+
+impl DevArgs {
+    /// Guests the agents of `corral dev` run at once, at most.
+    pub fn concurrent_runs(&self) -> usize {
+        self.capacity.slots as usize * self.agents as usize
+    }
+}
+
 pub fn parse_label(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

@@ -12,6 +12,9 @@ use corral_proto::pb;
 use corral_proto::pb::corral_client::CorralClient;
 use tonic::transport::Channel;
 
+/// A client of the host's API.
+pub type Client = CorralClient<Channel>;
+
 /// A `corral` server process (dev, host or agent), killed on drop.
 pub struct Server {
     pub child: Child,
