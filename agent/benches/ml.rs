@@ -1,6 +1,7 @@
 //! The ML examples on 1,000,000 generated rows: the native build (default x86-64 target)
-//! against the wasm build in the sandbox, with fuel metering (Corral's default) and with epoch
-//! interruption only. Every variant's output is checked to be identical before timing.
+//! against the wasm build in the sandbox with fuel metering and epoch interruption (Corral's
+//! default), with epochs only, and with neither. Every variant's output is checked to be
+//! identical before timing.
 //!
 //! Needs the native examples and the guests built first; `scripts/bench` does this:
 //!     cargo build --release -p corral-example-linreg -p corral-example-logreg -p corral-example-kmeans
@@ -182,12 +183,21 @@ fn bench(c: &mut Criterion) {
             args: vec!["--k", "3"],
         },
     ];
-    let fuel = Sandbox::new(SandboxConfig::default()).unwrap();
-    let epoch_only = Sandbox::new(SandboxConfig {
-        fuel_metering: false,
-        ..SandboxConfig::default()
-    })
-    .unwrap();
+    // Corral's default (fuel and epochs), epochs only, and neither: what each check costs.
+    let variants = [
+        ("wasm_fuel", true, true),
+        ("wasm_epoch_only", false, true),
+        ("wasm_neither", false, false),
+    ]
+    .map(|(name, fuel_metering, epoch_interruption)| {
+        let sandbox = Sandbox::new(SandboxConfig {
+            fuel_metering,
+            epoch_interruption,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        (name, sandbox)
+    });
 
     for case in &cases {
         let bytes = std::fs::read(built(
@@ -197,33 +207,29 @@ fn bench(c: &mut Criterion) {
             "run scripts/build-guests",
         ))
         .unwrap();
-        let with_fuel = fuel.prepare(&bytes).unwrap().module;
-        let without_fuel = epoch_only.prepare(&bytes).unwrap().module;
         let native = run_native(case);
-        assert_eq!(
-            run_wasm(&fuel, &with_fuel, case),
-            native,
-            "{}: fuel",
-            case.example
-        );
-        assert_eq!(
-            run_wasm(&epoch_only, &without_fuel, case),
-            native,
-            "{}: epoch",
-            case.example
-        );
+        let prepared: Vec<PreparedModule> = variants
+            .iter()
+            .map(|(name, sandbox)| {
+                let module = sandbox.prepare(&bytes).unwrap().module;
+                assert_eq!(
+                    run_wasm(sandbox, &module, case),
+                    native,
+                    "{}: {name}",
+                    case.example
+                );
+                module
+            })
+            .collect();
 
         let mut group = c.benchmark_group(format!("ml/{}", case.example));
         group
             .sample_size(10)
             .measurement_time(Duration::from_secs(20));
         group.bench_function("native", |b| b.iter(|| run_native(case)));
-        group.bench_function("wasm_fuel", |b| {
-            b.iter(|| run_wasm(&fuel, &with_fuel, case))
-        });
-        group.bench_function("wasm_epoch_only", |b| {
-            b.iter(|| run_wasm(&epoch_only, &without_fuel, case))
-        });
+        for ((name, sandbox), module) in variants.iter().zip(&prepared) {
+            group.bench_function(*name, |b| b.iter(|| run_wasm(sandbox, module, case)));
+        }
         group.finish();
     }
 }

@@ -1,5 +1,6 @@
-//! Per-run overhead of the sandbox: a fresh store, WASI context, instantiation and `_start` of
-//! an already-compiled module.
+//! Per-run overhead of the sandbox: a fresh store, instantiation and `_start` of an
+//! already-compiled module; with a WASI context for modules that import WASI, without one for
+//! those that do not.
 //!
 //! Run: `cargo bench -p corral-agent --bench sandbox`
 
@@ -9,8 +10,15 @@
 use corral_agent::sandbox::{Outcome, RunSpec, Sandbox, SandboxConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-/// The smallest WASI command: `_start` returns at once.
+/// The smallest command: `_start` returns at once. It imports nothing, so it runs without a
+/// WASI context.
 const TRIVIAL: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+/// The same, importing (not calling) a WASI function: it runs with a WASI context.
+const TRIVIAL_WASI: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")))"#;
 
 /// A command that writes a line to stdout through WASI.
 const HELLO: &str = r#"(module
@@ -34,7 +42,11 @@ fn bench(c: &mut Criterion) {
             ..SandboxConfig::default()
         })
         .expect("sandbox");
-        for (name, text) in [("trivial", TRIVIAL), ("hello_stdout", HELLO)] {
+        for (name, text) in [
+            ("trivial_no_wasi", TRIVIAL),
+            ("trivial_wasi", TRIVIAL_WASI),
+            ("hello_stdout", HELLO),
+        ] {
             let binary = wat::parse_str(text).expect("valid wat");
             let prepared = sandbox.prepare(&binary).expect("admitted").module;
             assert_eq!(

@@ -505,6 +505,20 @@ fn a_missing_granted_dir_is_a_host_error_naming_it() {
     );
 }
 
+#[test]
+fn a_module_that_imports_no_wasi_runs_without_a_context_yet_a_bad_grant_is_still_named() {
+    let no_wasi = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+    let report = sandbox().run(no_wasi.as_bytes(), &spec()).unwrap();
+    assert_eq!(report.outcome, Outcome::Success);
+    let mut spec = spec();
+    spec.dirs = vec![DirGrant::read_only("/nonexistent/corral-test", "/data")];
+    let error = sandbox().run(no_wasi.as_bytes(), &spec).unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/corral-test"),
+        "{error}"
+    );
+}
+
 /// Exits with the number of environment variables plus 10 times the number of arguments.
 const COUNT_ENV_AND_ARGS: &str = r#"(module
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env (param i32 i32) (result i32)))

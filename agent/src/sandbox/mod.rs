@@ -72,6 +72,10 @@ pub struct SandboxConfig {
     /// Meter fuel. Only turn this off to measure what metering costs: without it runs have no
     /// instruction budget (the timeout still holds) and report `fuel_used` 0.
     pub fuel_metering: bool,
+    /// Epoch interruption. Only turn this off to measure what it costs: without it, neither
+    /// the wall-clock timeout nor a kill stops a guest that is computing (one parked in a host
+    /// call still stops), and live fuel is not published.
+    pub epoch_interruption: bool,
 }
 
 /// Elements per table that a pooled instance slot holds. A module whose initial table is larger
@@ -101,6 +105,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(5),
             pool_slots: Some(Self::DEFAULT_POOL_SLOTS),
             fuel_metering: true,
+            epoch_interruption: true,
         }
     }
 }
@@ -265,6 +270,9 @@ pub struct PreparedModule {
 struct Compiled {
     sha256: String,
     pre: InstancePre<RunState>,
+    /// It imports from `wasi_snapshot_preview1`; a run of one that does not needs no WASI
+    /// context (and skips building it).
+    uses_wasi: bool,
 }
 
 impl PreparedModule {
@@ -294,7 +302,8 @@ pub struct Rejection {
 
 /// The per-run state held by a wasmtime store.
 pub(crate) struct RunState {
-    wasi: WasiP1Ctx,
+    /// Built only for modules that import WASI (or were granted dirs).
+    wasi: Option<WasiP1Ctx>,
     limiter: Limiter,
     guest: GuestRecord,
 }
@@ -378,9 +387,14 @@ impl Sandbox {
         }
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| &mut state.wasi)
-            .and_then(|()| guest_api::add_to_linker(&mut linker))
-            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| {
+            state
+                .wasi
+                .as_mut()
+                .expect("a module that imports WASI runs with a WASI context")
+        })
+        .and_then(|()| guest_api::add_to_linker(&mut linker))
+        .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         start_epoch_ticker(&engine, config.epoch_tick);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -498,7 +512,13 @@ impl Sandbox {
             }
         }
         let result = match inner.linker.instantiate_pre(&module) {
-            Ok(pre) => Ok(Arc::new(Compiled { sha256, pre })),
+            Ok(pre) => Ok(Arc::new(Compiled {
+                sha256,
+                pre,
+                uses_wasi: module
+                    .imports()
+                    .any(|i| i.module() == "wasi_snapshot_preview1"),
+            })),
             Err(e) => Err(Outcome::LinkError {
                 message: format!("{e:#}"),
             }),
@@ -545,7 +565,13 @@ impl Sandbox {
         let limits = &spec.limits;
         let stdout = CappedOutput::new(limits.max_stdout_bytes);
         let stderr = CappedOutput::new(limits.max_stderr_bytes);
-        let wasi = wasi_context(spec, &stdout, &stderr)?;
+        // A module that imports no WASI never reaches the context; granted dirs still get one,
+        // so that a bad grant is reported whatever the module.
+        let wasi = if module.inner.uses_wasi || !spec.dirs.is_empty() {
+            Some(wasi_context(spec, &stdout, &stderr)?)
+        } else {
+            None
+        };
         // In a pool the slot's size is a hard ceiling too; clamp the caps to it so that the
         // limiter, not the pool, refuses growth past it and the run says `memory_limit`.
         let (memory_cap, table_cap) = match inner.slots {
@@ -663,7 +689,7 @@ fn engine_config(config: &SandboxConfig) -> Config {
     wasm.strategy(wasmtime::Strategy::Cranelift)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
         .consume_fuel(config.fuel_metering)
-        .epoch_interruption(true)
+        .epoch_interruption(config.epoch_interruption)
         .max_wasm_stack(config.max_wasm_stack)
         // wasmtime is built without its `threads` feature, so the threads proposal (and
         // with it shared memory) is refused at validation; this makes it explicit.
