@@ -6,7 +6,8 @@
 //! - idle latency: one task at a time, submit to FINISHED seen on a watch; median and p99;
 //! - throughput: 10,240 tasks from 1, 16 and 256 concurrent submitters (each submits its share,
 //!   then watches each of its tasks to the end), first submit to last FINISHED, with the
-//!   submit-to-result percentiles.
+//!   submit-to-result percentiles;
+//! - through `corral dev`: an array of 10,000 runs of the linreg example on iris.
 //!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks;
 //! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
@@ -58,7 +59,7 @@ fn processes() -> Setup {
     }
 }
 
-async fn bench(setup: Setup, quick: bool) {
+async fn bench(setup: &Setup, quick: bool) {
     let mut client = common::connect(&setup.url).await;
     let sha = common::upload_trivial(&mut client).await;
     common::wait_for_agents(&mut client, 2).await;
@@ -154,10 +155,77 @@ async fn bench(setup: Setup, quick: bool) {
     }
 }
 
+/// An array of linreg runs on iris (the example guest, iris on stdin) through `setup`, from 16
+/// submitters; every one must finish and print the same report.
+async fn linreg_array(setup: &Setup, runs: usize) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let module = root.join("target/wasm/linreg.wasm");
+    let bytes = std::fs::read(&module)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", module.display()));
+    let iris = std::fs::read(root.join("examples/data/iris.csv")).expect("iris.csv");
+    let mut client = common::connect(&setup.url).await;
+    let sha = client
+        .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+            chunk: bytes.into(),
+        }]))
+        .await
+        .expect("upload")
+        .into_inner()
+        .sha256;
+    let mut spec = spec(&sha, "linreg".into());
+    spec.stdin = iris.into();
+    spec.args = vec!["--json".into()];
+    spec.limits.as_mut().expect("limits").memory_bytes = 64 << 20;
+    let started = Instant::now();
+    let submitters = 16;
+    let handles: Vec<_> = (0..submitters)
+        .map(|_| {
+            let (mut client, spec) = (client.clone(), spec.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..runs / submitters {
+                    ids.push(submit(&mut client, spec.clone()).await);
+                }
+                for id in &ids {
+                    finished(&mut client, id).await;
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.extend(h.await.expect("submitter"));
+    }
+    let elapsed = started.elapsed();
+    let mut reports = std::collections::BTreeSet::new();
+    for id in ids.iter().step_by(97) {
+        let output = client
+            .get_task_output(pb::GetTaskOutputRequest {
+                task_id: id.clone(),
+            })
+            .await
+            .expect("output")
+            .into_inner();
+        reports.insert(output.stdout);
+    }
+    assert_eq!(reports.len(), 1, "linreg runs disagree: {reports:?}");
+    println!(
+        "{}: array of {} linreg runs on iris, 16 submitters: {:.2} s = {:.0} runs/s",
+        setup.name,
+        ids.len(),
+        elapsed.as_secs_f64(),
+        ids.len() as f64 / elapsed.as_secs_f64()
+    );
+}
+
 fn main() {
     common::main_with(|args| async move {
         let quick = args.iter().any(|a| a == "--quick");
-        bench(dev(), quick).await;
-        bench(processes(), quick).await;
+        let dev = dev();
+        bench(&dev, quick).await;
+        linreg_array(&dev, if quick { 1_024 } else { 10_000 }).await;
+        drop(dev);
+        bench(&processes(), quick).await;
     });
 }
