@@ -69,12 +69,14 @@ pub struct SandboxConfig {
     /// trivial run about seven times cheaper (see BENCHMARKS.md). `None`: map and unmap memory
     /// for every run, with no bound on concurrent runs.
     pub pool_slots: Option<u32>,
-    /// Meter fuel. Only turn this off to measure what metering costs: without it runs have no
-    /// instruction budget (the timeout still holds) and report `fuel_used` 0.
+    /// Meter fuel. With it, the guest also yields to the executor every [`YIELD_FUEL`] units,
+    /// which is where the wall-clock timeout and kills reach a computing guest, so no epoch
+    /// checks are compiled in. Only turn this off to measure what metering costs: without it
+    /// runs have no instruction budget, report `fuel_used` 0, and rely on epochs for timeouts.
     pub fuel_metering: bool,
-    /// Epoch interruption. Only turn this off to measure what it costs: without it, neither
-    /// the wall-clock timeout nor a kill stops a guest that is computing (one parked in a host
-    /// call still stops), and live fuel is not published.
+    /// Epoch interruption, used only when fuel metering is off. Only turn both off to measure
+    /// what the checks cost: then neither the wall-clock timeout nor a kill stops a guest that
+    /// is computing (one parked in a host call still stops).
     pub epoch_interruption: bool,
 }
 
@@ -82,6 +84,10 @@ pub struct SandboxConfig {
 /// is refused at admission (`invalid_module`, naming the limit); per-run caps above it are
 /// clamped to it, so growing a table past it is that run's `memory_limit`.
 pub const POOL_TABLE_ELEMENTS: u32 = Limits::DEFAULT_TABLE_ELEMENTS;
+/// Fuel between two yields of a metered guest to the executor, where its timeout and kills are
+/// checked and its fuel so far is published: about a millisecond of wasm.
+pub const YIELD_FUEL: u64 = 1_000_000;
+
 /// Bytes of linear memory a pooled slot holds per memory: all of a 32-bit address space.
 const POOL_MEMORY_BYTES: u64 = 4 << 30;
 
@@ -213,8 +219,8 @@ impl RunControl {
         Self::default()
     }
 
-    /// Stops the run: it ends with [`Outcome::Killed`] within about one epoch tick, whether the
-    /// guest is running wasm or parked in a host call. Killing before the run starts makes it
+    /// Stops the run: it ends with [`Outcome::Killed`] within one fuel-yield interval (about a
+    /// millisecond of wasm), whether the guest is running wasm or parked in a host call. Killing before the run starts makes it
     /// end at once; killing after it ended does nothing.
     pub fn kill(&self) {
         self.inner
@@ -229,10 +235,8 @@ impl RunControl {
         self.inner.killed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Fuel used so far, sampled every epoch tick while the run is in wasm. It is the fuel as
-    /// wasmtime last saved it, which it does at calls and returns (a loop without calls keeps
-    /// its count in a register): a lower bound until the run ends, when it is the report's
-    /// figure.
+    /// Fuel used so far: while the run is in wasm, counted in whole fuel-yield intervals
+    /// ([`YIELD_FUEL`]), so a lower bound until the run ends, when it is the report's figure.
     pub fn fuel_used(&self) -> u64 {
         self.inner
             .fuel_used
@@ -590,26 +594,22 @@ impl Sandbox {
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
-        if inner.config.fuel_metering {
+        let metering = inner.config.fuel_metering;
+        if metering {
             store
                 .set_fuel(limits.fuel)
+                .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_FUEL)))
                 .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         }
-        // Every epoch tick: stop if killed or out of time, else publish fuel used and go on.
+        // Without fuel: every epoch tick, stop if killed or out of time, else go on.
         let deadline = epoch_ticks(limits.timeout, inner.config.epoch_tick);
         let mut ticks = 0u64;
         let control = spec.control.clone();
-        let (metering, budget) = (inner.config.fuel_metering, limits.fuel);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |store| {
+        store.epoch_deadline_callback(move |_| {
             ticks += 1;
-            if let Some(control) = &control {
-                if control.is_killed() {
-                    return Ok(wasmtime::UpdateDeadline::Interrupt);
-                }
-                if metering {
-                    control.set_fuel_used(budget.saturating_sub(store.get_fuel().unwrap_or(0)));
-                }
+            if control.as_ref().is_some_and(RunControl::is_killed) {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             if ticks >= deadline {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
@@ -619,10 +619,14 @@ impl Sandbox {
 
         let started = Instant::now();
         let pre = &module.inner.pre;
-        let guest = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
+        let guest = FuelYields {
+            guest: Box::pin(async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }),
+            control: spec.control.clone().filter(|_| metering),
+            yields: 0,
         };
         // The timer is created inside the async block so that it belongs to the runtime
         // `block_on` polls it on. A kill also ends a guest parked in a host call.
@@ -689,7 +693,9 @@ fn engine_config(config: &SandboxConfig) -> Config {
     wasm.strategy(wasmtime::Strategy::Cranelift)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
         .consume_fuel(config.fuel_metering)
-        .epoch_interruption(config.epoch_interruption)
+        // Epoch checks at every loop head and call cost 30-45% on the ML kernels (BENCHMARKS.md);
+        // a metered guest yields on fuel instead, checks that fuel metering makes anyway.
+        .epoch_interruption(config.epoch_interruption && !config.fuel_metering)
         .max_wasm_stack(config.max_wasm_stack)
         // wasmtime is built without its `threads` feature, so the threads proposal (and
         // with it shared memory) is refused at validation; this makes it explicit.
@@ -890,6 +896,60 @@ fn start_epoch_ticker(engine: &Engine, tick: Duration) {
             }
         })
         .expect("spawning the epoch ticker thread");
+}
+
+/// A metered guest's run, counting its fuel yields. wasmtime suspends the guest every
+/// [`YIELD_FUEL`] units by waking its task and answering `Pending`; a host call that waits on a
+/// timer or I/O does not wake the task while it is being polled, so it is not counted. Each
+/// yield publishes the fuel used so far (whole intervals: a lower bound).
+struct FuelYields<F> {
+    guest: std::pin::Pin<Box<F>>,
+    control: Option<RunControl>,
+    yields: u64,
+}
+
+impl<F: std::future::Future> std::future::Future for FuelYields<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(control) = self.control.clone() else {
+            return self.guest.as_mut().poll(cx);
+        };
+        let wake = Arc::new(SelfWake {
+            woken: std::sync::atomic::AtomicBool::new(false),
+            outer: cx.waker().clone(),
+        });
+        let waker = std::task::Waker::from(wake.clone());
+        let polled = self
+            .guest
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        if polled.is_pending() && wake.woken.load(std::sync::atomic::Ordering::Relaxed) {
+            self.yields += 1;
+            control.set_fuel_used(self.yields.saturating_mul(YIELD_FUEL));
+        }
+        polled
+    }
+}
+
+/// A waker that notes whether it was woken, and passes the wake on.
+struct SelfWake {
+    woken: std::sync::atomic::AtomicBool,
+    outer: std::task::Waker,
+}
+
+impl std::task::Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.outer.wake_by_ref();
+    }
 }
 
 /// Drives a future to completion on this thread: inside a tokio context (a blocking-pool
