@@ -60,7 +60,9 @@ fn partitions(agents: &Agents) -> Vec<Candidate<'_>> {
         .collect()
 }
 
-fn pending() -> Vec<PendingTask> {
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+fn pending() -> Vec<PendingTask<'static>> {
     (0..TASKS)
         .map(|i| PendingTask {
             task_id: TaskId(i),
@@ -69,9 +71,9 @@ fn pending() -> Vec<PendingTask> {
                     slots: 1,
                     memory_bytes: 64 << 20,
                 },
-                tenant: "default".into(),
-                labels: BTreeMap::new(),
-                constraints: BTreeMap::new(),
+                tenant: "default",
+                labels: &NO_LABELS,
+                constraints: &NO_LABELS,
             },
         })
         .collect()
@@ -88,7 +90,11 @@ fn scheduler(c: &mut Criterion) {
         for (name, strategy) in [("binpack", Strategy::Binpack), ("spread", Strategy::Spread)] {
             group.bench_with_input(BenchmarkId::new(name, n), &parts, |b, parts| {
                 b.iter(|| {
-                    let plan = plan(black_box(parts), black_box(&tasks), strategy);
+                    let plan = plan(
+                        black_box(parts),
+                        black_box(&tasks).iter().copied(),
+                        strategy,
+                    );
                     assert_eq!(plan.placements.len() as u64, TASKS);
                     plan
                 })

@@ -51,37 +51,38 @@ pub struct Candidate<'a> {
     pub draining: bool,
 }
 
-/// What a task asks of a partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
+/// What a task asks of a partition, borrowed from its spec: a queue of thousands of pending
+/// tasks is looked at without copying a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
     /// Capacity it takes while placed.
     pub resources: Resources,
     /// Its tenant.
-    pub tenant: String,
+    pub tenant: &'a str,
     /// Its labels (matched against reservations).
-    pub labels: BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<String, String>,
     /// Labels its agent must carry.
-    pub constraints: BTreeMap<String, String>,
+    pub constraints: &'a BTreeMap<String, String>,
 }
 
 impl Candidate<'_> {
     /// Whether the task may ever go here, capacity aside: not draining, admitted by the
     /// reservation, constraints met.
-    pub fn eligible(&self, request: &Request) -> bool {
+    pub fn eligible(&self, request: &Request<'_>) -> bool {
         !self.draining
-            && self.reservation.admits(&request.tenant, &request.labels)
-            && contains_all(self.agent_labels, &request.constraints)
+            && self.reservation.admits(request.tenant, request.labels)
+            && contains_all(self.agent_labels, request.constraints)
     }
 
     /// Whether the task could go here once the partition is empty and not draining.
-    pub fn could_ever_hold(&self, request: &Request) -> bool {
-        self.reservation.admits(&request.tenant, &request.labels)
-            && contains_all(self.agent_labels, &request.constraints)
+    pub fn could_ever_hold(&self, request: &Request<'_>) -> bool {
+        self.reservation.admits(request.tenant, request.labels)
+            && contains_all(self.agent_labels, request.constraints)
             && self.capacity.covers(&request.resources)
     }
 
     /// Whether the task fits now.
-    pub fn fits(&self, request: &Request) -> bool {
+    pub fn fits(&self, request: &Request<'_>) -> bool {
         self.eligible(request) && self.free.covers(&request.resources)
     }
 }
@@ -103,7 +104,7 @@ pub fn better(strategy: Strategy, a: (bool, &Resources), b: (bool, &Resources)) 
 /// The index of the candidate to place `request` in, or `None` when none fits now.
 pub fn choose(
     candidates: &[Candidate<'_>],
-    request: &Request,
+    request: &Request<'_>,
     strategy: Strategy,
 ) -> Option<usize> {
     let mut best: Option<usize> = None;
@@ -124,7 +125,7 @@ pub fn choose(
 
 /// Why no partition could ever hold `request`, even with all of its capacity free; `None` when
 /// some partition could.
-pub fn never_fits(candidates: &[Candidate<'_>], request: &Request) -> Option<String> {
+pub fn never_fits(candidates: &[Candidate<'_>], request: &Request<'_>) -> Option<String> {
     if candidates.iter().any(|c| c.could_ever_hold(request)) {
         return None;
     }
@@ -134,7 +135,7 @@ pub fn never_fits(candidates: &[Candidate<'_>], request: &Request) -> Option<Str
     }
     let admitted: Vec<&Candidate<'_>> = candidates
         .iter()
-        .filter(|c| c.reservation.admits(&request.tenant, &request.labels))
+        .filter(|c| c.reservation.admits(request.tenant, request.labels))
         .collect();
     if admitted.is_empty() {
         return Some(format!(
@@ -144,7 +145,7 @@ pub fn never_fits(candidates: &[Candidate<'_>], request: &Request) -> Option<Str
     }
     let constrained: Vec<&&Candidate<'_>> = admitted
         .iter()
-        .filter(|c| contains_all(c.agent_labels, &request.constraints))
+        .filter(|c| contains_all(c.agent_labels, request.constraints))
         .collect();
     if constrained.is_empty() {
         let wanted: Vec<String> = request
@@ -194,16 +195,20 @@ mod tests {
         }
     }
 
-    fn request(memory: u64) -> Request {
+    fn request(memory: u64) -> Request<'static> {
         Request {
             resources: Resources {
                 slots: 1,
                 memory_bytes: memory,
             },
-            tenant: "default".into(),
-            labels: BTreeMap::new(),
-            constraints: BTreeMap::new(),
+            tenant: "default",
+            labels: &NO_LABELS,
+            constraints: &NO_LABELS,
         }
+    }
+
+    fn labels(k: &str, v: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(k.to_string(), v.to_string())])
     }
 
     fn reserved_for(tenant: &str) -> Reservation {
@@ -244,7 +249,7 @@ mod tests {
     #[test]
     fn draining_reserved_and_constrained_partitions_are_skipped() {
         let acme = reserved_for("acme");
-        let zone_x = BTreeMap::from([("zone".to_string(), "x".to_string())]);
+        let zone_x = labels("zone", "x");
         let mut cs = vec![
             candidate("a", 4, 100),
             candidate("b", 4, 100),
@@ -253,13 +258,14 @@ mod tests {
         cs[0].draining = true;
         cs[1].reservation = &acme;
         cs[2].agent_labels = &zone_x;
+        let zone_y = labels("zone", "y");
         let mut r = request(1);
-        r.constraints.insert("zone".into(), "y".into());
+        r.constraints = &zone_y;
         assert_eq!(choose(&cs, &r, Strategy::Binpack), None);
-        r.constraints.insert("zone".into(), "x".into());
+        r.constraints = &zone_x;
         assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(2));
-        r.tenant = "acme".into();
-        r.constraints.clear();
+        r.tenant = "acme";
+        r.constraints = &NO_LABELS;
         assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));
     }
 
@@ -277,7 +283,7 @@ mod tests {
         };
         cs[1].reservation = &acme;
         let mut r = request(5);
-        r.tenant = "acme".into();
+        r.tenant = "acme";
         assert_eq!(choose(&cs, &r, Strategy::Binpack), Some(1));
         assert_eq!(choose(&cs, &r, Strategy::Spread), Some(1));
         // Once the reservation is full, shared capacity serves.
@@ -297,8 +303,9 @@ mod tests {
             reason.contains("2.0 GiB") && reason.contains("1.0 GiB"),
             "{reason}"
         );
+        let gpu = labels("gpu", "yes");
         let mut r = request(1);
-        r.constraints.insert("gpu".into(), "yes".into());
+        r.constraints = &gpu;
         assert!(never_fits(&cs, &r).unwrap().contains("gpu=yes"));
         assert!(never_fits(&[], &request(1)).unwrap().contains("no agent"));
         // A full or draining partition could still hold it later.

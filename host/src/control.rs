@@ -888,7 +888,8 @@ impl ControlPlane {
         if candidates.iter().all(|c| c.draining || c.free.slots == 0) {
             return;
         }
-        let pending: Vec<PendingTask> = state
+        // Read lazily: the plan stops once every slot is taken.
+        let pending = state
             .pending
             .iter()
             .take(MAX_ROUND)
@@ -896,9 +897,8 @@ impl ControlPlane {
             .map(|t| PendingTask {
                 task_id: t.id,
                 request: request(&t.spec),
-            })
-            .collect();
-        let plan = scheduler::plan(&candidates, &pending, self.shared.config.strategy);
+            });
+        let plan = scheduler::plan(&candidates, pending, self.shared.config.strategy);
         let placements: Vec<(TaskId, String)> = plan
             .placements
             .iter()
@@ -958,12 +958,12 @@ fn send(state: &State, agent_id: &str, command: AgentCommand) {
     }
 }
 
-fn request(spec: &TaskSpec) -> Request {
+fn request(spec: &TaskSpec) -> Request<'_> {
     Request {
         resources: spec.resources(),
-        tenant: spec.tenant.clone(),
-        labels: spec.labels.clone(),
-        constraints: spec.constraints.clone(),
+        tenant: &spec.tenant,
+        labels: &spec.labels,
+        constraints: &spec.constraints,
     }
 }
 

@@ -26,12 +26,12 @@ use crate::partition::Resources;
 use crate::task::TaskId;
 
 /// A pending task as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingTask {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingTask<'a> {
     /// The task.
     pub task_id: TaskId,
     /// What it asks for.
-    pub request: Request,
+    pub request: Request<'a>,
 }
 
 /// One placement of the plan.
@@ -65,16 +65,32 @@ pub struct Plan {
 
 /// Places `pending` (in queue order) into `partitions` under `strategy`: each task goes where
 /// [`allocator::choose`](crate::allocator::choose) would put it given the placements before it.
-pub fn plan(partitions: &[Candidate<'_>], pending: &[PendingTask], strategy: Strategy) -> Plan {
+///
+/// The queue is read lazily and no further than needed: once no partition that takes tasks has
+/// a free slot, the tasks left are in neither list (they wait, keeping their reason), so a
+/// round over a long queue on a full cluster costs as much as the placements it makes.
+pub fn plan<'a>(
+    partitions: &[Candidate<'_>],
+    pending: impl IntoIterator<Item = PendingTask<'a>>,
+    strategy: Strategy,
+) -> Plan {
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
+    let mut free_slots: u64 = partitions
+        .iter()
+        .filter(|p| !p.draining)
+        .map(|p| u64::from(p.free.slots))
+        .sum();
     let reserved: Vec<bool> = partitions
         .iter()
         .map(|p| p.reservation.is_reserved())
         .collect();
     // Eligible partition indices per placement class; built on first use.
-    let mut classes: HashMap<ClassKey<'_>, Vec<usize>> = HashMap::new();
-    let mut reasons: HashMap<(ClassKey<'_>, Resources), (String, bool)> = HashMap::new();
+    let mut classes: HashMap<ClassKey<'a>, Vec<usize>> = HashMap::new();
+    let mut reasons: HashMap<(ClassKey<'a>, Resources), (String, bool)> = HashMap::new();
     let mut plan = Plan::default();
+    if free_slots == 0 {
+        return plan;
+    }
     for task in pending {
         let request = &task.request;
         let eligible = classes.entry(ClassKey::of(request)).or_insert_with(|| {
@@ -105,10 +121,14 @@ pub fn plan(partitions: &[Candidate<'_>], pending: &[PendingTask], strategy: Str
         match best {
             Some(i) => {
                 free[i] = free[i].minus(&request.resources);
+                free_slots = free_slots.saturating_sub(u64::from(request.resources.slots));
                 plan.placements.push(Placement {
                     task_id: task.task_id,
                     partition: i,
                 });
+                if free_slots == 0 {
+                    break;
+                }
             }
             None => {
                 // The same for every task of one class and size: worked out once per plan.
@@ -135,19 +155,16 @@ pub fn plan(partitions: &[Candidate<'_>], pending: &[PendingTask], strategy: Str
 #[derive(PartialEq, Eq, Hash)]
 struct ClassKey<'a> {
     tenant: &'a str,
-    labels: Vec<(&'a str, &'a str)>,
-    constraints: Vec<(&'a str, &'a str)>,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    constraints: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl<'a> ClassKey<'a> {
-    fn of(request: &'a Request) -> Self {
-        let pairs = |m: &'a std::collections::BTreeMap<String, String>| {
-            m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-        };
+    fn of(request: &Request<'a>) -> Self {
         Self {
-            tenant: &request.tenant,
-            labels: pairs(&request.labels),
-            constraints: pairs(&request.constraints),
+            tenant: request.tenant,
+            labels: request.labels,
+            constraints: request.constraints,
         }
     }
 }
@@ -185,7 +202,7 @@ mod tests {
         }
     }
 
-    fn pending(id: u64, memory: u64) -> PendingTask {
+    fn pending(id: u64, memory: u64) -> PendingTask<'static> {
         PendingTask {
             task_id: TaskId(id),
             request: Request {
@@ -193,9 +210,9 @@ mod tests {
                     slots: 1,
                     memory_bytes: memory,
                 },
-                tenant: "default".into(),
-                labels: BTreeMap::new(),
-                constraints: BTreeMap::new(),
+                tenant: "default",
+                labels: &NO_LABELS,
+                constraints: &NO_LABELS,
             },
         }
     }
@@ -204,7 +221,7 @@ mod tests {
     fn binpack_fills_one_agent_before_the_next() {
         let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
         let tasks: Vec<_> = (0..3).map(|i| pending(i, 10)).collect();
-        let plan = plan(&parts, &tasks, Strategy::Binpack);
+        let plan = plan(&parts, tasks.iter().copied(), Strategy::Binpack);
         let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
         assert_eq!(chosen, [0, 0, 1]);
         assert!(plan.unplaced.is_empty());
@@ -214,7 +231,7 @@ mod tests {
     fn spread_alternates_between_agents() {
         let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
         let tasks: Vec<_> = (0..4).map(|i| pending(i, 10)).collect();
-        let plan = plan(&parts, &tasks, Strategy::Spread);
+        let plan = plan(&parts, tasks.iter().copied(), Strategy::Spread);
         let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
         assert_eq!(chosen, [0, 1, 0, 1]);
     }
@@ -222,8 +239,8 @@ mod tests {
     #[test]
     fn a_big_task_does_not_block_small_ones_behind_it() {
         let parts = vec![candidate(0, 4, 100)];
-        let tasks = vec![pending(1, 60), pending(2, 60), pending(3, 30)];
-        let plan = plan(&parts, &tasks, Strategy::Binpack);
+        let tasks = [pending(1, 60), pending(2, 60), pending(3, 30)];
+        let plan = plan(&parts, tasks.iter().copied(), Strategy::Binpack);
         let placed: Vec<_> = plan.placements.iter().map(|p| p.task_id.0).collect();
         assert_eq!(placed, [1, 3]);
         assert_eq!(plan.unplaced.len(), 1);
@@ -234,7 +251,7 @@ mod tests {
     #[test]
     fn an_impossible_task_is_data_with_a_reason() {
         let parts = vec![candidate(0, 4, 100)];
-        let plan = plan(&parts, &[pending(1, 1000)], Strategy::Binpack);
+        let plan = plan(&parts, [pending(1, 1000)], Strategy::Binpack);
         assert!(plan.placements.is_empty());
         assert!(plan.unplaced[0].never);
         assert!(plan.unplaced[0].reason.contains("largest partition"));
@@ -244,9 +261,24 @@ mod tests {
     fn nothing_is_placed_on_draining_partitions() {
         let mut parts = vec![candidate(0, 4, 100)];
         parts[0].draining = true;
-        let plan = plan(&parts, &[pending(1, 1)], Strategy::Spread);
+        let plan = plan(&parts, [pending(1, 1)], Strategy::Spread);
         assert!(plan.placements.is_empty());
-        assert!(!plan.unplaced[0].never);
+        // No partition takes tasks: the queue is not even read.
+        assert!(plan.unplaced.is_empty());
+    }
+
+    #[test]
+    fn the_queue_is_read_only_until_every_slot_is_taken() {
+        let parts = vec![candidate(0, 2, 100)];
+        let read = std::cell::Cell::new(0);
+        let tasks = (0..1_000).map(|i| {
+            read.set(read.get() + 1);
+            pending(i, 1)
+        });
+        let plan = plan(&parts, tasks, Strategy::Binpack);
+        assert_eq!(plan.placements.len(), 2);
+        assert!(plan.unplaced.is_empty());
+        assert_eq!(read.get(), 2, "tasks past the last free slot were read");
     }
 
     type RawPartition = (u32, u64, u32, u64, bool, Option<u8>, Option<u8>);
@@ -283,14 +315,16 @@ mod tests {
                 c.agent_labels = &labels[i];
                 c
             }).collect();
-            let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, &(memory, tenant, zone))| {
+            let tenants: Vec<String> = raw_tasks.iter().map(|t| if t.1 == 2 { "default".into() } else { format!("tenant{}", t.1) }).collect();
+            let zones: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| t.2.map(|z| ("zone".to_string(), format!("z{z}"))).into_iter().collect()).collect();
+            let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, &(memory, _, _))| {
                 let mut t = pending(i as u64, memory);
-                t.request.tenant = if tenant == 2 { "default".into() } else { format!("tenant{tenant}") };
-                if let Some(z) = zone { t.request.constraints.insert("zone".into(), format!("z{z}")); }
+                t.request.tenant = &tenants[i];
+                t.request.constraints = &zones[i];
                 t
             }).collect();
             let strategy = if spread { Strategy::Spread } else { Strategy::Binpack };
-            let plan = plan(&parts, &tasks, strategy);
+            let plan = plan(&parts, tasks.iter().copied(), strategy);
 
             let mut free: Vec<Resources> = parts.iter().map(|p| p.free).collect();
             for placement in &plan.placements {
@@ -303,7 +337,11 @@ mod tests {
                 prop_assert!(free[placement.partition].covers(&task.request.resources), "over-allocated {}", p.partition_id);
                 free[placement.partition] = free[placement.partition].minus(&task.request.resources);
             }
-            prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), tasks.len());
+            // Tasks are left out of both lists only once every slot is taken.
+            if plan.placements.len() + plan.unplaced.len() < tasks.len() {
+                let left: u32 = parts.iter().zip(&free).filter(|(p, _)| !p.draining).map(|(_, f)| f.slots).sum();
+                prop_assert_eq!(left, 0);
+            }
             for unplaced in &plan.unplaced {
                 let task = tasks.iter().find(|t| t.task_id == unplaced.task_id).unwrap();
                 for (i, p) in parts.iter().enumerate() {
