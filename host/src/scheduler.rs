@@ -16,8 +16,9 @@
 //! eligible partitions (not draining, reservation and constraints met) are found once. Each task
 //! then scans its class's eligible partitions for the best fit under the [`Strategy`]
 //! (see [`crate::allocator`]), and the chosen partition's free capacity shrinks. Partitions
-//! with no free slot leave the class's list. Cost: O(tasks x eligible partitions), linear in the
-//! number of agents.
+//! with no free slot leave the class's list. The queue is read lazily and only until every
+//! slot is taken, so a round on a full cluster costs nothing however long the queue. Cost:
+//! O(tasks read x eligible partitions), linear in the number of agents.
 
 use std::collections::HashMap;
 
