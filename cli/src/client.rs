@@ -460,22 +460,10 @@ async fn finish(
         .map_err(rpc)?
         .into_inner();
     let outcome = task.outcome.clone().unwrap_or_default();
-    let status = match (state_name(task.state), outcome.kind.as_str()) {
-        ("LOST", _) => exit::LOST,
-        ("KILLED", _) => exit::KILLED,
-        (_, "success") => 0,
-        (_, "exit") => u8::try_from(outcome.exit_code)
-            .ok()
-            .filter(|c| *c < 126)
-            .unwrap_or(exit::TRAP),
-        (_, "invalid_module") => exit::INVALID_MODULE,
-        (_, "link_error") => exit::LINK_ERROR,
-        (_, "trap") => exit::TRAP,
-        (_, "stack_overflow") => exit::STACK_OVERFLOW,
-        (_, "out_of_fuel") => exit::OUT_OF_FUEL,
-        (_, "memory_limit") => exit::MEMORY_LIMIT,
-        (_, "timeout") => exit::TIMEOUT,
-        _ => exit::CORRAL_FAILED,
+    let status = match state_name(task.state) {
+        "LOST" => exit::LOST,
+        "KILLED" => exit::KILLED,
+        _ => exit::status_of(&outcome.kind, outcome.exit_code),
     };
     if text {
         std::io::stdout().write_all(&output.stdout)?;

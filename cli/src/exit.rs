@@ -45,21 +45,32 @@ pub const LOST: u8 = 136;
 
 /// The process exit status for a run that ended with `outcome`.
 pub fn status(outcome: &Outcome) -> u8 {
-    match outcome {
-        Outcome::Success => 0,
+    let code = match outcome {
+        Outcome::Exit { code } => *code,
+        _ => 0,
+    };
+    status_of(outcome.kind(), code)
+}
+
+/// The exit status for an outcome known by its kind (`success`, `exit`, `trap`, ...) and the
+/// guest's exit code, as a cluster task reports it. An unknown kind is Corral's failure.
+pub fn status_of(kind: &str, exit_code: i32) -> u8 {
+    match kind {
+        "success" => 0,
         // WASI keeps guest codes in 0..126; clamp anyway so a status never lies.
-        Outcome::Exit { code } => u8::try_from(*code)
+        "exit" => u8::try_from(exit_code)
             .ok()
             .filter(|c| *c < 126)
             .unwrap_or(TRAP),
-        Outcome::InvalidModule { .. } => INVALID_MODULE,
-        Outcome::LinkError { .. } => LINK_ERROR,
-        Outcome::Trap { .. } => TRAP,
-        Outcome::StackOverflow => STACK_OVERFLOW,
-        Outcome::OutOfFuel => OUT_OF_FUEL,
-        Outcome::MemoryLimit => MEMORY_LIMIT,
-        Outcome::Timeout => TIMEOUT,
-        Outcome::Killed => KILLED,
+        "invalid_module" => INVALID_MODULE,
+        "link_error" => LINK_ERROR,
+        "trap" => TRAP,
+        "stack_overflow" => STACK_OVERFLOW,
+        "out_of_fuel" => OUT_OF_FUEL,
+        "memory_limit" => MEMORY_LIMIT,
+        "timeout" => TIMEOUT,
+        "killed" => KILLED,
+        _ => CORRAL_FAILED,
     }
 }
 
@@ -99,5 +110,8 @@ mod tests {
         assert_eq!(status(&Outcome::Success), 0);
         assert_eq!(status(&Outcome::Exit { code: 3 }), 3);
         assert_eq!(status(&Outcome::Exit { code: 125 }), 125);
+        assert_eq!(status(&Outcome::Exit { code: 200 }), TRAP);
+        assert_eq!(status_of("exit", 7), 7);
+        assert_eq!(status_of("no_such_outcome", 0), CORRAL_FAILED);
     }
 }
