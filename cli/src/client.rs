@@ -16,7 +16,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::exit;
-use crate::run::{parse_duration, parse_env, parse_size, read_stdin, resolve_env};
+use crate::run::{parse_duration, parse_env, parse_size, read_stdin, resolve_env, size};
 use crate::serve::parse_label;
 
 /// Where the host is.
@@ -286,14 +286,6 @@ fn age(ms: i64) -> String {
         3600..=86_399 => format!("{}h", secs / 3600),
         _ => format!("{}d", secs / 86_400),
     }
-}
-
-fn size(bytes: u64) -> String {
-    bytesize::ByteSize::b(bytes)
-        .display()
-        .iec()
-        .to_string()
-        .replace(' ', "")
 }
 
 /// Prints rows under a header, columns padded to their widest cell.

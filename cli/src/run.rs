@@ -224,17 +224,22 @@ fn print_guest_log(event: &GuestEvent) {
     }
 }
 
+/// A size for people, compact: `1.5MiB`.
+pub(crate) fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes)
+        .display()
+        .iec()
+        .to_string()
+        .replace(' ', "")
+}
+
 /// The one-line summary printed to stderr after a run.
 pub(crate) fn summary(report: &RunReport) -> String {
     let mut line = format!(
         "corral: {} fuel_used={} peak_memory={} wall={:.2?} cached={}",
         report.outcome.kind(),
         report.fuel_used,
-        bytesize::ByteSize::b(report.peak_memory_bytes)
-            .display()
-            .iec()
-            .to_string()
-            .replace(' ', ""),
+        size(report.peak_memory_bytes),
         report.wall_time,
         report.cached,
     );
