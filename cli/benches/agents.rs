@@ -228,17 +228,7 @@ async fn bench(args: Vec<String>) {
         .iter()
         .filter(|a| a.state != pb::AgentState::Active as i32)
         .count();
-    let lost_tasks = client
-        .list_tasks(pb::ListTasksRequest {
-            state: pb::TaskState::Lost as i32,
-            page_size: 10_000,
-            ..Default::default()
-        })
-        .await
-        .expect("tasks")
-        .into_inner()
-        .tasks
-        .len();
+    let lost_tasks = common::count(&mut client, pb::TaskState::Lost).await;
     let _ = stop.send(true);
     for a in agents {
         a.await.expect("agent task").expect("agent protocol");

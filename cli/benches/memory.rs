@@ -29,20 +29,6 @@ const SLEEPER: &str = r#"(module
     (i32.store16 (i32.const 40) (i32.const 0))
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
 
-async fn count(client: &mut common::Client, state: pb::TaskState) -> usize {
-    client
-        .list_tasks(pb::ListTasksRequest {
-            state: state as i32,
-            page_size: 100_000,
-            ..Default::default()
-        })
-        .await
-        .expect("tasks")
-        .into_inner()
-        .tasks
-        .len()
-}
-
 /// Waits until the agent's RSS holds still (within 1% over a second, at most 30 s): tasks show
 /// RUNNING as soon as the agent starts them, before every guest is parked in its sleep.
 async fn settle(agent: &common::Server) {
@@ -92,7 +78,7 @@ async fn bench(args: Vec<String>) {
         spec.limits.as_mut().expect("limits").timeout_ms = 3_600_000;
         ids.push(common::submit(&mut client, spec).await);
     }
-    while count(&mut client, pb::TaskState::Running).await < tasks {
+    while common::count(&mut client, pb::TaskState::Running).await < tasks {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "{tasks} tasks did not all start running within 2 minutes"
@@ -117,7 +103,7 @@ async fn bench(args: Vec<String>) {
             .expect("kill");
     }
     let killing = Instant::now();
-    while count(&mut client, pb::TaskState::Killed).await < tasks {
+    while common::count(&mut client, pb::TaskState::Killed).await < tasks {
         assert!(
             killing.elapsed() < Duration::from_secs(60),
             "{tasks} tasks were not all KILLED within a minute"

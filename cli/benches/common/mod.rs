@@ -125,6 +125,21 @@ pub async fn finished(client: &mut CorralClient<Channel>, id: &str) {
     assert_eq!(last.state, pb::TaskState::Finished as i32, "{last:?}");
 }
 
+/// How many tasks are in `state`.
+pub async fn count(client: &mut Client, state: pb::TaskState) -> usize {
+    client
+        .list_tasks(pb::ListTasksRequest {
+            state: state as i32,
+            page_size: 100_000,
+            ..Default::default()
+        })
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks
+        .len()
+}
+
 /// Waits until `n` agents are active.
 pub async fn wait_for_agents(client: &mut CorralClient<Channel>, n: usize) {
     loop {
