@@ -42,6 +42,7 @@ const INVERSE_ODDS: [f64; 11] = [
 ];
 
 /// e raised to `x`.
+#[inline]
 pub fn exp(x: f64) -> f64 {
     if x.is_nan() {
         return x;
@@ -64,6 +65,7 @@ pub fn exp(x: f64) -> f64 {
 }
 
 /// `value * 2^k`, exact while the result is normal.
+#[inline]
 fn scale_by_power_of_two(value: f64, k: i32) -> f64 {
     let pow2 = |e: i32| f64::from_bits(((e + 1023) as u64) << 52);
     if k > 1023 {
@@ -76,6 +78,7 @@ fn scale_by_power_of_two(value: f64, k: i32) -> f64 {
 }
 
 /// The natural logarithm of `x` (NaN below zero, -inf at zero).
+#[inline]
 pub fn ln(x: f64) -> f64 {
     if x.is_nan() || x < 0.0 {
         return f64::NAN;
