@@ -6,7 +6,8 @@
 //! - idle latency: one task at a time, submit to FINISHED seen on a watch; median and p99;
 //! - throughput: 10,240 tasks from 1, 16 and 256 concurrent submitters (each submits its share,
 //!   then watches each of its tasks to the end), first submit to last FINISHED, with the
-//!   submit-to-result percentiles;
+//!   submit-to-result percentiles, and the CPU time per task of Corral's processes and of this
+//!   load generator (on 2 cores the two share, the sum bounds the rate);
 //! - through `corral dev`: an array of 10,000 runs of the linreg example on iris.
 //!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks;
@@ -18,7 +19,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{finished, ms, percentile, spec, submit};
 use corral_proto::pb;
@@ -116,6 +117,7 @@ async fn bench(setup: &Setup, quick: bool) {
 
     let total = if quick { 2_048 } else { 10_240 };
     for submitters in [1usize, 16, 256] {
+        let cpu_before = cpu(setup);
         let started = Instant::now();
         let each = total / submitters;
         let mut handles = Vec::new();
@@ -142,17 +144,29 @@ async fn bench(setup: &Setup, quick: bool) {
             latencies.extend(h.await.expect("submitter"));
         }
         let elapsed = started.elapsed();
+        let (servers, client) = cpu(setup);
         latencies.sort();
         let tasks = each * submitters;
+        let per_task =
+            |after: Duration, before: Duration| (after - before).as_secs_f64() * 1e6 / tasks as f64;
         println!(
             "{name}: throughput, {submitters:>3} submitter(s): {tasks} tasks in {:.2} s = {:.0} tasks/s \
-             (submit-to-result median {:.1} ms, p99 {:.1} ms)",
+             (submit-to-result median {:.1} ms, p99 {:.1} ms; CPU per task: Corral {:.0} us, \
+             load generator {:.0} us)",
             elapsed.as_secs_f64(),
             tasks as f64 / elapsed.as_secs_f64(),
             ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
+            ms(percentile(&latencies, 0.99)),
+            per_task(servers, cpu_before.0),
+            per_task(client, cpu_before.1),
         );
     }
+}
+
+/// CPU time so far of the cluster's processes together, and of this load generator.
+fn cpu(setup: &Setup) -> (Duration, Duration) {
+    let servers = setup.servers.iter().map(|s| s.usage().cpu).sum();
+    (servers, common::Usage::of(std::process::id()).cpu)
 }
 
 /// An array of linreg runs on iris (the example guest, iris on stdin) through `setup`, from 16

@@ -10,6 +10,7 @@
 //!
 //! Records are stored in their `corral.v1` protobuf form (see [`crate::convert`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -270,6 +271,16 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>) {
 }
 
 fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    // A task written several times in one commit (assigned, running and ended, under load)
+    // is stored once, as its last write leaves it: the same state after the commit, with
+    // less encoding and fewer B-tree updates.
+    let writes: Vec<&Write> = writes.collect();
+    let mut last_write = HashMap::new();
+    for (i, write) in writes.iter().enumerate() {
+        if let Write::Task(task) = write {
+            last_write.insert(task.id, i);
+        }
+    }
     let txn = db.begin_write().map_err(io)?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
@@ -278,8 +289,9 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
-        for write in writes {
+        for (i, write) in writes.into_iter().enumerate() {
             match write {
+                Write::Task(task) if last_write.get(&task.id) != Some(&i) => {}
                 Write::Task(task) => {
                     let bytes = convert::task_to_pb(task, true).encode_to_vec();
                     tasks.insert(task.id.0, bytes.as_slice()).map_err(io)?;
@@ -389,6 +401,36 @@ mod tests {
         assert_eq!(store.output(TaskId(3)).unwrap(), Some(output));
         assert_eq!(store.output(TaskId(4)).unwrap(), None);
         assert_eq!(store.module("ab").unwrap().unwrap().as_ref(), b"\0asm");
+    }
+
+    #[tokio::test]
+    async fn a_task_written_several_times_in_one_commit_ends_as_its_last_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let assigned = Task {
+            state: crate::task::TaskState::Assigned,
+            ..task(1)
+        };
+        let finished = Task {
+            state: crate::task::TaskState::Finished,
+            fuel_used: 1234,
+            finished_at_ms: 9,
+            ..task(1)
+        };
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store
+                .write(vec![
+                    Write::Task(task(1)),
+                    Write::Task(assigned),
+                    Write::Task(task(2)),
+                    Write::Task(finished.clone()),
+                ])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.tasks, vec![finished, task(2)]);
     }
 
     #[tokio::test]
