@@ -116,6 +116,74 @@ const SLEEP_AN_HOUR: &str = r#"(module
     (i32.store16 (i32.const 40) (i32.const 0))            ;; flags: relative
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
 
+#[test]
+fn poll_oneoff_sleeps_and_polls_as_wasi_says() {
+    // The sandbox serves a lone relative sleep itself (on tokio's timer, so that timeouts and
+    // kills reach it) and every other poll through wasmtime-wasi: both answer per preview1.
+    let report = run(POLLS, &spec());
+    assert_eq!(report.outcome, Outcome::Success);
+    assert!(
+        report.wall_time >= Duration::from_millis(20),
+        "the 20 ms sleep took {:?}",
+        report.wall_time
+    );
+    // An event pointer outside memory traps, naming the call, as wasmtime-wasi's own does.
+    let report = run(
+        &POLLS.replace("(i32.const 320)", "(i32.const 65528)"),
+        &spec(),
+    );
+    assert!(
+        matches!(&report.outcome, Outcome::Trap { message } if message.contains("poll_oneoff")),
+        "{:?}",
+        report.outcome
+    );
+    assert_next_task_runs();
+}
+
+/// Calls poll_oneoff several ways and exits with the number of the first check that fails.
+const POLLS: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  ;; A clock subscription at $at (48 bytes).
+  (func $clock (param $at i32) (param $userdata i64) (param $id i32) (param $timeout i64) (param $flags i32)
+    (i64.store (local.get $at) (local.get $userdata))
+    (i32.store8 offset=8 (local.get $at) (i32.const 0))
+    (i32.store offset=16 (local.get $at) (local.get $id))
+    (i64.store offset=24 (local.get $at) (local.get $timeout))
+    (i64.store offset=32 (local.get $at) (i64.const 0))
+    (i32.store16 offset=40 (local.get $at) (local.get $flags)))
+  (func $check (param $ok i32) (param $code i32)
+    (if (i32.eqz (local.get $ok)) (then (call $exit (local.get $code)))))
+  (func (export "_start")
+    ;; A lone 20 ms monotonic sleep: success, one clock event carrying its userdata.
+    (call $clock (i32.const 0) (i64.const 0x1122334455667788) (i32.const 1) (i64.const 20000000) (i32.const 0))
+    (i64.store (i32.const 256) (i64.const -1))
+    (i32.store (i32.const 264) (i32.const -1))
+    (call $check (i32.eqz (call $poll (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 512))) (i32.const 10))
+    (call $check (i32.eq (i32.load (i32.const 512)) (i32.const 1)) (i32.const 11))
+    (call $check (i64.eq (i64.load (i32.const 256)) (i64.const 0x1122334455667788)) (i32.const 12))
+    (call $check (i32.eqz (i32.load16_u (i32.const 264))) (i32.const 13))
+    (call $check (i32.eqz (i32.load8_u (i32.const 266))) (i32.const 14))
+    ;; A lone relative sleep on the process CPU-time clock: inval (28).
+    (call $clock (i32.const 0) (i64.const 2) (i32.const 2) (i64.const 1000000) (i32.const 0))
+    (call $check (i32.eq (call $poll (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 512)) (i32.const 28)) (i32.const 20))
+    ;; Two clocks, 1 ms and 1 h: the 1 ms one fires.
+    (call $clock (i32.const 0) (i64.const 3) (i32.const 1) (i64.const 1000000) (i32.const 0))
+    (call $clock (i32.const 48) (i64.const 4) (i32.const 1) (i64.const 3600000000000) (i32.const 0))
+    (call $check (i32.eqz (call $poll (i32.const 0) (i32.const 256) (i32.const 2) (i32.const 512))) (i32.const 30))
+    (call $check (i32.eq (i32.load (i32.const 512)) (i32.const 1)) (i32.const 31))
+    (call $check (i64.eq (i64.load (i32.const 256)) (i64.const 3)) (i32.const 32))
+    ;; A lone absolute deadline already past: fires at once.
+    (call $clock (i32.const 0) (i64.const 5) (i32.const 1) (i64.const 0) (i32.const 1))
+    (call $check (i32.eqz (call $poll (i32.const 0) (i32.const 256) (i32.const 1) (i32.const 512))) (i32.const 40))
+    (call $check (i64.eq (i64.load (i32.const 256)) (i64.const 5)) (i32.const 41))
+    ;; No subscriptions: inval.
+    (call $check (i32.eq (call $poll (i32.const 0) (i32.const 256) (i32.const 0) (i32.const 512)) (i32.const 28)) (i32.const 50))
+    ;; Last, a lone sleep whose event the trap case moves outside memory.
+    (call $clock (i32.const 0) (i64.const 6) (i32.const 1) (i64.const 1000) (i32.const 0))
+    (call $check (i32.eqz (call $poll (i32.const 0) (i32.const 320) (i32.const 1) (i32.const 512))) (i32.const 60))))"#;
+
 /// Runs `module` on another thread, kills it once `ready` says so, and answers the report.
 fn kill_when(module: &'static str, ready: impl Fn(&RunControl) -> bool) -> RunReport {
     let control = RunControl::new();

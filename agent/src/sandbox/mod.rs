@@ -25,6 +25,7 @@ mod limiter;
 mod limits;
 mod outcome;
 mod output;
+mod sleep;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -391,14 +392,10 @@ impl Sandbox {
         }
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| {
-            state
-                .wasi
-                .as_mut()
-                .expect("a module that imports WASI runs with a WASI context")
-        })
-        .and_then(|()| guest_api::add_to_linker(&mut linker))
-        .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, sleep::wasi)
+            .and_then(|()| sleep::add_to_linker(&mut linker))
+            .and_then(|()| guest_api::add_to_linker(&mut linker))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         start_epoch_ticker(&engine, config.epoch_tick);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -821,7 +818,8 @@ fn wasi_context(
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .allow_blocking_current_thread(true);
     for dir in &spec.dirs {
         let perms = if dir.writable {
             FsPerms::ReadWrite
