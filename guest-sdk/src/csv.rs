@@ -120,12 +120,19 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
     let mut y = Vec::new();
     let mut line = 0;
     let mut pos = 0;
+    // Where the first data row starts, for sizing `x` and `y` once a sample of rows is read.
+    let mut data_start = None;
     while pos < bytes.len() {
         line += 1;
+        let row_start = pos;
         if columns != 0 {
             let (xs, ys) = (x.len(), y.len());
             if let Some(next) = plain_row(bytes, pos, columns, &mut x, &mut y) {
+                let start = *data_start.get_or_insert(row_start);
                 pos = next;
+                if ys + 1 == SAMPLE_ROWS {
+                    reserve_for_rest(&bytes[pos..], pos - start, columns, &mut x, &mut y);
+                }
                 continue;
             }
             // Anything else (blank lines, spaces, exponents, errors): the general path below.
@@ -165,7 +172,12 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
                 continue;
             }
         }
+        let start = *data_start.get_or_insert(row_start);
         parse_row(row, line, columns, first_line, &mut x, &mut y)?;
+        if y.len() == SAMPLE_ROWS {
+            let rest = bytes.get(pos..).unwrap_or_default();
+            reserve_for_rest(rest, pos.min(bytes.len()) - start, columns, &mut x, &mut y);
+        }
     }
     if y.is_empty() {
         return Err(CsvError {
@@ -266,6 +278,28 @@ fn plain_row(
         }
     }
     None
+}
+
+/// Data rows read before `x` and `y` are sized for the whole input.
+const SAMPLE_ROWS: usize = 64;
+
+/// Sizes `x` and `y` for the rows still to come in `rest`, judged by the `SAMPLE_ROWS` rows
+/// read so far, which took `sample_bytes`, plus an eighth for rows longer than the sample's.
+/// Growing by doubling instead copies each vector several times (wasm's allocator cannot remap
+/// pages as the native one does) and can leave a peak of twice the memory needed. The
+/// reservation never exceeds what `rest` could hold: each value takes at least two bytes.
+fn reserve_for_rest(
+    rest: &[u8],
+    sample_bytes: usize,
+    columns: usize,
+    x: &mut Vec<f64>,
+    y: &mut Vec<f64>,
+) {
+    let per_row = (sample_bytes / SAMPLE_ROWS).max(1);
+    let estimate = rest.len() / per_row;
+    let rows = (estimate + estimate / 8).min(rest.len() / (2 * columns));
+    x.reserve(rows * (columns - 1));
+    y.reserve(rows);
 }
 
 /// 10^n for n = 0..=8.
@@ -456,6 +490,52 @@ mod tests {
             bytes[4] = stop;
             assert_eq!(leading_digits(word(&bytes)), (4, 4242), "{stop:#x}");
         }
+    }
+
+    #[test]
+    fn data_vectors_are_sized_once_from_a_sample() {
+        // 10,000 rows of similar length: sized after 64 rows, never doubled.
+        let mut text = String::from("a,b,c,y\n");
+        for i in 0..10_000 {
+            text.push_str(&format!(
+                "{}.25,-{}.5,{},{}\n",
+                i % 97,
+                i % 89,
+                i % 83,
+                i % 7
+            ));
+        }
+        let data = parse(&text).unwrap();
+        assert_eq!(data.rows(), 10_000);
+        assert!(
+            data.y.capacity() < data.rows() * 5 / 4,
+            "{}",
+            data.y.capacity()
+        );
+        assert!(
+            data.x.capacity() < data.x.len() * 5 / 4,
+            "{}",
+            data.x.capacity()
+        );
+        // Long sample rows, then short ones: more rows than estimated, still all read.
+        let mut text = String::new();
+        for _ in 0..SAMPLE_ROWS {
+            text.push_str("1000000.000001,2000000.000002\n");
+        }
+        text.push_str(&"1,2\n".repeat(5_000));
+        assert_eq!(parse(&text).unwrap().rows(), SAMPLE_ROWS + 5_000);
+        // Short sample rows, then long ones: the reservation stays within what the rest
+        // could hold, two bytes a value.
+        let mut text = "1,2\n".repeat(SAMPLE_ROWS);
+        text.push_str(&"1000000.000001,2000000.000002\n".repeat(100));
+        let data = parse(&text).unwrap();
+        assert_eq!(data.rows(), SAMPLE_ROWS + 100);
+        // (100 rows of 30 bytes.)
+        assert!(
+            data.y.capacity() <= SAMPLE_ROWS + 100 * 30 / 4,
+            "{}",
+            data.y.capacity()
+        );
     }
 
     #[test]
