@@ -51,30 +51,7 @@ fn run() -> Result<(), String> {
     let mut converged = false;
     while iterations < max_iter {
         iterations += 1;
-        let mut changed = 0;
-        for (i, slot) in assignment.iter_mut().enumerate() {
-            let (best, _) = nearest(&centers, f, data.row(i));
-            if *slot != best {
-                *slot = best;
-                changed += 1;
-            }
-        }
-        let mut sums = vec![0.0; k * f];
-        let mut counts = vec![0usize; k];
-        for (i, &c) in assignment.iter().enumerate() {
-            counts[c] += 1;
-            for (s, x) in sums[c * f..(c + 1) * f].iter_mut().zip(data.row(i)) {
-                *s += x;
-            }
-        }
-        for c in 0..k {
-            // An emptied cluster keeps its centre.
-            if counts[c] > 0 {
-                for j in 0..f {
-                    centers[c * f + j] = sums[c * f + j] / counts[c] as f64;
-                }
-            }
-        }
+        let changed = lloyd_step(&mut centers, &data, &mut assignment);
         host::progress(iterations as u64, max_iter as u64);
         if changed == 0 {
             converged = true;
@@ -82,7 +59,7 @@ fn run() -> Result<(), String> {
         }
     }
 
-    let inertia: f64 = (0..n).map(|i| nearest(&centers, f, data.row(i)).1).sum();
+    let inertia = inertia(&centers, &data);
     let mut sizes = vec![0usize; k];
     assignment.iter().for_each(|&c| sizes[c] += 1);
     let purity = purity(&assignment, &data.y, k);
@@ -126,6 +103,71 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+// The passes over the rows are functions of their own, kept out of `run`: Cranelift, which
+// compiles the wasm build, allocates registers a function at a time, and inlined into `run`
+// among its many live values, the loops' accumulators would live on the stack.
+
+/// One round of Lloyd's algorithm: assigns each row to its nearest centre and, in the same
+/// pass, sums the rows of each cluster; then moves each centre to its cluster's mean (an
+/// emptied cluster keeps its centre). Answers how many rows changed cluster.
+#[inline(never)]
+fn lloyd_step(centers: &mut [f64], data: &csv::Dataset, assignment: &mut [usize]) -> usize {
+    // Rows of up to eight features get a copy of the pass compiled for their exact width,
+    // whose loops over the features unroll fully: the inner loops would otherwise run a few
+    // iterations per centre, and in wasm each iteration also pays a fuel check.
+    match data.features {
+        1 => lloyd_pass::<1>(centers, data, assignment),
+        2 => lloyd_pass::<2>(centers, data, assignment),
+        3 => lloyd_pass::<3>(centers, data, assignment),
+        4 => lloyd_pass::<4>(centers, data, assignment),
+        5 => lloyd_pass::<5>(centers, data, assignment),
+        6 => lloyd_pass::<6>(centers, data, assignment),
+        7 => lloyd_pass::<7>(centers, data, assignment),
+        8 => lloyd_pass::<8>(centers, data, assignment),
+        _ => lloyd_pass::<0>(centers, data, assignment),
+    }
+}
+
+/// [`lloyd_step`] for rows of `F` features (`F` = 0: as many as `data` has).
+fn lloyd_pass<const F: usize>(
+    centers: &mut [f64],
+    data: &csv::Dataset,
+    assignment: &mut [usize],
+) -> usize {
+    let f = if F == 0 { data.features } else { F };
+    let k = centers.len() / f;
+    let mut sums = vec![0.0; k * f];
+    let mut counts = vec![0usize; k];
+    let mut changed = 0;
+    for (slot, row) in assignment.iter_mut().zip(data.x.chunks_exact(f)) {
+        let (best, _) = nearest(centers, f, row);
+        if *slot != best {
+            *slot = best;
+            changed += 1;
+        }
+        counts[best] += 1;
+        for (s, x) in sums[best * f..(best + 1) * f].iter_mut().zip(row) {
+            *s += x;
+        }
+    }
+    for c in 0..k {
+        if counts[c] > 0 {
+            for j in 0..f {
+                centers[c * f + j] = sums[c * f + j] / counts[c] as f64;
+            }
+        }
+    }
+    changed
+}
+
+/// The sum over the rows of the squared distance to the nearest centre.
+#[inline(never)]
+fn inertia(centers: &[f64], data: &csv::Dataset) -> f64 {
+    (0..data.rows())
+        .map(|i| nearest(centers, data.features, data.row(i)).1)
+        .sum()
+}
+
 /// k-means++: the first centre uniformly, each next one with probability proportional to the
 /// squared distance to the nearest centre chosen so far.
 fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
@@ -154,13 +196,18 @@ fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
         let start = centers.len();
         centers.extend_from_slice(data.row(pick));
         for (i, d) in distance.iter_mut().enumerate() {
-            *d = d.min(squared(data.row(i), &centers[start..start + f]));
+            // A comparison, not `f64::min`, which wasm32 makes a call to libm's `fmin`.
+            let to_new = squared(data.row(i), &centers[start..start + f]);
+            if to_new < *d {
+                *d = to_new;
+            }
         }
     }
     centers
 }
 
 /// The nearest centre to `x` and the squared distance to it.
+#[inline(always)]
 fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
     for (c, center) in centers.chunks(f).enumerate() {
@@ -172,8 +219,23 @@ fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
     best
 }
 
+/// The squared distance between two points. Four coordinates a step, added one by one into a
+/// single sum: the same result as a loop over the coordinates, with a quarter of its branches
+/// (in wasm, each loop iteration also pays a fuel check).
 fn squared(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    let mut sum = 0.0;
+    for (x, y) in a4.zip(b4) {
+        sum += (x[0] - y[0]) * (x[0] - y[0]);
+        sum += (x[1] - y[1]) * (x[1] - y[1]);
+        sum += (x[2] - y[2]) * (x[2] - y[2]);
+        sum += (x[3] - y[3]) * (x[3] - y[3]);
+    }
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += (x - y) * (x - y);
+    }
+    sum
 }
 
 /// The fraction of rows whose label is the most common label of their cluster.

@@ -50,22 +50,7 @@ fn run() -> Result<(), String> {
     ));
 
     // Normal equations: (Z'Z) b = Z'y with Z = [1, x].
-    let mut ztz = vec![0.0; p * p];
-    let mut zty = vec![0.0; p];
-    let mut z = vec![1.0; p];
-    for (n, &i) in train.iter().enumerate() {
-        z[1..].copy_from_slice(data.row(i));
-        let y = data.y[i];
-        for a in 0..p {
-            zty[a] += z[a] * y;
-            for b in 0..=a {
-                ztz[a * p + b] += z[a] * z[b];
-            }
-        }
-        if n % 65536 == 0 {
-            host::progress(n as u64, train.len() as u64);
-        }
-    }
+    let (mut ztz, zty) = normal_equations(&data, &train);
     let beta = solve_cholesky(&mut ztz, &zty, p).ok_or_else(|| {
         "the feature columns are collinear: least squares has no unique solution".to_string()
     })?;
@@ -74,20 +59,7 @@ fn run() -> Result<(), String> {
     let test_mse = if test.is_empty() {
         None
     } else {
-        let sum: f64 = test
-            .iter()
-            .map(|&i| {
-                let prediction = beta[0]
-                    + data
-                        .row(i)
-                        .iter()
-                        .zip(&beta[1..])
-                        .map(|(x, b)| x * b)
-                        .sum::<f64>();
-                (data.y[i] - prediction) * (data.y[i] - prediction)
-            })
-            .sum();
-        Some(sum / test.len() as f64)
+        Some(squared_error(&data, &test, &beta) / test.len() as f64)
     };
     if let Some(mse) = test_mse {
         host::metric("test_mse", mse);
@@ -125,6 +97,51 @@ fn run() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// The passes over the rows are functions of their own, kept out of `run`: Cranelift, which
+// compiles the wasm build, allocates registers a function at a time, and inlined into `run`
+// among its many live values, the loops' accumulators would live on the stack.
+
+/// The normal equations of least squares over the `train` rows, with an intercept column of
+/// ones first: Z'Z (its lower triangle) and Z'y. Reports progress as it goes.
+#[inline(never)]
+fn normal_equations(data: &csv::Dataset, train: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let p = data.features + 1;
+    let mut ztz = vec![0.0; p * p];
+    let mut zty = vec![0.0; p];
+    let mut z = vec![1.0; p];
+    for (n, &i) in train.iter().enumerate() {
+        z[1..].copy_from_slice(data.row(i));
+        let y = data.y[i];
+        for a in 0..p {
+            zty[a] += z[a] * y;
+            for b in 0..=a {
+                ztz[a * p + b] += z[a] * z[b];
+            }
+        }
+        if n % 65536 == 0 {
+            host::progress(n as u64, train.len() as u64);
+        }
+    }
+    (ztz, zty)
+}
+
+/// The sum of squared errors of the fit `beta` (intercept first) over the `rows`.
+#[inline(never)]
+fn squared_error(data: &csv::Dataset, rows: &[usize], beta: &[f64]) -> f64 {
+    rows.iter()
+        .map(|&i| {
+            let prediction = beta[0]
+                + data
+                    .row(i)
+                    .iter()
+                    .zip(&beta[1..])
+                    .map(|(x, b)| x * b)
+                    .sum::<f64>();
+            (data.y[i] - prediction) * (data.y[i] - prediction)
+        })
+        .sum()
 }
 
 /// Solves `A x = b` for symmetric positive definite `A` (lower triangle used, `n` x `n`,
