@@ -1,25 +1,27 @@
 //! The ML examples on 1,000,000 generated rows: the native build (default x86-64 target)
-//! against the wasm build in the sandbox with fuel metering and epoch interruption (Corral's
-//! default), with epochs only, and with neither. Every variant's output is checked to be
-//! identical before timing.
+//! against the wasm build in the sandbox with fuel metering (Corral's default), with epoch
+//! interruption instead, and with neither. Every variant's output is checked to be identical
+//! to the native build's before timing.
+//!
+//! Timing runs in rounds, each running every variant once back to back (in an order that
+//! rotates from round to round), and each ratio is the median of the ratios within rounds.
+//! On a shared machine whose speed drifts by ±20% over minutes, variants timed minutes apart
+//! (as criterion times them, one after the other) can differ by more than the effect being
+//! measured; two runs within one round see the same machine.
 //!
 //! Needs the native examples and the guests built first; `scripts/bench` does this:
 //!     cargo build --release -p corral-example-linreg -p corral-example-logreg -p corral-example-kmeans
 //!     scripts/build-guests
-//! Run: `cargo bench -p corral-agent --bench ml`
-
-// criterion_group! defines an undocumented public function.
-#![allow(missing_docs)]
+//! Run: `cargo bench -p corral-agent --bench ml` (`-- ROUNDS`, default 10)
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corral_agent::sandbox::{
     DirGrant, Limits, Outcome, PreparedModule, RunSpec, Sandbox, SandboxConfig,
 };
-use criterion::{criterion_group, criterion_main, Criterion};
 
 const ROWS: usize = 1_000_000;
 
@@ -163,7 +165,45 @@ fn run_wasm(sandbox: &Sandbox, module: &PreparedModule, case: &Case) -> Vec<u8> 
     report.stdout
 }
 
-fn bench(c: &mut Criterion) {
+/// A variant of a case: how to run it once.
+enum Variant<'a> {
+    Native,
+    Wasm(&'a Sandbox, PreparedModule),
+}
+
+impl Variant<'_> {
+    fn run(&self, case: &Case) -> Vec<u8> {
+        match self {
+            Variant::Native => run_native(case),
+            Variant::Wasm(sandbox, module) => run_wasm(sandbox, module, case),
+        }
+    }
+}
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The median over rounds of `a`'s time over `b`'s in the same round.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    median(&mut ratios)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a bare number is the round count.
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(10)
+        .max(1);
     let regression = data_file("regression-1m.csv", regression_csv);
     let classes = data_file("classes-1m.csv", classes_csv);
     let cases = [
@@ -183,8 +223,8 @@ fn bench(c: &mut Criterion) {
             args: vec!["--k", "3"],
         },
     ];
-    // Corral's default (fuel and epochs), epochs only, and neither: what each check costs.
-    let variants = [
+    // Corral's default (fuel), epochs instead, and neither: what each check costs.
+    let sandboxes = [
         ("wasm_fuel", true, true),
         ("wasm_epoch_only", false, true),
         ("wasm_neither", false, false),
@@ -199,6 +239,7 @@ fn bench(c: &mut Criterion) {
         (name, sandbox)
     });
 
+    println!("ml: {ROWS} rows; {rounds} rounds, each running every variant once");
     for case in &cases {
         let bytes = std::fs::read(built(
             repo_root()
@@ -207,32 +248,45 @@ fn bench(c: &mut Criterion) {
             "run scripts/build-guests",
         ))
         .unwrap();
-        let native = run_native(case);
-        let prepared: Vec<PreparedModule> = variants
-            .iter()
-            .map(|(name, sandbox)| {
-                let module = sandbox.prepare(&bytes).unwrap().module;
-                assert_eq!(
-                    run_wasm(sandbox, &module, case),
-                    native,
-                    "{}: {name}",
-                    case.example
-                );
-                module
-            })
-            .collect();
-
-        let mut group = c.benchmark_group(format!("ml/{}", case.example));
-        group
-            .sample_size(10)
-            .measurement_time(Duration::from_secs(20));
-        group.bench_function("native", |b| b.iter(|| run_native(case)));
-        for ((name, sandbox), module) in variants.iter().zip(&prepared) {
-            group.bench_function(*name, |b| b.iter(|| run_wasm(sandbox, module, case)));
+        let mut variants = vec![("native", Variant::Native)];
+        for (name, sandbox) in &sandboxes {
+            let module = sandbox.prepare(&bytes).unwrap().module;
+            variants.push((name, Variant::Wasm(sandbox, module)));
         }
-        group.finish();
+        // Also the warm-up: every variant once, each output the native build's.
+        let native = run_native(case);
+        for (name, variant) in &variants {
+            assert_eq!(variant.run(case), native, "{}: {name}", case.example);
+        }
+
+        let mut seconds = vec![Vec::with_capacity(rounds); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let v = (round + k) % variants.len();
+                let started = Instant::now();
+                variants[v].1.run(case);
+                seconds[v].push(started.elapsed().as_secs_f64());
+            }
+        }
+        let (native, fuel, neither) = (&seconds[0], &seconds[1], &seconds[3]);
+        for ((name, _), times) in variants.iter().zip(&seconds) {
+            let mut sorted = times.clone();
+            let mid = median(&mut sorted);
+            let mut line = format!(
+                "ml/{}/{name}: median {:.1} ms [min {:.1}, max {:.1}]",
+                case.example,
+                mid * 1e3,
+                sorted[0] * 1e3,
+                sorted[sorted.len() - 1] * 1e3
+            );
+            if *name != "native" {
+                let _ = write!(line, "; {:.2}x native", paired_ratio(times, native));
+            }
+            if *name == "wasm_fuel" {
+                let cost = paired_ratio(fuel, neither) - 1.0;
+                let _ = write!(line, "; fuel costs {:+.0}% over neither", cost * 100.0);
+            }
+            println!("{line}");
+        }
     }
 }
-
-criterion_group!(benches, bench);
-criterion_main!(benches);
