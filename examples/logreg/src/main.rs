@@ -73,33 +73,15 @@ fn run() -> Result<(), String> {
             1.0
         }
     });
-    let z = |i: usize, out: &mut [f64]| {
-        out[0] = 1.0;
-        for (j, x) in data.row(i).iter().enumerate() {
-            out[j + 1] = (x - mean[j]) / std[j];
-        }
-    };
+    let standard = Standardise { mean, std };
+    let z = |i: usize, out: &mut [f64]| standard.row(data.row(i), out);
 
     let p = f + 1;
     let mut weights = vec![0.0; classes * p];
     let mut gradient = vec![0.0; classes * p];
-    let mut row = vec![0.0; p];
-    let mut probabilities = vec![0.0; classes];
     let mut loss = 0.0;
     for epoch in 0..epochs {
-        gradient.iter_mut().for_each(|g| *g = 0.0);
-        loss = 0.0;
-        for &i in &train {
-            z(i, &mut row);
-            softmax(&weights, &row, &mut probabilities);
-            loss -= math::ln(probabilities[labels[i]].max(1e-300));
-            for (k, pk) in probabilities.iter().enumerate() {
-                let error = pk - if k == labels[i] { 1.0 } else { 0.0 };
-                for (g, x) in gradient[k * p..(k + 1) * p].iter_mut().zip(&row) {
-                    *g += error * x;
-                }
-            }
-        }
+        loss = gradient_pass(&data, &train, &labels, &standard, &weights, &mut gradient);
         loss /= train.len() as f64;
         let step = learning_rate / train.len() as f64;
         for (w, g) in weights.iter_mut().zip(&gradient) {
@@ -183,6 +165,62 @@ fn class_labels(y: &[f64]) -> Result<Vec<usize>, String> {
             }
         })
         .collect()
+}
+
+/// Features shifted by the training rows' mean and scaled by their deviation, after a
+/// leading 1 for the intercept.
+struct Standardise {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+impl Standardise {
+    #[inline]
+    fn row(&self, x: &[f64], out: &mut [f64]) {
+        out[0] = 1.0;
+        for (j, x) in x.iter().enumerate() {
+            out[j + 1] = (x - self.mean[j]) / self.std[j];
+        }
+    }
+}
+
+/// One pass of gradient descent over the `train` rows: sets `gradient` to the cross-entropy
+/// loss's gradient (summed over the rows) at `weights`, and answers the summed loss. A
+/// function of its own, kept out of `run`: Cranelift, which compiles the wasm build,
+/// allocates registers a function at a time, and inlined among `run`'s many live values the
+/// loop's accumulators would live on the stack.
+#[inline(never)]
+fn gradient_pass(
+    data: &csv::Dataset,
+    train: &[usize],
+    labels: &[usize],
+    standard: &Standardise,
+    weights: &[f64],
+    gradient: &mut [f64],
+) -> f64 {
+    let p = data.features + 1;
+    let mut row = vec![0.0; p];
+    let mut probabilities = vec![0.0; gradient.len() / p];
+    gradient.iter_mut().for_each(|g| *g = 0.0);
+    let mut loss = 0.0;
+    for &i in train {
+        standard.row(data.row(i), &mut row);
+        softmax(weights, &row, &mut probabilities);
+        // A comparison, not `f64::max`, which wasm32 makes a call to libm's `fmax`.
+        let likelihood = probabilities[labels[i]];
+        loss -= math::ln(if likelihood > 1e-300 {
+            likelihood
+        } else {
+            1e-300
+        });
+        for (k, pk) in probabilities.iter().enumerate() {
+            let error = pk - if k == labels[i] { 1.0 } else { 0.0 };
+            for (g, x) in gradient[k * p..(k + 1) * p].iter_mut().zip(&row) {
+                *g += error * x;
+            }
+        }
+    }
+    loss
 }
 
 /// Class probabilities for one standardised row.
