@@ -243,21 +243,32 @@ fn wasm_and_native_agree_on_a_generated_data_set() {
 
 #[test]
 fn malformed_csv_is_rejected_naming_the_line_in_wasm_and_natively() {
-    let csv = "x,y\n1,2\n3,4\n5,oops\n";
+    let cases: [(&[u8], &str); 2] = [
+        (
+            b"x,y\n1,2\n3,4\n5,oops\n",
+            "line 4: field 2 \"oops\" is not a finite number",
+        ),
+        (
+            b"x,y\n1,2\n3,\xff4\n",
+            "line 3: not UTF-8 text (invalid byte at column 3)",
+        ),
+    ];
     for example in EXAMPLES {
         let module = wasm(example);
-        let in_corral = run(
-            &bin("corral"),
-            &["run", "-q", "--stdin", "-", module.to_str().unwrap()],
-            Some(csv.as_bytes()),
-            cache(),
-        );
-        let native = run(&bin(example), &[], Some(csv.as_bytes()), cache());
-        let expected = format!("{example}: line 4: field 2 \"oops\" is not a finite number\n");
-        assert_eq!(String::from_utf8_lossy(&in_corral.stderr), expected);
-        assert_eq!(String::from_utf8_lossy(&native.stderr), expected);
-        assert_eq!(in_corral.status.code(), Some(2));
-        assert_eq!(native.status.code(), Some(2));
+        for (csv, message) in cases {
+            let in_corral = run(
+                &bin("corral"),
+                &["run", "-q", "--stdin", "-", module.to_str().unwrap()],
+                Some(csv),
+                cache(),
+            );
+            let native = run(&bin(example), &[], Some(csv), cache());
+            let expected = format!("{example}: {message}\n");
+            assert_eq!(String::from_utf8_lossy(&in_corral.stderr), expected);
+            assert_eq!(String::from_utf8_lossy(&native.stderr), expected);
+            assert_eq!(in_corral.status.code(), Some(2));
+            assert_eq!(native.status.code(), Some(2));
+        }
     }
 }
 

@@ -58,9 +58,19 @@ impl Dataset {
         // Which rows go where is random; visiting them in file order keeps memory access
         // sequential, which matters on large data sets. Marking the test rows and walking the
         // rows once gives both sets in order without sorting.
+        // Both sets are sized up front: growing them by doubling copies them (in wasm, whose
+        // allocator cannot remap pages, every time).
         let mut is_test = vec![false; self.rows()];
         order[..test_rows].iter().for_each(|&i| is_test[i] = true);
-        let (test, train): (Vec<usize>, Vec<usize>) = (0..self.rows()).partition(|&i| is_test[i]);
+        let mut train = Vec::with_capacity(self.rows() - test_rows);
+        let mut test = Vec::with_capacity(test_rows);
+        for (i, &held_out) in is_test.iter().enumerate() {
+            if held_out {
+                test.push(i);
+            } else {
+                train.push(i);
+            }
+        }
         Ok((train, test))
     }
 }
@@ -110,9 +120,24 @@ const POWERS_OF_TEN: [f64; 23] = [
 /// assert_eq!(err.to_string(), "line 3: field 2 \"x\" is not a finite number");
 /// ```
 pub fn parse(text: &str) -> Result<Dataset, CsvError> {
+    parse_bytes(text.as_bytes())
+}
+
+/// [`parse`] for bytes that have not been checked to be UTF-8, such as a file read with
+/// [`crate::input::read_bytes`]: a line that is not UTF-8 is an error naming it. Cheaper than
+/// checking the whole input first: a row of plain decimals is ASCII by construction, so only
+/// the other lines (the header, rows with spaces or exponents) are checked, and a large data
+/// set is read in one pass instead of two.
+///
+/// ```
+/// let data = corral_guest::csv::parse_bytes(b"a,y\n1,2\n").unwrap();
+/// assert_eq!(data.y, [2.0]);
+/// let err = corral_guest::csv::parse_bytes(b"a,y\n1,2\n3,\xff\n").unwrap_err();
+/// assert_eq!(err.to_string(), "line 3: not UTF-8 text (invalid byte at column 3)");
+/// ```
+pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
     // One pass over the bytes with plain loops: `str::split` costs several times more per
     // field in wasm, and a CSV is mostly short fields.
-    let bytes = text.as_bytes();
     let mut names: Option<Vec<String>> = None;
     let mut columns = 0;
     let mut first_line = 0;
@@ -151,10 +176,18 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
         if row.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        // The plain rows above are ASCII; any other line is checked here, so that every byte
+        // of the input is either ASCII or part of a checked line.
+        let text = std::str::from_utf8(row).map_err(|e| CsvError {
+            line,
+            message: format!(
+                "not UTF-8 text (invalid byte at column {})",
+                e.valid_up_to() + 1
+            ),
+        })?;
         if columns == 0 {
             // The first row: its width, and whether it is a header (rare path, so str is fine).
-            let first = std::str::from_utf8(row).unwrap_or_default();
-            columns = first.split(',').count();
+            columns = text.split(',').count();
             first_line = line;
             if columns < 2 {
                 return Err(CsvError {
@@ -162,10 +195,9 @@ pub fn parse(text: &str) -> Result<Dataset, CsvError> {
                     message: "need at least two columns: features, then the target".into(),
                 });
             }
-            if first.split(',').any(|f| number(f).is_none()) {
+            if text.split(',').any(|f| number(f).is_none()) {
                 names = Some(
-                    first
-                        .split(',')
+                    text.split(',')
                         .map(|f| f.trim().trim_matches('"').to_string())
                         .collect(),
                 );
@@ -389,7 +421,7 @@ fn parse_row(
                         v
                     }
                 } else {
-                    // `row` is a str cut at ASCII bytes, so the field is valid UTF-8.
+                    // `row` is UTF-8 (checked by the caller) cut at ASCII bytes, so is the field.
                     let text = std::str::from_utf8(&row[start..i]).unwrap_or_default();
                     number(text).ok_or_else(|| CsvError {
                         line,
@@ -599,5 +631,35 @@ mod tests {
             .unwrap_err()
             .message
             .contains("two columns"));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_their_line_wherever_they_are() {
+        // In the header, after a plain start of a data row, and in a row with spaces (the
+        // general path): the same check, and what is UTF-8 parses as `parse` does.
+        let cases: [(&[u8], &str); 4] = [
+            (
+                b"a\xc3,y\n1,2\n",
+                "line 1: not UTF-8 text (invalid byte at column 2)",
+            ),
+            (
+                b"a,y\n1,2\n3,4\xe2\x82\n",
+                "line 3: not UTF-8 text (invalid byte at column 4)",
+            ),
+            (
+                b"a,y\n1,2\n 5 ,\x80\n",
+                "line 3: not UTF-8 text (invalid byte at column 5)",
+            ),
+            (
+                b"\n\xff\n",
+                "line 2: not UTF-8 text (invalid byte at column 1)",
+            ),
+        ];
+        for (bytes, message) in cases {
+            assert_eq!(parse_bytes(bytes).unwrap_err().to_string(), message);
+        }
+        let text = "h\u{e9}ight,y\n1.5,2\n 3 ,4e0\n";
+        assert_eq!(parse_bytes(text.as_bytes()), parse(text));
+        assert_eq!(parse(text).unwrap().names[0], "h\u{e9}ight");
     }
 }

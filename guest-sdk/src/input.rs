@@ -29,22 +29,23 @@ pub fn read_file(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// Reads the named file, or stdin when `path` is `None`: the bytes, for a parser that checks
+/// them itself ([`crate::csv::parse_bytes`] does). The error names the source.
+pub fn read_bytes(path: Option<&str>) -> Result<Vec<u8>, String> {
+    match path {
+        Some(path) => read_file(path).map_err(|e| format!("cannot read {path}: {e}")),
+        None => stdin_bytes().map_err(|e| format!("cannot read stdin: {e}")),
+    }
+}
+
 /// Reads the named file, or stdin when `path` is `None`, as UTF-8 text. The error names the
 /// source.
 pub fn read_text(path: Option<&str>) -> Result<String, String> {
-    let (bytes, source) = match path {
-        Some(path) => (
-            read_file(path).map_err(|e| format!("cannot read {path}: {e}"))?,
-            path,
-        ),
-        None => (
-            stdin_bytes().map_err(|e| format!("cannot read stdin: {e}"))?,
-            "stdin",
-        ),
-    };
+    let bytes = read_bytes(path)?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
-            "{source} is not UTF-8 text (invalid byte at offset {})",
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.unwrap_or("stdin"),
             e.utf8_error().valid_up_to()
         )
     })

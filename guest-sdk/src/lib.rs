@@ -33,7 +33,7 @@
 //!     let as_json = args.flag("--json");
 //!     let path = args.positional();
 //!     args.finish()?;
-//!     let data = csv::parse(&input::read_text(path.as_deref())?)?;
+//!     let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
 //!     let mut sum = 0.0;
 //!     for (i, y) in data.y.iter().enumerate() {
 //!         sum += y;

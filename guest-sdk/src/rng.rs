@@ -27,15 +27,20 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in `0..n` (`n` > 0), without modulo bias.
+    /// Uniform in `0..n` (`n` > 0), without modulo bias: `v % n` for the first draw `v` below
+    /// the largest multiple of `n` that fits in a u64 (a draw at or above it is rejected).
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "Rng::below(0)");
         let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
         loop {
             let v = self.next_u64();
-            if v < zone {
-                return (v % n) as usize;
+            let r = v % n;
+            // `v - r` is `n * (v / n)`; `v` is below the largest multiple of `n` exactly when
+            // the next multiple still fits. One division instead of two (the other would find
+            // that multiple, `u64::MAX - u64::MAX % n`): a shuffle of a million rows is a
+            // million of these, and a 64-bit division costs tens of cycles.
+            if (v - r).checked_add(n).is_some() {
+                return r as usize;
             }
         }
     }
@@ -61,6 +66,53 @@ mod tests {
         }
         // Reference value of SplitMix64 seeded with 0.
         assert_eq!(Rng::new(0).next_u64(), 0xe220_a839_7b1d_cdaf);
+    }
+
+    #[test]
+    fn below_rejects_exactly_the_draws_past_the_last_whole_multiple() {
+        // The acceptance test against its definition, at the edges where they could differ.
+        for n in [
+            1u64,
+            2,
+            3,
+            7,
+            10,
+            1 << 32,
+            (1 << 63) - 1,
+            1 << 63,
+            (1 << 63) + 1,
+            u64::MAX,
+        ] {
+            let zone = u64::MAX - u64::MAX % n;
+            for v in [
+                0,
+                1,
+                n - 1,
+                zone.wrapping_sub(1),
+                zone,
+                zone.saturating_add(1),
+                u64::MAX,
+            ] {
+                let r = v % n;
+                assert_eq!((v - r).checked_add(n).is_some(), v < zone, "n={n} v={v}");
+            }
+        }
+        // And the stream is the one the two-division form gave (examples' splits depend on it).
+        let mut rng = Rng::new(9);
+        let draws: Vec<usize> = (0..6)
+            .map(|i| rng.below([1, 2, 3, 1000, 7, usize::MAX][i]))
+            .collect();
+        let mut reference = Rng::new(9);
+        for (i, &n) in [1u64, 2, 3, 1000, 7, usize::MAX as u64].iter().enumerate() {
+            let zone = u64::MAX - u64::MAX % n;
+            let v = loop {
+                let v = reference.next_u64();
+                if v < zone {
+                    break v;
+                }
+            };
+            assert_eq!(draws[i] as u64, v % n);
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn run() -> Result<(), String> {
     let path = args.positional();
     args.finish()?;
 
-    let data = csv::parse(&input::read_text(path.as_deref())?)?;
+    let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
     let (n, f) = (data.rows(), data.features);
     if k == 0 || k > n {
         return Err(format!(

@@ -33,7 +33,7 @@ fn run() -> Result<(), String> {
     let path = args.positional();
     args.finish()?;
 
-    let data = csv::parse(&input::read_text(path.as_deref())?)?;
+    let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
     let (train, test) = data.split(test_fraction, seed)?;
     let p = data.features + 1;
     if train.len() < p {

@@ -40,7 +40,7 @@ fn run() -> Result<(), String> {
         return Err(format!("--learning-rate {learning_rate} must be positive"));
     }
 
-    let data = csv::parse(&input::read_text(path.as_deref())?)?;
+    let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
     let labels = class_labels(&data.y)?;
     let classes = labels.iter().max().map_or(0, |m| m + 1);
     if classes < 2 {
