@@ -145,25 +145,33 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
     let mut y = Vec::new();
     let mut line = 0;
     let mut pos = 0;
-    // Where the first data row starts, for sizing `x` and `y` once a sample of rows is read.
+    // Where the first data row starts, and whether `x` and `y` are sized for the whole input
+    // yet (they are once a sample of rows is read).
     let mut data_start = None;
+    let mut sized = false;
     while pos < bytes.len() {
-        line += 1;
         let row_start = pos;
         if columns != 0 {
-            let (xs, ys) = (x.len(), y.len());
-            if let Some(next) = plain_row(bytes, pos, columns, &mut x, &mut y) {
+            // A run of plain rows, up to the end of the sample while it is being read.
+            let limit = if sized {
+                usize::MAX
+            } else {
+                SAMPLE_ROWS - y.len()
+            };
+            let (next, rows) = plain_rows(bytes, pos, columns, limit, &mut x, &mut y);
+            if rows > 0 {
                 let start = *data_start.get_or_insert(row_start);
+                line += rows;
                 pos = next;
-                if ys + 1 == SAMPLE_ROWS {
+                if !sized && y.len() == SAMPLE_ROWS {
                     reserve_for_rest(&bytes[pos..], pos - start, columns, &mut x, &mut y);
+                    sized = true;
                 }
                 continue;
             }
             // Anything else (blank lines, spaces, exponents, errors): the general path below.
-            x.truncate(xs);
-            y.truncate(ys);
         }
+        line += 1;
         let mut end = pos;
         while end < bytes.len() && bytes[end] != b'\n' {
             end += 1;
@@ -206,9 +214,10 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
         }
         let start = *data_start.get_or_insert(row_start);
         parse_row(row, line, columns, first_line, &mut x, &mut y)?;
-        if y.len() == SAMPLE_ROWS {
+        if !sized && y.len() == SAMPLE_ROWS {
             let rest = bytes.get(pos..).unwrap_or_default();
             reserve_for_rest(rest, pos.min(bytes.len()) - start, columns, &mut x, &mut y);
+            sized = true;
         }
     }
     if y.is_empty() {
@@ -230,6 +239,41 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
         x,
         y,
     })
+}
+
+/// Reads plain rows (see [`plain_row`]) from `pos` while they last, at most `limit` of them:
+/// where it stopped, and how many rows it read. The row that stopped it, if any, is left
+/// unread, for [`parse_row`].
+///
+/// A function of its own, so that the loop that reads a large data set is compiled apart
+/// from the rest of [`parse_bytes`]: Cranelift, which compiles the wasm build, allocates
+/// registers a function at a time, and among `parse_bytes`'s many live values it kept the
+/// scanner's position on the stack.
+#[inline(never)]
+fn plain_rows(
+    bytes: &[u8],
+    mut pos: usize,
+    columns: usize,
+    limit: usize,
+    x: &mut Vec<f64>,
+    y: &mut Vec<f64>,
+) -> (usize, usize) {
+    let mut rows = 0;
+    while rows < limit && pos < bytes.len() {
+        let (xs, ys) = (x.len(), y.len());
+        match plain_row(bytes, pos, columns, x, y) {
+            Some(next) => {
+                pos = next;
+                rows += 1;
+            }
+            None => {
+                x.truncate(xs);
+                y.truncate(ys);
+                break;
+            }
+        }
+    }
+    (pos, rows)
 }
 
 /// The common case of a data row, read straight from the text: `columns` plain decimals
@@ -567,6 +611,26 @@ mod tests {
             data.y.capacity() <= SAMPLE_ROWS + 100 * 30 / 4,
             "{}",
             data.y.capacity()
+        );
+        // Plain rows and general ones (spaces) interleaved through the sample and after it:
+        // sized once all the same, every row read, and lines still counted right. (Rows of
+        // one width: the estimate assumes the rest is like the sample.)
+        let mut text = String::from("a,y\n");
+        for i in 0..10_000 {
+            if i % 7 == 3 {
+                text.push_str(&format!(" {i:05} ,1\n"));
+            } else {
+                text.push_str(&format!("{i:05},1\n"));
+            }
+        }
+        let data = parse(&text).unwrap();
+        assert_eq!(data.rows(), 10_000);
+        assert_eq!(data.x[9_999], 9_999.0);
+        assert!(data.y.capacity() < 10_000 * 5 / 4, "{}", data.y.capacity());
+        text.push_str("1,2,3\n");
+        assert_eq!(
+            parse(&text).unwrap_err().to_string(),
+            "line 10002: 3 fields, but line 1 has 2"
         );
     }
 
