@@ -107,7 +107,25 @@ fn run() -> Result<(), String> {
 /// ones first: Z'Z (its lower triangle) and Z'y. Reports progress as it goes.
 #[inline(never)]
 fn normal_equations(data: &csv::Dataset, train: &[usize]) -> (Vec<f64>, Vec<f64>) {
-    let p = data.features + 1;
+    // Up to eight features, a copy compiled for the exact width, whose loops over the
+    // coefficients unroll fully: they would otherwise run a few iterations per row, and in
+    // wasm each iteration also pays a fuel check.
+    match data.features {
+        1 => normal_pass::<2>(data, train),
+        2 => normal_pass::<3>(data, train),
+        3 => normal_pass::<4>(data, train),
+        4 => normal_pass::<5>(data, train),
+        5 => normal_pass::<6>(data, train),
+        6 => normal_pass::<7>(data, train),
+        7 => normal_pass::<8>(data, train),
+        8 => normal_pass::<9>(data, train),
+        _ => normal_pass::<0>(data, train),
+    }
+}
+
+/// [`normal_equations`] for `P` coefficients (`P` = 0: as many as `data` needs).
+fn normal_pass<const P: usize>(data: &csv::Dataset, train: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let p = if P == 0 { data.features + 1 } else { P };
     let mut ztz = vec![0.0; p * p];
     let mut zty = vec![0.0; p];
     let mut z = vec![1.0; p];
@@ -203,5 +221,43 @@ mod tests {
     fn refuses_a_singular_system() {
         let mut a = vec![1.0, 0.0, 1.0, 1.0];
         assert!(solve_cholesky(&mut a, &[1.0, 1.0], 2).is_none());
+    }
+
+    /// `rows` rows of `features` pseudo-random features and a target.
+    fn dataset(rows: usize, features: usize) -> csv::Dataset {
+        let mut rng = corral_guest::rng::Rng::new(features as u64);
+        csv::Dataset {
+            names: (0..=features).map(|j| format!("c{j}")).collect(),
+            features,
+            x: (0..rows * features).map(|_| rng.next_f64() - 0.5).collect(),
+            y: (0..rows).map(|_| rng.next_f64()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_width_gets_the_same_normal_equations() {
+        // The copies compiled per width against the general one, bit for bit, and past the
+        // widths that have copies, the general one against the definition.
+        for features in 1..=8 {
+            let data = dataset(100, features);
+            let train: Vec<usize> = (0..100).step_by(3).collect();
+            assert_eq!(
+                normal_equations(&data, &train),
+                normal_pass::<0>(&data, &train),
+                "{features} features"
+            );
+        }
+        let data = dataset(50, 11);
+        let train: Vec<usize> = (0..50).collect();
+        let (ztz, zty) = normal_equations(&data, &train);
+        let z = |i: usize, a: usize| if a == 0 { 1.0 } else { data.row(i)[a - 1] };
+        for a in 0..12 {
+            let expected: f64 = train.iter().map(|&i| z(i, a) * data.y[i]).sum();
+            assert!((zty[a] - expected).abs() < 1e-12, "Z'y[{a}]");
+            for b in 0..=a {
+                let expected: f64 = train.iter().map(|&i| z(i, a) * z(i, b)).sum();
+                assert!((ztz[a * 12 + b] - expected).abs() < 1e-12, "Z'Z[{a}][{b}]");
+            }
+        }
     }
 }

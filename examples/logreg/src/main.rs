@@ -74,7 +74,7 @@ fn run() -> Result<(), String> {
         }
     });
     let standard = Standardise { mean, std };
-    let z = |i: usize, out: &mut [f64]| standard.row(data.row(i), out);
+    let z = |i: usize, out: &mut [f64]| standard.row::<0>(data.row(i), out);
 
     let p = f + 1;
     let mut weights = vec![0.0; classes * p];
@@ -101,7 +101,7 @@ fn run() -> Result<(), String> {
             .iter()
             .filter(|&&i| {
                 z(i, &mut row);
-                softmax(&weights, &row, &mut probabilities);
+                softmax::<0>(&weights, &row, &mut probabilities);
                 argmax(&probabilities) == labels[i]
             })
             .count();
@@ -175,11 +175,14 @@ struct Standardise {
 }
 
 impl Standardise {
+    /// Writes the standardised `x` into `out` (its `P` = `x.len() + 1` values, or any number
+    /// when `P` is 0; see [`gradient_pass`]).
     #[inline]
-    fn row(&self, x: &[f64], out: &mut [f64]) {
+    fn row<const P: usize>(&self, x: &[f64], out: &mut [f64]) {
+        let f = if P == 0 { x.len() } else { P - 1 };
         out[0] = 1.0;
-        for (j, x) in x.iter().enumerate() {
-            out[j + 1] = (x - self.mean[j]) / self.std[j];
+        for j in 0..f {
+            out[j + 1] = (x[j] - self.mean[j]) / self.std[j];
         }
     }
 }
@@ -198,14 +201,43 @@ fn gradient_pass(
     weights: &[f64],
     gradient: &mut [f64],
 ) -> f64 {
-    let p = data.features + 1;
+    // Up to eight features, a copy compiled for the exact width, whose loops over the
+    // coefficients unroll fully: they would otherwise run a few iterations per class and
+    // row, and in wasm each iteration also pays a fuel check.
+    let pass: GradientPass = match data.features {
+        1 => gradient_rows::<2>,
+        2 => gradient_rows::<3>,
+        3 => gradient_rows::<4>,
+        4 => gradient_rows::<5>,
+        5 => gradient_rows::<6>,
+        6 => gradient_rows::<7>,
+        7 => gradient_rows::<8>,
+        8 => gradient_rows::<9>,
+        _ => gradient_rows::<0>,
+    };
+    pass(data, train, labels, standard, weights, gradient)
+}
+
+/// The signature of [`gradient_pass`] and its copies per width.
+type GradientPass = fn(&csv::Dataset, &[usize], &[usize], &Standardise, &[f64], &mut [f64]) -> f64;
+
+/// [`gradient_pass`] for `P` coefficients per class (`P` = 0: as many as `data` needs).
+fn gradient_rows<const P: usize>(
+    data: &csv::Dataset,
+    train: &[usize],
+    labels: &[usize],
+    standard: &Standardise,
+    weights: &[f64],
+    gradient: &mut [f64],
+) -> f64 {
+    let p = if P == 0 { data.features + 1 } else { P };
     let mut row = vec![0.0; p];
     let mut probabilities = vec![0.0; gradient.len() / p];
     gradient.iter_mut().for_each(|g| *g = 0.0);
     let mut loss = 0.0;
     for &i in train {
-        standard.row(data.row(i), &mut row);
-        softmax(weights, &row, &mut probabilities);
+        standard.row::<P>(data.row(i), &mut row);
+        softmax::<P>(weights, &row, &mut probabilities);
         // A comparison, not `f64::max`, which wasm32 makes a call to libm's `fmax`.
         let likelihood = probabilities[labels[i]];
         loss -= math::ln(if likelihood > 1e-300 {
@@ -215,7 +247,7 @@ fn gradient_pass(
         });
         for (k, pk) in probabilities.iter().enumerate() {
             let error = pk - if k == labels[i] { 1.0 } else { 0.0 };
-            for (g, x) in gradient[k * p..(k + 1) * p].iter_mut().zip(&row) {
+            for (g, x) in gradient[k * p..(k + 1) * p].iter_mut().zip(&row[..p]) {
                 *g += error * x;
             }
         }
@@ -223,13 +255,15 @@ fn gradient_pass(
     loss
 }
 
-/// Class probabilities for one standardised row.
-fn softmax(weights: &[f64], row: &[f64], out: &mut [f64]) {
-    let p = row.len();
+/// Class probabilities for one standardised row (of `P` values, or any number when `P` is 0;
+/// see [`gradient_pass`]).
+#[inline]
+fn softmax<const P: usize>(weights: &[f64], row: &[f64], out: &mut [f64]) {
+    let p = if P == 0 { row.len() } else { P };
     for (k, o) in out.iter_mut().enumerate() {
         *o = weights[k * p..(k + 1) * p]
             .iter()
-            .zip(row)
+            .zip(&row[..p])
             .map(|(w, x)| w * x)
             .sum();
     }
@@ -272,8 +306,77 @@ mod tests {
     #[test]
     fn softmax_sums_to_one_and_favours_the_larger_logit() {
         let mut out = [0.0; 2];
-        softmax(&[0.0, 0.0, 1.0, 0.0], &[1.0, 0.0], &mut out);
+        softmax::<0>(&[0.0, 0.0, 1.0, 0.0], &[1.0, 0.0], &mut out);
         assert!((out[0] + out[1] - 1.0).abs() < 1e-15);
         assert_eq!(argmax(&out), 1);
+    }
+
+    /// A gradient pass over `rows` pseudo-random rows of `features` features, 3 classes:
+    /// through `pass`, answering (loss, gradient).
+    fn a_pass(
+        rows: usize,
+        features: usize,
+        pass: GradientPass,
+    ) -> (f64, Vec<f64>, csv::Dataset, Standardise, Vec<f64>) {
+        let mut rng = corral_guest::rng::Rng::new(features as u64);
+        let data = csv::Dataset {
+            names: (0..=features).map(|j| format!("c{j}")).collect(),
+            features,
+            x: (0..rows * features).map(|_| rng.next_f64() * 4.0).collect(),
+            y: (0..rows).map(|i| (i % 3) as f64).collect(),
+        };
+        let standard = Standardise {
+            mean: (0..features).map(|_| rng.next_f64()).collect(),
+            std: (0..features).map(|_| 0.5 + rng.next_f64()).collect(),
+        };
+        let weights: Vec<f64> = (0..3 * (features + 1))
+            .map(|_| rng.next_f64() - 0.5)
+            .collect();
+        let labels = class_labels(&data.y).unwrap();
+        let train: Vec<usize> = (0..rows).filter(|i| i % 4 != 1).collect();
+        let mut gradient = vec![f64::NAN; weights.len()];
+        let loss = pass(&data, &train, &labels, &standard, &weights, &mut gradient);
+        (loss, gradient, data, standard, weights)
+    }
+
+    #[test]
+    fn every_width_gets_the_same_gradient() {
+        // The copies compiled per width against the general one, bit for bit.
+        for features in 1..=8 {
+            let (loss, gradient, ..) = a_pass(60, features, gradient_pass);
+            let (general_loss, general_gradient, ..) = a_pass(60, features, gradient_rows::<0>);
+            assert_eq!(
+                loss.to_bits(),
+                general_loss.to_bits(),
+                "{features} features"
+            );
+            assert_eq!(gradient, general_gradient, "{features} features");
+        }
+        // Past the widths that have copies, the general one against the definition: the sum
+        // over rows of (probability - [class is the label]) * standardised features.
+        let (loss, gradient, data, standard, weights) = a_pass(40, 11, gradient_pass);
+        let labels = class_labels(&data.y).unwrap();
+        let (mut expected_loss, mut expected) = (0.0, vec![0.0; 36]);
+        for i in (0..40).filter(|i| i % 4 != 1) {
+            let z: Vec<f64> = std::iter::once(1.0)
+                .chain((0..11).map(|j| (data.row(i)[j] - standard.mean[j]) / standard.std[j]))
+                .collect();
+            let mut probabilities = [0.0; 3];
+            softmax::<0>(&weights, &z, &mut probabilities);
+            expected_loss -= probabilities[labels[i]].ln();
+            for k in 0..3 {
+                let error = probabilities[k] - f64::from(u8::from(k == labels[i]));
+                for j in 0..12 {
+                    expected[k * 12 + j] += error * z[j];
+                }
+            }
+        }
+        assert!(
+            (loss - expected_loss).abs() < 1e-9,
+            "{loss} {expected_loss}"
+        );
+        for (g, e) in gradient.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-12, "{g} {e}");
+        }
     }
 }
