@@ -45,21 +45,13 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let mut centers = seed_centers(&data, k, &mut Rng::new(seed));
-    let mut assignment = vec![usize::MAX; n];
-    let mut iterations = 0;
-    let mut converged = false;
-    while iterations < max_iter {
-        iterations += 1;
-        let changed = lloyd_step(&mut centers, &data, &mut assignment);
-        host::progress(iterations as u64, max_iter as u64);
-        if changed == 0 {
-            converged = true;
-            break;
-        }
-    }
-
-    let inertia = inertia(&centers, &data);
+    let Clustering {
+        centers,
+        assignment,
+        iterations,
+        converged,
+        inertia,
+    } = cluster(&data, k, seed, max_iter);
     let mut sizes = vec![0usize; k];
     assignment.iter().for_each(|&c| sizes[c] += 1);
     let purity = purity(&assignment, &data.y, k);
@@ -103,38 +95,93 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-// The passes over the rows are functions of their own, kept out of `run`: Cranelift, which
-// compiles the wasm build, allocates registers a function at a time, and inlined into `run`
-// among its many live values, the loops' accumulators would live on the stack.
+/// What [`cluster`] found.
+struct Clustering {
+    /// The centres, row-major.
+    centers: Vec<f64>,
+    /// Each row's cluster.
+    assignment: Vec<usize>,
+    /// Lloyd's iterations run.
+    iterations: usize,
+    /// Whether the last iteration moved no row.
+    converged: bool,
+    /// The sum over the rows of the squared distance to their centre.
+    inertia: f64,
+}
+
+/// k-means of `data`'s rows into `k` clusters: k-means++ seeding, then Lloyd's iterations
+/// until no row changes cluster or `max_iter` have run.
+fn cluster(data: &csv::Dataset, k: usize, seed: u64, max_iter: usize) -> Clustering {
+    // Rows of up to eight features get a copy of the whole clustering compiled for their
+    // exact width, whose loops over the features unroll fully: they would otherwise run a
+    // few iterations per centre and row, and in wasm each iteration also pays a fuel check.
+    match data.features {
+        1 => cluster_rows::<1>(data, k, seed, max_iter),
+        2 => cluster_rows::<2>(data, k, seed, max_iter),
+        3 => cluster_rows::<3>(data, k, seed, max_iter),
+        4 => cluster_rows::<4>(data, k, seed, max_iter),
+        5 => cluster_rows::<5>(data, k, seed, max_iter),
+        6 => cluster_rows::<6>(data, k, seed, max_iter),
+        7 => cluster_rows::<7>(data, k, seed, max_iter),
+        8 => cluster_rows::<8>(data, k, seed, max_iter),
+        _ => cluster_rows::<0>(data, k, seed, max_iter),
+    }
+}
+
+/// [`cluster`] for rows of `F` features (`F` = 0: as many as `data` has).
+fn cluster_rows<const F: usize>(
+    data: &csv::Dataset,
+    k: usize,
+    seed: u64,
+    max_iter: usize,
+) -> Clustering {
+    let mut centers = seed_centers::<F>(data, k, &mut Rng::new(seed));
+    let mut assignment = vec![usize::MAX; data.rows()];
+    let mut iterations = 0;
+    let mut converged = false;
+    while iterations < max_iter {
+        iterations += 1;
+        let changed = lloyd_step::<F>(&mut centers, data, &mut assignment);
+        host::progress(iterations as u64, max_iter as u64);
+        if changed == 0 {
+            converged = true;
+            break;
+        }
+    }
+    let inertia = inertia::<F>(&centers, data);
+    Clustering {
+        centers,
+        assignment,
+        iterations,
+        converged,
+        inertia,
+    }
+}
+
+/// The features per row: `F`, or `data`'s count when `F` is 0.
+#[inline(always)]
+fn width<const F: usize>(data: &csv::Dataset) -> usize {
+    if F == 0 {
+        data.features
+    } else {
+        F
+    }
+}
+
+// The passes over the rows are functions of their own, kept out of their caller: Cranelift,
+// which compiles the wasm build, allocates registers a function at a time, and inlined among
+// the caller's many live values, the loops' accumulators would live on the stack.
 
 /// One round of Lloyd's algorithm: assigns each row to its nearest centre and, in the same
 /// pass, sums the rows of each cluster; then moves each centre to its cluster's mean (an
 /// emptied cluster keeps its centre). Answers how many rows changed cluster.
 #[inline(never)]
-fn lloyd_step(centers: &mut [f64], data: &csv::Dataset, assignment: &mut [usize]) -> usize {
-    // Rows of up to eight features get a copy of the pass compiled for their exact width,
-    // whose loops over the features unroll fully: the inner loops would otherwise run a few
-    // iterations per centre, and in wasm each iteration also pays a fuel check.
-    match data.features {
-        1 => lloyd_pass::<1>(centers, data, assignment),
-        2 => lloyd_pass::<2>(centers, data, assignment),
-        3 => lloyd_pass::<3>(centers, data, assignment),
-        4 => lloyd_pass::<4>(centers, data, assignment),
-        5 => lloyd_pass::<5>(centers, data, assignment),
-        6 => lloyd_pass::<6>(centers, data, assignment),
-        7 => lloyd_pass::<7>(centers, data, assignment),
-        8 => lloyd_pass::<8>(centers, data, assignment),
-        _ => lloyd_pass::<0>(centers, data, assignment),
-    }
-}
-
-/// [`lloyd_step`] for rows of `F` features (`F` = 0: as many as `data` has).
-fn lloyd_pass<const F: usize>(
+fn lloyd_step<const F: usize>(
     centers: &mut [f64],
     data: &csv::Dataset,
     assignment: &mut [usize],
 ) -> usize {
-    let f = if F == 0 { data.features } else { F };
+    let f = width::<F>(data);
     let k = centers.len() / f;
     let mut sums = vec![0.0; k * f];
     let mut counts = vec![0usize; k];
@@ -162,20 +209,25 @@ fn lloyd_pass<const F: usize>(
 
 /// The sum over the rows of the squared distance to the nearest centre.
 #[inline(never)]
-fn inertia(centers: &[f64], data: &csv::Dataset) -> f64 {
-    (0..data.rows())
-        .map(|i| nearest(centers, data.features, data.row(i)).1)
+fn inertia<const F: usize>(centers: &[f64], data: &csv::Dataset) -> f64 {
+    let f = width::<F>(data);
+    data.x
+        .chunks_exact(f)
+        .map(|row| nearest(centers, f, row).1)
         .sum()
 }
 
 /// k-means++: the first centre uniformly, each next one with probability proportional to the
 /// squared distance to the nearest centre chosen so far.
-fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
-    let (n, f) = (data.rows(), data.features);
+#[inline(never)]
+fn seed_centers<const F: usize>(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
+    let (n, f) = (data.rows(), width::<F>(data));
     let mut centers = Vec::with_capacity(k * f);
     centers.extend_from_slice(data.row(rng.below(n)));
-    let mut distance: Vec<f64> = (0..n)
-        .map(|i| squared(data.row(i), &centers[..f]))
+    let mut distance: Vec<f64> = data
+        .x
+        .chunks_exact(f)
+        .map(|row| squared(row, &centers[..f]))
         .collect();
     while centers.len() < k * f {
         let total: f64 = distance.iter().sum();
@@ -195,9 +247,9 @@ fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
         };
         let start = centers.len();
         centers.extend_from_slice(data.row(pick));
-        for (i, d) in distance.iter_mut().enumerate() {
+        for (row, d) in data.x.chunks_exact(f).zip(distance.iter_mut()) {
             // A comparison, not `f64::min`, which wasm32 makes a call to libm's `fmin`.
-            let to_new = squared(data.row(i), &centers[start..start + f]);
+            let to_new = squared(row, &centers[start..start + f]);
             if to_new < *d {
                 *d = to_new;
             }
@@ -210,7 +262,7 @@ fn seed_centers(data: &csv::Dataset, k: usize, rng: &mut Rng) -> Vec<f64> {
 #[inline(always)]
 fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
-    for (c, center) in centers.chunks(f).enumerate() {
+    for (c, center) in centers.chunks_exact(f).enumerate() {
         let d = squared(x, center);
         if d < best.1 {
             best = (c, d);
@@ -222,6 +274,7 @@ fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
 /// The squared distance between two points. Four coordinates a step, added one by one into a
 /// single sum: the same result as a loop over the coordinates, with a quarter of its branches
 /// (in wasm, each loop iteration also pays a fuel check).
+#[inline(always)]
 fn squared(a: &[f64], b: &[f64]) -> f64 {
     let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
     let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
