@@ -317,6 +317,28 @@ mod tests {
     }
 
     #[test]
+    fn every_width_gets_the_same_clustering() {
+        // The copies compiled per width against the general one, bit for bit.
+        for features in 1..=8 {
+            let mut rng = Rng::new(features as u64);
+            let data = csv::Dataset {
+                names: (0..=features).map(|j| format!("c{j}")).collect(),
+                features,
+                x: (0..300 * features)
+                    .map(|i| rng.next_f64() + (i / features % 3) as f64)
+                    .collect(),
+                y: (0..300).map(|i| (i % 3) as f64).collect(),
+            };
+            let a = cluster(&data, 4, 7, 50);
+            let b = cluster_rows::<0>(&data, 4, 7, 50);
+            assert_eq!(a.centers, b.centers, "{features} features");
+            assert_eq!(a.assignment, b.assignment);
+            assert_eq!((a.iterations, a.converged), (b.iterations, b.converged));
+            assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        }
+    }
+
+    #[test]
     fn nearest_picks_the_closest_centre() {
         assert_eq!(nearest(&[0.0, 0.0, 10.0, 10.0], 2, &[9.0, 9.0]), (1, 2.0));
     }
