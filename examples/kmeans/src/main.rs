@@ -172,28 +172,60 @@ fn width<const F: usize>(data: &csv::Dataset) -> usize {
 // which compiles the wasm build, allocates registers a function at a time, and inlined among
 // the caller's many live values, the loops' accumulators would live on the stack.
 
-/// One round of Lloyd's algorithm: assigns each row to its nearest centre and, in the same
-/// pass, sums the rows of each cluster; then moves each centre to its cluster's mean (an
-/// emptied cluster keeps its centre). Answers how many rows changed cluster.
-#[inline(never)]
+/// One round of Lloyd's algorithm: assigns each row to its nearest centre, then moves each
+/// centre to its cluster's mean (an emptied cluster keeps its centre). Answers how many rows
+/// changed cluster.
 fn lloyd_step<const F: usize>(
     centers: &mut [f64],
     data: &csv::Dataset,
     assignment: &mut [usize],
 ) -> usize {
+    let changed = assign::<F>(centers, data, assignment);
+    move_centers::<F>(centers, data, assignment);
+    changed
+}
+
+/// Assigns each row to its nearest centre; answers how many rows changed cluster.
+fn assign<const F: usize>(centers: &[f64], data: &csv::Dataset, assignment: &mut [usize]) -> usize {
+    // One copy of the pass per count of centres left over by the groups of four (see
+    // `nearest`).
+    match centers.len() / width::<F>(data) % 4 {
+        0 => assign_rows::<F, 0>(centers, data, assignment),
+        1 => assign_rows::<F, 1>(centers, data, assignment),
+        2 => assign_rows::<F, 2>(centers, data, assignment),
+        _ => assign_rows::<F, 3>(centers, data, assignment),
+    }
+}
+
+/// [`assign`] for rows of `F` features and a count of centres that is `R` modulo 4.
+#[inline(never)]
+fn assign_rows<const F: usize, const R: usize>(
+    centers: &[f64],
+    data: &csv::Dataset,
+    assignment: &mut [usize],
+) -> usize {
     let f = width::<F>(data);
-    let k = centers.len() / f;
-    let mut sums = vec![0.0; k * f];
-    let mut counts = vec![0usize; k];
     let mut changed = 0;
     for (slot, row) in assignment.iter_mut().zip(data.x.chunks_exact(f)) {
-        let (best, _) = nearest(centers, f, row);
+        let (best, _) = nearest::<R>(centers, f, row);
         if *slot != best {
             *slot = best;
             changed += 1;
         }
-        counts[best] += 1;
-        for (s, x) in sums[best * f..(best + 1) * f].iter_mut().zip(row) {
+    }
+    changed
+}
+
+/// Moves each centre to the mean of its cluster's rows; an emptied cluster keeps its centre.
+#[inline(never)]
+fn move_centers<const F: usize>(centers: &mut [f64], data: &csv::Dataset, assignment: &[usize]) {
+    let f = width::<F>(data);
+    let k = centers.len() / f;
+    let mut sums = vec![0.0; k * f];
+    let mut counts = vec![0usize; k];
+    for (&c, row) in assignment.iter().zip(data.x.chunks_exact(f)) {
+        counts[c] += 1;
+        for (s, x) in sums[c * f..(c + 1) * f].iter_mut().zip(row) {
             *s += x;
         }
     }
@@ -204,7 +236,6 @@ fn lloyd_step<const F: usize>(
             }
         }
     }
-    changed
 }
 
 /// The sum over the rows of the squared distance to the nearest centre.
@@ -213,7 +244,7 @@ fn inertia<const F: usize>(centers: &[f64], data: &csv::Dataset) -> f64 {
     let f = width::<F>(data);
     data.x
         .chunks_exact(f)
-        .map(|row| nearest(centers, f, row).1)
+        .map(|row| nearest_any(centers, f, row).1)
         .sum()
 }
 
@@ -258,17 +289,47 @@ fn seed_centers<const F: usize>(data: &csv::Dataset, k: usize, rng: &mut Rng) ->
     centers
 }
 
-/// The nearest centre to `x` and the squared distance to it.
+/// The nearest centre to `x` and the squared distance to it (the first such centre, on a
+/// tie), for a count of centres that is `R` modulo 4.
+///
+/// The centres are taken four at a time, the loop over the four unrolled, and the last `R`
+/// one by one in unrolled code. In wasm with fuel metering, the check at every loop head may
+/// call out of the guest, which would clobber every float register; Cranelift then keeps the
+/// floats that live across the loop head (the row, the best distance so far) on the stack,
+/// storing and reloading them on every turn. A loop per centre paid that for each centre
+/// (fuel made kmeans 1.5 times slower); a loop per four centres, for `k` < 4 no loop at
+/// all, pays it once per four.
 #[inline(always)]
-fn nearest(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
+fn nearest<const R: usize>(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
-    for (c, center) in centers.chunks_exact(f).enumerate() {
+    let split = centers.len() - R * f;
+    let (fours, rest) = centers.split_at(split);
+    for (g, four) in fours.chunks_exact(4 * f).enumerate() {
+        for (c, center) in four.chunks_exact(f).enumerate() {
+            let d = squared(x, center);
+            if d < best.1 {
+                best = (4 * g + c, d);
+            }
+        }
+    }
+    for (c, center) in rest.chunks_exact(f).enumerate() {
         let d = squared(x, center);
         if d < best.1 {
-            best = (c, d);
+            best = (split / f + c, d);
         }
     }
     best
+}
+
+/// [`nearest`] for any count of centres: a branch per call on which copy serves.
+#[inline(always)]
+fn nearest_any(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
+    match centers.len() / f % 4 {
+        0 => nearest::<0>(centers, f, x),
+        1 => nearest::<1>(centers, f, x),
+        2 => nearest::<2>(centers, f, x),
+        _ => nearest::<3>(centers, f, x),
+    }
 }
 
 /// The squared distance between two points. Four coordinates a step, added one by one into a
@@ -318,7 +379,8 @@ mod tests {
 
     #[test]
     fn every_width_gets_the_same_clustering() {
-        // The copies compiled per width against the general one, bit for bit.
+        // The copies compiled per width against the general one, bit for bit, for counts of
+        // centres below, at and past a group of four.
         for features in 1..=8 {
             let mut rng = Rng::new(features as u64);
             let data = csv::Dataset {
@@ -329,17 +391,57 @@ mod tests {
                     .collect(),
                 y: (0..300).map(|i| (i % 3) as f64).collect(),
             };
-            let a = cluster(&data, 4, 7, 50);
-            let b = cluster_rows::<0>(&data, 4, 7, 50);
-            assert_eq!(a.centers, b.centers, "{features} features");
-            assert_eq!(a.assignment, b.assignment);
-            assert_eq!((a.iterations, a.converged), (b.iterations, b.converged));
-            assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+            for k in 1..=9 {
+                let a = cluster(&data, k, 7, 50);
+                let b = cluster_rows::<0>(&data, k, 7, 50);
+                assert_eq!(a.centers, b.centers, "{features} features, k {k}");
+                assert_eq!(a.assignment, b.assignment);
+                assert_eq!((a.iterations, a.converged), (b.iterations, b.converged));
+                assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+            }
         }
     }
 
     #[test]
     fn nearest_picks_the_closest_centre() {
-        assert_eq!(nearest(&[0.0, 0.0, 10.0, 10.0], 2, &[9.0, 9.0]), (1, 2.0));
+        assert_eq!(
+            nearest::<2>(&[0.0, 0.0, 10.0, 10.0], 2, &[9.0, 9.0]),
+            (1, 2.0)
+        );
+    }
+
+    #[test]
+    fn nearest_is_a_scan_of_the_centres_in_order_for_every_count() {
+        // The groups of four and the copies per remainder against the definition: the first
+        // centre at the least squared distance. Every third centre repeats the one before it,
+        // so that ties occur, within a group of four and across groups.
+        let mut rng = Rng::new(11);
+        for f in 1..=5 {
+            for k in 1..=11 {
+                let mut centers: Vec<f64> = Vec::with_capacity(k * f);
+                for c in 0..k {
+                    if c % 3 == 2 {
+                        centers.extend_from_within((c - 1) * f..c * f);
+                    } else {
+                        centers.extend((0..f).map(|_| rng.next_f64() * 4.0));
+                    }
+                }
+                for _ in 0..50 {
+                    let x: Vec<f64> = (0..f).map(|_| rng.next_f64() * 4.0).collect();
+                    let mut scan = (0, f64::INFINITY);
+                    for (c, center) in centers.chunks_exact(f).enumerate() {
+                        let d = squared(&x, center);
+                        if d < scan.1 {
+                            scan = (c, d);
+                        }
+                    }
+                    assert_eq!(nearest_any(&centers, f, &x), scan, "f {f}, k {k}");
+                }
+                // A row on a repeated centre: the first of the two.
+                if k >= 3 {
+                    assert_eq!(nearest_any(&centers, f, &centers[f..2 * f]).0, 1);
+                }
+            }
+        }
     }
 }
