@@ -297,8 +297,8 @@ fn seed_centers<const F: usize>(data: &csv::Dataset, k: usize, rng: &mut Rng) ->
 /// call out of the guest, which would clobber every float register; Cranelift then keeps the
 /// floats that live across the loop head (the row, the best distance so far) on the stack,
 /// storing and reloading them on every turn. A loop per centre paid that for each centre
-/// (fuel made kmeans 1.5 times slower); a loop per four centres, for `k` < 4 no loop at
-/// all, pays it once per four.
+/// (with it, kmeans in wasm ran at 1.5x its native build); a loop per four centres pays it
+/// once per four, and for `k` < 4 there is no loop at all.
 #[inline(always)]
 fn nearest<const R: usize>(centers: &[f64], f: usize, x: &[f64]) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
