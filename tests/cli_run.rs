@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use corral_tests::{bin, corral_json, run};
+use corral_tests::{corral, corral_json, fixtures, run};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -10,25 +10,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-const HELLO: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "hello\n")
-  (data (i32.const 96) "oops\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i32.store (i32.const 0) (i32.const 96))
-    (i32.store (i32.const 4) (i32.const 5))
-    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 #[test]
 fn text_output_separates_guest_output_from_the_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let module = write(dir.path(), "hello.wat", HELLO);
+    let module = fixtures::path("hello");
     let out = run(
-        &bin("corral"),
+        &corral(),
         &["run", module.to_str().unwrap()],
         None,
         dir.path(),
@@ -46,7 +33,7 @@ fn text_output_separates_guest_output_from_the_summary() {
     assert!(summary.contains("peak_memory=64.0KiB"), "{summary}");
 
     let quiet = run(
-        &bin("corral"),
+        &corral(),
         &["run", "-q", module.to_str().unwrap()],
         None,
         dir.path(),
@@ -57,7 +44,7 @@ fn text_output_separates_guest_output_from_the_summary() {
 #[test]
 fn json_output_has_every_documented_field() {
     let dir = tempfile::tempdir().unwrap();
-    let module = write(dir.path(), "hello.wat", HELLO);
+    let module = fixtures::path("hello");
     let (report, status) = corral_json(&[], &module, &[], dir.path());
     assert_eq!(status, 0);
     for field in [
@@ -87,25 +74,19 @@ fn json_output_has_every_documented_field() {
 #[test]
 fn each_outcome_has_its_documented_exit_status() {
     let dir = tempfile::tempdir().unwrap();
+    let (exit7, forever) = (fixtures::exit(7), fixtures::wat("forever"));
     let cases: &[(&str, &str, &[&str], &str, i32)] = &[
-        (
-            "exit.wat",
-            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))
-               (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))"#,
-            &[],
-            "exit",
-            7,
-        ),
+        ("exit.wat", &exit7, &[], "exit", 7),
         (
             "spin.wat",
-            r#"(module (func (export "_start") (loop br 0)))"#,
+            &forever,
             &["--fuel", "10000"],
             "out_of_fuel",
             130,
         ),
         (
             "spin2.wat",
-            r#"(module (func (export "_start") (loop br 0)))"#,
+            &forever,
             &["--fuel", "1000000000000000", "--timeout", "200ms"],
             "timeout",
             132,
@@ -163,7 +144,7 @@ fn each_outcome_has_its_documented_exit_status() {
 #[test]
 fn a_second_process_reuses_the_compiled_module() {
     let dir = tempfile::tempdir().unwrap();
-    let module = write(dir.path(), "hello.wat", HELLO);
+    let module = fixtures::path("hello");
     let cache = dir.path().join("cache");
     let (first, _) = corral_json(
         &["--cache-dir", cache.to_str().unwrap()],
@@ -211,8 +192,8 @@ fn env_args_and_stdin_reach_the_guest_and_nothing_else_does() {
 #[test]
 fn bad_input_gets_a_clear_error_and_its_status() {
     let dir = tempfile::tempdir().unwrap();
-    let module = write(dir.path(), "hello.wat", HELLO);
-    let corral = bin("corral");
+    let module = fixtures::path("hello");
+    let corral = corral();
 
     let out = run(
         &corral,
@@ -288,13 +269,13 @@ fn bad_input_gets_a_clear_error_and_its_status() {
 #[test]
 fn version_and_help_succeed_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let version = run(&bin("corral"), &["--version"], None, dir.path());
+    let version = run(&corral(), &["--version"], None, dir.path());
     assert_eq!(version.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(version.stdout).unwrap().trim(),
         format!("corral {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = run(&bin("corral"), &["run", "--help"], None, dir.path());
+    let help = run(&corral(), &["run", "--help"], None, dir.path());
     assert_eq!(help.status.code(), Some(0));
     let help = String::from_utf8(help.stdout).unwrap();
     for flag in [

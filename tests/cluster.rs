@@ -1,17 +1,14 @@
 //! The cluster as real processes on 127.0.0.1: a `corral host` and `corral agent`s, driven
 //! through the gRPC client API and the `corral` CLI.
 
-mod local_cluster;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use corral_proto::pb;
+use corral_tests::cluster::{state, Cluster, FAST_CONFIG};
+use corral_tests::fixtures::{self, spinner};
+use corral_tests::server::{all_tasks, get, spec, submit, upload, upload_wat, wait_until};
 use corral_tests::wasm;
-use local_cluster::{
-    all_tasks, get, spec, spinner_wat, state, submit, upload, upload_wat, wait_until, Cluster,
-    FAST_CONFIG,
-};
 
 const MIB: u64 = 1 << 20;
 
@@ -21,7 +18,7 @@ fn two_hundred_tasks_finish_on_both_agents_and_no_partition_is_ever_over_capacit
     let cluster = Cluster::start(FAST_CONFIG, &[("a1", 8, "256MiB"), ("a2", 8, "256MiB")]);
     cluster.block_on(async {
         let mut client = cluster.client().await;
-        let spinner = upload_wat(&mut client, &spinner_wat(200_000, "spun\n")).await;
+        let spinner = upload_wat(&mut client, &spinner(200_000, "spun\n")).await;
         let linreg = upload(&mut client, &wasm("linreg")).await;
         let iris = std::fs::read(corral_tests::repo_root().join("examples/data/iris.csv")).unwrap();
 
@@ -157,7 +154,7 @@ fn a_killed_agents_tasks_become_lost_and_finish_on_the_other() {
     cluster.block_on(async {
         let mut client = cluster.client().await;
         // About a second of work each.
-        let long = upload_wat(&mut client, &spinner_wat(400_000_000, "done\n")).await;
+        let long = upload_wat(&mut client, &spinner(400_000_000, "done\n")).await;
         let mut events = client
             .watch_tasks(pb::WatchTasksRequest {
                 task_id: String::new(),
@@ -223,7 +220,7 @@ fn a_host_restart_keeps_every_task_with_its_state_and_output() {
     let mut cluster = Cluster::start(FAST_CONFIG, &[("a1", 4, "1GiB")]);
     let (finished, failed, sha) = cluster.block_on(async {
         let mut client = cluster.client().await;
-        let ok = upload_wat(&mut client, &spinner_wat(10, "kept\n")).await;
+        let ok = upload_wat(&mut client, &spinner(10, "kept\n")).await;
         let trap = upload_wat(
             &mut client,
             r#"(module (func (export "_start") unreachable))"#,
@@ -275,7 +272,7 @@ fn a_host_restart_keeps_every_task_with_its_state_and_output() {
         }
         let t = get(&mut client, &failed).await;
         assert_eq!(t.state, state(pb::TaskState::Failed));
-        assert_eq!(t.outcome.unwrap().kind, "trap");
+        assert_eq!(t.outcome.unwrap().kind, pb::OutcomeKind::Trap as i32);
         // The restarted host goes on: new ids follow the old ones, and tasks run.
         let next = submit(&mut client, spec(&sha, "after", 16 * MIB)).await;
         assert_eq!(next, "t-12");
@@ -290,7 +287,7 @@ fn a_host_restart_keeps_every_task_with_its_state_and_output() {
 fn the_cli_kills_a_running_task_within_a_second_and_refuses_what_no_agent_could_run() {
     let dir = tempfile::tempdir().unwrap();
     let forever = dir.path().join("forever.wat");
-    std::fs::write(&forever, r#"(module (func (export "_start") (loop br 0)))"#).unwrap();
+    std::fs::write(&forever, fixtures::wat("forever")).unwrap();
     let cluster = Cluster::start(FAST_CONFIG, &[("a1", 2, "1GiB"), ("a2", 2, "1GiB")]);
     let forever = forever.to_str().unwrap();
 
@@ -349,13 +346,7 @@ fn the_cli_kills_a_running_task_within_a_second_and_refuses_what_no_agent_could_
 
     // --wait ends like `corral run`: the guest's output, and its exit status.
     let exit3 = dir.path().join("exit3.wat");
-    std::fs::write(
-        &exit3,
-        r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-             (memory (export "memory") 1)
-             (func (export "_start") (call $exit (i32.const 3))))"#,
-    )
-    .unwrap();
+    std::fs::write(&exit3, fixtures::exit(3)).unwrap();
     let out = cluster.corral(&["submit", "--wait", exit3.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -400,7 +391,7 @@ fn the_cli_kills_a_running_task_within_a_second_and_refuses_what_no_agent_could_
 #[test]
 fn the_demo_script_runs_as_the_readme_says() {
     let out = std::process::Command::new(corral_tests::repo_root().join("scripts/demo"))
-        .env("CORRAL", corral_tests::bin("corral"))
+        .env("CORRAL", corral_tests::corral())
         .output()
         .expect("running scripts/demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -415,27 +406,7 @@ fn the_demo_script_runs_as_the_readme_says() {
 #[test]
 fn uploads_and_idempotent_submits_answer_what_exists_outputs_are_kept_and_listings_page() {
     let dir = tempfile::tempdir().unwrap();
-    let writer = dir.path().join("writer.wat");
-    // Writes "42\n" to result.txt in its output directory (the only preopen, fd 3).
-    std::fs::write(
-        &writer,
-        r#"(module
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 100) "result.txt")
-  (data (i32.const 200) "42\n")
-  (func (export "_start")
-    (if (i32.ne (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 10) (i32.const 1)
-                            (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 300))
-                (i32.const 0))
-      (then unreachable))
-    (i32.store (i32.const 0) (i32.const 200))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-    )
-    .unwrap();
+    let writer = fixtures::path("writer");
     let cluster = Cluster::start(FAST_CONFIG, &[("a1", 2, "1GiB")]);
 
     let out = cluster.corral(&[
@@ -465,7 +436,7 @@ fn uploads_and_idempotent_submits_answer_what_exists_outputs_are_kept_and_listin
 
     cluster.block_on(async {
         let mut client = cluster.client().await;
-        let wat = spinner_wat(1, "x");
+        let wat = spinner(1, "x");
         let first = client
             .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
                 chunk: wat.clone().into_bytes().into(),
@@ -620,11 +591,7 @@ labels = {{ kind = "gpu" }}
     };
     let (acme, others, gpu) = cluster.block_on(async {
         let mut client = cluster.client().await;
-        let forever = upload_wat(
-            &mut client,
-            r#"(module (func (export "_start") (loop br 0)))"#,
-        )
-        .await;
+        let forever = upload_wat(&mut client, &fixtures::wat("forever")).await;
         let task = |name: &str, tenant: &str, labels: &[(&str, &str)]| {
             let mut spec = spec(&forever, name, 64 * MIB);
             spec.tenant = tenant.into();

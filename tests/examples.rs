@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use corral_tests::{bin, repo_root, run, wasm};
+use corral_tests::build::native;
+use corral_tests::{corral, repo_root, run, wasm};
 
 const EXAMPLES: [&str; 3] = ["linreg", "logreg", "kmeans"];
 
@@ -48,10 +49,10 @@ fn header_commands(example: &str) -> Vec<HeaderCommand> {
             ),
         };
         let (program, in_corral) = match package {
-            "corral" => (bin("corral"), true),
+            "corral" => (corral(), true),
             other => {
                 assert_eq!(other, format!("corral-example-{example}"), "{line}");
-                (bin(example), false)
+                (native(example), false)
             }
         };
         commands.push(HeaderCommand {
@@ -153,7 +154,7 @@ fn json_reports_have_their_documented_fields() {
     ];
     for (example, names) in fields {
         let out = run(
-            &bin(example),
+            &native(example),
             &["--json", "examples/data/iris.csv"],
             None,
             cache(),
@@ -165,7 +166,7 @@ fn json_reports_have_their_documented_fields() {
     }
     // On all of iris, the classic regression from the measurements to the species index.
     let out = run(
-        &bin("linreg"),
+        &native("linreg"),
         &["--json", "--test-fraction", "0", "examples/data/iris.csv"],
         None,
         cache(),
@@ -223,10 +224,10 @@ fn wasm_and_native_agree_on_a_generated_data_set() {
             "/data/gen.csv",
         ];
         corral_args.extend(&extra);
-        let in_corral = run(&bin("corral"), &corral_args, None, cache());
+        let in_corral = run(&corral(), &corral_args, None, cache());
         let mut native_args = vec![data.to_str().unwrap()];
         native_args.extend(&extra);
-        let native = run(&bin(example), &native_args, None, dir.path());
+        let native = run(&native(example), &native_args, None, dir.path());
         assert_eq!(
             in_corral.status.code(),
             Some(0),
@@ -257,12 +258,12 @@ fn malformed_csv_is_rejected_naming_the_line_in_wasm_and_natively() {
         let module = wasm(example);
         for (csv, message) in cases {
             let in_corral = run(
-                &bin("corral"),
+                &corral(),
                 &["run", "-q", "--stdin", "-", module.to_str().unwrap()],
                 Some(csv),
                 cache(),
             );
-            let native = run(&bin(example), &[], Some(csv), cache());
+            let native = run(&native(example), &[], Some(csv), cache());
             let expected = format!("{example}: {message}\n");
             assert_eq!(String::from_utf8_lossy(&in_corral.stderr), expected);
             assert_eq!(String::from_utf8_lossy(&native.stderr), expected);
@@ -277,7 +278,7 @@ fn an_example_cannot_read_a_file_it_was_not_granted() {
     let module = wasm("linreg");
     let iris = repo_root().join("examples/data/iris.csv");
     let out = run(
-        &bin("corral"),
+        &corral(),
         &[
             "run",
             "-q",

@@ -1,12 +1,35 @@
-//! Helpers for Corral's cross-crate tests: where the built binaries and guests are, and how to
-//! run them as a user would.
+//! `corral-tests`: the one harness of Corral's cross-crate tests and end-to-end benches.
 //!
-//! The tests expect `cargo build --workspace --bins` and `scripts/build-guests` to have run;
-//! `scripts/test` does both before `cargo test`. A missing artifact fails the test with the
-//! command that builds it.
+//! - [`build`]: the `corral` binary and the native examples, built on first use in the test's
+//!   own profile and target dir (so `cargo test --workspace` needs nothing built beforehand
+//!   but the wasm guests, which `scripts/build-guests` makes); [`wasm`] for those guests.
+//! - [`fixtures`]: the WAT modules the tests share, kept as files in `tests/fixtures/`.
+//! - [`server`]: a `corral` server process, a client that waits for it, the RPCs tests repeat,
+//!   and a process's CPU time and RSS.
+//! - [`cluster`]: a whole cluster of processes on 127.0.0.1 (a host and agents), which tests
+//!   restart and kill, and the CLI run against it with a time limit.
+//! - [`proxy`]: a TCP proxy a test cuts and restores, as a network outage would.
+//! - [`bench`]: what the end-to-end benches share (percentiles, their entry point).
 
+#[path = "harness/bench.rs"]
+pub mod bench;
+#[path = "harness/build.rs"]
+pub mod build;
+#[path = "harness/cluster.rs"]
+pub mod cluster;
+#[path = "harness/fixtures.rs"]
+pub mod fixtures;
+#[path = "harness/proxy.rs"]
+pub mod proxy;
+#[path = "harness/server.rs"]
+pub mod server;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use build::corral;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -14,23 +37,6 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
-}
-
-/// A binary of the workspace built in the same profile as the running test.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test>-<hash>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` (scripts/test does)",
-        path.display()
-    );
-    path
 }
 
 /// An example guest built by `scripts/build-guests`.
@@ -44,25 +50,68 @@ pub fn wasm(name: &str) -> PathBuf {
     path
 }
 
-/// Runs `program` with `args` in the repository root, feeding `stdin`, with a private compiled
-/// code cache so that tests do not share state through the user's cache.
-pub fn run(program: &Path, args: &[&str], stdin: Option<&[u8]>, cache_dir: &Path) -> Output {
+/// How long a command a test runs may take before it is killed and the test fails: longer
+/// than any test's command needs on a loaded 2-core machine, short enough that a hang is
+/// reported rather than waited out.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end, feeding `stdin`, and answers its output; kills it and panics,
+/// with what it printed, if it takes longer than `limit`.
+pub fn output_within(mut command: Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
     use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(repo_root())
-        .env("CORRAL_CACHE_DIR", cache_dir)
+    let shown = format!("{command:?}");
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")));
     let mut input = child.stdin.take().expect("piped stdin");
-    input
-        .write_all(stdin.unwrap_or_default())
-        .expect("writing stdin");
+    // A child that exits without reading its stdin closes the pipe: not an error here.
+    let _ = input.write_all(stdin.unwrap_or_default());
     drop(input);
-    child.wait_with_output().expect("waiting for the child")
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+            panic!(
+                "{shown} did not end within {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader"),
+        stderr: stderr.join().expect("the stderr reader"),
+    }
+}
+
+/// Runs `program` with `args` in the repository root, feeding `stdin`, with a private compiled
+/// code cache so that tests do not share state through the user's cache.
+pub fn run(program: &Path, args: &[&str], stdin: Option<&[u8]>, cache_dir: &Path) -> Output {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(repo_root())
+        .env("CORRAL_CACHE_DIR", cache_dir);
+    output_within(command, stdin, COMMAND_LIMIT)
 }
 
 /// `corral run -o json` on `module` with extra `flags` before it; the parsed report and status.
@@ -77,7 +126,7 @@ pub fn corral_json(
     all.extend_from_slice(flags);
     all.push(module);
     all.extend_from_slice(args);
-    let output = run(&bin("corral"), &all, None, cache_dir);
+    let output = run(&corral(), &all, None, cache_dir);
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "corral printed no JSON ({e}); stderr: {}",

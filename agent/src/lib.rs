@@ -7,10 +7,15 @@
 //! reconnects with backoff when the host is away. `corral agent` and `corral dev` run it.
 //!
 //! A Corral task is a WASI preview1 command module (any `wasm32-wasip1` program) run under hard
-//! limits. The [`sandbox`] module is the executor: it admits a module (size cap, validation,
-//! one compilation per sha256, compiled code cached on disk), runs it in a fresh store with a
-//! fuel budget, a linear-memory cap, a wall-clock timeout and exactly the WASI capabilities the
-//! task was granted, and reports an [`Outcome`](sandbox::Outcome) with what the run cost.
+//! limits. The [`sandbox`] module is the executor: it admits a module with
+//! [`corral_admission::admit`] (the check the host makes at upload), compiles it once per
+//! sha256 (compiled code cached on disk), runs it in a fresh store with a fuel budget, a
+//! linear-memory cap, a wall-clock timeout and exactly the WASI capabilities the task was
+//! granted, and reports an [`Outcome`](sandbox::Outcome) with what the run cost.
+//!
+//! When the agent itself fails to run an attempt (it cannot fetch the module, write its data
+//! dir, or the sandbox fails), the attempt ends with the outcome `agent_error`: Corral's
+//! failure, never blamed on the task, which the host retries like a lost attempt.
 //!
 //! The sandbox is the only place in Corral that names wasmtime.
 //!
@@ -20,7 +25,6 @@
 //! - [`RunSpec`](sandbox::RunSpec) and [`Limits`](sandbox::Limits): what one run is given.
 //! - [`RunReport`](sandbox::RunReport) and [`Outcome`](sandbox::Outcome): what happened.
 //! - [`RunControl`](sandbox::RunControl): kill a run, read its fuel while it runs.
-//! - [`Validator`](sandbox::Validator): admission's checks without compiling, for the host.
 //!
 //! # Example
 //! ```

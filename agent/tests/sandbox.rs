@@ -1,13 +1,15 @@
 //! The sandbox against hostile and broken modules: each test asserts the exact outcome, then
 //! that the same sandbox runs the next task correctly.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use corral_agent::sandbox::{
     DirGrant, GuestEvent, LogLevel, Outcome, Progress, RunControl, RunReport, RunSpec, Sandbox,
-    SandboxConfig, Validator,
+    SandboxConfig, YIELD_FUEL,
 };
+use corral_tests::fixtures;
 
 /// One sandbox shared by every test in this binary, as one agent process shares it.
 fn sandbox() -> &'static Sandbox {
@@ -26,29 +28,40 @@ fn run(module: &str, spec: &RunSpec) -> RunReport {
     sandbox().run(module.as_bytes(), spec).expect("run")
 }
 
-/// A WASI command that prints `hello` and exits 0: the "next task" after each hostile one.
-const HELLO: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "hello\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+/// A fixture's text, kept for the life of the test process.
+fn fixture(name: &str) -> &'static str {
+    Box::leak(fixtures::wat(name).into_boxed_str())
+}
+
+/// Prints `hello` and exits 0: the "next task" after each hostile one.
+fn hello() -> &'static str {
+    static HELLO: OnceLock<&'static str> = OnceLock::new();
+    HELLO.get_or_init(|| fixture("hello"))
+}
+
+/// Spins forever without a call.
+fn forever() -> &'static str {
+    static FOREVER: OnceLock<&'static str> = OnceLock::new();
+    FOREVER.get_or_init(|| fixture("forever"))
+}
+
+/// Reports progress, then sleeps an hour in a host call.
+fn sleep_an_hour() -> &'static str {
+    static SLEEP: OnceLock<&'static str> = OnceLock::new();
+    SLEEP.get_or_init(|| Box::leak(fixtures::sleep(Duration::from_secs(3600)).into_boxed_str()))
+}
 
 fn assert_next_task_runs() {
-    let report = run(HELLO, &spec());
+    let report = run(hello(), &spec());
     assert_eq!(report.outcome, Outcome::Success);
     assert_eq!(report.stdout, b"hello\n");
 }
-
-const SPIN: &str = r#"(module (func (export "_start") (loop br 0)))"#;
 
 #[test]
 fn infinite_loop_runs_out_of_fuel() {
     let mut spec = spec();
     spec.limits.fuel = 1_000_000;
-    let report = run(SPIN, &spec);
+    let report = run(forever(), &spec);
     assert_eq!(report.outcome, Outcome::OutOfFuel);
     assert_eq!(report.fuel_used, 1_000_000);
     assert_next_task_runs();
@@ -94,7 +107,7 @@ fn guest_sleeping_in_a_host_call_times_out() {
     // where epoch interruption cannot reach it; the run's timeout still must.
     let mut spec = spec();
     spec.limits.timeout = Duration::from_millis(300);
-    let report = run(SLEEP_AN_HOUR, &spec);
+    let report = run(sleep_an_hour(), &spec);
     assert_eq!(report.outcome, Outcome::Timeout);
     assert!(
         report.wall_time < Duration::from_secs(30),
@@ -103,18 +116,6 @@ fn guest_sleeping_in_a_host_call_times_out() {
     );
     assert_next_task_runs();
 }
-
-/// poll_oneoff on a one-hour relative clock subscription: the guest is parked in the host,
-/// where epoch interruption cannot reach it.
-const SLEEP_AN_HOUR: &str = r#"(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))              ;; tag: clock
-    (i32.store (i32.const 16) (i32.const 1))              ;; clock id: monotonic
-    (i64.store (i32.const 24) (i64.const 3600000000000))  ;; timeout: 1 h in ns
-    (i32.store16 (i32.const 40) (i32.const 0))            ;; flags: relative
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
 
 #[test]
 fn poll_oneoff_sleeps_and_polls_as_wasi_says() {
@@ -184,16 +185,24 @@ const POLLS: &str = r#"(module
     (call $clock (i32.const 0) (i64.const 6) (i32.const 1) (i64.const 1000) (i32.const 0))
     (call $check (i32.eqz (call $poll (i32.const 0) (i32.const 320) (i32.const 1) (i32.const 512))) (i32.const 60))))"#;
 
-/// Runs `module` on another thread, kills it once `ready` says so, and answers the report.
-fn kill_when(module: &'static str, ready: impl Fn(&RunControl) -> bool) -> RunReport {
+/// Runs `module` on another thread, kills it once `ready` says so (given the run's control and
+/// whether the guest has reported progress), and answers the report.
+fn kill_when(module: &'static str, ready: impl Fn(&RunControl, bool) -> bool) -> RunReport {
     let control = RunControl::new();
+    let progressed = Arc::new(AtomicBool::new(false));
     let mut spec = spec();
     spec.limits.fuel = 1_000_000_000_000_000;
     spec.limits.timeout = Duration::from_secs(600);
     spec.control = Some(control.clone());
+    let seen = progressed.clone();
+    spec.on_event = Some(Arc::new(move |event: &GuestEvent| {
+        if matches!(event, GuestEvent::Progress(_)) {
+            seen.store(true, Ordering::SeqCst);
+        }
+    }));
     let run = std::thread::spawn(move || sandbox().run(module.as_bytes(), &spec).expect("run"));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ready(&control) {
+    while !ready(&control, progressed.load(Ordering::SeqCst)) {
         assert!(
             std::time::Instant::now() < deadline,
             "the run never got ready to kill"
@@ -206,9 +215,10 @@ fn kill_when(module: &'static str, ready: impl Fn(&RunControl) -> bool) -> RunRe
 
 #[test]
 fn a_spinning_guest_is_killed() {
-    let started = std::time::Instant::now();
-    let report = kill_when(SPIN, |_| started.elapsed() > Duration::from_millis(100));
+    // Killed once it has burned a fuel-yield interval: spinning in wasm, not before it starts.
+    let report = kill_when(forever(), |control, _| control.fuel_used() >= YIELD_FUEL);
     assert_eq!(report.outcome, Outcome::Killed);
+    assert!(report.fuel_used >= YIELD_FUEL, "{}", report.fuel_used);
     assert!(
         report.wall_time < Duration::from_secs(60),
         "{:?}",
@@ -222,18 +232,22 @@ fn fuel_used_is_readable_while_a_guest_runs() {
     // Fuel is published at each epoch tick as wasmtime last saved it, which it does at calls:
     // a loop that calls a function shows its fuel climbing.
     const CALLING: &str = r#"(module (func $f) (func (export "_start") (loop (call $f) (br 0))))"#;
-    let report = kill_when(CALLING, |control| control.fuel_used() > 10_000_000);
+    let report = kill_when(CALLING, |control, _| control.fuel_used() > 10_000_000);
     assert_eq!(report.outcome, Outcome::Killed);
     assert!(report.fuel_used > 10_000_000, "{}", report.fuel_used);
 }
 
 #[test]
 fn a_guest_sleeping_in_a_host_call_is_killed() {
-    let started = std::time::Instant::now();
-    let report = kill_when(SLEEP_AN_HOUR, |_| {
-        started.elapsed() > Duration::from_millis(100)
+    // Killed once it has said it is about to park in poll_oneoff, and a little after.
+    let report = kill_when(sleep_an_hour(), |_, progressed| {
+        if progressed {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        progressed
     });
     assert_eq!(report.outcome, Outcome::Killed);
+    assert_eq!(report.progress, Some(Progress { done: 1, total: 1 }));
     assert!(
         report.wall_time < Duration::from_secs(60),
         "{:?}",
@@ -249,40 +263,39 @@ fn a_run_killed_before_it_starts_ends_at_once_as_killed() {
     let mut spec = spec();
     spec.control = Some(control);
     spec.limits.timeout = Duration::from_secs(600);
-    let report = run(SPIN, &spec);
+    let report = run(forever(), &spec);
     assert_eq!(report.outcome, Outcome::Killed);
     assert_next_task_runs();
 }
 
 #[test]
-fn the_validator_agrees_with_admission_without_compiling() {
-    let validator = Validator::new(1 << 20).expect("validator");
-    let valid = validator
-        .validate(HELLO.as_bytes())
-        .expect("hello is valid");
-    assert_eq!(
-        valid.sha256,
-        sandbox()
-            .prepare(HELLO.as_bytes())
-            .ok()
-            .unwrap()
-            .module
-            .sha256()
-    );
-    assert!(valid.binary.starts_with(b"\0asm"));
-    let no_start = validator.validate(b"(module)").unwrap_err();
-    assert!(no_start.contains("`_start`"), "{no_start}");
-    let junk = validator.validate(b"\0asm\x01\0\0\0\x99").unwrap_err();
-    assert!(!junk.is_empty());
-    let shared = validator
-        .validate(br#"(module (memory 1 1 shared) (func (export "_start")))"#)
-        .unwrap_err();
-    assert!(shared.contains("threads"), "{shared}");
-    let big = Validator::new(10)
-        .unwrap()
-        .validate(HELLO.as_bytes())
-        .unwrap_err();
-    assert!(big.contains("cap"), "{big}");
+fn the_sandbox_refuses_what_admission_refuses_with_admissions_message() {
+    // What the host would refuse at upload never compiles here either, and says why the same.
+    for (module, kind) in [
+        (
+            r#"(module (func (export "_start") (param i32)))"#,
+            "invalid_module",
+        ),
+        (
+            r#"(module (import "env" "evil" (func)) (func (export "_start")))"#,
+            "link_error",
+        ),
+        (
+            r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32)))
+                 (func (export "_start")))"#,
+            "link_error",
+        ),
+    ] {
+        let report = run(module, &spec());
+        let refused =
+            corral_admission::admit(module.as_bytes(), &corral_admission::Policy::default())
+                .unwrap_err();
+        assert_eq!(report.outcome.kind(), kind, "{module}");
+        assert_eq!(report.outcome.message(), Some(refused.message.as_str()));
+        assert_eq!(report.module_sha256, refused.sha256);
+        assert_eq!(report.fuel_used, 0);
+    }
+    assert_next_task_runs();
 }
 
 #[test]
@@ -404,7 +417,7 @@ fn oversized_module_is_refused_before_parsing() {
         ..SandboxConfig::default()
     })
     .unwrap();
-    let report = small.run(HELLO.as_bytes(), &spec()).unwrap();
+    let report = small.run(hello().as_bytes(), &spec()).unwrap();
     match &report.outcome {
         Outcome::InvalidModule { message } => assert!(message.contains("64-byte cap"), "{message}"),
         other => panic!("expected invalid_module, got {other:?}"),
@@ -566,7 +579,7 @@ fn writing_into_a_read_only_dir_fails() {
 fn a_missing_granted_dir_is_a_host_error_naming_it() {
     let mut spec = spec();
     spec.dirs = vec![DirGrant::read_only("/nonexistent/corral-test", "/data")];
-    let error = sandbox().run(HELLO.as_bytes(), &spec).unwrap_err();
+    let error = sandbox().run(hello().as_bytes(), &spec).unwrap_err();
     assert!(
         error.to_string().contains("/nonexistent/corral-test"),
         "{error}"
@@ -693,9 +706,9 @@ fn many_runs_at_once_are_safe() {
                 let spec = spec.clone();
                 scope.spawn(move || {
                     if i % 2 == 0 {
-                        run(HELLO, &spec).outcome
+                        run(hello(), &spec).outcome
                     } else {
-                        run(SPIN, &spec).outcome
+                        run(forever(), &spec).outcome
                     }
                 })
             })
@@ -713,7 +726,7 @@ fn many_runs_at_once_are_safe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_runs_go_to_blocking_threads() {
-    let module: Arc<[u8]> = Arc::from(HELLO.as_bytes());
+    let module: Arc<[u8]> = Arc::from(hello().as_bytes());
     let runs: Vec<_> = (0..8)
         .map(|_| tokio::spawn(sandbox().run_async(module.clone(), spec())))
         .collect();
@@ -788,7 +801,7 @@ fn runs_beyond_the_pool_wait_for_a_slot_and_all_finish() {
 async fn running_a_guest_on_a_tokio_worker_thread_is_refused() {
     // Guests must not block async workers; the blocking entry point refuses to run there
     // rather than stall the runtime.
-    let _ = sandbox().run(HELLO.as_bytes(), &spec());
+    let _ = sandbox().run(hello().as_bytes(), &spec());
 }
 
 #[test]

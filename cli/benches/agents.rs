@@ -14,19 +14,19 @@
 // A bench binary, not a library.
 #![allow(missing_docs)]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{arg, mib, ms, percentile, Usage};
 use corral_proto::pb;
 use corral_proto::pb::agent_api_client::AgentApiClient;
 use corral_proto::pb::agent_message::Message as Up;
 use corral_proto::pb::host_message::Message as Down;
+use corral_tests::bench;
+use corral_tests::bench::{arg, mib, ms, percentile};
+use corral_tests::server::Usage;
+use corral_tests::server::{self, Server};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -110,7 +110,7 @@ async fn agent(
                     send(Up::Status(pb::StatusUpdate {
                         task: launch.task,
                         state: pb::TaskState::Finished as i32,
-                        outcome: Some(pb::Outcome { kind: "success".into(), ..Default::default() }),
+                        outcome: Some(pb::Outcome { kind: pb::OutcomeKind::Success as i32, ..Default::default() }),
                         fuel_used: 1,
                         output: Some(pb::TaskOutput::default()),
                         ..Default::default()
@@ -133,7 +133,7 @@ async fn agent(
 }
 
 /// Host CPU (cores) and RSS over `window`, sampled at its end.
-async fn window(host: &common::Server, window: Duration) -> (f64, Usage) {
+async fn window(host: &Server, window: Duration) -> (f64, Usage) {
     let before = host.usage();
     let started = Instant::now();
     tokio::time::sleep(window).await;
@@ -145,9 +145,9 @@ async fn bench(args: Vec<String>) {
     let n: usize = arg(&args, "--agents", 5_000);
     let seconds: u64 = arg(&args, "--seconds", 30);
     let rate: u64 = arg(&args, "--rate", 500);
-    let host = common::start(&["host", "--listen", "127.0.0.1:0"], true);
-    let mut client = common::connect(&host.url).await;
-    let sha = common::upload_trivial(&mut client).await;
+    let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
+    let mut client = server::connect(&host.url).await;
+    let sha = bench::upload_trivial(&mut client).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let empty = host.usage();
 
@@ -172,7 +172,7 @@ async fn bench(args: Vec<String>) {
             )));
         }
     }
-    common::wait_for_agents(&mut client, n).await;
+    server::wait_for_agents(&mut client, n).await;
     let attached = started.elapsed();
     println!(
         "{n} simulated agents registered and attached in {:.2} s",
@@ -202,7 +202,7 @@ async fn bench(args: Vec<String>) {
                     .lock()
                     .unwrap()
                     .insert(name.clone(), Instant::now());
-                common::submit(&mut client, common::spec(&sha, name)).await;
+                server::submit(&mut client, bench::trivial_spec(&sha, name)).await;
                 submitted.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -228,7 +228,7 @@ async fn bench(args: Vec<String>) {
         .iter()
         .filter(|a| a.state != pb::AgentState::Active as i32)
         .count();
-    let lost_tasks = common::count(&mut client, pb::TaskState::Lost).await;
+    let lost_tasks = server::count(&mut client, pb::TaskState::Lost).await;
     let _ = stop.send(true);
     for a in agents {
         a.await.expect("agent task").expect("agent protocol");
@@ -274,5 +274,5 @@ async fn bench(args: Vec<String>) {
 }
 
 fn main() {
-    common::main_with(bench);
+    bench::main_with(env!("CARGO_BIN_EXE_corral"), bench);
 }

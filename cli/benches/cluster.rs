@@ -16,18 +16,18 @@
 // A bench binary, not a library.
 #![allow(missing_docs)]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{finished, ms, percentile, spec, submit};
 use corral_proto::pb;
+use corral_tests::bench;
+use corral_tests::bench::{ms, percentile, trivial_spec as spec};
+use corral_tests::server::{self, Server};
+use corral_tests::server::{finished, submit};
 
 /// The cluster under test: `corral dev` alone, or a host and two agents as processes.
 struct Setup {
     name: &'static str,
-    servers: Vec<common::Server>,
+    servers: Vec<Server>,
     url: String,
 }
 
@@ -36,7 +36,7 @@ const AGENT_ARGS: [&str; 4] = ["--slots", "16", "--memory", "8GiB"];
 fn dev() -> Setup {
     let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--agents", "2"];
     args.extend(AGENT_ARGS);
-    let dev = common::start(&args, true);
+    let dev = Server::start(&args, true);
     Setup {
         name: "corral dev",
         url: dev.url.clone(),
@@ -45,13 +45,13 @@ fn dev() -> Setup {
 }
 
 fn processes() -> Setup {
-    let host = common::start(&["host", "--listen", "127.0.0.1:0"], true);
+    let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
     let url = host.url.clone();
     let mut servers = vec![host];
     for id in ["a1", "a2"] {
         let mut args = vec!["agent", "--host", &url, "--id", id];
         args.extend(AGENT_ARGS);
-        servers.push(common::start(&args, false));
+        servers.push(Server::start(&args, false));
     }
     Setup {
         name: "host + 2 agents",
@@ -61,26 +61,26 @@ fn processes() -> Setup {
 }
 
 async fn bench(setup: &Setup, quick: bool) {
-    let mut client = common::connect(&setup.url).await;
-    let sha = common::upload_trivial(&mut client).await;
-    common::wait_for_agents(&mut client, 2).await;
+    let mut client = server::connect(&setup.url).await;
+    let sha = bench::upload_trivial(&mut client).await;
+    server::wait_for_agents(&mut client, 2).await;
     let name = setup.name;
     // Warm up: the module compiled on both agents.
     for _ in 0..20 {
-        let id = submit(&mut client, spec(&sha, "trivial".into())).await;
+        let id = submit(&mut client, spec(&sha, "trivial")).await;
         finished(&mut client, &id).await;
     }
     let rss: Vec<String> = setup
         .servers
         .iter()
-        .map(|s| format!("{:.1} MiB", common::mib(s.usage().rss_bytes)))
+        .map(|s| format!("{:.1} MiB", bench::mib(s.usage().rss_bytes)))
         .collect();
     println!("{name}: RSS after warm-up, idle: {}", rss.join(", "));
 
     if std::env::var_os("CORRAL_BENCH_BREAKDOWN").is_some() {
         for _ in 0..5 {
             let t = Instant::now();
-            let id = submit(&mut client, spec(&sha, "trivial".into())).await;
+            let id = submit(&mut client, spec(&sha, "trivial")).await;
             let submitted = t.elapsed();
             let mut events = client
                 .watch_tasks(pb::WatchTasksRequest {
@@ -104,7 +104,7 @@ async fn bench(setup: &Setup, quick: bool) {
     let mut latencies = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let id = submit(&mut client, spec(&sha, "trivial".into())).await;
+        let id = submit(&mut client, spec(&sha, "trivial")).await;
         finished(&mut client, &id).await;
         latencies.push(started.elapsed());
     }
@@ -129,7 +129,7 @@ async fn bench(setup: &Setup, quick: bool) {
                 let mut ids = Vec::with_capacity(each);
                 for _ in 0..each {
                     let t = Instant::now();
-                    ids.push((submit(&mut client, spec(&sha, "trivial".into())).await, t));
+                    ids.push((submit(&mut client, spec(&sha, "trivial")).await, t));
                 }
                 // Then see each one finished (at once, for those that already have).
                 for (id, t) in ids {
@@ -166,7 +166,7 @@ async fn bench(setup: &Setup, quick: bool) {
 /// CPU time so far of the cluster's processes together, and of this load generator.
 fn cpu(setup: &Setup) -> (Duration, Duration) {
     let servers = setup.servers.iter().map(|s| s.usage().cpu).sum();
-    (servers, common::Usage::of(std::process::id()).cpu)
+    (servers, server::Usage::of(std::process::id()).cpu)
 }
 
 /// An array of linreg runs on iris (the example guest, iris on stdin) through `setup`, from 16
@@ -177,7 +177,7 @@ async fn linreg_array(setup: &Setup, runs: usize) {
     let bytes = std::fs::read(&module)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", module.display()));
     let iris = std::fs::read(root.join("examples/data/iris.csv")).expect("iris.csv");
-    let mut client = common::connect(&setup.url).await;
+    let mut client = server::connect(&setup.url).await;
     let sha = client
         .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
             chunk: bytes.into(),
@@ -186,7 +186,7 @@ async fn linreg_array(setup: &Setup, runs: usize) {
         .expect("upload")
         .into_inner()
         .sha256;
-    let mut spec = spec(&sha, "linreg".into());
+    let mut spec = spec(&sha, "linreg");
     spec.stdin = iris.into();
     spec.args = vec!["--json".into()];
     spec.limits.as_mut().expect("limits").memory_bytes = 64 << 20;
@@ -234,7 +234,7 @@ async fn linreg_array(setup: &Setup, runs: usize) {
 }
 
 fn main() {
-    common::main_with(|args| async move {
+    bench::main_with(env!("CARGO_BIN_EXE_corral"), |args| async move {
         let quick = args.iter().any(|a| a == "--quick");
         let dev = dev();
         bench(&dev, quick).await;

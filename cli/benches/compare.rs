@@ -16,15 +16,14 @@
 // A bench binary, not a library.
 #![allow(missing_docs)]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, ms, percentile};
 use corral_proto::pb;
+use corral_tests::bench::{arg, ms, percentile};
+use corral_tests::server::{self, Server};
+use corral_tests::{bench, fixtures};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -105,7 +104,7 @@ async fn bench(args: Vec<String>) {
     let corral = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
     let scratch = tempfile::tempdir().expect("temp dir");
     let trivial = scratch.path().join("trivial.wat");
-    std::fs::write(&trivial, common::TRIVIAL).expect("writing the trivial module");
+    std::fs::write(&trivial, fixtures::wat("trivial")).expect("writing the trivial module");
     let linreg = root().join("target/wasm/linreg.wasm");
     assert!(
         linreg.exists(),
@@ -128,10 +127,10 @@ async fn bench(args: Vec<String>) {
     let dev = {
         let mut args = vec!["dev", "--listen", "127.0.0.1:0", "--agents", "2"];
         args.extend(["--slots", "16", "--memory", "8GiB"]);
-        common::start(&args, true)
+        Server::start(&args, true)
     };
-    let mut client = common::connect(&dev.url).await;
-    common::wait_for_agents(&mut client, 2).await;
+    let mut client = server::connect(&dev.url).await;
+    server::wait_for_agents(&mut client, 2).await;
 
     for module in &modules {
         println!("{} ({} processes per case):", module.name, runs);
@@ -168,7 +167,7 @@ async fn bench(args: Vec<String>) {
             .into_inner()
             .sha256;
         let spec = || {
-            let mut spec = common::spec(&sha, module.name.into());
+            let mut spec = bench::trivial_spec(&sha, module.name);
             spec.stdin = module.stdin.clone().into();
             spec.limits.as_mut().expect("limits").memory_bytes = 64 << 20;
             spec
@@ -177,8 +176,8 @@ async fn bench(args: Vec<String>) {
         let mut last = String::new();
         for i in 0..runs + 2 {
             let started = Instant::now();
-            let id = common::submit(&mut client, spec()).await;
-            common::finished(&mut client, &id).await;
+            let id = server::submit(&mut client, spec()).await;
+            server::finished(&mut client, &id).await;
             if i >= 2 {
                 latencies.push(started.elapsed());
             }
@@ -209,10 +208,10 @@ async fn bench(args: Vec<String>) {
                 tokio::spawn(async move {
                     let mut ids = Vec::new();
                     for _ in 0..total / 16 {
-                        ids.push(common::submit(&mut client, spec.clone()).await);
+                        ids.push(server::submit(&mut client, spec.clone()).await);
                     }
                     for id in ids {
-                        common::finished(&mut client, &id).await;
+                        server::finished(&mut client, &id).await;
                     }
                 })
             })
@@ -232,5 +231,5 @@ async fn bench(args: Vec<String>) {
 }
 
 fn main() {
-    common::main_with(bench);
+    bench::main_with(env!("CARGO_BIN_EXE_corral"), bench);
 }

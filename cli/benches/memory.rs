@@ -10,28 +10,16 @@
 // A bench binary, not a library.
 #![allow(missing_docs)]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{arg, mib};
 use corral_proto::pb;
-
-/// A guest that sleeps for an hour in the host (`poll_oneoff` on a relative clock).
-const SLEEPER: &str = r#"(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (i32.store16 (i32.const 40) (i32.const 0))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+use corral_tests::bench::{arg, mib};
+use corral_tests::server::{self, Server};
+use corral_tests::{bench, fixtures};
 
 /// Waits until the agent's RSS holds still (within 1% over a second, at most 30 s): tasks show
 /// RUNNING as soon as the agent starts them, before every guest is parked in its sleep.
-async fn settle(agent: &common::Server) {
+async fn settle(agent: &Server) {
     let mut last = agent.usage().rss_bytes;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -45,24 +33,26 @@ async fn settle(agent: &common::Server) {
 
 async fn bench(args: Vec<String>) {
     let tasks: usize = arg(&args, "--tasks", 1_000);
-    let host = common::start(&["host", "--listen", "127.0.0.1:0"], true);
+    let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
     let slots = tasks.to_string();
-    let agent = common::start(
+    let agent = Server::start(
         &[
             "agent", "--host", &host.url, "--id", "a1", "--slots", &slots, "--memory", "64GiB",
         ],
         false,
     );
-    let mut client = common::connect(&host.url).await;
-    common::wait_for_agents(&mut client, 1).await;
-    let trivial = common::upload_trivial(&mut client).await;
+    let mut client = server::connect(&host.url).await;
+    server::wait_for_agents(&mut client, 1).await;
+    let trivial = bench::upload_trivial(&mut client).await;
     for _ in 0..20 {
-        let id = common::submit(&mut client, common::spec(&trivial, "warm-up".into())).await;
-        common::finished(&mut client, &id).await;
+        let id = server::submit(&mut client, bench::trivial_spec(&trivial, "warm-up")).await;
+        server::finished(&mut client, &id).await;
     }
     let sleeper = client
         .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
-            chunk: SLEEPER.as_bytes().to_vec().into(),
+            chunk: fixtures::sleep(Duration::from_secs(3600))
+                .into_bytes()
+                .into(),
         }]))
         .await
         .expect("upload")
@@ -74,11 +64,11 @@ async fn bench(args: Vec<String>) {
     let started = Instant::now();
     let mut ids = Vec::with_capacity(tasks);
     for i in 0..tasks {
-        let mut spec = common::spec(&sleeper, format!("sleeper-{i}"));
+        let mut spec = bench::trivial_spec(&sleeper, format!("sleeper-{i}"));
         spec.limits.as_mut().expect("limits").timeout_ms = 3_600_000;
-        ids.push(common::submit(&mut client, spec).await);
+        ids.push(server::submit(&mut client, spec).await);
     }
-    while common::count(&mut client, pb::TaskState::Running).await < tasks {
+    while server::count(&mut client, pb::TaskState::Running).await < tasks {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "{tasks} tasks did not all start running within 2 minutes"
@@ -103,7 +93,7 @@ async fn bench(args: Vec<String>) {
             .expect("kill");
     }
     let killing = Instant::now();
-    while common::count(&mut client, pb::TaskState::Killed).await < tasks {
+    while server::count(&mut client, pb::TaskState::Killed).await < tasks {
         assert!(
             killing.elapsed() < Duration::from_secs(60),
             "{tasks} tasks were not all KILLED within a minute"
@@ -140,5 +130,5 @@ async fn bench(args: Vec<String>) {
 }
 
 fn main() {
-    common::main_with(bench);
+    bench::main_with(env!("CARGO_BIN_EXE_corral"), bench);
 }

@@ -8,10 +8,12 @@
 //!
 //! Logs go to stderr, filtered by `CORRAL_LOG` (e.g. `CORRAL_LOG=debug`).
 
+mod args;
 mod client;
 mod exit;
 mod run;
 mod serve;
+mod show;
 
 use std::process::ExitCode;
 
@@ -36,16 +38,16 @@ enum Command {
     /// Run an agent that registers with a host and runs its tasks.
     Agent(serve::AgentArgs),
     /// Submit a task to the cluster; prints its id (or, with --wait, its output).
-    Submit(client::SubmitArgs),
+    Submit(client::submit::SubmitArgs),
     /// List tasks: ID NAME STATE AGENT PARTITION FUEL AGE.
-    Tasks(client::TasksArgs),
+    Tasks(client::tasks::TasksArgs),
     /// Show, kill, fetch the output of, or watch one task.
     #[command(subcommand)]
-    Task(client::TaskCommand),
+    Task(client::task::TaskCommand),
     /// List the agents.
-    Agents(client::ListArgs),
+    Agents(client::agents::ListArgs),
     /// List the partitions of the agents' capacity.
-    Partitions(client::ListArgs),
+    Partitions(client::agents::ListArgs),
 }
 
 /// tokio's default bound on blocking threads; guests run on them, one per running task.
@@ -72,6 +74,14 @@ fn serve<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     command: impl FnOnce() -> F,
 ) -> anyhow::Result<ExitCode> {
     runtime(runs + 64)?.block_on(command())
+}
+
+/// Whether `error` is a write to a pipe whose reader has gone.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn main() -> ExitCode {
@@ -102,14 +112,16 @@ fn main() -> ExitCode {
         Command::Agent(args) => serve(args.concurrent_runs(), || async {
             done(serve::agent(args).await)
         }),
-        Command::Submit(args) => cluster(|| client::submit(args)),
-        Command::Tasks(args) => cluster(|| client::tasks(args)),
-        Command::Task(command) => cluster(|| client::task(command)),
-        Command::Agents(args) => cluster(|| client::agents(args)),
-        Command::Partitions(args) => cluster(|| client::partitions(args)),
+        Command::Submit(args) => cluster(|| client::submit::submit(args)),
+        Command::Tasks(args) => cluster(|| client::tasks::tasks(args)),
+        Command::Task(command) => cluster(|| client::task::task(command)),
+        Command::Agents(args) => cluster(|| client::agents::agents(args)),
+        Command::Partitions(args) => cluster(|| client::agents::partitions(args)),
     };
     match result {
         Ok(code) => code,
+        // Whoever read our output stopped (`| head`): exit quietly, as Unix tools do.
+        Err(error) if closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("corral: error: {error:#}");
             let status = error

@@ -1,20 +1,24 @@
 //! `corral run`: one task in the sandbox on this machine, with the flags of `wasmtime run` where
 //! they overlap plus Corral's limits.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use anyhow::Context;
+use clap::Args;
 use corral_agent::sandbox::{
     default_cache_dir, DirGrant, GuestEvent, Limits, RunReport, RunSpec, Sandbox, SandboxConfig,
 };
 use serde::Serialize;
 
-use crate::exit;
+use crate::args::{
+    parse_dir, parse_duration, parse_env, parse_size, read_stdin, resolve_env, Format, FormatArg,
+    ModuleArgs,
+};
+use crate::{exit, show};
 
 /// Arguments of `corral run`.
 #[derive(Args, Debug)]
@@ -56,9 +60,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_module_size: u64,
 
-    /// Output format: the guest's output and a summary line, or one JSON object.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
-    format: Format,
+    /// The guest's output and a summary line, or one JSON object.
+    #[command(flatten)]
+    format: FormatArg,
 
     /// Do not print the summary line (text format).
     #[arg(short, long)]
@@ -73,23 +77,8 @@ pub struct RunArgs {
     #[arg(long)]
     no_cache: bool,
 
-    /// The module: a .wasm binary or .wat text.
-    #[arg(value_name = "MODULE")]
-    module: PathBuf,
-
-    /// Arguments passed to the guest (after MODULE; argv[0] is MODULE as given).
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    args: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Text,
-    Json,
+    #[command(flatten)]
+    guest: ModuleArgs,
 }
 
 /// The JSON form of a report (`-o json`).
@@ -120,8 +109,8 @@ struct JsonLog<'a> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let module = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let module = std::fs::read(&args.guest.module)
+        .with_context(|| format!("cannot read module {}", args.guest.module.display()))?;
     let stdin = read_stdin(args.stdin.as_deref())?;
     let env = resolve_env(args.envs)?;
     let dirs = args
@@ -135,10 +124,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )
         .collect();
 
-    let text = args.format == Format::Text;
+    let text = args.format.format == Format::Text;
     let spec = RunSpec {
-        program: args.module.display().to_string(),
-        args: args.args,
+        program: args.guest.module.display().to_string(),
+        args: args.guest.args,
         env,
         stdin: stdin.into(),
         dirs,
@@ -165,56 +154,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     let report = sandbox.run(&module, &spec)?;
 
+    let outcome = corral_agent::daemon::outcome_to_pb(&report.outcome);
+    let status = exit::status(
+        corral_proto::pb::OutcomeKind::try_from(outcome.kind)
+            .unwrap_or(corral_proto::pb::OutcomeKind::Unspecified),
+        outcome.exit_code,
+    );
     if text {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&report.stdout)?;
-        out.flush()?;
+        // A closed stdout (`| head`) does not change how the guest ended.
+        match show::raw(&report.stdout) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        }
         let mut err = std::io::stderr().lock();
         err.write_all(&report.stderr)?;
         if !args.quiet {
             writeln!(err, "{}", summary(&report))?;
         }
     } else {
-        let json = serde_json::to_string(&json_report(&report))?;
-        println!("{json}");
+        show::json(&json_report(&report))?;
     }
-    Ok(ExitCode::from(exit::status(&report.outcome)))
-}
-
-/// The bytes `--stdin FILE` names (`-`: this process's stdin); empty without the flag.
-pub(crate) fn read_stdin(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
-    Ok(match path {
-        None => Vec::new(),
-        Some(path) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("cannot read this process's stdin")?;
-            bytes
-        }
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("cannot read --stdin file {}", path.display()))?,
-    })
-}
-
-/// `--env` flags to the guest's variables: `K` alone takes this process's value.
-pub(crate) fn resolve_env(
-    envs: Vec<(String, Option<String>)>,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env = Vec::with_capacity(envs.len());
-    for (key, value) in envs {
-        let value = match value {
-            Some(value) => value,
-            None => match std::env::var(&key) {
-                Ok(value) => value,
-                Err(_) => {
-                    bail!("--env {key}: no variable {key} in this process's environment to pass on")
-                }
-            },
-        };
-        env.push((key, value));
-    }
-    Ok(env)
+    Ok(ExitCode::from(status))
 }
 
 /// Prints a guest's `corral.log` records to stderr as they happen.
@@ -224,23 +184,14 @@ fn print_guest_log(event: &GuestEvent) {
     }
 }
 
-/// A size for people, compact: `1.5MiB`.
-pub(crate) fn size(bytes: u64) -> String {
-    bytesize::ByteSize::b(bytes)
-        .display()
-        .iec()
-        .to_string()
-        .replace(' ', "")
-}
-
 /// The one-line summary printed to stderr after a run.
-pub(crate) fn summary(report: &RunReport) -> String {
+fn summary(report: &RunReport) -> String {
     let mut line = format!(
-        "corral: {} fuel_used={} peak_memory={} wall={:.2?} cached={}",
+        "corral: {} fuel_used={} peak_memory={} wall={} cached={}",
         report.outcome.kind(),
         report.fuel_used,
-        size(report.peak_memory_bytes),
-        report.wall_time,
+        show::size(report.peak_memory_bytes),
+        show::duration(report.wall_time),
         report.cached,
     );
     if let Some(code) = report.outcome.exit_code().filter(|c| *c != 0) {
@@ -292,70 +243,20 @@ fn json_report(report: &RunReport) -> JsonReport<'_> {
     }
 }
 
-pub(crate) fn parse_env(arg: &str) -> Result<(String, Option<String>), String> {
-    let (key, value) = match arg.split_once('=') {
-        Some((key, value)) => (key, Some(value.to_string())),
-        None => (arg, None),
-    };
-    if key.is_empty() {
-        return Err(format!("{arg:?} has no variable name before '='"));
-    }
-    Ok((key.to_string(), value))
-}
-
-pub(crate) fn parse_dir(arg: &str) -> Result<(PathBuf, String), String> {
-    let (host, guest) = match arg.split_once("::") {
-        Some((host, guest)) => (host, guest),
-        None => (arg, arg),
-    };
-    if host.is_empty() || guest.is_empty() {
-        return Err(format!("{arg:?} is not HOST or HOST::GUEST"));
-    }
-    Ok((PathBuf::from(host), guest.to_string()))
-}
-
-pub(crate) fn parse_size(arg: &str) -> Result<u64, String> {
-    arg.parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| format!("{arg:?} is not a size; try 64MiB, 512KiB or 1GiB"))
-}
-
-pub(crate) fn parse_duration(arg: &str) -> Result<Duration, String> {
-    humantime::parse_duration(arg)
-        .map_err(|e| format!("{arg:?} is not a duration ({e}); try 10s, 1m30s or 250ms"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn env_flags() {
-        assert_eq!(
-            parse_env("A=1=2").unwrap(),
-            ("A".into(), Some("1=2".into()))
+    fn a_rejected_runs_summary_says_zero_microseconds() {
+        let report = RunReport::rejected(
+            corral_agent::sandbox::Outcome::InvalidModule {
+                message: "bad".into(),
+            },
+            String::new(),
         );
-        assert_eq!(parse_env("HOME").unwrap(), ("HOME".into(), None));
-        assert!(parse_env("=x").is_err());
-    }
-
-    #[test]
-    fn dir_flags() {
-        assert_eq!(
-            parse_dir("/tmp/x::/data").unwrap(),
-            ("/tmp/x".into(), "/data".into())
-        );
-        assert_eq!(parse_dir("data").unwrap(), ("data".into(), "data".into()));
-        assert!(parse_dir("::/data").is_err());
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert!(parse_size("lots")
-            .unwrap_err()
-            .contains("\"lots\" is not a size"));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("5").is_err());
+        let line = summary(&report);
+        assert!(line.contains(" wall=0µs "), "{line}");
+        assert!(line.contains("message=\"bad\""), "{line}");
     }
 }

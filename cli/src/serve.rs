@@ -15,7 +15,7 @@ use corral_agent::daemon::{self, AgentConfig};
 use corral_host::config::HostConfig;
 use corral_host::control::ControlPlane;
 
-use crate::run::parse_size;
+use crate::args::{parse_label, parse_size};
 
 /// Arguments of `corral host`.
 #[derive(Args, Debug)]
@@ -38,7 +38,7 @@ pub struct AgentCapacity {
     #[arg(long, value_name = "N", default_value_t = 16)]
     slots: u32,
     /// Memory offered to tasks (their memory caps are reserved from it) [default: 3/4 of this
-    /// machine's memory].
+    /// machine's memory, shared among the agents of `corral dev`].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
     /// A label task constraints can match (`zone=eu-1`); repeatable.
@@ -100,13 +100,6 @@ impl DevArgs {
     }
 }
 
-pub fn parse_label(arg: &str) -> Result<(String, String), String> {
-    match arg.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{arg:?} is not K=V")),
-    }
-}
-
 fn data_home(sub: &str) -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
@@ -117,7 +110,7 @@ fn data_home(sub: &str) -> PathBuf {
 }
 
 /// Three quarters of this machine's memory, from /proc/meminfo; 8 GiB where it is unknown.
-fn default_memory() -> u64 {
+fn machine_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -126,6 +119,12 @@ fn default_memory() -> u64 {
             Some(kib * 1024)
         });
     total.map_or(8 << 30, |t| t / 4 * 3)
+}
+
+/// What each of `agents` agents on this machine offers when `--memory` is not given: their
+/// share of [`machine_memory`], so that together they promise no memory the machine lacks.
+fn default_memory(agents: u32) -> u64 {
+    machine_memory() / u64::from(agents.max(1))
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<HostConfig> {
@@ -179,10 +178,13 @@ pub async fn host(args: HostArgs) -> anyhow::Result<()> {
     server.await?
 }
 
+/// An agent's config; without `--memory` it offers its share of the machine among `sharing`
+/// agents.
 fn agent_config(
     id: String,
     host: String,
     capacity: &AgentCapacity,
+    sharing: u32,
     data_dir: PathBuf,
 ) -> AgentConfig {
     AgentConfig {
@@ -190,10 +192,11 @@ fn agent_config(
         id,
         host,
         slots: capacity.slots.max(1),
-        memory_bytes: capacity.memory.unwrap_or_else(default_memory),
+        memory_bytes: capacity.memory.unwrap_or_else(|| default_memory(sharing)),
         labels: capacity.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         data_dir,
         max_backoff: Duration::from_secs(10),
+        resend_interval: AgentConfig::DEFAULT_RESEND_INTERVAL,
     }
 }
 
@@ -215,7 +218,7 @@ fn stored_agent_id(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-    let suffix = &corral_agent::sandbox::sha256_hex(&sha2_digest(seed.as_bytes()))[..6];
+    let suffix = &corral_admission::sha256_hex(&sha2_digest(seed.as_bytes()))[..6];
     let id = format!("{}-{suffix}", hostname());
     std::fs::create_dir_all(data_dir)
         .and_then(|()| std::fs::write(&path, &id))
@@ -234,7 +237,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => stored_agent_id(&data_dir)?,
     };
-    let config = agent_config(id, args.host, &args.capacity, data_dir);
+    let config = agent_config(id, args.host, &args.capacity, 1, data_dir);
     eprintln!(
         "corral agent {} -> {} ({} slots, {})",
         config.id,
@@ -255,7 +258,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     for n in 1..=args.agents {
         let id = format!("dev-{n}");
         let dir = data_dir.join("agents").join(&id);
-        let config = agent_config(id, host.clone(), &args.capacity, dir);
+        let config = agent_config(id, host.clone(), &args.capacity, args.agents, dir);
         agents.spawn(daemon::run(config, std::future::pending()));
     }
     eprintln!(
@@ -269,5 +272,31 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             joined?.context("an agent of `corral dev` failed")?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_of_corral_dev_share_the_machines_memory() {
+        let whole = machine_memory();
+        assert_eq!(default_memory(1), whole);
+        assert_eq!(default_memory(2), whole / 2);
+        assert_eq!(default_memory(0), whole, "no agents is read as one");
+        let capacity = AgentCapacity {
+            slots: 4,
+            memory: None,
+            labels: Vec::new(),
+        };
+        let dev = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new());
+        assert_eq!(dev.memory_bytes * 2, whole / 2 * 2);
+        let capacity = AgentCapacity {
+            memory: Some(1 << 30),
+            ..capacity
+        };
+        let given = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new());
+        assert_eq!(given.memory_bytes, 1 << 30, "--memory is each agent's own");
     }
 }

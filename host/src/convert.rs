@@ -10,8 +10,8 @@ use crate::config::HostConfig;
 use crate::partition::{Partition, PartitionState, Reservation, Resources};
 use crate::registry::{AgentInfo, AgentState};
 use crate::task::{
-    OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits, TaskOutput,
-    TaskSpec, TaskState,
+    OutcomeKind, OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits,
+    TaskOutput, TaskSpec, TaskState,
 };
 
 /// A task state to its protobuf form.
@@ -126,21 +126,67 @@ pub fn spec_to_pb(spec: &TaskSpec, with_stdin: bool) -> pb::TaskSpec {
     }
 }
 
+/// An outcome kind to its protobuf form.
+pub fn outcome_kind_to_pb(kind: OutcomeKind) -> pb::OutcomeKind {
+    match kind {
+        OutcomeKind::Success => pb::OutcomeKind::Success,
+        OutcomeKind::Exit => pb::OutcomeKind::Exit,
+        OutcomeKind::OutOfFuel => pb::OutcomeKind::OutOfFuel,
+        OutcomeKind::MemoryLimit => pb::OutcomeKind::MemoryLimit,
+        OutcomeKind::Timeout => pb::OutcomeKind::Timeout,
+        OutcomeKind::StackOverflow => pb::OutcomeKind::StackOverflow,
+        OutcomeKind::Trap => pb::OutcomeKind::Trap,
+        OutcomeKind::LinkError => pb::OutcomeKind::LinkError,
+        OutcomeKind::InvalidModule => pb::OutcomeKind::InvalidModule,
+        OutcomeKind::Killed => pb::OutcomeKind::Killed,
+        OutcomeKind::AgentError => pb::OutcomeKind::AgentError,
+    }
+}
+
+/// An outcome kind from its protobuf number; `None` for unspecified or unknown.
+pub fn outcome_kind_from_pb(kind: i32) -> Option<OutcomeKind> {
+    Some(match pb::OutcomeKind::try_from(kind).ok()? {
+        pb::OutcomeKind::Unspecified => return None,
+        pb::OutcomeKind::Success => OutcomeKind::Success,
+        pb::OutcomeKind::Exit => OutcomeKind::Exit,
+        pb::OutcomeKind::OutOfFuel => OutcomeKind::OutOfFuel,
+        pb::OutcomeKind::MemoryLimit => OutcomeKind::MemoryLimit,
+        pb::OutcomeKind::Timeout => OutcomeKind::Timeout,
+        pb::OutcomeKind::StackOverflow => OutcomeKind::StackOverflow,
+        pb::OutcomeKind::Trap => OutcomeKind::Trap,
+        pb::OutcomeKind::LinkError => OutcomeKind::LinkError,
+        pb::OutcomeKind::InvalidModule => OutcomeKind::InvalidModule,
+        pb::OutcomeKind::Killed => OutcomeKind::Killed,
+        pb::OutcomeKind::AgentError => OutcomeKind::AgentError,
+    })
+}
+
 /// An outcome to its protobuf form.
 pub fn outcome_to_pb(outcome: &OutcomeRecord) -> pb::Outcome {
     pb::Outcome {
-        kind: outcome.kind.clone(),
+        kind: outcome_kind_to_pb(outcome.kind) as i32,
         exit_code: outcome.exit_code,
         message: outcome.message.clone(),
     }
 }
 
-/// An outcome from its protobuf form.
+/// An outcome from its protobuf form. One whose kind is unspecified or unknown (an agent of
+/// another version) is Corral's failure, `agent_error`, naming the number.
 pub fn outcome_from_pb(outcome: pb::Outcome) -> OutcomeRecord {
-    OutcomeRecord {
-        kind: outcome.kind,
-        exit_code: outcome.exit_code,
-        message: outcome.message,
+    match outcome_kind_from_pb(outcome.kind) {
+        Some(kind) => OutcomeRecord {
+            kind,
+            exit_code: outcome.exit_code,
+            message: outcome.message,
+        },
+        None => OutcomeRecord {
+            kind: OutcomeKind::AgentError,
+            exit_code: 0,
+            message: format!(
+                "the agent reported an outcome of unknown kind {} ({})",
+                outcome.kind, outcome.message
+            ),
+        },
     }
 }
 
@@ -156,7 +202,7 @@ pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
         outcome: task.outcome.as_ref().map(outcome_to_pb),
         fuel_used: task.fuel_used,
         peak_memory_bytes: task.peak_memory_bytes,
-        wall_ms: task.wall_ms,
+        wall_us: task.wall_us,
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.updated_at_ms,
         started_at_ms: task.started_at_ms,
@@ -188,7 +234,7 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
         outcome: task.outcome.map(outcome_from_pb),
         fuel_used: task.fuel_used,
         peak_memory_bytes: task.peak_memory_bytes,
-        wall_ms: task.wall_ms,
+        wall_us: task.wall_us,
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.updated_at_ms,
         started_at_ms: task.started_at_ms,
@@ -378,11 +424,32 @@ mod tests {
         task.attempts = 1;
         task.agent_id = Some("a1".into());
         task.outcome = Some(OutcomeRecord {
-            kind: "exit".into(),
+            kind: OutcomeKind::Exit,
             exit_code: 3,
             message: String::new(),
         });
         task.progress = Some(Progress { done: 1, total: 2 });
+        task.wall_us = 1_234_567;
         assert_eq!(task_from_pb(task_to_pb(&task, true)).unwrap(), task);
+    }
+
+    #[test]
+    fn every_outcome_kind_round_trips_and_unknown_ones_are_corrals_failure() {
+        for kind in OutcomeKind::ALL {
+            let pb = outcome_kind_to_pb(kind);
+            assert_eq!(outcome_kind_from_pb(pb as i32), Some(kind));
+            // The contract's name is the domain's, prefixed and upper-cased.
+            assert_eq!(
+                pb.as_str_name(),
+                format!("OUTCOME_KIND_{}", kind.as_str().to_ascii_uppercase())
+            );
+        }
+        let unknown = outcome_from_pb(pb::Outcome {
+            kind: 99,
+            exit_code: 0,
+            message: "from the future".into(),
+        });
+        assert_eq!(unknown.kind, OutcomeKind::AgentError);
+        assert!(unknown.message.contains("99"), "{}", unknown.message);
     }
 }

@@ -78,6 +78,11 @@ impl Subscription {
     pub async fn recv(&mut self) -> Result<Arc<Task>, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
+
+    /// The next change if one is waiting now; none when none is (or some were missed).
+    pub fn try_recv(&mut self) -> Option<Arc<Task>> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 impl Drop for Subscription {

@@ -2,15 +2,18 @@
 //!
 //! The host tracks agents, carves their capacity into partitions, places submitted tasks into
 //! partitions that can hold them, and records every task's life durably in redb. It never runs
-//! guest code: modules are only validated here (with the sandbox's [`Validator`]) and stored.
+//! guest code and does not link wasmtime: modules are admitted here with
+//! [`corral_admission::admit`], the check the sandbox makes before compiling, and stored.
 //!
 //! # Map
-//! - Pure decisions: [`partition`] (capacity, reservations, carving), [`allocator`] (may this
-//!   partition hold this task; which one is best), [`scheduler`] (a snapshot in, a plan out),
-//!   [`registry`] (agents and their liveness), [`task`] (the lifecycle and retry policy).
-//! - Effects: [`store`] (redb, group commits), [`control`] (the one authority that applies
-//!   decisions, talks to agents and persists), [`events`] (task changes for watchers), [`api`]
-//!   (the gRPC services), [`config`].
+//! - Pure decisions: [`state`] (the state machine: every change to tasks, agents and
+//!   partitions, with the writes, commands and events it requires), [`partition`] (capacity,
+//!   reservations, carving), [`allocator`] (may this partition hold this task; which one is
+//!   best), [`scheduler`] (a snapshot in, a plan out), [`registry`] (agents and their
+//!   liveness), [`task`] (the lifecycle and retry policy).
+//! - Effects: [`store`] (redb, group commits), [`control`] (the actor that applies changes to
+//!   the state in batches, makes them durable, then talks to agents and watchers),
+//!   [`events`] (task changes for watchers), [`api`] (the gRPC services), [`config`].
 //!
 //! # Example
 //! A host on an ephemeral port, answering a client:
@@ -25,17 +28,17 @@
 //! api::serve(plane, listener, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
-//!
-//! [`Validator`]: corral_agent::sandbox::Validator
 
 pub mod allocator;
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod error;
 pub mod events;
 pub mod partition;
 pub mod registry;
 pub mod scheduler;
+pub mod state;
 pub mod store;
 pub mod task;

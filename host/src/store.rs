@@ -8,17 +8,20 @@
 //! [`Commit`]; one that does not (an ASSIGNED or RUNNING transition, which reconciliation can
 //! rebuild) drops it, and the write still lands in order.
 //!
-//! Records are stored in their `corral.v1` protobuf form (see [`crate::convert`]).
+//! Records are stored in their `corral.v1` protobuf form (see [`crate::convert`]). The store
+//! records its schema version in a `meta` table; a store of an older schema is migrated when
+//! it is opened, in one transaction (see [`SCHEMA`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use corral_proto::pb;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::convert;
 use crate::partition::Partition;
@@ -31,6 +34,14 @@ const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The schema this code writes:
+/// - 1: outcomes' kinds as strings (`Outcome` field 1), wall times in milliseconds (`Task`
+///   field 10);
+/// - 2: kinds as the `OutcomeKind` enum (field 4), wall times in microseconds (field 19).
+///   Opening a schema 1 store rewrites its tasks so.
+pub const SCHEMA: u64 = 2;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -55,6 +66,14 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("state store writer stopped")]
     Stopped,
+    /// The store was written by a newer Corral.
+    #[error("state store {} has schema {found}; this Corral reads up to {SCHEMA}", path.display())]
+    Newer {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema.
+        found: u64,
+    },
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -117,6 +136,8 @@ impl Commit {
 pub struct Store {
     writer: Arc<Writer>,
     db: Arc<Database>,
+    /// Commits left to fail on purpose (tests of a failing disk).
+    faults: Arc<AtomicU32>,
 }
 
 struct Writer {
@@ -156,19 +177,35 @@ impl Store {
         txn.open_table(IDEMPOTENCY)
             .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
+        migrate(&db, &path)?;
         let db = Arc::new(db);
         let loaded = load(&db)?;
         let (sender, queue) = mpsc::channel();
         let writer_db = db.clone();
+        let faults = Arc::new(AtomicU32::new(0));
+        let writer_faults = faults.clone();
         let thread = std::thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || write_loop(&writer_db, &queue))
+            .spawn(move || write_loop(&writer_db, &queue, &writer_faults))
             .map_err(|e| open_error(e.to_string()))?;
         let writer = Arc::new(Writer {
             queue: Some(sender),
             thread: Some(thread),
         });
-        Ok((Store { writer, db }, loaded))
+        Ok((Store { writer, db, faults }, loaded))
+    }
+
+    /// Everything committed so far, read again (a host rebuilding its state after a failed
+    /// commit).
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        load(&self.db)
+    }
+
+    /// Makes the next `n` commits fail as a failing disk would, their writes not applied: for
+    /// tests of what callers do then.
+    #[doc(hidden)]
+    pub fn fail_next_commits(&self, n: u32) {
+        self.faults.store(n, Ordering::SeqCst);
     }
 
     /// Queues `writes`; they are applied in order with other queued writes. Await the answer
@@ -250,7 +287,89 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     Ok(loaded)
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>) {
+/// Brings a store of an older schema to [`SCHEMA`], in one transaction: a crash midway leaves
+/// it as it was. A new store is stamped with [`SCHEMA`].
+fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    {
+        let mut meta = txn.open_table(META).map_err(io)?;
+        let found = meta.get("schema").map_err(io)?.map(|v| v.value());
+        let tasks = txn.open_table(TASKS).map_err(io)?;
+        // A store without a schema row is new when it holds no task, else schema 1.
+        let found = match found {
+            Some(found) => found,
+            None if tasks.len().map_err(io)? == 0 => SCHEMA,
+            None => 1,
+        };
+        drop(tasks);
+        if found > SCHEMA {
+            return Err(StoreError::Newer {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        if found == 1 {
+            let mut tasks = txn.open_table(TASKS).map_err(io)?;
+            let rows: Vec<(u64, Vec<u8>)> = tasks
+                .iter()
+                .map_err(io)?
+                .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            for (id, bytes) in &rows {
+                let migrated = legacy::task_v1_to_v2(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("task {id} (schema 1): {e}")))?;
+                tasks.insert(*id, migrated.as_slice()).map_err(io)?;
+            }
+            tracing::info!(
+                tasks = rows.len(),
+                "state store migrated from schema 1 to 2"
+            );
+        }
+        meta.insert("schema", SCHEMA).map_err(io)?;
+    }
+    txn.commit().map_err(io)
+}
+
+/// Schema 1's fields, read to migrate its records.
+mod legacy {
+    use corral_proto::pb;
+    use prost::Message;
+
+    /// The fields of a schema 1 `Task` that schema 2 moved.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct TaskV1 {
+        /// `Outcome` with its kind as a string.
+        #[prost(message, optional, tag = "7")]
+        pub outcome: Option<OutcomeV1>,
+        /// Wall time in milliseconds.
+        #[prost(uint64, tag = "10")]
+        pub wall_ms: u64,
+    }
+
+    /// Schema 1's `Outcome.kind`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct OutcomeV1 {
+        /// `success`, `exit`, `out_of_fuel`...
+        #[prost(string, tag = "1")]
+        pub kind: String,
+    }
+
+    /// A schema 1 task record as schema 2 writes it.
+    pub fn task_v1_to_v2(bytes: &[u8]) -> Result<Vec<u8>, prost::DecodeError> {
+        let old = TaskV1::decode(bytes)?;
+        let mut task = pb::Task::decode(bytes)?;
+        if let (Some(outcome), Some(old)) = (task.outcome.as_mut(), old.outcome) {
+            let name = format!("OUTCOME_KIND_{}", old.kind.to_ascii_uppercase());
+            let kind = pb::OutcomeKind::from_str_name(&name).unwrap_or(pb::OutcomeKind::AgentError);
+            outcome.kind = kind as i32;
+        }
+        task.wall_us = old.wall_ms.saturating_mul(1000);
+        Ok(task.encode_to_vec())
+    }
+}
+
+fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults: &AtomicU32) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -259,8 +378,14 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>) {
                 Err(_) => break,
             }
         }
-        let result =
-            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.to_string());
+        let injected = faults
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let result = if injected {
+            Err("injected failure: the commit was not written".to_string())
+        } else {
+            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.to_string())
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "state store commit failed");
         }

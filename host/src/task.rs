@@ -170,27 +170,109 @@ impl TaskSpec {
     }
 }
 
-/// How an attempt ended, as the sandbox reported it.
+/// How an attempt ended, by kind: the guest's doing (`success` to `trap`), admission's
+/// (`link_error`, `invalid_module`), a kill, or Corral's own failure (`agent_error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// `_start` returned or the guest exited 0.
+    Success,
+    /// The guest exited with a non-zero code.
+    Exit,
+    /// The fuel budget was spent.
+    OutOfFuel,
+    /// The guest asked for more memory or table space than its cap.
+    MemoryLimit,
+    /// The wall-clock limit passed.
+    Timeout,
+    /// The wasm stack was exhausted.
+    StackOverflow,
+    /// Any other trap.
+    Trap,
+    /// The module imports something the sandbox does not provide.
+    LinkError,
+    /// The module cannot be run.
+    InvalidModule,
+    /// Stopped by a kill request.
+    Killed,
+    /// The agent failed to run the attempt (fetching the module, its disk, the sandbox): not
+    /// the task's doing, so retried like a LOST attempt.
+    AgentError,
+}
+
+impl OutcomeKind {
+    /// Every kind.
+    pub const ALL: [OutcomeKind; 11] = [
+        OutcomeKind::Success,
+        OutcomeKind::Exit,
+        OutcomeKind::OutOfFuel,
+        OutcomeKind::MemoryLimit,
+        OutcomeKind::Timeout,
+        OutcomeKind::StackOverflow,
+        OutcomeKind::Trap,
+        OutcomeKind::LinkError,
+        OutcomeKind::InvalidModule,
+        OutcomeKind::Killed,
+        OutcomeKind::AgentError,
+    ];
+
+    /// The kind's stable name, as in JSON (`out_of_fuel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::Exit => "exit",
+            OutcomeKind::OutOfFuel => "out_of_fuel",
+            OutcomeKind::MemoryLimit => "memory_limit",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::StackOverflow => "stack_overflow",
+            OutcomeKind::Trap => "trap",
+            OutcomeKind::LinkError => "link_error",
+            OutcomeKind::InvalidModule => "invalid_module",
+            OutcomeKind::Killed => "killed",
+            OutcomeKind::AgentError => "agent_error",
+        }
+    }
+
+    /// The task state an attempt that ended so leaves the task in, before any retry.
+    pub fn final_state(self) -> TaskState {
+        match self {
+            OutcomeKind::Success => TaskState::Finished,
+            OutcomeKind::Killed => TaskState::Killed,
+            _ => TaskState::Failed,
+        }
+    }
+
+    /// Corral failed, not the task: the attempt is retried like a LOST one.
+    pub fn is_corral_failure(self) -> bool {
+        self == OutcomeKind::AgentError
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an attempt ended, as its agent reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeRecord {
-    /// `success`, `exit`, `out_of_fuel`, `memory_limit`, `timeout`, `stack_overflow`, `trap`,
-    /// `link_error`, `invalid_module` or `killed`.
-    pub kind: String,
+    /// Which way it ended.
+    pub kind: OutcomeKind,
     /// The guest's exit code (`exit`), else 0.
     pub exit_code: i32,
-    /// The trap's or validator's message, where there is one.
+    /// The trap's, admission's or the agent's message, where there is one.
     pub message: String,
 }
 
 impl OutcomeRecord {
-    /// The outcome of a successful run.
-    pub fn is_success(&self) -> bool {
-        self.kind == "success"
-    }
-
-    /// The outcome of a run stopped by a kill request.
-    pub fn is_killed(&self) -> bool {
-        self.kind == "killed"
+    /// The reason a task shows for it: `trap: <message>`, `exit(3)`, `out_of_fuel`.
+    pub fn reason(&self) -> String {
+        match self.kind {
+            _ if !self.message.is_empty() => format!("{}: {}", self.kind, self.message),
+            OutcomeKind::Exit => format!("exit({})", self.exit_code),
+            kind => kind.to_string(),
+        }
     }
 }
 
@@ -224,8 +306,8 @@ pub struct Task {
     pub fuel_used: u64,
     /// Peak linear memory of the current or last attempt.
     pub peak_memory_bytes: u64,
-    /// Wall time of the last attempt, in milliseconds.
-    pub wall_ms: u64,
+    /// Wall time of the current or last attempt, in microseconds.
+    pub wall_us: u64,
     /// Submission time, milliseconds since the Unix epoch; so are the other times.
     pub created_at_ms: i64,
     /// Last change.
@@ -253,7 +335,7 @@ impl Task {
             outcome: None,
             fuel_used: 0,
             peak_memory_bytes: 0,
-            wall_ms: 0,
+            wall_us: 0,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             started_at_ms: 0,
@@ -263,12 +345,20 @@ impl Task {
         }
     }
 
-    /// Whether another attempt may follow one that ended in `state`.
+    /// Whether another attempt may follow the current one, which ended in `state` with the
+    /// task's `outcome`: a LOST attempt, or one Corral failed (`agent_error`), is retried while
+    /// retries remain; a FAILED one only with `retry_failed`.
     pub fn may_retry_after(&self, state: TaskState) -> bool {
         let retries_used = self.attempts.saturating_sub(1);
         let retryable = match state {
             TaskState::Lost => true,
-            TaskState::Failed => self.spec.retry.retry_failed,
+            TaskState::Failed => {
+                self.spec.retry.retry_failed
+                    || self
+                        .outcome
+                        .as_ref()
+                        .is_some_and(|o| o.kind.is_corral_failure())
+            }
             _ => false,
         };
         retryable && retries_used < self.spec.retry.max_retries
@@ -375,9 +465,23 @@ mod tests {
         assert!(task.may_retry_after(TaskState::Lost));
         assert!(!task.may_retry_after(TaskState::Failed));
         assert!(!task.may_retry_after(TaskState::Killed));
+        // Corral's own failure is retried like a lost attempt, whatever retry_failed says.
+        task.outcome = Some(OutcomeRecord {
+            kind: OutcomeKind::AgentError,
+            exit_code: 0,
+            message: "cannot fetch module".into(),
+        });
+        assert!(task.may_retry_after(TaskState::Failed));
+        task.outcome = None;
         task.spec.retry.retry_failed = true;
         assert!(task.may_retry_after(TaskState::Failed));
         task.attempts = 2;
         assert!(!task.may_retry_after(TaskState::Lost));
+        task.outcome = Some(OutcomeRecord {
+            kind: OutcomeKind::AgentError,
+            exit_code: 0,
+            message: String::new(),
+        });
+        assert!(!task.may_retry_after(TaskState::Failed), "no retries left");
     }
 }

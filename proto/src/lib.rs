@@ -38,3 +38,22 @@ pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
 
 /// Chunk size for streamed module bytes.
 pub const MODULE_CHUNK_BYTES: usize = 1 << 20;
+
+/// How to reach a Corral host at `url` (`http://host:7700`; a bare `host:port` gets `http://`):
+/// the connection settings clients and agents share (a 5 s connect timeout, `TCP_NODELAY`,
+/// HTTP/2 keep-alives every 10 s). The error says why the URL is not one.
+pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    tonic::transport::Endpoint::from_shared(url.clone())
+        .map(|e| {
+            e.connect_timeout(std::time::Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
+        })
+        .map_err(|e| e.to_string())
+}

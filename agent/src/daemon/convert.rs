@@ -34,13 +34,61 @@ pub fn status_message(update: pb::StatusUpdate) -> pb::AgentMessage {
     }
 }
 
-/// A final FAILED update for an attempt that could not run at all.
-pub fn failed_before_start(task: &pb::TaskRef, kind: &str, message: String) -> pb::StatusUpdate {
+/// The contract's kind of a sandbox outcome.
+pub fn outcome_kind(outcome: &Outcome) -> pb::OutcomeKind {
+    match outcome {
+        Outcome::Success => pb::OutcomeKind::Success,
+        Outcome::Exit { .. } => pb::OutcomeKind::Exit,
+        Outcome::OutOfFuel => pb::OutcomeKind::OutOfFuel,
+        Outcome::MemoryLimit => pb::OutcomeKind::MemoryLimit,
+        Outcome::Timeout => pb::OutcomeKind::Timeout,
+        Outcome::StackOverflow => pb::OutcomeKind::StackOverflow,
+        Outcome::Trap { .. } => pb::OutcomeKind::Trap,
+        Outcome::LinkError { .. } => pb::OutcomeKind::LinkError,
+        Outcome::InvalidModule { .. } => pb::OutcomeKind::InvalidModule,
+        Outcome::Killed => pb::OutcomeKind::Killed,
+    }
+}
+
+/// A sandbox outcome in the contract's form.
+pub fn outcome_to_pb(outcome: &Outcome) -> pb::Outcome {
+    pb::Outcome {
+        kind: outcome_kind(outcome) as i32,
+        exit_code: outcome.exit_code().unwrap_or(0),
+        message: outcome.message().unwrap_or_default().into(),
+    }
+}
+
+/// The task state an attempt that ended with `outcome` reports.
+fn final_state(outcome: &Outcome) -> pb::TaskState {
+    match outcome {
+        Outcome::Success => pb::TaskState::Finished,
+        Outcome::Killed => pb::TaskState::Killed,
+        _ => pb::TaskState::Failed,
+    }
+}
+
+/// A final update for an attempt that never ran because admission refused its module
+/// (`invalid_module` or `link_error`): the task's doing.
+pub fn refused(task: &pb::TaskRef, outcome: &Outcome) -> pb::StatusUpdate {
+    pb::StatusUpdate {
+        task: Some(task.clone()),
+        state: final_state(outcome) as i32,
+        outcome: Some(outcome_to_pb(outcome)),
+        output: Some(pb::TaskOutput::default()),
+        ..Default::default()
+    }
+}
+
+/// A final update for an attempt the agent failed to run (the module could not be fetched,
+/// its data dir could not be written, the sandbox failed): Corral's failure, `agent_error`,
+/// which the host retries like a lost attempt.
+pub fn agent_error(task: &pb::TaskRef, message: String) -> pb::StatusUpdate {
     pb::StatusUpdate {
         task: Some(task.clone()),
         state: pb::TaskState::Failed as i32,
         outcome: Some(pb::Outcome {
-            kind: kind.into(),
+            kind: pb::OutcomeKind::AgentError as i32,
             exit_code: 0,
             message,
         }),
@@ -106,23 +154,14 @@ pub fn final_update(
     report: RunReport,
     files: Option<(Vec<pb::OutputFile>, bool)>,
 ) -> pb::StatusUpdate {
-    let state = match report.outcome {
-        Outcome::Success => pb::TaskState::Finished,
-        Outcome::Killed => pb::TaskState::Killed,
-        _ => pb::TaskState::Failed,
-    };
     let (files, files_truncated) = files.unwrap_or_default();
     pb::StatusUpdate {
         task: Some(task.clone()),
-        state: state as i32,
-        outcome: Some(pb::Outcome {
-            kind: report.outcome.kind().into(),
-            exit_code: report.outcome.exit_code().unwrap_or(0),
-            message: report.outcome.message().unwrap_or_default().into(),
-        }),
+        state: final_state(&report.outcome) as i32,
+        outcome: Some(outcome_to_pb(&report.outcome)),
         fuel_used: report.fuel_used,
         peak_memory_bytes: report.peak_memory_bytes,
-        wall_ms: u64::try_from(report.wall_time.as_millis()).unwrap_or(u64::MAX),
+        wall_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
         progress: report.progress.map(|p| pb::Progress {
             done: p.done,
             total: p.total,
@@ -189,6 +228,36 @@ pub fn collect_files(dir: &Path, max_bytes: u64) -> (Vec<pb::OutputFile>, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_has_the_contracts_kind_of_its_name() {
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Exit { code: 3 },
+            Outcome::OutOfFuel,
+            Outcome::MemoryLimit,
+            Outcome::Timeout,
+            Outcome::StackOverflow,
+            Outcome::Trap {
+                message: "t".into(),
+            },
+            Outcome::LinkError {
+                message: "l".into(),
+            },
+            Outcome::InvalidModule {
+                message: "i".into(),
+            },
+            Outcome::Killed,
+        ];
+        for outcome in &outcomes {
+            let pb = outcome_to_pb(outcome);
+            assert_eq!(
+                pb::OutcomeKind::try_from(pb.kind).unwrap().as_str_name(),
+                format!("OUTCOME_KIND_{}", outcome.kind().to_ascii_uppercase())
+            );
+            assert_eq!(pb.exit_code, outcome.exit_code().unwrap_or(0));
+        }
+    }
 
     #[test]
     fn output_files_are_collected_in_order_within_the_cap() {

@@ -12,6 +12,8 @@
 
 mod convert;
 
+pub use convert::outcome_to_pb;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +24,7 @@ use corral_proto::pb;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::sandbox::{PreparedModule, RunControl, Sandbox, SandboxConfig};
+use crate::sandbox::{Outcome, PreparedModule, RunControl, Sandbox, SandboxConfig};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -43,6 +45,13 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// How long an unacknowledged final report waits before it is sent again.
+    pub resend_interval: Duration,
+}
+
+impl AgentConfig {
+    /// Default [`AgentConfig::resend_interval`].
+    pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 /// An agent's failure to start (a running agent retries everything else).
@@ -58,6 +67,14 @@ pub enum AgentError {
 
 /// One attempt, as the agent keys it.
 type Key = (String, u32);
+
+/// Why an attempt's module is not ready to run.
+enum ModuleError {
+    /// Admission refused it (`invalid_module`, `link_error`): the task's doing.
+    Refused(Outcome),
+    /// The agent could not get it (the host unreachable, the bytes wrong): Corral's failure.
+    Agent(String),
+}
 
 struct Running {
     control: RunControl,
@@ -75,29 +92,13 @@ struct Agent {
     modules: tokio::sync::Mutex<HashMap<String, PreparedModule>>,
 }
 
-/// Resolves a host address: `host:port` gets `http://`.
-pub fn host_endpoint(host: &str) -> Result<Endpoint, AgentError> {
-    let url = if host.contains("://") {
-        host.to_string()
-    } else {
-        format!("http://{host}")
-    };
-    Endpoint::from_shared(url.clone())
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(20))
-        })
-        .map_err(|e| AgentError::HostUrl(host.to_string(), e.to_string()))
-}
-
 /// Runs an agent until `shutdown` resolves. Tasks still running then are killed.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let endpoint = host_endpoint(&config.host)?;
+    let endpoint = corral_proto::endpoint(&config.host)
+        .map_err(|e| AgentError::HostUrl(config.host.clone(), e))?;
     std::fs::create_dir_all(config.data_dir.join("modules"))
         .and_then(|()| std::fs::create_dir_all(config.data_dir.join("work")))
         .map_err(|e| {
@@ -208,7 +209,8 @@ impl Agent {
         }
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
         let mut heartbeat = tokio::time::interval(interval);
-        let mut resend = tokio::time::interval(Duration::from_secs(5));
+        let resend_after = self.config.resend_interval;
+        let mut resend = tokio::time::interval(resend_after);
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -223,7 +225,7 @@ impl Agent {
                     }
                 }
                 _ = resend.tick() => {
-                    let stale = Instant::now() - Duration::from_secs(5);
+                    let stale = Instant::now() - resend_after;
                     for (update, sent) in lock(&self.unacked).values_mut() {
                         if *sent < stale {
                             let _ = tx.send(convert::status_message(update.clone()));
@@ -298,7 +300,11 @@ impl Agent {
         });
         let final_update = match self.module(&spec.module_sha256, client).await {
             Ok(module) => self.execute(&key, &spec, module, control).await,
-            Err(message) => convert::failed_before_start(&task_ref, "invalid_module", message),
+            Err(ModuleError::Refused(outcome)) => convert::refused(&task_ref, &outcome),
+            Err(ModuleError::Agent(message)) => {
+                tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
+                convert::agent_error(&task_ref, message)
+            }
         };
         tracing::debug!(task_id = %key.0, attempt = key.1, state = final_update.state, "attempt ended");
         lock(&self.unacked).insert(key.clone(), (final_update.clone(), Instant::now()));
@@ -321,8 +327,13 @@ impl Agent {
             .join(format!("{}-{}", key.0, key.1));
         let output_dir = if spec.collect_outputs {
             if let Err(e) = std::fs::create_dir_all(&work) {
-                let message = format!("cannot create the output directory {}: {e}", work.display());
-                return convert::failed_before_start(&task_ref, "trap", message);
+                let message = format!(
+                    "agent {} cannot create the output directory {}: {e}",
+                    self.config.id,
+                    work.display()
+                );
+                tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
+                return convert::agent_error(&task_ref, message);
             }
             Some(work.clone())
         } else {
@@ -368,83 +379,95 @@ impl Agent {
         if output_dir.is_some() {
             let _ = std::fs::remove_dir_all(&work);
         }
+        let failed = |message: String| {
+            tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
+            convert::agent_error(&task_ref, message)
+        };
         match result {
             Ok(Ok(report)) => convert::final_update(&task_ref, report, files),
-            Ok(Err(e)) => convert::failed_before_start(&task_ref, "trap", e.to_string()),
-            Err(e) => convert::failed_before_start(
-                &task_ref,
-                "trap",
-                format!("the sandbox thread failed: {e}"),
-            ),
+            Ok(Err(e)) => failed(format!("agent {}: {e}", self.config.id)),
+            Err(e) => failed(format!(
+                "agent {}: the sandbox thread failed: {e}",
+                self.config.id
+            )),
         }
     }
 
     /// The prepared module for `sha256`: from memory, from disk, or fetched from the host.
-    async fn module(&self, sha256: &str, mut client: Client) -> Result<PreparedModule, String> {
+    async fn module(
+        &self,
+        sha256: &str,
+        mut client: Client,
+    ) -> Result<PreparedModule, ModuleError> {
         let mut modules = self.modules.lock().await;
         if let Some(module) = modules.get(sha256) {
             return Ok(module.clone());
         }
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("module sha256 {sha256:?} is malformed"));
+        let agent = &self.config.id;
+        if !corral_admission::is_sha256_hex(sha256) {
+            return Err(ModuleError::Agent(format!(
+                "agent {agent} was launched a task whose module sha256 {sha256:?} is malformed"
+            )));
         }
         let path = self
             .config
             .data_dir
             .join("modules")
             .join(format!("{sha256}.wasm"));
-        let bytes =
-            match std::fs::read(&path) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(_) => {
-                    let mut stream = client
-                        .fetch_module(pb::FetchModuleRequest {
-                            sha256: sha256.into(),
-                        })
-                        .await
-                        .map_err(|e| {
-                            format!(
-                                "cannot fetch module {sha256} from the host: {}",
-                                e.message()
-                            )
-                        })?
-                        .into_inner();
-                    let mut bytes = Vec::new();
-                    while let Some(chunk) = stream.message().await.map_err(|e| {
-                        format!("fetching module {sha256} broke off: {}", e.message())
-                    })? {
-                        bytes.extend_from_slice(&chunk.chunk);
-                    }
-                    let tmp = path.with_extension("part");
-                    if std::fs::write(&tmp, &bytes)
-                        .and_then(|()| std::fs::rename(&tmp, &path))
-                        .is_err()
-                    {
-                        tracing::warn!(sha256, "cannot keep the module on disk");
-                    }
-                    Bytes::from(bytes)
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => {
+                let fetch_error = |e: tonic::Status| {
+                    ModuleError::Agent(format!(
+                        "agent {agent} cannot fetch module {sha256} from the host: {}",
+                        e.message()
+                    ))
+                };
+                let mut stream = client
+                    .fetch_module(pb::FetchModuleRequest {
+                        sha256: sha256.into(),
+                    })
+                    .await
+                    .map_err(fetch_error)?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.message().await.map_err(fetch_error)? {
+                    bytes.extend_from_slice(&chunk.chunk);
                 }
-            };
+                let tmp = path.with_extension("part");
+                if let Err(e) =
+                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
+                {
+                    // The run goes on from memory; the next process fetches it again.
+                    tracing::warn!(sha256, error = %e, "cannot keep the module on disk");
+                }
+                Bytes::from(bytes)
+            }
+        };
         let sandbox = self.sandbox.clone();
-        let admitted = tokio::task::spawn_blocking(move || sandbox.prepare(&bytes))
+        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(&bytes))
             .await
-            .map_err(|e| format!("compiling module {sha256} failed: {e}"))?;
-        match admitted {
-            Ok(admitted) if admitted.module.sha256() == sha256 => {
+            .map_err(|e| {
+                ModuleError::Agent(format!(
+                    "agent {agent}: compiling module {sha256} failed: {e}"
+                ))
+            })?;
+        match prepared {
+            Ok(prepared) if prepared.module.sha256() == sha256 => {
                 if modules.len() >= 256 {
                     modules.clear();
                 }
-                modules.insert(sha256.to_string(), admitted.module.clone());
-                Ok(admitted.module)
+                modules.insert(sha256.to_string(), prepared.module.clone());
+                Ok(prepared.module)
             }
-            Ok(admitted) => {
+            Ok(prepared) => {
                 let _ = std::fs::remove_file(&path);
-                Err(format!(
-                    "module bytes hash to {}, not {sha256}",
-                    admitted.module.sha256()
-                ))
+                Err(ModuleError::Agent(format!(
+                    "agent {agent} got bytes for module {sha256} that hash to {}",
+                    prepared.module.sha256()
+                )))
             }
-            Err(rejection) => Err(rejection.outcome.to_string()),
+            Err(rejection) => Err(ModuleError::Refused(rejection.outcome)),
         }
     }
 }

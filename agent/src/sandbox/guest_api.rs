@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use wasmtime::{Caller, Extern, Linker};
 
-use super::RunState;
+use super::execute::RunState;
 use crate::sandbox::outcome::{GuestEvent, LogLevel, LogRecord, Progress};
 
 /// The import module name guests use.

@@ -15,10 +15,9 @@ pub(crate) struct Limiter {
     pub(crate) cap_hit: bool,
 }
 
-/// Memories a module may define; Rust and C guests have one.
-pub(crate) const MAX_MEMORIES: usize = 4;
-/// Tables a module may define.
-pub(crate) const MAX_TABLES: usize = 16;
+/// Memories and tables a module may define: admission's limits.
+const MAX_MEMORIES: usize = corral_admission::MAX_MEMORIES as usize;
+const MAX_TABLES: usize = corral_admission::MAX_TABLES as usize;
 
 impl Limiter {
     pub(crate) fn new(memory_cap: u64, table_cap: u32) -> Self {

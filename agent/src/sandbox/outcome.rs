@@ -173,9 +173,9 @@ pub struct RunReport {
     /// How the run ended.
     pub outcome: Outcome,
     /// Fuel burned (0 when the sandbox was built without fuel metering). Exact for every
-    /// outcome but `timeout` and `killed`, where it is a lower bound: wasmtime flushes a frame's fuel count
-    /// at calls, returns and traps, not at the epoch check that ends the run, so fuel burned in
-    /// a call-free loop since its last call is not seen.
+    /// outcome but `timeout` and `killed`, where it is a lower bound: those runs are cancelled
+    /// where the guest yields (every [`YIELD_FUEL`](super::YIELD_FUEL) units) or waits in a
+    /// host call, and fuel burned since its last flush is not seen.
     pub fuel_used: u64,
     /// Highest linear memory size reached, in bytes, summed over memories.
     pub peak_memory_bytes: u64,
@@ -205,8 +205,8 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// A report for a module that never ran (rejected at admission or link time).
-    pub(crate) fn rejected(outcome: Outcome, module_sha256: String) -> Self {
+    /// A report for a module that never ran (refused at admission or link time).
+    pub fn rejected(outcome: Outcome, module_sha256: String) -> Self {
         Self {
             outcome,
             fuel_used: 0,

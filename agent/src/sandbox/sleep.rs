@@ -19,7 +19,7 @@ use wasmtime::{AsContextMut, Caller, Extern, Linker, Memory};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use super::RunState;
+use super::execute::RunState;
 
 /// `poll_oneoff`'s import module.
 const MODULE: &str = "wasi_snapshot_preview1";

@@ -8,9 +8,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
-use crate::control::{AgentCommand, ControlPlane, StatusReport};
+use crate::control::ControlPlane;
 use crate::convert;
 use crate::registry::AgentInfo;
+use crate::state::{AgentCommand, StatusReport};
 use crate::task::{Attempt, Progress};
 
 /// Serves `corral.v1.AgentApi`.
@@ -65,7 +66,7 @@ fn report_from_pb(update: pb::StatusUpdate) -> StatusReport {
         outcome: update.outcome.map(convert::outcome_from_pb),
         fuel_used: update.fuel_used,
         peak_memory_bytes: update.peak_memory_bytes,
-        wall_ms: update.wall_ms,
+        wall_us: update.wall_us,
         progress: update.progress.map(|p| Progress {
             done: p.done,
             total: p.total,
@@ -95,7 +96,8 @@ impl pb::agent_api_server::AgentApi for AgentService {
         let unacknowledged = attempts(r.unacknowledged)?;
         let session = self
             .plane
-            .register(info, &running, &unacknowledged)
+            .register(info, running, unacknowledged)
+            .await
             .map_err(status)?;
         let interval = self.plane.config().heartbeat_interval;
         Ok(Response::new(pb::RegisterResponse {
@@ -123,7 +125,11 @@ impl pb::agent_api_server::AgentApi for AgentService {
             ));
         };
         let (agent_id, session) = (attach.agent_id, attach.session);
-        let commands = self.plane.attach(&agent_id, session).map_err(status)?;
+        let commands = self
+            .plane
+            .attach(&agent_id, session)
+            .await
+            .map_err(status)?;
         let plane = self.plane.clone();
         tokio::spawn(async move {
             loop {
@@ -137,7 +143,7 @@ impl pb::agent_api_server::AgentApi for AgentService {
                 };
                 match message {
                     Some(Message::Heartbeat(_)) => {
-                        if !plane.heartbeat(&agent_id, session) {
+                        if !plane.heartbeat(&agent_id, session).await {
                             break;
                         }
                     }
@@ -149,26 +155,18 @@ impl pb::agent_api_server::AgentApi for AgentService {
                             );
                             continue;
                         };
-                        let report = report_from_pb(update);
-                        let final_report = report.state.is_some_and(|s| s.is_terminal());
-                        if final_report {
-                            // Final reports wait for a commit; handle them concurrently so that
-                            // one commit covers many.
-                            let plane = plane.clone();
-                            let agent_id = agent_id.clone();
-                            tokio::spawn(async move {
-                                plane.status(&agent_id, session, attempt, report).await;
-                            });
-                        } else {
-                            plane.status(&agent_id, session, attempt, report).await;
-                        }
+                        // Final reports are acknowledged through the command stream once
+                        // durable; nothing here waits for that.
+                        plane
+                            .report(&agent_id, session, attempt, report_from_pb(update))
+                            .await;
                     }
                     Some(Message::Attach(_)) | None => {
                         tracing::warn!(agent_id, "unexpected message on the agent stream");
                     }
                 }
             }
-            plane.detach(&agent_id, session);
+            plane.detach(&agent_id, session).await;
         });
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(commands)
             .map(|c| Ok(command_to_pb(c)));

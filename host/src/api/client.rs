@@ -7,8 +7,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
-use crate::control::{ControlPlane, TaskFilter};
+use crate::control::ControlPlane;
 use crate::convert;
+use crate::state::TaskFilter;
 use crate::task::TaskId;
 
 /// Default and largest page of [`pb::ListTasksRequest`].
@@ -82,7 +83,7 @@ impl pb::corral_server::Corral for ClientService {
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let id = task_id(&request.into_inner().task_id)?;
-        let task = self.plane.get(id).map_err(status)?;
+        let task = self.plane.get(id).await.map_err(status)?;
         Ok(Response::new(convert::task_to_pb(&task, false)))
     }
 
@@ -112,7 +113,7 @@ impl pb::corral_server::Corral for ClientService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let (tasks, more) = self.plane.list(&filter, after, limit);
+        let (tasks, more) = self.plane.list(&filter, after, limit).await;
         let next_page_token = match (more, tasks.last()) {
             (true, Some(last)) => last.id.to_string(),
             _ => String::new(),
@@ -146,7 +147,7 @@ impl pb::corral_server::Corral for ClientService {
             "" => None,
             id => Some(task_id(id)?),
         };
-        let (current, receiver) = self.plane.watch(only).map_err(status)?;
+        let (current, receiver) = self.plane.watch(only).await.map_err(status)?;
         let plane = self.plane.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
@@ -166,7 +167,7 @@ impl pb::corral_server::Corral for ClientService {
                     Ok(task) => task,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match only {
                         // Missed some changes: the task's state now says where it is.
-                        Some(id) => match plane.get(id) {
+                        Some(id) => match plane.get(id).await {
                             Ok(task) => std::sync::Arc::new(task),
                             Err(_) => return,
                         },
@@ -184,7 +185,7 @@ impl pb::corral_server::Corral for ClientService {
                 // ends only when the task itself has.
                 if let Some(id) = only {
                     if task.state.is_terminal()
-                        && plane.get(id).is_ok_and(|t| t.state.is_terminal())
+                        && plane.get(id).await.is_ok_and(|t| t.state.is_terminal())
                     {
                         return;
                     }
@@ -200,7 +201,7 @@ impl pb::corral_server::Corral for ClientService {
         request: Request<pb::GetTaskOutputRequest>,
     ) -> Result<Response<pb::TaskOutput>, Status> {
         let id = task_id(&request.into_inner().task_id)?;
-        let output = self.plane.output(id).map_err(status)?;
+        let output = self.plane.output(id).await.map_err(status)?;
         Ok(Response::new(convert::output_to_pb(&output)))
     }
 
@@ -211,6 +212,7 @@ impl pb::corral_server::Corral for ClientService {
         let agents = self
             .plane
             .agents()
+            .await
             .iter()
             .map(|a| convert::agent_to_pb(&a.info, a.state, a.last_seen_ms, a.running))
             .collect();
@@ -224,6 +226,7 @@ impl pb::corral_server::Corral for ClientService {
         let partitions = self
             .plane
             .partitions()
+            .await
             .iter()
             .map(convert::partition_to_pb)
             .collect();

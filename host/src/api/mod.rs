@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::control::{ControlPlane, HostError};
+use crate::control::ControlPlane;
+use crate::error::HostError;
 
 pub use agent::AgentService;
 pub use client::ClientService;
@@ -23,6 +24,7 @@ pub fn status(error: HostError) -> tonic::Status {
         HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
         HostError::Store(e) => tonic::Status::internal(e.to_string()),
+        HostError::Unavailable(m) => tonic::Status::unavailable(m),
     }
 }
 

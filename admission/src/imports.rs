@@ -1,0 +1,223 @@
+//! What the sandbox provides to a guest: every function a module may import, by module, name and
+//! core type. A module importing anything else, or one of these with another type, is refused
+//! at admission with `link_error`, before it is stored or compiled.
+//!
+//! The sandbox's linker defines exactly these (WASI preview1 through wasmtime-wasi, and the
+//! `corral` module of `corral-agent`); a test in `corral-agent` holds the two equal, entry by
+//! entry and type by type.
+
+use std::fmt;
+
+/// A core value type of a provided function's signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Val {
+    /// `i32`
+    I32,
+    /// `i64`
+    I64,
+    /// `f32`
+    F32,
+    /// `f64`
+    F64,
+}
+
+impl Val {
+    /// Whether this is the wasm value type `ty`.
+    pub fn is(self, ty: wasmparser::ValType) -> bool {
+        matches!(
+            (self, ty),
+            (Val::I32, wasmparser::ValType::I32)
+                | (Val::I64, wasmparser::ValType::I64)
+                | (Val::F32, wasmparser::ValType::F32)
+                | (Val::F64, wasmparser::ValType::F64)
+        )
+    }
+
+    /// The WAT name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Val::I32 => "i32",
+            Val::I64 => "i64",
+            Val::F32 => "f32",
+            Val::F64 => "f64",
+        }
+    }
+}
+
+/// One function the sandbox provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provided {
+    /// Its import module (`wasi_snapshot_preview1` or `corral`).
+    pub module: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// Parameter types.
+    pub params: &'static [Val],
+    /// Result types.
+    pub results: &'static [Val],
+}
+
+impl Provided {
+    /// Whether `ty` is exactly this function's type.
+    pub fn matches(&self, ty: &wasmparser::FuncType) -> bool {
+        let same = |ours: &[Val], theirs: &[wasmparser::ValType]| {
+            ours.len() == theirs.len() && ours.iter().zip(theirs).all(|(a, b)| a.is(*b))
+        };
+        same(self.params, ty.params()) && same(self.results, ty.results())
+    }
+}
+
+impl fmt::Display for Provided {
+    /// The type in WAT form, as wasmparser writes a `FuncType`: `(func (param i32) (result i32))`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(func")?;
+        for (word, list) in [("param", self.params), ("result", self.results)] {
+            if !list.is_empty() {
+                write!(f, " ({word}")?;
+                for v in list {
+                    write!(f, " {}", v.as_str())?;
+                }
+                f.write_str(")")?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// WASI preview1's import module.
+pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
+/// Corral's own import module (progress, logs, metrics; see `corral-guest`).
+pub const CORRAL_MODULE: &str = "corral";
+
+use Val::{F64, I32, I64};
+
+const fn wasi(name: &'static str, params: &'static [Val], results: &'static [Val]) -> Provided {
+    Provided {
+        module: WASI_MODULE,
+        name,
+        params,
+        results,
+    }
+}
+
+const ERRNO: &[Val] = &[I32];
+
+/// Every function the sandbox provides, WASI preview1's in the order of its witx, then Corral's.
+pub const PROVIDED: &[Provided] = &[
+    wasi("args_get", &[I32, I32], ERRNO),
+    wasi("args_sizes_get", &[I32, I32], ERRNO),
+    wasi("environ_get", &[I32, I32], ERRNO),
+    wasi("environ_sizes_get", &[I32, I32], ERRNO),
+    wasi("clock_res_get", &[I32, I32], ERRNO),
+    wasi("clock_time_get", &[I32, I64, I32], ERRNO),
+    wasi("fd_advise", &[I32, I64, I64, I32], ERRNO),
+    wasi("fd_allocate", &[I32, I64, I64], ERRNO),
+    wasi("fd_close", &[I32], ERRNO),
+    wasi("fd_datasync", &[I32], ERRNO),
+    wasi("fd_fdstat_get", &[I32, I32], ERRNO),
+    wasi("fd_fdstat_set_flags", &[I32, I32], ERRNO),
+    wasi("fd_fdstat_set_rights", &[I32, I64, I64], ERRNO),
+    wasi("fd_filestat_get", &[I32, I32], ERRNO),
+    wasi("fd_filestat_set_size", &[I32, I64], ERRNO),
+    wasi("fd_filestat_set_times", &[I32, I64, I64, I32], ERRNO),
+    wasi("fd_pread", &[I32, I32, I32, I64, I32], ERRNO),
+    wasi("fd_prestat_get", &[I32, I32], ERRNO),
+    wasi("fd_prestat_dir_name", &[I32, I32, I32], ERRNO),
+    wasi("fd_pwrite", &[I32, I32, I32, I64, I32], ERRNO),
+    wasi("fd_read", &[I32, I32, I32, I32], ERRNO),
+    wasi("fd_readdir", &[I32, I32, I32, I64, I32], ERRNO),
+    wasi("fd_renumber", &[I32, I32], ERRNO),
+    wasi("fd_seek", &[I32, I64, I32, I32], ERRNO),
+    wasi("fd_sync", &[I32], ERRNO),
+    wasi("fd_tell", &[I32, I32], ERRNO),
+    wasi("fd_write", &[I32, I32, I32, I32], ERRNO),
+    wasi("path_create_directory", &[I32, I32, I32], ERRNO),
+    wasi("path_filestat_get", &[I32, I32, I32, I32, I32], ERRNO),
+    wasi(
+        "path_filestat_set_times",
+        &[I32, I32, I32, I32, I64, I64, I32],
+        ERRNO,
+    ),
+    wasi("path_link", &[I32, I32, I32, I32, I32, I32, I32], ERRNO),
+    wasi(
+        "path_open",
+        &[I32, I32, I32, I32, I32, I64, I64, I32, I32],
+        ERRNO,
+    ),
+    wasi("path_readlink", &[I32, I32, I32, I32, I32, I32], ERRNO),
+    wasi("path_remove_directory", &[I32, I32, I32], ERRNO),
+    wasi("path_rename", &[I32, I32, I32, I32, I32, I32], ERRNO),
+    wasi("path_symlink", &[I32, I32, I32, I32, I32], ERRNO),
+    wasi("path_unlink_file", &[I32, I32, I32], ERRNO),
+    wasi("poll_oneoff", &[I32, I32, I32, I32], ERRNO),
+    wasi("proc_exit", &[I32], &[]),
+    wasi("proc_raise", &[I32], ERRNO),
+    wasi("sched_yield", &[], ERRNO),
+    wasi("random_get", &[I32, I32], ERRNO),
+    wasi("sock_accept", &[I32, I32, I32], ERRNO),
+    wasi("sock_recv", &[I32, I32, I32, I32, I32, I32], ERRNO),
+    wasi("sock_send", &[I32, I32, I32, I32, I32], ERRNO),
+    wasi("sock_shutdown", &[I32, I32], ERRNO),
+    Provided {
+        module: CORRAL_MODULE,
+        name: "progress",
+        params: &[I64, I64],
+        results: &[],
+    },
+    Provided {
+        module: CORRAL_MODULE,
+        name: "log",
+        params: &[I32, I32, I32],
+        results: &[],
+    },
+    Provided {
+        module: CORRAL_MODULE,
+        name: "metric",
+        params: &[I32, I32, F64],
+        results: &[],
+    },
+];
+
+/// The provided function `module::name`, if there is one.
+pub fn lookup(module: &str, name: &str) -> Option<&'static Provided> {
+    PROVIDED
+        .iter()
+        .find(|p| p.module == module && p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provided_function_is_listed_once() {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in PROVIDED {
+            assert!(
+                seen.insert((p.module, p.name)),
+                "{}::{} twice",
+                p.module,
+                p.name
+            );
+        }
+        assert_eq!(
+            PROVIDED.iter().filter(|p| p.module == WASI_MODULE).count(),
+            46,
+            "WASI preview1 has 46 functions"
+        );
+    }
+
+    #[test]
+    fn types_print_as_wat() {
+        let write = lookup(WASI_MODULE, "fd_write").unwrap();
+        assert_eq!(
+            write.to_string(),
+            "(func (param i32 i32 i32 i32) (result i32))"
+        );
+        assert_eq!(
+            lookup(WASI_MODULE, "sched_yield").unwrap().to_string(),
+            "(func (result i32))"
+        );
+        assert!(lookup("env", "fd_write").is_none());
+    }
+}

@@ -1,0 +1,171 @@
+//! Admission and compilation: [`Sandbox::prepare`] admits a module with
+//! [`corral_admission::admit`], compiles it once per sha256 per process (served from
+//! wasmtime's on-disk cache across processes) and links it into an [`InstancePre`] that every
+//! later run of the module reuses.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock, PoisonError};
+
+use corral_admission::{admit, Policy, RefusalKind};
+use wasmtime::{Cache, InstancePre, Module};
+
+use super::execute::RunState;
+use super::outcome::Outcome;
+use super::Sandbox;
+
+/// A module that passed admission: compiled and linked, ready to instantiate cheaply.
+#[derive(Clone)]
+pub struct PreparedModule {
+    pub(crate) inner: Arc<Compiled>,
+}
+
+pub(crate) struct Compiled {
+    pub(crate) sha256: String,
+    pub(crate) pre: InstancePre<RunState>,
+    /// It imports from `wasi_snapshot_preview1`; a run of one that does not needs no WASI
+    /// context (and skips building it).
+    pub(crate) uses_wasi: bool,
+}
+
+impl PreparedModule {
+    /// Hex sha256 of the module's binary form.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+}
+
+/// The result of [`Sandbox::prepare`]: a runnable module, and whether its compiled code was
+/// reused.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The module.
+    pub module: PreparedModule,
+    /// True when the compiled code was reused (this process, or the on-disk cache).
+    pub cached: bool,
+}
+
+/// A module refused at admission, with the outcome that says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Hex sha256 of the bytes as given (of the binary form where the text parsed).
+    pub sha256: String,
+    /// `invalid_module` or `link_error`.
+    pub outcome: Outcome,
+}
+
+type Slot = Arc<OnceLock<Result<Arc<Compiled>, Outcome>>>;
+
+/// Compiled modules by sha256; each slot is filled exactly once, so concurrent admissions of
+/// the same module compile it once.
+#[derive(Default)]
+pub(crate) struct ModuleCache {
+    slots: HashMap<[u8; 32], Slot>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ModuleCache {
+    /// The slot of `digest`, made (and the oldest slots dropped past `max`) if it is new.
+    fn slot(&mut self, digest: [u8; 32], max: usize) -> Slot {
+        if let Some(slot) = self.slots.get(&digest) {
+            return slot.clone();
+        }
+        let slot = Slot::default();
+        self.slots.insert(digest, slot.clone());
+        self.order.push_back(digest);
+        while self.order.len() > max.max(1) {
+            if let Some(old) = self.order.pop_front() {
+                self.slots.remove(&old);
+            }
+        }
+        slot
+    }
+}
+
+impl Sandbox {
+    /// Admits a module given as wasm binary or WAT text ([`corral_admission::admit`]: size cap,
+    /// validation, pool limits, `_start`, imports), then compiles it (once per sha256) and
+    /// links it.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, Rejection> {
+        let inner = &*self.inner;
+        let policy = Policy {
+            max_module_bytes: inner.config.max_module_bytes,
+        };
+        let admitted = admit(bytes, &policy).map_err(|refused| Rejection {
+            sha256: refused.sha256,
+            outcome: match refused.kind {
+                RefusalKind::InvalidModule => Outcome::InvalidModule {
+                    message: refused.message,
+                },
+                RefusalKind::LinkError => Outcome::LinkError {
+                    message: refused.message,
+                },
+            },
+        })?;
+        let sha256 = admitted.sha256_hex();
+        let slot = inner
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slot(admitted.sha256, inner.config.max_cached_modules);
+        let mut compiled_here = None;
+        let result = slot.get_or_init(|| {
+            let (result, from_disk) =
+                self.compile(&admitted.binary, sha256.clone(), admitted.imports_wasi);
+            compiled_here = Some(from_disk);
+            result
+        });
+        match result {
+            Ok(compiled) => Ok(Prepared {
+                module: PreparedModule {
+                    inner: compiled.clone(),
+                },
+                cached: compiled_here.unwrap_or(true),
+            }),
+            Err(outcome) => Err(Rejection {
+                sha256,
+                outcome: outcome.clone(),
+            }),
+        }
+    }
+
+    /// Compiles and links an admitted module; the flag says whether the code came from the disk
+    /// cache. Admission has checked everything compiling and linking check, so a failure here
+    /// is reported as what the engine says.
+    fn compile(
+        &self,
+        binary: &[u8],
+        sha256: String,
+        uses_wasi: bool,
+    ) -> (Result<Arc<Compiled>, Outcome>, bool) {
+        let inner = &*self.inner;
+        let (module, from_disk) = {
+            // Serialised so that the disk cache's hit counter can be attributed to one compile.
+            let _serial = inner
+                .compile_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let hits_before = inner.disk_cache.as_ref().map(Cache::cache_hits);
+            let module = Module::from_binary(&inner.engine, binary);
+            let hits_after = inner.disk_cache.as_ref().map(Cache::cache_hits);
+            (module, hits_after > hits_before)
+        };
+        let module = match module {
+            Ok(module) => module,
+            Err(e) => {
+                let message = format!("cannot compile: {e:#}");
+                return (Err(Outcome::InvalidModule { message }), false);
+            }
+        };
+        let result = match inner.linker.instantiate_pre(&module) {
+            Ok(pre) => Ok(Arc::new(Compiled {
+                sha256,
+                pre,
+                uses_wasi,
+            })),
+            Err(e) => Err(Outcome::LinkError {
+                message: format!("{e:#}"),
+            }),
+        };
+        (result, from_disk)
+    }
+}

@@ -1,0 +1,334 @@
+//! The real agent daemon against a host played by the test: a `corral.v1.AgentApi` server on
+//! 127.0.0.1 that records what the agent says and sends what the test tells it to. The host
+//! can fail module fetches; the agent reaches it through a proxy the test cuts and restores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_agent::daemon::{self, AgentConfig};
+use corral_proto::pb;
+use corral_tests::fixtures;
+use corral_tests::proxy::Proxy;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the agent said to the host, in order.
+#[derive(Debug)]
+enum Heard {
+    Registered(pb::RegisterRequest),
+    Attached,
+    Status(pb::StatusUpdate),
+}
+
+/// The stream of what the host sends one session.
+type Downstream = mpsc::UnboundedSender<Result<pb::HostMessage, Status>>;
+
+/// The host's side.
+#[derive(Clone)]
+struct Host {
+    heard: mpsc::UnboundedSender<Heard>,
+    /// Where the test's commands go: the attached session's stream.
+    downstream: Arc<Mutex<Option<Downstream>>>,
+    modules: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+type Down = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
+type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ModuleChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_api_server::AgentApi for Host {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let _ = self.heard.send(Heard::Registered(request.into_inner()));
+        Ok(Response::new(pb::RegisterResponse {
+            session: 1,
+            heartbeat_interval_ms: 100,
+        }))
+    }
+
+    type SessionStream = Down;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Down>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.downstream.lock().unwrap() = Some(tx);
+        let heard = self.heard.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let said = match message.message {
+                    Some(pb::agent_message::Message::Attach(_)) => Heard::Attached,
+                    Some(pb::agent_message::Message::Status(update)) => Heard::Status(update),
+                    _ => continue,
+                };
+                let _ = heard.send(said);
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    type FetchModuleStream = Chunks;
+
+    async fn fetch_module(
+        &self,
+        request: Request<pb::FetchModuleRequest>,
+    ) -> Result<Response<Chunks>, Status> {
+        let sha = request.into_inner().sha256;
+        match self.modules.lock().unwrap().get(&sha) {
+            Some(bytes) => {
+                let chunk = pb::ModuleChunk {
+                    chunk: bytes.clone().into(),
+                };
+                Ok(Response::new(Box::pin(tokio_stream::iter([Ok(chunk)]))))
+            }
+            None => Err(Status::unavailable("the host's store is unreachable")),
+        }
+    }
+}
+
+impl Host {
+    /// Serves on `listener` for the rest of the test.
+    fn serve(&self, listener: TcpListener) {
+        let service = pb::agent_api_server::AgentApiServer::new(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+    }
+
+    fn send(&self, message: pb::host_message::Message) {
+        let down = self.downstream.lock().unwrap();
+        let down = down.as_ref().expect("an attached session");
+        down.send(Ok(pb::HostMessage {
+            message: Some(message),
+        }))
+        .expect("the session stream is open");
+    }
+
+    fn launch(&self, task: &str, spec: pb::TaskSpec) {
+        self.send(pb::host_message::Message::Launch(pb::Launch {
+            task: Some(task_ref(task)),
+            spec: Some(spec),
+        }));
+    }
+
+    fn ack(&self, task: &str) {
+        self.send(pb::host_message::Message::Ack(pb::Ack {
+            task: Some(task_ref(task)),
+        }));
+    }
+}
+
+fn task_ref(task: &str) -> pb::TaskRef {
+    pb::TaskRef {
+        task_id: task.into(),
+        attempt: 1,
+    }
+}
+
+/// The fake host, the agent daemon connected to it, and what the agent says.
+struct Rig {
+    host: Host,
+    heard: mpsc::UnboundedReceiver<Heard>,
+    /// The agent's way to the host.
+    link: Proxy,
+    data: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(resend: Duration) -> Rig {
+        let (tx, heard) = mpsc::unbounded_channel();
+        let host = Host {
+            heard: tx,
+            downstream: Arc::default(),
+            modules: Arc::default(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let link = Proxy::start(listener.local_addr().unwrap()).await;
+        host.serve(listener);
+        let data = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            id: "a1".into(),
+            host: format!("http://{}", link.addr),
+            address: "test".into(),
+            slots: 2,
+            memory_bytes: 1 << 30,
+            labels: BTreeMap::new(),
+            data_dir: data.path().to_path_buf(),
+            max_backoff: Duration::from_millis(200),
+            resend_interval: resend,
+        };
+        tokio::spawn(daemon::run(config, std::future::pending()));
+        let mut rig = Rig {
+            host,
+            heard,
+            link,
+            data,
+        };
+        rig.until(|h| matches!(h, Heard::Attached)).await;
+        rig
+    }
+
+    /// Waits for the first thing heard that `pred` picks, skipping the rest.
+    async fn until(&mut self, pred: impl Fn(&Heard) -> bool) -> Heard {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let heard = self.heard.recv().await.expect("the host is up");
+                if pred(&heard) {
+                    return heard;
+                }
+            }
+        })
+        .await
+        .expect("heard within the wait")
+    }
+
+    /// The next final report on `task`.
+    async fn final_report(&mut self, task: &str) -> pb::StatusUpdate {
+        let heard = self
+            .until(|h| matches!(h, Heard::Status(u) if is_final(u, task)))
+            .await;
+        match heard {
+            Heard::Status(update) => update,
+            other => unreachable!("{other:?}"),
+        }
+    }
+
+    fn add_module(&self, wat: &str) -> String {
+        let sha = corral_admission::module_sha256(wat.as_bytes()).unwrap();
+        self.host
+            .modules
+            .lock()
+            .unwrap()
+            .insert(sha.clone(), wat.as_bytes().to_vec());
+        sha
+    }
+}
+
+fn is_final(update: &pb::StatusUpdate, task: &str) -> bool {
+    update.task.as_ref().is_some_and(|t| t.task_id == task)
+        && update.state != pb::TaskState::Running as i32
+}
+
+fn spec(sha: &str) -> pb::TaskSpec {
+    pb::TaskSpec {
+        name: "t".into(),
+        module_sha256: sha.into(),
+        ..Default::default()
+    }
+}
+
+fn kind(update: &pb::StatusUpdate) -> pb::OutcomeKind {
+    pb::OutcomeKind::try_from(update.outcome.as_ref().unwrap().kind).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_the_host_cannot_serve_is_the_agents_failure_not_the_tasks() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    // The host knows no module of this sha256: its fetch fails as a network fault would.
+    rig.host.launch("t-1", spec(&"ab".repeat(32)));
+    let update = rig.final_report("t-1").await;
+    assert_eq!(update.state, pb::TaskState::Failed as i32);
+    assert_eq!(kind(&update), pb::OutcomeKind::AgentError);
+    let message = &update.outcome.as_ref().unwrap().message;
+    assert!(message.contains("cannot fetch module"), "{message}");
+    assert!(
+        message.contains("the host's store is unreachable"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_dir_the_agent_cannot_make_is_the_agents_failure_not_the_tasks() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(&fixtures::wat("writer"));
+    // The agent's work dir is not a directory any more (as a full or broken disk would leave
+    // it): the task's output directory cannot be made there.
+    let work = rig.data.path().join("work");
+    std::fs::remove_dir_all(&work).unwrap();
+    std::fs::write(&work, b"not a directory").unwrap();
+    let mut outputs = spec(&sha);
+    outputs.collect_outputs = true;
+    rig.host.launch("t-1", outputs);
+    let update = rig.final_report("t-1").await;
+    assert_eq!(kind(&update), pb::OutcomeKind::AgentError);
+    let message = &update.outcome.as_ref().unwrap().message;
+    assert!(
+        message.contains("cannot create the output directory"),
+        "{message}"
+    );
+    assert!(Path::new(&work).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_module_is_the_tasks_own_outcome() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(r#"(module (import "env" "evil" (func)) (func (export "_start")))"#);
+    rig.host.launch("t-1", spec(&sha));
+    let update = rig.final_report("t-1").await;
+    assert_eq!(update.state, pb::TaskState::Failed as i32);
+    assert_eq!(kind(&update), pb::OutcomeKind::LinkError);
+    assert!(update.outcome.unwrap().message.contains("env::evil"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_on_through_a_host_outage_and_resends_its_final_report_until_acknowledged() {
+    let resend = Duration::from_millis(300);
+    let mut rig = Rig::start(resend).await;
+    // A second asleep, then done: it ends while the host is away (five seconds, far longer).
+    let sha = rig.add_module(&fixtures::sleep(Duration::from_secs(1)));
+    rig.host.launch("t-1", spec(&sha));
+    // Asleep in the guest: its progress report has reached the host.
+    rig.until(|h| matches!(h, Heard::Status(u) if u.progress.is_some()))
+        .await;
+
+    // The network between agent and host goes down.
+    rig.link.cut().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // It comes back; the agent registers again, naming the attempt whose final report the
+    // host never acknowledged, and sends that report.
+    rig.link.restore().await;
+    let registered = rig.until(|h| matches!(h, Heard::Registered(_))).await;
+    let Heard::Registered(registered) = registered else {
+        unreachable!()
+    };
+    assert_eq!(registered.unacknowledged, [task_ref("t-1")]);
+    assert!(registered.running.is_empty());
+    let first = rig.final_report("t-1").await;
+    assert_eq!(kind(&first), pb::OutcomeKind::Success, "{first:?}");
+    assert_eq!(first.progress, Some(pb::Progress { done: 1, total: 1 }));
+    // Not acknowledged: it comes again.
+    let again = rig.final_report("t-1").await;
+    assert_eq!(kind(&again), pb::OutcomeKind::Success);
+    // Acknowledged: it stops.
+    rig.host.ack("t-1");
+    tokio::time::sleep(resend * 2).await;
+    while let Ok(heard) = rig.heard.try_recv() {
+        let _ = heard;
+    }
+    let quiet_until = Instant::now() + resend * 4;
+    while Instant::now() < quiet_until {
+        if let Ok(Heard::Status(update)) = rig.heard.try_recv() {
+            assert!(
+                !is_final(&update, "t-1"),
+                "re-sent after the ack: {update:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

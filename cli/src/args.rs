@@ -1,0 +1,181 @@
+//! The command-line arguments several commands share, and how their values are parsed: sizes,
+//! durations, `K=V` labels, `K[=V]` variables, `HOST[::GUEST]` directories, `--stdin FILE`.
+//! A value that does not parse is a usage error naming it, with an example of a good one.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+/// Where the host is.
+#[derive(Args, Debug, Clone)]
+pub struct HostArg {
+    /// The host's address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CORRAL_HOST",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    pub host: String,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people: a table, lines, or the guest's output and a summary.
+    Text,
+    /// JSON for programs.
+    Json,
+}
+
+/// `-o text|json`, for the commands that print something.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// The module to run and the arguments its guest gets (`corral run`, `corral submit`).
+#[derive(Args, Debug)]
+pub struct ModuleArgs {
+    /// The module: a .wasm binary or .wat text.
+    #[arg(value_name = "MODULE")]
+    pub module: PathBuf,
+    /// Arguments passed to the guest, after MODULE (its argv[0] is MODULE as given).
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
+}
+
+/// `K=V` (a label or a constraint).
+pub fn parse_label(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{arg:?} is not K=V")),
+    }
+}
+
+/// `K=V` sets a guest variable, `K` passes this process's.
+pub fn parse_env(arg: &str) -> Result<(String, Option<String>), String> {
+    let (key, value) = match arg.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_string())),
+        None => (arg, None),
+    };
+    if key.is_empty() {
+        return Err(format!("{arg:?} has no variable name before '='"));
+    }
+    Ok((key.to_string(), value))
+}
+
+/// `HOST[::GUEST]`: a host directory and the path the guest opens it by (the same by default).
+pub fn parse_dir(arg: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = match arg.split_once("::") {
+        Some((host, guest)) => (host, guest),
+        None => (arg, arg),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("{arg:?} is not HOST or HOST::GUEST"));
+    }
+    Ok((PathBuf::from(host), guest.to_string()))
+}
+
+/// A size: `64MiB`, `512KiB`, `1GiB`, or bytes.
+pub fn parse_size(arg: &str) -> Result<u64, String> {
+    arg.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("{arg:?} is not a size; try 64MiB, 512KiB or 1GiB"))
+}
+
+/// A duration: `10s`, `1m30s`, `250ms`.
+pub fn parse_duration(arg: &str) -> Result<Duration, String> {
+    humantime::parse_duration(arg)
+        .map_err(|e| format!("{arg:?} is not a duration ({e}); try 10s, 1m30s or 250ms"))
+}
+
+/// The bytes `--stdin FILE` names (`-`: this process's stdin); empty without the flag.
+pub fn read_stdin(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    Ok(match path {
+        None => Vec::new(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read this process's stdin")?;
+            bytes
+        }
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read --stdin file {}", path.display()))?,
+    })
+}
+
+/// `--env` flags to the guest's variables: `K` alone takes this process's value.
+pub fn resolve_env(envs: Vec<(String, Option<String>)>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::with_capacity(envs.len());
+    for (key, value) in envs {
+        let value = match value {
+            Some(value) => value,
+            None => match std::env::var(&key) {
+                Ok(value) => value,
+                Err(_) => {
+                    bail!("--env {key}: no variable {key} in this process's environment to pass on")
+                }
+            },
+        };
+        env.push((key, value));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_flags() {
+        assert_eq!(
+            parse_env("A=1=2").unwrap(),
+            ("A".into(), Some("1=2".into()))
+        );
+        assert_eq!(parse_env("HOME").unwrap(), ("HOME".into(), None));
+        assert!(parse_env("=x").is_err());
+    }
+
+    #[test]
+    fn dir_flags() {
+        assert_eq!(
+            parse_dir("/tmp/x::/data").unwrap(),
+            ("/tmp/x".into(), "/data".into())
+        );
+        assert_eq!(parse_dir("data").unwrap(), ("data".into(), "data".into()));
+        assert!(parse_dir("::/data").is_err());
+    }
+
+    #[test]
+    fn label_flags() {
+        assert_eq!(
+            parse_label("zone=eu=1").unwrap(),
+            ("zone".into(), "eu=1".into())
+        );
+        assert_eq!(parse_label("k=").unwrap(), ("k".into(), String::new()));
+        assert!(parse_label("=v").is_err());
+        assert!(parse_label("novalue").is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert!(parse_size("lots")
+            .unwrap_err()
+            .contains("\"lots\" is not a size"));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("5").is_err());
+    }
+}

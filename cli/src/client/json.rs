@@ -1,0 +1,221 @@
+//! What the client commands print with `-o json`: one serde type per shape, built from the
+//! contract's messages. Field names are part of Corral's interface; README.md lists them.
+
+use std::collections::BTreeMap;
+
+use corral_proto::pb;
+use serde::Serialize;
+
+use super::{lower_name, outcome_kind, outcome_name, state_name};
+
+/// A task (`tasks`, `task get|kill|watch`, and `submit --wait` with its output).
+#[derive(Serialize)]
+pub struct Task {
+    pub id: String,
+    pub name: String,
+    pub tenant: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub agent: String,
+    pub partition: String,
+    /// The last attempt's outcome kind (`success`, `out_of_fuel`, ...).
+    pub outcome: Option<String>,
+    /// The guest's exit code, for `success` and `exit`.
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub fuel_used: u64,
+    pub peak_memory_bytes: u64,
+    /// Wall time of the last attempt, in milliseconds (microsecond precision).
+    pub wall_ms: f64,
+    pub memory_request_bytes: u64,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub reason: String,
+    /// `[done, total]`, as the guest last reported it.
+    pub progress: Option<[u64; 2]>,
+    pub module_sha256: String,
+    pub args: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub constraints: BTreeMap<String, String>,
+}
+
+impl From<&pb::Task> for Task {
+    fn from(t: &pb::Task) -> Self {
+        let spec = t.spec.clone().unwrap_or_default();
+        let kind = t.outcome.as_ref().map(outcome_kind);
+        Task {
+            id: t.id.clone(),
+            name: spec.name,
+            tenant: spec.tenant,
+            state: state_name(t.state),
+            attempts: t.attempts,
+            agent: t.agent_id.clone(),
+            partition: t.partition_id.clone(),
+            outcome: kind.map(outcome_name),
+            exit_code: t
+                .outcome
+                .as_ref()
+                .filter(|_| matches!(kind, Some(pb::OutcomeKind::Success | pb::OutcomeKind::Exit)))
+                .map(|o| o.exit_code),
+            message: t
+                .outcome
+                .as_ref()
+                .map(|o| o.message.clone())
+                .filter(|m| !m.is_empty()),
+            fuel_used: t.fuel_used,
+            peak_memory_bytes: t.peak_memory_bytes,
+            wall_ms: t.wall_us as f64 / 1e3,
+            memory_request_bytes: t.memory_request_bytes,
+            created_at_ms: t.created_at_ms,
+            started_at_ms: t.started_at_ms,
+            finished_at_ms: t.finished_at_ms,
+            reason: t.reason.clone(),
+            progress: t.progress.as_ref().map(|p| [p.done, p.total]),
+            module_sha256: spec.module_sha256,
+            args: spec.args,
+            labels: spec.labels,
+            constraints: spec.constraints,
+        }
+    }
+}
+
+/// A task that ended, with its output (`submit --wait -o json`).
+#[derive(Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub task: Task,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Paths of the output files kept.
+    pub files: Vec<String>,
+}
+
+/// One output file (`task output -o json`).
+#[derive(Serialize)]
+pub struct File {
+    pub path: String,
+    pub bytes: usize,
+}
+
+/// A task's output (`task output -o json`).
+#[derive(Serialize)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub files: Vec<File>,
+    pub files_truncated: bool,
+}
+
+impl From<&pb::TaskOutput> for Output {
+    fn from(o: &pb::TaskOutput) -> Self {
+        Output {
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+            files: o
+                .files
+                .iter()
+                .map(|f| File {
+                    path: f.path.clone(),
+                    bytes: f.data.len(),
+                })
+                .collect(),
+            files_truncated: o.files_truncated,
+        }
+    }
+}
+
+/// What `submit -o json` prints without `--wait`.
+#[derive(Serialize)]
+pub struct Submitted {
+    pub task_id: String,
+    /// The idempotency key named an existing task.
+    pub existed: bool,
+}
+
+/// An agent (`agents -o json`).
+#[derive(Serialize)]
+pub struct Agent {
+    pub id: String,
+    pub address: String,
+    pub state: String,
+    pub slots: u32,
+    pub memory_bytes: u64,
+    pub running: u32,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub last_seen_ms: i64,
+}
+
+impl From<&pb::Agent> for Agent {
+    fn from(a: &pb::Agent) -> Self {
+        let c = a.capacity.unwrap_or_default();
+        Agent {
+            id: a.id.clone(),
+            address: a.address.clone(),
+            state: agent_state(a.state),
+            slots: c.slots,
+            memory_bytes: c.memory_bytes,
+            running: a.running_tasks,
+            labels: a.labels.clone(),
+            version: a.version.clone(),
+            last_seen_ms: a.last_seen_ms,
+        }
+    }
+}
+
+/// An agent state's name (`active`).
+pub fn agent_state(state: i32) -> String {
+    let state = pb::AgentState::try_from(state).unwrap_or(pb::AgentState::Unspecified);
+    lower_name(state.as_str_name(), "AGENT_STATE_")
+}
+
+/// A partition (`partitions -o json`).
+#[derive(Serialize)]
+pub struct Partition {
+    pub id: String,
+    pub agent: String,
+    pub name: String,
+    pub state: String,
+    pub slots: u32,
+    pub memory_bytes: u64,
+    pub allocated_slots: u32,
+    pub allocated_memory_bytes: u64,
+    /// The tenant it is reserved for.
+    pub tenant: Option<String>,
+    /// The labels it is reserved for.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&pb::Partition> for Partition {
+    fn from(p: &pb::Partition) -> Self {
+        let (c, a) = (
+            p.capacity.unwrap_or_default(),
+            p.allocated.unwrap_or_default(),
+        );
+        Partition {
+            id: p.id.clone(),
+            agent: p.agent_id.clone(),
+            name: p.name.clone(),
+            state: partition_state(p.state),
+            slots: c.slots,
+            memory_bytes: c.memory_bytes,
+            allocated_slots: a.slots,
+            allocated_memory_bytes: a.memory_bytes,
+            tenant: (!p.tenant.is_empty()).then(|| p.tenant.clone()),
+            labels: p.labels.clone(),
+        }
+    }
+}
+
+/// A partition state's name (`available`).
+pub fn partition_state(state: i32) -> String {
+    let state = pb::PartitionState::try_from(state).unwrap_or(pb::PartitionState::Unspecified);
+    lower_name(state.as_str_name(), "PARTITION_STATE_")
+}

@@ -1,0 +1,196 @@
+//! The client commands: `corral submit`, `tasks`, `task get|kill|output|watch`, `agents`,
+//! `partitions`. They speak only the `corral.v1.Corral` contract (`corral-proto`) to the host
+//! named by `--host` or `CORRAL_HOST`; what they print as JSON is the serde types of
+//! [`json`], and the contract's enums are named in one place, here.
+
+pub mod agents;
+pub mod json;
+pub mod submit;
+pub mod task;
+pub mod tasks;
+
+use anyhow::anyhow;
+use corral_proto::pb;
+use corral_proto::pb::corral_client::CorralClient;
+use tonic::transport::Channel;
+
+use crate::args::HostArg;
+
+/// A client of the host.
+pub type Client = CorralClient<Channel>;
+
+/// A failure that maps to an exit status other than "corral failed".
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// What to print.
+    pub message: String,
+    /// The exit status.
+    pub status: u8,
+}
+
+/// Connects to the host `--host` names.
+pub async fn connect(host: &HostArg) -> anyhow::Result<Client> {
+    let endpoint = corral_proto::endpoint(&host.host)
+        .map_err(|e| anyhow!("invalid host address {:?}: {e}", host.host))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow!(
+            "cannot reach the Corral host at {}: {} (is `corral host` or `corral dev` running there? set --host or CORRAL_HOST)",
+            host.host,
+            source_chain(&e)
+        )
+    })?;
+    Ok(CorralClient::new(channel)
+        .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES))
+}
+
+/// An error and its sources, `: `-separated, each said once (tonic's transport error repeats
+/// its source's text in its own).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// A gRPC error as the CLI reports it: the host's message, or why the host was unreachable.
+pub fn rpc(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable => anyhow!("the host is unreachable: {}", status.message()),
+        _ => anyhow!("{}", status.message()),
+    }
+}
+
+/// The contract's name of an enum value without its prefix: `TASK_STATE_PENDING` is
+/// `PENDING`.
+fn unprefixed<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+/// A task state's name as the CLI shows it (`PENDING`); `UNKNOWN` for a number this client
+/// does not know.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::TaskState::try_from(state) {
+        Ok(pb::TaskState::Unspecified) | Err(_) => "UNKNOWN",
+        Ok(state) => unprefixed(state.as_str_name(), "TASK_STATE_"),
+    }
+}
+
+/// The task state `--state` names, in any case (`pending`, `RUNNING`).
+pub fn parse_state(name: &str) -> Result<pb::TaskState, String> {
+    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", name.to_ascii_uppercase()))
+        .filter(|s| *s != pb::TaskState::Unspecified)
+        .ok_or_else(|| {
+            format!(
+                "unknown task state {name:?}: expected one of pending, assigned, running, \
+                 finished, failed, killed, lost"
+            )
+        })
+}
+
+/// Whether a task in `state` has ended.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        pb::TaskState::try_from(state),
+        Ok(pb::TaskState::Finished
+            | pb::TaskState::Failed
+            | pb::TaskState::Killed
+            | pb::TaskState::Lost)
+    )
+}
+
+/// An outcome kind as JSON and summaries name it: `out_of_fuel`.
+pub fn outcome_name(kind: pb::OutcomeKind) -> String {
+    unprefixed(kind.as_str_name(), "OUTCOME_KIND_").to_ascii_lowercase()
+}
+
+/// An outcome's kind; unspecified for a number this client does not know.
+pub fn outcome_kind(outcome: &pb::Outcome) -> pb::OutcomeKind {
+    pb::OutcomeKind::try_from(outcome.kind).unwrap_or(pb::OutcomeKind::Unspecified)
+}
+
+/// An agent's or a partition's state as the CLI shows it (`active`, `draining`).
+pub fn lower_name(name: &str, prefix: &str) -> String {
+    match unprefixed(name, prefix) {
+        "UNSPECIFIED" => "unknown".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_named_and_parsed_without_their_prefix() {
+        assert_eq!(state_name(pb::TaskState::Lost as i32), "LOST");
+        assert_eq!(state_name(99), "UNKNOWN");
+        assert_eq!(parse_state("running"), Ok(pb::TaskState::Running));
+        assert_eq!(parse_state("Finished"), Ok(pb::TaskState::Finished));
+        assert!(parse_state("unspecified").is_err());
+        assert!(parse_state("done").unwrap_err().contains("\"done\""));
+        assert!(is_terminal(pb::TaskState::Killed as i32));
+        assert!(!is_terminal(pb::TaskState::Running as i32));
+    }
+
+    /// `corral run` names outcomes by the sandbox's `Outcome::kind`, the cluster commands by
+    /// the contract's kind: the two agree for every outcome the sandbox has.
+    #[test]
+    fn outcome_names_are_the_sandboxs_own() {
+        use corral_agent::sandbox::Outcome;
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Exit { code: 1 },
+            Outcome::OutOfFuel,
+            Outcome::MemoryLimit,
+            Outcome::Timeout,
+            Outcome::StackOverflow,
+            Outcome::Trap {
+                message: "x".into(),
+            },
+            Outcome::LinkError {
+                message: "x".into(),
+            },
+            Outcome::InvalidModule {
+                message: "x".into(),
+            },
+            Outcome::Killed,
+        ];
+        for outcome in outcomes {
+            let pb = corral_agent::daemon::outcome_to_pb(&outcome);
+            assert_eq!(outcome_name(outcome_kind(&pb)), outcome.kind());
+        }
+        assert_eq!(outcome_name(pb::OutcomeKind::AgentError), "agent_error");
+    }
+
+    #[test]
+    fn a_source_said_twice_is_shown_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "tcp connect error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            source_chain(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! [`HostError`]: what the host answers a client or an agent when it cannot do what was asked.
+//! The api maps it to a `tonic::Status` in one place (`api::status`).
+
+use crate::store::StoreError;
+
+/// An error answered to a client or an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No such task, agent or module.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request cannot be done in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The state store failed; nothing of the request was kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host is stopping, or stopped after its state store failed.
+    #[error("{0}")]
+    Unavailable(String),
+}

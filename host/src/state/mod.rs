@@ -1,0 +1,831 @@
+//! The host's state machine: tasks, agents and partitions, and every change to them, as a pure
+//! type.
+//!
+//! [`HostState`] holds what the host knows. Each change is a method that takes the time as an
+//! argument ([`Now`]) and records what must happen because of it in an [`Effects`]: the store
+//! writes that make it durable, the commands for agents, and the task events for watchers. It
+//! does no I/O, reads no clock and never waits, so every transition is unit-tested directly
+//! (`tests.rs`). [`ControlPlane`](crate::control::ControlPlane) is the actor around it: it
+//! applies a batch of changes under its lock, awaits the batch's writes, and only then sends
+//! the commands and events (or, when the writes fail, rebuilds the state from disk), so that
+//! nothing outside sees a change before it is durable.
+//!
+//! # Lifecycle
+//! ```text
+//! submit ─> PENDING ─schedule─> ASSIGNED ─report RUNNING─> RUNNING ─report final─> FINISHED
+//!              ^                    │                        │                      FAILED
+//!              │                    └────── agent lost, or ──┤                      KILLED
+//!              │                            came back         v
+//!              └──── retries remain ──── LOST, or FAILED (agent_error, or retry_failed)
+//! ```
+//! A kill ends a PENDING task at once, asks a placed task's agent to stop it, and ends a placed
+//! task at once when its agent is away (the kill is sent when it comes back).
+//!
+//! # Invariants kept here
+//! - A partition's allocation is the sum of the requests of the tasks that hold resources
+//!   (ASSIGNED or RUNNING) in it, and never exceeds its capacity: it grows only by the
+//!   scheduler's placements ([`HostState::schedule`]) and shrinks only when an attempt ends.
+//! - A task is in the pending queue exactly when it is PENDING.
+//! - Reports count only from an agent's attached session and for its current attempts; a stale
+//!   final report is acknowledged and dropped, a stale running attempt is killed.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::allocator::{never_fits, Candidate, Request, Strategy};
+use crate::config::HostConfig;
+use crate::error::HostError;
+use crate::partition::{self, Partition, PartitionState, PartitionTemplate};
+use crate::registry::{AgentInfo, AgentState, Registry};
+use crate::scheduler::{self, PendingTask};
+use crate::store::{Loaded, Write};
+use crate::task::{
+    Attempt, OutcomeKind, OutcomeRecord, Progress, Task, TaskId, TaskOutput, TaskSpec, TaskState,
+};
+
+/// Most pending tasks considered in one scheduling round.
+const MAX_ROUND: usize = 50_000;
+
+/// When a change happens: the monotonic clock, for agent liveness, and wall-clock milliseconds
+/// since the Unix epoch, for records.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch.
+    pub ms: i64,
+}
+
+impl Now {
+    /// The time now, from the system's clocks.
+    pub fn current() -> Self {
+        Self {
+            instant: Instant::now(),
+            ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        }
+    }
+
+    /// `by` later.
+    pub fn after(self, by: Duration) -> Self {
+        Self {
+            instant: self.instant + by,
+            ms: self
+                .ms
+                .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// What the host tells one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentCommand {
+    /// Run this attempt.
+    Launch(Attempt, Arc<TaskSpec>),
+    /// Stop this attempt.
+    Kill(Attempt),
+    /// The final status of this attempt is durable; stop re-sending it.
+    Ack(Attempt),
+}
+
+/// What a batch of changes requires: written first, then sent.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Store writes that make the changes durable, in order.
+    pub writes: Vec<Write>,
+    /// Commands for agents, by agent id, in order.
+    pub commands: Vec<(String, AgentCommand)>,
+    /// Tasks as watchers see them after each change (without stdin), in order.
+    pub events: Vec<Arc<Task>>,
+}
+
+/// A status report from an agent on one attempt.
+#[derive(Clone, Debug, Default)]
+pub struct StatusReport {
+    /// `Running`, or a final state: `Finished`, `Failed` or `Killed`.
+    pub state: Option<TaskState>,
+    /// How it ended (final reports).
+    pub outcome: Option<OutcomeRecord>,
+    /// Fuel used so far, or in all.
+    pub fuel_used: u64,
+    /// Peak linear memory.
+    pub peak_memory_bytes: u64,
+    /// Wall time, in microseconds.
+    pub wall_us: u64,
+    /// The guest's progress.
+    pub progress: Option<Progress>,
+    /// Captured output (final reports).
+    pub output: Option<TaskOutput>,
+}
+
+/// Filters for [`HostState::list`].
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks with this name.
+    pub name: Option<String>,
+    /// Only tasks of this tenant.
+    pub tenant: Option<String>,
+    /// Only tasks carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An agent as listed.
+#[derive(Clone, Debug)]
+pub struct AgentView {
+    /// What it said of itself.
+    pub info: AgentInfo,
+    /// Whether it is heard from.
+    pub state: AgentState,
+    /// When it was last heard from (ms since the epoch).
+    pub last_seen_ms: i64,
+    /// Tasks it holds (assigned or running).
+    pub running: u32,
+}
+
+/// The parts of the host's config the state machine decides by.
+#[derive(Clone, Debug)]
+struct Rules {
+    strategy: Strategy,
+    heartbeat_timeout: Duration,
+    templates: Vec<PartitionTemplate>,
+    max_output_bytes: u64,
+}
+
+/// Everything the host knows, and every change to it. See the module documentation.
+#[derive(Debug)]
+pub struct HostState {
+    rules: Rules,
+    tasks: BTreeMap<TaskId, Task>,
+    pending: BTreeSet<TaskId>,
+    idempotency: HashMap<(String, String), TaskId>,
+    registry: Registry,
+    partitions: BTreeMap<String, Partition>,
+    /// Agents whose session stream is attached, with that session.
+    attached: HashMap<String, u64>,
+    /// Commands for agents not attached yet (reconciliation kills), sent when they attach.
+    queued: HashMap<String, Vec<AgentCommand>>,
+    modules: BTreeSet<String>,
+    next_id: u64,
+    /// Something changed that may let a pending task be placed.
+    dirty: bool,
+}
+
+/// A task as clients see it in events and listings: without its stdin bytes.
+pub fn public(task: &Task) -> Task {
+    let mut task = task.clone();
+    task.spec.stdin = Bytes::new();
+    task
+}
+
+fn unknown_task(id: TaskId) -> HostError {
+    HostError::NotFound(format!("no task {id}"))
+}
+
+fn request(spec: &TaskSpec) -> Request<'_> {
+    Request {
+        resources: spec.resources(),
+        tenant: &spec.tenant,
+        labels: &spec.labels,
+        constraints: &spec.constraints,
+    }
+}
+
+/// The allocator's view of one partition.
+fn candidate(p: &Partition) -> Candidate<'_> {
+    Candidate {
+        partition_id: &p.id,
+        agent_id: &p.agent_id,
+        agent_labels: &p.agent_labels,
+        reservation: &p.reservation,
+        capacity: p.capacity,
+        free: p.free(),
+        draining: p.draining || p.state() == PartitionState::Draining,
+    }
+}
+
+fn attempt_of(task: &Task) -> Attempt {
+    Attempt {
+        task_id: task.id,
+        attempt: task.attempts,
+    }
+}
+
+impl HostState {
+    /// An empty state under `config`.
+    pub fn new(config: &HostConfig) -> Self {
+        Self {
+            rules: Rules {
+                strategy: config.strategy,
+                heartbeat_timeout: config.heartbeat_timeout,
+                templates: config.partitions.clone(),
+                max_output_bytes: config.max_output_size.as_u64(),
+            },
+            tasks: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            idempotency: HashMap::new(),
+            registry: Registry::default(),
+            partitions: BTreeMap::new(),
+            attached: HashMap::new(),
+            queued: HashMap::new(),
+            modules: BTreeSet::new(),
+            next_id: 0,
+            dirty: false,
+        }
+    }
+
+    /// The state a store held, as a host starting on it sees it: no agent attached (each has
+    /// one heartbeat timeout from `now` to come back), their partitions draining until then,
+    /// allocations recomputed from the tasks that hold resources, PENDING tasks queued.
+    pub fn restore(config: &HostConfig, loaded: Loaded, now: Now) -> Self {
+        let mut state = Self::new(config);
+        for (info, seen) in loaded.agents {
+            state.registry.restore(info, now.instant, seen);
+        }
+        for mut p in loaded.partitions {
+            p.draining = true;
+            p.allocated = Default::default();
+            if let Some(agent) = state.registry.get(&p.agent_id) {
+                p.agent_labels = agent.info.labels.clone();
+            }
+            state.partitions.insert(p.id.clone(), p);
+        }
+        for task in loaded.tasks {
+            state.next_id = state.next_id.max(task.id.0);
+            if task.state == TaskState::Pending {
+                state.pending.insert(task.id);
+            }
+            if task.state.holds_resources() {
+                if let Some(p) = task
+                    .partition_id
+                    .as_ref()
+                    .and_then(|p| state.partitions.get_mut(p))
+                {
+                    p.allocated = p.allocated.plus(&task.spec.resources());
+                }
+            }
+            state.tasks.insert(task.id, task);
+        }
+        state.idempotency = loaded.idempotency.into_iter().collect();
+        state.modules = loaded.modules.into_iter().collect();
+        state.dirty = !state.pending.is_empty();
+        state
+    }
+
+    // ----- modules ------------------------------------------------------------------------
+
+    /// Whether a module with this sha256 is stored.
+    pub fn has_module(&self, sha256: &str) -> bool {
+        self.modules.contains(sha256)
+    }
+
+    /// Records that a module is stored (its bytes already durable). False when it was known.
+    pub fn module_stored(&mut self, sha256: &str) -> bool {
+        self.modules.insert(sha256.to_string())
+    }
+
+    // ----- tasks --------------------------------------------------------------------------
+
+    /// Records a new PENDING task, or answers the task an idempotency key (per tenant) already
+    /// names: (id, whether it existed). Refused when its module is not stored, or when no
+    /// registered agent could ever hold it.
+    pub fn submit(
+        &mut self,
+        spec: TaskSpec,
+        idempotency_key: Option<String>,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<(TaskId, bool), HostError> {
+        let key = idempotency_key.map(|k| (spec.tenant.clone(), k));
+        if let Some(id) = key.as_ref().and_then(|k| self.idempotency.get(k)) {
+            return Ok((*id, true));
+        }
+        if !self.modules.contains(&spec.module_sha256) {
+            return Err(HostError::NotFound(format!(
+                "no module with sha256 {}: upload it first",
+                spec.module_sha256
+            )));
+        }
+        let request = request(&spec);
+        // Usually the first partition could hold it; the reason is worked out only when none
+        // could.
+        if !self.registry.is_empty()
+            && !self
+                .partitions
+                .values()
+                .any(|p| candidate(p).could_ever_hold(&request))
+        {
+            let candidates: Vec<Candidate<'_>> = self.partitions.values().map(candidate).collect();
+            if let Some(reason) = never_fits(&candidates, &request) {
+                return Err(HostError::FailedPrecondition(format!(
+                    "no agent could ever run this task: {reason}"
+                )));
+            }
+        }
+        self.next_id += 1;
+        let id = TaskId(self.next_id);
+        let task = Task::new(id, spec, now.ms);
+        if let Some((tenant, key)) = key {
+            self.idempotency.insert((tenant.clone(), key.clone()), id);
+            fx.writes.push(Write::Idempotency(tenant, key, id));
+        }
+        fx.writes.push(Write::Task(task.clone()));
+        fx.events.push(Arc::new(public(&task)));
+        self.tasks.insert(id, task);
+        self.pending.insert(id);
+        self.dirty = true;
+        Ok((id, false))
+    }
+
+    /// One task (with its stdin).
+    pub fn get(&self, id: TaskId) -> Result<&Task, HostError> {
+        self.tasks.get(&id).ok_or_else(|| unknown_task(id))
+    }
+
+    /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
+    /// stdin; and whether more remain.
+    pub fn list(
+        &self,
+        filter: &TaskFilter,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> (Vec<Task>, bool) {
+        let start = after.map_or(0, |a| a.0.saturating_add(1));
+        let mut out = Vec::new();
+        let mut more = false;
+        for task in self.tasks.range(TaskId(start)..).map(|(_, t)| t) {
+            let keep = filter.state.is_none_or(|s| s == task.state)
+                && filter.name.as_ref().is_none_or(|n| *n == task.spec.name)
+                && filter
+                    .tenant
+                    .as_ref()
+                    .is_none_or(|t| *t == task.spec.tenant)
+                && partition::contains_all(&task.spec.labels, &filter.labels);
+            if !keep {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(public(task));
+        }
+        (out, more)
+    }
+
+    /// Kills a task: a PENDING one at once; a placed one through its agent (the answer is the
+    /// task as it is now, KILLED when the agent reports); a placed one whose agent is away at
+    /// once, the kill queued for when the agent comes back.
+    pub fn kill(&mut self, id: TaskId, now: Now, fx: &mut Effects) -> Result<Task, HostError> {
+        let task = self.tasks.get(&id).ok_or_else(|| unknown_task(id))?;
+        if task.state.is_terminal() {
+            return Err(HostError::FailedPrecondition(format!(
+                "task {id} already ended ({})",
+                task.state
+            )));
+        }
+        let attempt = attempt_of(task);
+        let placed_on = task
+            .agent_id
+            .clone()
+            .filter(|_| task.state.holds_resources());
+        match placed_on {
+            Some(agent) if self.attached.contains_key(&agent) => {
+                fx.commands.push((agent, AgentCommand::Kill(attempt)));
+                let task = self.tasks.get_mut(&id).expect("looked up above");
+                task.reason = "kill requested".into();
+                task.updated_at_ms = now.ms;
+                fx.writes.push(Write::Task(task.clone()));
+                let shown = public(task);
+                fx.events.push(Arc::new(shown.clone()));
+                Ok(shown)
+            }
+            placed_on => {
+                if let Some(agent) = placed_on {
+                    self.queued
+                        .entry(agent)
+                        .or_default()
+                        .push(AgentCommand::Kill(attempt));
+                }
+                let task = self.end(id, TaskState::Killed, "killed on request", now, fx);
+                Ok(public(&task))
+            }
+        }
+    }
+
+    // ----- scheduling ---------------------------------------------------------------------
+
+    /// One scheduling round, when something changed since the last that may let a pending
+    /// task be placed: plans the pending tasks over the partitions and applies the plan
+    /// (ASSIGNED, allocation taken, a launch for each placement's agent).
+    pub fn schedule(&mut self, now: Now, fx: &mut Effects) {
+        if !std::mem::take(&mut self.dirty) || self.pending.is_empty() {
+            return;
+        }
+        let candidates: Vec<Candidate<'_>> = self.partitions.values().map(candidate).collect();
+        // With every slot taken, no plan can place anything: skip the pass over the queue.
+        if candidates.iter().all(|c| c.draining || c.free.slots == 0) {
+            return;
+        }
+        // Read lazily: the plan stops once every slot is taken.
+        let pending = self
+            .pending
+            .iter()
+            .take(MAX_ROUND)
+            .filter_map(|id| self.tasks.get(id))
+            .map(|t| PendingTask {
+                task_id: t.id,
+                request: request(&t.spec),
+            });
+        let plan = scheduler::plan(&candidates, pending, self.rules.strategy);
+        let placements: Vec<(TaskId, String)> = plan
+            .placements
+            .iter()
+            .map(|p| (p.task_id, candidates[p.partition].partition_id.to_string()))
+            .collect();
+        drop(candidates);
+        for (task_id, partition_id) in placements {
+            let (Some(p), Some(task)) = (
+                self.partitions.get_mut(&partition_id),
+                self.tasks.get_mut(&task_id),
+            ) else {
+                continue;
+            };
+            p.allocated = p.allocated.plus(&task.spec.resources());
+            task.state = TaskState::Assigned;
+            task.attempts += 1;
+            task.agent_id = Some(p.agent_id.clone());
+            task.partition_id = Some(p.id.clone());
+            task.reason.clear();
+            task.updated_at_ms = now.ms;
+            task.fuel_used = 0;
+            task.peak_memory_bytes = 0;
+            task.wall_us = 0;
+            task.progress = None;
+            self.pending.remove(&task_id);
+            if self.attached.contains_key(&p.agent_id) {
+                let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
+                fx.commands.push((p.agent_id.clone(), launch));
+            }
+            fx.events.push(Arc::new(public(task)));
+            fx.writes.push(Write::Task(task.clone()));
+        }
+        for unplaced in plan.unplaced {
+            if let Some(task) = self.tasks.get_mut(&unplaced.task_id) {
+                task.reason = unplaced.reason;
+            }
+        }
+    }
+
+    // ----- agents -------------------------------------------------------------------------
+
+    /// Registers an agent (or one coming back) and reconciles: attempts placed there that the
+    /// agent neither runs nor holds a final report for are LOST; attempts it runs that the host
+    /// does not expect there are killed once it attaches. Answers the session.
+    pub fn register(
+        &mut self,
+        info: AgentInfo,
+        running: &[Attempt],
+        unacknowledged: &[Attempt],
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<u64, HostError> {
+        if info.id.is_empty() || info.id.contains('/') {
+            return Err(HostError::InvalidArgument(format!(
+                "agent id {:?} must be non-empty and contain no '/'",
+                info.id
+            )));
+        }
+        if info.capacity.slots == 0 || info.capacity.memory_bytes == 0 {
+            return Err(HostError::InvalidArgument(format!(
+                "agent {} offers no capacity: it needs at least one slot and some memory",
+                info.id
+            )));
+        }
+        let (session, previous) = self.registry.register(info.clone(), now.instant, now.ms);
+        // A new registration replaces any stream of the old session.
+        self.attached.remove(&info.id);
+        let prefix = format!("{}/", info.id);
+        if previous.as_ref() != Some(&info)
+            || !self.partitions.keys().any(|k| k.starts_with(&prefix))
+        {
+            let mut carved =
+                partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
+            self.partitions.retain(|_, p| p.agent_id != info.id);
+            for p in &mut carved {
+                p.draining = true;
+                for task in self.tasks.values() {
+                    if task.state.holds_resources() && task.partition_id.as_deref() == Some(&p.id) {
+                        p.allocated = p.allocated.plus(&task.spec.resources());
+                    }
+                }
+            }
+            fx.writes
+                .push(Write::Partitions(info.id.clone(), carved.clone()));
+            self.partitions
+                .extend(carved.into_iter().map(|p| (p.id.clone(), p)));
+        }
+        fx.writes.push(Write::Agent(info.clone(), now.ms));
+
+        let reported: BTreeSet<&Attempt> = running.iter().chain(unacknowledged).collect();
+        let forgotten: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(&info.id))
+            .filter(|t| !reported.contains(&attempt_of(t)))
+            .map(|t| t.id)
+            .collect();
+        for id in forgotten {
+            let reason = format!("agent {} came back without it", info.id);
+            self.lose(id, &reason, now, fx);
+        }
+        let kills = running
+            .iter()
+            .filter(|a| !self.expects(&info.id, a))
+            .map(|a| AgentCommand::Kill(a.clone()))
+            .collect();
+        self.queued.insert(info.id.clone(), kills);
+        Ok(session)
+    }
+
+    /// Whether `attempt` is the current one of a task placed on `agent_id`.
+    fn expects(&self, agent_id: &str, attempt: &Attempt) -> bool {
+        self.tasks.get(&attempt.task_id).is_some_and(|t| {
+            t.state.holds_resources()
+                && t.attempts == attempt.attempt
+                && t.agent_id.as_deref() == Some(agent_id)
+        })
+    }
+
+    /// Attaches an agent's session stream: the commands queued for it go out, launches of its
+    /// ASSIGNED attempts go again (the old stream may have dropped them; the agent ignores one
+    /// it already has), and its partitions take tasks.
+    pub fn attach(
+        &mut self,
+        agent_id: &str,
+        session: u64,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<(), HostError> {
+        if !self.registry.heard(agent_id, session, now.instant, now.ms) {
+            return Err(HostError::FailedPrecondition(format!(
+                "agent {agent_id} session {session} is not current: register again"
+            )));
+        }
+        for command in self.queued.remove(agent_id).unwrap_or_default() {
+            fx.commands.push((agent_id.to_string(), command));
+        }
+        for task in self.tasks.values() {
+            if task.state == TaskState::Assigned && task.agent_id.as_deref() == Some(agent_id) {
+                let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
+                fx.commands.push((agent_id.to_string(), launch));
+            }
+        }
+        self.attached.insert(agent_id.to_string(), session);
+        for p in self
+            .partitions
+            .values_mut()
+            .filter(|p| p.agent_id == agent_id)
+        {
+            p.draining = false;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Records a heartbeat. False when the session is not current (the agent must register).
+    pub fn heartbeat(&mut self, agent_id: &str, session: u64, now: Now) -> bool {
+        self.registry.heard(agent_id, session, now.instant, now.ms)
+    }
+
+    /// The agent's stream of `session` ended: its partitions take no new tasks, and it is lost
+    /// unless it comes back within the heartbeat timeout.
+    pub fn detach(&mut self, agent_id: &str, session: u64) {
+        if self.attached.get(agent_id) == Some(&session) {
+            self.attached.remove(agent_id);
+        }
+        if self.registry.disconnected(agent_id, session) {
+            for p in self
+                .partitions
+                .values_mut()
+                .filter(|p| p.agent_id == agent_id)
+            {
+                p.draining = true;
+            }
+        }
+    }
+
+    /// Declares agents silent past the heartbeat timeout lost, and their attempts LOST.
+    /// Answers the agents lost.
+    pub fn expire(&mut self, now: Now, fx: &mut Effects) -> Vec<String> {
+        let lost = self
+            .registry
+            .expire(now.instant, self.rules.heartbeat_timeout);
+        for agent in &lost {
+            self.attached.remove(agent);
+            for p in self
+                .partitions
+                .values_mut()
+                .filter(|p| p.agent_id == *agent)
+            {
+                p.draining = true;
+            }
+            let held: Vec<TaskId> = self
+                .tasks
+                .values()
+                .filter(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(agent))
+                .map(|t| t.id)
+                .collect();
+            for id in held {
+                self.lose(id, &format!("agent {agent} lost"), now, fx);
+            }
+        }
+        lost
+    }
+
+    /// The session `agent_id` is attached with, if it is.
+    pub fn attached_session(&self, agent_id: &str) -> Option<u64> {
+        self.attached.get(agent_id).copied()
+    }
+
+    /// Applies an agent's report on one attempt. Reports from a session that is not attached
+    /// are ignored. A report on an attempt the host no longer expects there is acknowledged
+    /// (final) or killed (running). A RUNNING report moves an ASSIGNED task to RUNNING (a
+    /// durable change) and otherwise updates its live figures (fuel so far, progress), which
+    /// are not written. A final report ends the attempt: the task, its output and an Ack.
+    pub fn report(
+        &mut self,
+        agent_id: &str,
+        session: u64,
+        attempt: Attempt,
+        report: StatusReport,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        let Some(reported) = report.state else { return };
+        if self.attached.get(agent_id) != Some(&session) {
+            return;
+        }
+        self.registry.heard(agent_id, session, now.instant, now.ms);
+        if !self.expects(agent_id, &attempt) {
+            let command = if reported.is_terminal() {
+                AgentCommand::Ack(attempt)
+            } else {
+                AgentCommand::Kill(attempt)
+            };
+            fx.commands.push((agent_id.to_string(), command));
+            return;
+        }
+        let task = self
+            .tasks
+            .get_mut(&attempt.task_id)
+            .expect("an expected attempt's task exists");
+        task.fuel_used = report.fuel_used;
+        task.peak_memory_bytes = task.peak_memory_bytes.max(report.peak_memory_bytes);
+        task.wall_us = report.wall_us;
+        if report.progress.is_some() {
+            task.progress = report.progress;
+        }
+        task.updated_at_ms = now.ms;
+        if !reported.is_terminal() {
+            if task.state == TaskState::Assigned {
+                task.state = TaskState::Running;
+                task.started_at_ms = now.ms;
+                task.reason.clear();
+                fx.writes.push(Write::Task(task.clone()));
+            }
+            fx.events.push(Arc::new(public(task)));
+            return;
+        }
+        let outcome = report.outcome.unwrap_or_else(|| OutcomeRecord {
+            kind: OutcomeKind::AgentError,
+            exit_code: 0,
+            message: format!("agent {agent_id} reported the attempt ended without an outcome"),
+        });
+        task.peak_memory_bytes = report.peak_memory_bytes;
+        let reason = outcome.reason();
+        let ended = outcome.kind.final_state();
+        task.outcome = Some(outcome);
+        let task = self.end(attempt.task_id, ended, &reason, now, fx);
+        let mut output = report.output.unwrap_or_default();
+        cap_output(&mut output, self.rules.max_output_bytes);
+        fx.writes.push(Write::Output(task.id, output));
+        fx.commands
+            .push((agent_id.to_string(), AgentCommand::Ack(attempt)));
+    }
+
+    // ----- views --------------------------------------------------------------------------
+
+    /// Every agent, by id.
+    pub fn agents(&self) -> Vec<AgentView> {
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        for task in self.tasks.values().filter(|t| t.state.holds_resources()) {
+            if let Some(agent) = &task.agent_id {
+                *running.entry(agent.as_str()).or_default() += 1;
+            }
+        }
+        self.registry
+            .iter()
+            .map(|entry| AgentView {
+                info: entry.info.clone(),
+                state: entry.state,
+                last_seen_ms: entry.last_seen_ms,
+                running: running.get(entry.info.id.as_str()).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Every partition, by id.
+    pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
+        self.partitions.values()
+    }
+
+    /// Tasks in the pending queue, in queue order.
+    pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.pending.iter().copied()
+    }
+
+    /// Every task, by id.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    /// Ends the task's current attempt in `ended`: frees what it held, and queues it again when
+    /// its retry policy allows. Writes the task, tells watchers (the state it ended in, then
+    /// PENDING when retried), and answers it as it now is.
+    fn end(
+        &mut self,
+        id: TaskId,
+        ended: TaskState,
+        reason: &str,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Task {
+        let task = self.tasks.get_mut(&id).expect("ending a known task");
+        if task.state.holds_resources() {
+            if let Some(p) = task
+                .partition_id
+                .as_ref()
+                .and_then(|p| self.partitions.get_mut(p))
+            {
+                p.allocated = p.allocated.minus(&task.spec.resources());
+            }
+            self.dirty = true;
+        }
+        self.pending.remove(&id);
+        task.state = ended;
+        task.reason = reason.to_string();
+        task.updated_at_ms = now.ms;
+        let retry = task.may_retry_after(ended);
+        if !retry {
+            task.finished_at_ms = now.ms;
+        }
+        fx.events.push(Arc::new(public(task)));
+        if retry {
+            task.state = TaskState::Pending;
+            task.reason = format!("retrying after {}: {reason}", ended.as_str());
+            fx.events.push(Arc::new(public(task)));
+            self.pending.insert(id);
+            self.dirty = true;
+        }
+        fx.writes.push(Write::Task(task.clone()));
+        task.clone()
+    }
+
+    /// The current attempt of `id` is LOST (its agent vanished or forgot it).
+    fn lose(&mut self, id: TaskId, reason: &str, now: Now, fx: &mut Effects) {
+        self.end(id, TaskState::Lost, reason, now, fx);
+    }
+}
+
+/// Keeps output within the host's cap: files are kept in order while they fit in `max` bytes
+/// in all; stdout and stderr were capped by the agent and are capped again here.
+pub fn cap_output(output: &mut TaskOutput, max: u64) {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if output.stdout.len() > max {
+        output.stdout.truncate(max);
+        output.stdout_truncated = true;
+    }
+    if output.stderr.len() > max {
+        output.stderr.truncate(max);
+        output.stderr_truncated = true;
+    }
+    let mut total = 0usize;
+    let before = output.files.len();
+    output.files.retain(|f| {
+        total = total.saturating_add(f.data.len());
+        total <= max
+    });
+    output.files_truncated |= output.files.len() < before;
+}

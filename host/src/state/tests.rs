@@ -1,0 +1,728 @@
+//! The state machine driven directly: every transition of the task lifecycle, retries, kills
+//! in every state, reconciliation, and a property test over random sequences of events.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::{prop_assert, prop_oneof, proptest, Just, ProptestConfig};
+use proptest::strategy::Strategy as Generator;
+
+use super::*;
+use crate::partition::Resources;
+use crate::task::{RetryPolicy, TaskLimits};
+
+const MIB: u64 = 1 << 20;
+const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn spec(memory: u64, retries: u32, retry_failed: bool) -> TaskSpec {
+    TaskSpec {
+        name: "t".into(),
+        tenant: "default".into(),
+        module_sha256: SHA.into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        stdin: Bytes::from_static(b"in"),
+        limits: TaskLimits {
+            fuel: 1000,
+            memory_bytes: memory,
+            timeout: Duration::from_secs(1),
+            max_output_bytes: 1024,
+        },
+        labels: BTreeMap::new(),
+        constraints: BTreeMap::new(),
+        retry: RetryPolicy {
+            max_retries: retries,
+            retry_failed,
+        },
+        collect_outputs: false,
+    }
+}
+
+fn info(id: &str, slots: u32, memory: u64) -> AgentInfo {
+    AgentInfo {
+        id: id.into(),
+        address: String::new(),
+        capacity: Resources {
+            slots,
+            memory_bytes: memory,
+        },
+        labels: BTreeMap::new(),
+        version: "test".into(),
+    }
+}
+
+fn outcome(kind: OutcomeKind) -> OutcomeRecord {
+    OutcomeRecord {
+        kind,
+        exit_code: 0,
+        message: String::new(),
+    }
+}
+
+fn running() -> StatusReport {
+    StatusReport {
+        state: Some(TaskState::Running),
+        fuel_used: 5,
+        ..Default::default()
+    }
+}
+
+fn ended(kind: OutcomeKind) -> StatusReport {
+    StatusReport {
+        state: Some(kind.final_state()),
+        outcome: Some(outcome(kind)),
+        fuel_used: 42,
+        peak_memory_bytes: 65536,
+        wall_us: 1500,
+        output: Some(TaskOutput {
+            stdout: Bytes::from_static(b"out"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A state and a clock, with the steps tests take.
+struct World {
+    state: HostState,
+    now: Now,
+    sessions: BTreeMap<String, u64>,
+}
+
+impl World {
+    fn new() -> Self {
+        let mut state = HostState::new(&HostConfig::default());
+        state.module_stored(SHA);
+        Self {
+            state,
+            now: Now {
+                instant: Instant::now(),
+                ms: 1_000_000,
+            },
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now = self.now.after(by);
+    }
+
+    /// Registers and attaches an agent; answers the effects of both.
+    fn agent(&mut self, id: &str, slots: u32, memory: u64) -> Effects {
+        self.agent_reporting(id, slots, memory, &[], &[])
+    }
+
+    fn agent_reporting(
+        &mut self,
+        id: &str,
+        slots: u32,
+        memory: u64,
+        running: &[Attempt],
+        unacked: &[Attempt],
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let session = self
+            .state
+            .register(info(id, slots, memory), running, unacked, self.now, &mut fx)
+            .unwrap();
+        self.state.attach(id, session, self.now, &mut fx).unwrap();
+        self.sessions.insert(id.into(), session);
+        fx
+    }
+
+    fn submit(&mut self, spec: TaskSpec) -> TaskId {
+        let mut fx = Effects::default();
+        self.state.submit(spec, None, self.now, &mut fx).unwrap().0
+    }
+
+    fn schedule(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        self.state.schedule(self.now, &mut fx);
+        fx
+    }
+
+    fn report(&mut self, agent: &str, id: TaskId, report: StatusReport) -> Effects {
+        let attempt = Attempt {
+            task_id: id,
+            attempt: self.task(id).attempts,
+        };
+        self.report_on(agent, attempt, report)
+    }
+
+    fn report_on(&mut self, agent: &str, attempt: Attempt, report: StatusReport) -> Effects {
+        let mut fx = Effects::default();
+        let session = self.sessions[agent];
+        self.state
+            .report(agent, session, attempt, report, self.now, &mut fx);
+        fx
+    }
+
+    fn kill(&mut self, id: TaskId) -> (Result<Task, HostError>, Effects) {
+        let mut fx = Effects::default();
+        let result = self.state.kill(id, self.now, &mut fx);
+        (result, fx)
+    }
+
+    fn task(&self, id: TaskId) -> &Task {
+        self.state.get(id).unwrap()
+    }
+
+    fn allocated(&self, partition: &str) -> Resources {
+        self.state
+            .partitions()
+            .find(|p| p.id == partition)
+            .unwrap()
+            .allocated
+    }
+
+    /// The state's invariants: allocations are the sums of what placed tasks request and
+    /// within capacity; the pending queue is exactly the PENDING tasks.
+    fn check(&self) {
+        check_invariants(&self.state).unwrap();
+    }
+}
+
+fn check_invariants(state: &HostState) -> Result<(), String> {
+    for p in state.partitions() {
+        let held = state
+            .tasks()
+            .filter(|t| t.state.holds_resources() && t.partition_id.as_deref() == Some(&p.id))
+            .fold(Resources::default(), |sum, t| sum.plus(&t.spec.resources()));
+        if held != p.allocated {
+            return Err(format!(
+                "{}: allocated {:?}, tasks hold {held:?}",
+                p.id, p.allocated
+            ));
+        }
+        if !p.capacity.covers(&p.allocated) {
+            return Err(format!("{}: {:?} over {:?}", p.id, p.allocated, p.capacity));
+        }
+    }
+    let pending: BTreeSet<TaskId> = state.pending().collect();
+    let pending_tasks: BTreeSet<TaskId> = state
+        .tasks()
+        .filter(|t| t.state == TaskState::Pending)
+        .map(|t| t.id)
+        .collect();
+    if pending != pending_tasks {
+        return Err(format!(
+            "queue {pending:?}, PENDING tasks {pending_tasks:?}"
+        ));
+    }
+    for t in state.tasks().filter(|t| t.state.holds_resources()) {
+        if t.partition_id.is_none() || t.agent_id.is_none() {
+            return Err(format!("{} holds resources nowhere", t.id));
+        }
+    }
+    Ok(())
+}
+
+fn launches(fx: &Effects) -> Vec<(String, Attempt)> {
+    fx.commands
+        .iter()
+        .filter_map(|(agent, c)| match c {
+            AgentCommand::Launch(a, _) => Some((agent.clone(), a.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn states(fx: &Effects, id: TaskId) -> Vec<TaskState> {
+    fx.events
+        .iter()
+        .filter(|t| t.id == id)
+        .map(|t| t.state)
+        .collect()
+}
+
+fn written(fx: &Effects, id: TaskId) -> Option<TaskState> {
+    fx.writes.iter().rev().find_map(|w| match w {
+        Write::Task(t) if t.id == id => Some(t.state),
+        _ => None,
+    })
+}
+
+fn attempt(id: TaskId, n: u32) -> Attempt {
+    Attempt {
+        task_id: id,
+        attempt: n,
+    }
+}
+
+#[test]
+fn a_task_goes_pending_assigned_running_finished_with_each_step_written_and_told() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let mut fx = Effects::default();
+    let (id, existed) = w
+        .state
+        .submit(spec(64 * MIB, 2, false), None, w.now, &mut fx)
+        .unwrap();
+    assert!(!existed);
+    assert_eq!(written(&fx, id), Some(TaskState::Pending));
+    assert_eq!(states(&fx, id), [TaskState::Pending]);
+    assert!(fx.events[0].spec.stdin.is_empty(), "events carry no stdin");
+
+    let fx = w.schedule();
+    assert_eq!(launches(&fx), [("a1".to_string(), attempt(id, 1))]);
+    assert_eq!(written(&fx, id), Some(TaskState::Assigned));
+    assert_eq!(w.task(id).partition_id.as_deref(), Some("a1/default"));
+    assert_eq!(
+        w.allocated("a1/default"),
+        Resources {
+            slots: 1,
+            memory_bytes: 64 * MIB
+        }
+    );
+    w.check();
+
+    let fx = w.report("a1", id, running());
+    assert_eq!(written(&fx, id), Some(TaskState::Running));
+    assert_eq!(w.task(id).fuel_used, 5);
+    // Live figures alone are not written.
+    let fx = w.report("a1", id, running());
+    assert!(fx.writes.is_empty());
+    assert_eq!(states(&fx, id), [TaskState::Running]);
+
+    let fx = w.report("a1", id, ended(OutcomeKind::Success));
+    assert_eq!(written(&fx, id), Some(TaskState::Finished));
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Output(t, o) if *t == id && o.stdout.as_ref() == b"out")));
+    assert!(fx
+        .commands
+        .contains(&("a1".to_string(), AgentCommand::Ack(attempt(id, 1)))));
+    let task = w.task(id);
+    assert_eq!(
+        (task.fuel_used, task.wall_us, task.peak_memory_bytes),
+        (42, 1500, 65536)
+    );
+    assert_eq!(task.finished_at_ms, w.now.ms);
+    assert_eq!(w.allocated("a1/default"), Resources::default());
+    w.check();
+}
+
+#[test]
+fn guest_failures_are_final_unless_retry_failed_says_otherwise() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let plain = w.submit(spec(MIB, 2, false));
+    let retried = w.submit(spec(MIB, 1, true));
+    w.schedule();
+    for kind in [OutcomeKind::Trap, OutcomeKind::OutOfFuel] {
+        let id = if kind == OutcomeKind::Trap {
+            plain
+        } else {
+            retried
+        };
+        let fx = w.report("a1", id, ended(kind));
+        if id == plain {
+            assert_eq!(states(&fx, id), [TaskState::Failed]);
+            assert_eq!(w.task(id).reason, "trap");
+        } else {
+            assert_eq!(states(&fx, id), [TaskState::Failed, TaskState::Pending]);
+            assert!(w
+                .task(id)
+                .reason
+                .starts_with("retrying after FAILED: out_of_fuel"));
+        }
+    }
+    // The retry runs as attempt 2, and its failure is final: one retry was allowed.
+    let fx = w.schedule();
+    assert_eq!(launches(&fx), [("a1".to_string(), attempt(retried, 2))]);
+    let fx = w.report("a1", retried, ended(OutcomeKind::OutOfFuel));
+    assert_eq!(states(&fx, retried), [TaskState::Failed]);
+    assert_eq!(w.task(retried).attempts, 2);
+    w.check();
+}
+
+#[test]
+fn an_agent_error_is_retried_like_a_lost_attempt_and_is_the_outcome_when_retries_run_out() {
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let id = w.submit(spec(MIB, 1, false));
+    w.schedule();
+    let mut report = ended(OutcomeKind::AgentError);
+    report.outcome.as_mut().unwrap().message = "cannot fetch module".into();
+    let fx = w.report("a1", id, report.clone());
+    assert_eq!(states(&fx, id), [TaskState::Failed, TaskState::Pending]);
+    assert!(w
+        .task(id)
+        .reason
+        .contains("agent_error: cannot fetch module"));
+    // Retried on the same agent, the only one.
+    let fx = w.schedule();
+    assert_eq!(launches(&fx), [("a1".to_string(), attempt(id, 2))]);
+    let fx = w.report("a1", id, report);
+    assert_eq!(states(&fx, id), [TaskState::Failed]);
+    let task = w.task(id);
+    assert_eq!(task.state, TaskState::Failed);
+    assert_eq!(task.outcome.as_ref().unwrap().kind, OutcomeKind::AgentError);
+    w.check();
+}
+
+#[test]
+fn a_final_report_without_an_outcome_is_the_agents_failure() {
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let id = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    let report = StatusReport {
+        state: Some(TaskState::Failed),
+        ..Default::default()
+    };
+    w.report("a1", id, report);
+    let outcome = w.task(id).outcome.clone().unwrap();
+    assert_eq!(outcome.kind, OutcomeKind::AgentError);
+    assert!(outcome.message.contains("without an outcome"));
+}
+
+#[test]
+fn a_silent_agents_attempts_are_lost_then_retried_elsewhere_until_retries_run_out() {
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let id = w.submit(spec(MIB, 1, false));
+    w.schedule();
+    w.report("a1", id, running());
+    w.agent("a2", 1, 1024 * MIB);
+    // a2 keeps beating; a1 says nothing past the timeout.
+    w.tick(Duration::from_secs(10));
+    assert!(w.state.heartbeat("a2", w.sessions["a2"], w.now));
+    w.tick(Duration::from_secs(6));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.expire(w.now, &mut fx), ["a1"]);
+    assert_eq!(states(&fx, id), [TaskState::Lost, TaskState::Pending]);
+    assert!(w.task(id).reason.contains("agent a1 lost"));
+    assert_eq!(w.allocated("a1/default"), Resources::default());
+    let fx = w.schedule();
+    assert_eq!(launches(&fx), [("a2".to_string(), attempt(id, 2))]);
+    // a2 goes silent too: the second loss is final, LOST.
+    w.tick(Duration::from_secs(16));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.expire(w.now, &mut fx), ["a2"]);
+    assert_eq!(states(&fx, id), [TaskState::Lost]);
+    assert_eq!(written(&fx, id), Some(TaskState::Lost));
+    assert_ne!(w.task(id).finished_at_ms, 0);
+    // A lost agent's session is over.
+    assert!(!w.state.heartbeat("a1", w.sessions["a1"], w.now));
+    w.check();
+}
+
+#[test]
+fn kill_in_every_state() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let assigned = w.submit(spec(MIB, 0, false));
+    let running_id = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    w.report("a1", running_id, running());
+    // Both slots are taken: this one waits.
+    let pending = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    assert_eq!(w.task(pending).state, TaskState::Pending);
+
+    // PENDING: ends at once, nothing for an agent.
+    let (task, fx) = w.kill(pending);
+    assert_eq!(task.unwrap().state, TaskState::Killed);
+    assert!(fx.commands.is_empty());
+    assert_eq!(written(&fx, pending), Some(TaskState::Killed));
+
+    // ASSIGNED and RUNNING on an attached agent: the agent is told; KILLED when it reports.
+    for id in [assigned, running_id] {
+        let before = w.task(id).state;
+        let (task, fx) = w.kill(id);
+        let task = task.unwrap();
+        assert_eq!(task.state, before);
+        assert_eq!(task.reason, "kill requested");
+        assert_eq!(
+            fx.commands,
+            [("a1".to_string(), AgentCommand::Kill(attempt(id, 1)))]
+        );
+        let fx = w.report("a1", id, ended(OutcomeKind::Killed));
+        assert_eq!(states(&fx, id), [TaskState::Killed]);
+    }
+    assert_eq!(w.allocated("a1/default"), Resources::default());
+
+    // Ended: refused, naming the state.
+    let (result, fx) = w.kill(pending);
+    assert!(result
+        .unwrap_err()
+        .to_string()
+        .contains("already ended (KILLED)"));
+    assert!(fx.writes.is_empty());
+    let (result, _) = w.kill(TaskId(99));
+    assert!(matches!(result, Err(HostError::NotFound(_))));
+
+    // RUNNING on an agent that is away: ends at once; the kill waits for the agent.
+    let away = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    w.report("a1", away, running());
+    w.state.detach("a1", w.sessions["a1"]);
+    let (task, fx) = w.kill(away);
+    assert_eq!(task.unwrap().state, TaskState::Killed);
+    assert!(fx.commands.is_empty());
+    let fx = w.agent_reporting("a1", 2, 1024 * MIB, &[attempt(away, 1)], &[]);
+    assert!(fx
+        .commands
+        .contains(&("a1".to_string(), AgentCommand::Kill(attempt(away, 1)))));
+    w.check();
+}
+
+#[test]
+fn an_agent_coming_back_is_reconciled_with_what_it_really_runs() {
+    let mut w = World::new();
+    w.agent("a1", 4, 1024 * MIB);
+    let keeps = w.submit(spec(MIB, 2, false));
+    let forgotten = w.submit(spec(MIB, 2, false));
+    let unacked = w.submit(spec(MIB, 2, false));
+    w.schedule();
+    for id in [keeps, forgotten, unacked] {
+        w.report("a1", id, running());
+    }
+    let old = w.sessions["a1"];
+    let stranger = attempt(TaskId(999), 1);
+    let fx = w.agent_reporting(
+        "a1",
+        4,
+        1024 * MIB,
+        &[attempt(keeps, 1), stranger.clone()],
+        &[attempt(unacked, 1)],
+    );
+    assert_ne!(
+        w.sessions["a1"], old,
+        "a new registration opens a new session"
+    );
+    // Not reported: LOST, queued again, and launched again on attach as attempt 2.
+    assert_eq!(
+        states(&fx, forgotten),
+        [TaskState::Lost, TaskState::Pending]
+    );
+    assert!(w.task(forgotten).reason.contains("came back without it"));
+    // The attempt the host does not know is killed on attach.
+    assert!(fx
+        .commands
+        .contains(&("a1".to_string(), AgentCommand::Kill(stranger))));
+    assert_eq!(w.task(keeps).state, TaskState::Running);
+    let fx = w.schedule();
+    assert_eq!(launches(&fx), [("a1".to_string(), attempt(forgotten, 2))]);
+    // The old session's reports count for nothing.
+    let mut fx = Effects::default();
+    w.state.report(
+        "a1",
+        old,
+        attempt(keeps, 1),
+        ended(OutcomeKind::Success),
+        w.now,
+        &mut fx,
+    );
+    assert!(fx.writes.is_empty() && fx.commands.is_empty());
+    // The kept final report lands on the new session and is acknowledged.
+    let fx = w.report("a1", unacked, ended(OutcomeKind::Success));
+    assert!(fx
+        .commands
+        .contains(&("a1".to_string(), AgentCommand::Ack(attempt(unacked, 1)))));
+    assert_eq!(w.task(unacked).state, TaskState::Finished);
+    // A late report on a superseded attempt: acknowledged (final) or killed (running).
+    let fx = w.report_on("a1", attempt(forgotten, 1), ended(OutcomeKind::Success));
+    assert_eq!(
+        fx.commands,
+        [("a1".to_string(), AgentCommand::Ack(attempt(forgotten, 1)))]
+    );
+    let fx = w.report_on("a1", attempt(forgotten, 1), running());
+    assert_eq!(
+        fx.commands,
+        [("a1".to_string(), AgentCommand::Kill(attempt(forgotten, 1)))]
+    );
+    assert_eq!(w.task(forgotten).attempts, 2);
+    w.check();
+}
+
+#[test]
+fn launches_of_assigned_attempts_go_again_when_the_agent_attaches_anew() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let id = w.submit(spec(MIB, 2, false));
+    w.schedule();
+    // The stream drops; the agent registers again saying it holds the attempt. Nothing is
+    // lost, and the launch of the ASSIGNED attempt goes again on attach (the old stream may
+    // have dropped it; an agent ignores a launch it already has).
+    w.state.detach("a1", w.sessions["a1"]);
+    let fx = w.agent_reporting("a1", 2, 1024 * MIB, &[attempt(id, 1)], &[]);
+    assert_eq!(launches(&fx), [("a1".to_string(), attempt(id, 1))]);
+    assert_eq!(w.task(id).state, TaskState::Assigned);
+}
+
+#[test]
+fn submissions_are_refused_for_missing_modules_and_impossible_sizes_and_keys_answer_once() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let mut fx = Effects::default();
+    let mut missing = spec(MIB, 0, false);
+    missing.module_sha256 = "1".repeat(64);
+    let e = w.state.submit(missing, None, w.now, &mut fx).unwrap_err();
+    assert!(e.to_string().contains("upload it first"), "{e}");
+    let e = w
+        .state
+        .submit(spec(4096 * MIB, 0, false), None, w.now, &mut fx)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no agent could ever run this task"),
+        "{e}"
+    );
+    assert!(fx.writes.is_empty() && fx.events.is_empty());
+
+    let key = Some("fold-1".to_string());
+    let (a, a_existed) = w
+        .state
+        .submit(spec(MIB, 0, false), key.clone(), w.now, &mut fx)
+        .unwrap();
+    let (b, b_existed) = w
+        .state
+        .submit(spec(MIB, 0, false), key.clone(), w.now, &mut fx)
+        .unwrap();
+    assert_eq!((a, a_existed, b, b_existed), (a, false, a, true));
+    let mut other = spec(MIB, 0, false);
+    other.tenant = "acme".into();
+    let (c, c_existed) = w.state.submit(other, key, w.now, &mut fx).unwrap();
+    assert!(c != a && !c_existed, "keys are scoped by tenant");
+    assert!(fx.writes.iter().any(
+        |w| matches!(w, Write::Idempotency(t, k, id) if t == "default" && k == "fold-1" && *id == a)
+    ));
+}
+
+#[test]
+fn the_scheduler_runs_only_when_something_could_have_changed() {
+    let mut w = World::new();
+    let id = w.submit(spec(MIB, 0, false));
+    // No agent: nothing placed, and the task waits.
+    assert!(launches(&w.schedule()).is_empty());
+    w.agent("a1", 1, 1024 * MIB);
+    assert_eq!(launches(&w.schedule()).len(), 1);
+    let second = w.submit(spec(MIB, 0, false));
+    assert!(launches(&w.schedule()).is_empty(), "a1's one slot is taken");
+    assert!(launches(&w.schedule()).is_empty());
+    w.report("a1", id, ended(OutcomeKind::Success));
+    assert_eq!(
+        launches(&w.schedule()),
+        [("a1".to_string(), attempt(second, 1))]
+    );
+}
+
+#[test]
+fn a_restored_state_rebuilds_allocations_and_the_queue_from_the_tasks() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let mut writes = Vec::new();
+    let ids: Vec<TaskId> = (0..3).map(|_| w.submit(spec(MIB, 0, false))).collect();
+    writes.extend(w.schedule().writes);
+    let loaded = Loaded {
+        tasks: w.state.tasks().cloned().collect(),
+        agents: vec![(info("a1", 2, 1024 * MIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        modules: vec![SHA.into()],
+        ..Default::default()
+    };
+    let restored = HostState::restore(&HostConfig::default(), loaded, w.now);
+    check_invariants(&restored).unwrap();
+    assert_eq!(restored.pending().collect::<Vec<_>>(), [ids[2]]);
+    let p = restored.partitions().next().unwrap();
+    assert!(
+        p.draining,
+        "nothing goes to an agent until it attaches again"
+    );
+    assert_eq!(p.allocated.slots, 2);
+    assert!(!writes.is_empty());
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Step {
+    Submit { memory: u64, retries: u32 },
+    Schedule,
+    Running(usize),
+    End(usize, u8),
+    Kill(usize),
+    Detach(usize),
+    Return(usize),
+    Expire(u64),
+}
+
+fn step() -> impl Generator<Value = Step> {
+    prop_oneof![
+        (1u64..600, 0u32..3).prop_map(|(memory, retries)| Step::Submit { memory, retries }),
+        Just(Step::Schedule),
+        (0usize..64).prop_map(Step::Running),
+        (0usize..64, 0u8..5).prop_map(|(t, k)| Step::End(t, k)),
+        (0usize..64).prop_map(Step::Kill),
+        (0usize..3).prop_map(Step::Detach),
+        (0usize..3).prop_map(Step::Return),
+        (0u64..20).prop_map(Step::Expire),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever happens in whatever order, no partition is over-allocated, allocations are the
+    /// sums of the placed tasks' requests, and the queue is the PENDING tasks.
+    #[test]
+    fn random_histories_keep_the_invariants(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut w = World::new();
+        let agents = ["a0", "a1", "a2"];
+        for (i, a) in agents.iter().enumerate() {
+            w.agent(a, 2 + i as u32, 1000 * MIB);
+        }
+        let mut ids: Vec<TaskId> = Vec::new();
+        for step in steps {
+            let mut fx = Effects::default();
+            match step {
+                Step::Submit { memory, retries } => {
+                    if let Ok((id, _)) = w.state.submit(spec(memory * MIB, retries, false), None, w.now, &mut fx) {
+                        ids.push(id);
+                    }
+                }
+                Step::Schedule => w.state.schedule(w.now, &mut fx),
+                Step::Running(i) | Step::End(i, _) | Step::Kill(i) if ids.is_empty() => { let _ = i; }
+                Step::Running(i) => {
+                    let task = w.task(ids[i % ids.len()]).clone();
+                    if let Some(agent) = task.agent_id.clone() {
+                        if w.sessions.contains_key(&agent) {
+                            w.report(&agent, task.id, running());
+                        }
+                    }
+                }
+                Step::End(i, k) => {
+                    let task = w.task(ids[i % ids.len()]).clone();
+                    let kind = [OutcomeKind::Success, OutcomeKind::Trap, OutcomeKind::Killed, OutcomeKind::AgentError, OutcomeKind::Exit][k as usize];
+                    if let Some(agent) = task.agent_id.clone() {
+                        w.report(&agent, task.id, ended(kind));
+                    }
+                }
+                Step::Kill(i) => {
+                    let _ = w.kill(ids[i % ids.len()]);
+                }
+                Step::Detach(a) => {
+                    let agent = agents[a];
+                    w.state.detach(agent, w.sessions[agent]);
+                }
+                Step::Return(a) => {
+                    let agent = agents[a];
+                    let running: Vec<Attempt> = w.state.tasks()
+                        .filter(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(agent))
+                        .filter(|t| t.id.0 % 2 == 0) // it forgot the odd ones
+                        .map(attempt_of)
+                        .collect();
+                    w.agent_reporting(agent, 2 + a as u32, 1000 * MIB, &running, &[]);
+                }
+                Step::Expire(secs) => {
+                    w.tick(Duration::from_secs(secs));
+                    w.state.expire(w.now, &mut fx);
+                }
+            }
+            if let Err(e) = check_invariants(&w.state) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+    }
+}

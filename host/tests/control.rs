@@ -1,0 +1,326 @@
+//! The control plane as an actor over a real store: agents played by the test through the same
+//! calls the gRPC service makes. What is tested here is what the pure state machine cannot
+//! show: answers, commands and events go out only once durable, a failed commit leaves nothing
+//! behind, and reconciliation end to end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use corral_host::config::HostConfig;
+use corral_host::control::ControlPlane;
+use corral_host::convert;
+use corral_host::events::Subscription;
+use corral_host::partition::Resources;
+use corral_host::registry::{AgentInfo, AgentState};
+use corral_host::state::{AgentCommand, StatusReport, TaskFilter};
+use corral_host::task::{Attempt, OutcomeKind, OutcomeRecord, Task, TaskId, TaskState};
+use corral_proto::pb;
+use tokio::sync::mpsc;
+
+const TRIVIAL: &str = r#"(module (func (export "_start")))"#;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn agent(id: &str) -> AgentInfo {
+    AgentInfo {
+        id: id.into(),
+        address: "127.0.0.1:0".into(),
+        capacity: Resources {
+            slots: 4,
+            memory_bytes: 4 << 30,
+        },
+        labels: BTreeMap::new(),
+        version: "test".into(),
+    }
+}
+
+fn fast() -> HostConfig {
+    HostConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        heartbeat_timeout: Duration::from_millis(300),
+        ..HostConfig::default()
+    }
+}
+
+async fn submit(plane: &ControlPlane, sha256: &str, name: &str) -> Result<TaskId, String> {
+    let spec = convert::spec_from_pb(
+        pb::TaskSpec {
+            name: name.into(),
+            module_sha256: sha256.into(),
+            limits: Some(pb::Limits {
+                memory_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        plane.config(),
+    )
+    .unwrap();
+    plane
+        .submit(spec, None)
+        .await
+        .map(|(id, _)| id)
+        .map_err(|e| e.to_string())
+}
+
+async fn next(commands: &mut mpsc::UnboundedReceiver<AgentCommand>) -> AgentCommand {
+    tokio::time::timeout(WAIT, commands.recv())
+        .await
+        .expect("a command within 10 s")
+        .expect("the command channel is open")
+}
+
+async fn launches(commands: &mut mpsc::UnboundedReceiver<AgentCommand>, n: usize) -> Vec<Attempt> {
+    let mut attempts = Vec::new();
+    while attempts.len() < n {
+        match next(commands).await {
+            AgentCommand::Launch(attempt, _) => attempts.push(attempt),
+            other => panic!("expected a launch, got {other:?}"),
+        }
+    }
+    attempts.sort();
+    attempts
+}
+
+fn running() -> StatusReport {
+    StatusReport {
+        state: Some(TaskState::Running),
+        fuel_used: 10,
+        ..Default::default()
+    }
+}
+
+fn finished() -> StatusReport {
+    StatusReport {
+        state: Some(TaskState::Finished),
+        outcome: Some(OutcomeRecord {
+            kind: OutcomeKind::Success,
+            exit_code: 0,
+            message: String::new(),
+        }),
+        fuel_used: 42,
+        ..running()
+    }
+}
+
+/// Waits for the watch stream to show `id` in `state`.
+async fn seen(events: &mut Subscription, id: TaskId, state: TaskState) -> Task {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let task = events.recv().await.expect("the watch stream is open");
+            if task.id == id && task.state == state {
+                return (*task).clone();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{id} never seen {state}"))
+}
+
+/// Waits until `pred` holds for task `id`.
+async fn until(plane: &ControlPlane, id: TaskId, pred: impl Fn(&Task) -> bool) -> Task {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let task = plane.get(id).await.unwrap();
+        if pred(&task) {
+            return task;
+        }
+        assert!(Instant::now() < deadline, "{id} never got there: {task:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn attempt(id: TaskId, n: u32) -> Attempt {
+    Attempt {
+        task_id: id,
+        attempt: n,
+    }
+}
+
+#[tokio::test]
+async fn an_agent_coming_back_is_reconciled_with_what_it_really_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
+    let (sha, _, _) = plane.upload_module(TRIVIAL.as_bytes()).await.unwrap();
+
+    let first = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
+    let mut commands = plane.attach("a1", first).await.unwrap();
+    let keeps = submit(&plane, &sha, "keeps").await.unwrap();
+    let forgotten = submit(&plane, &sha, "forgotten").await.unwrap();
+    let unacked = submit(&plane, &sha, "unacked").await.unwrap();
+    let placed = launches(&mut commands, 3).await;
+    assert_eq!(
+        placed,
+        vec![
+            attempt(keeps, 1),
+            attempt(forgotten, 1),
+            attempt(unacked, 1)
+        ]
+    );
+    for id in [keeps, forgotten, unacked] {
+        plane.report("a1", first, attempt(id, 1), running()).await;
+        until(&plane, id, |t| t.state == TaskState::Running).await;
+    }
+
+    let (_, mut events) = plane.watch(None).await.unwrap();
+    let stranger = attempt(TaskId(999), 1);
+    let second = plane
+        .register(
+            agent("a1"),
+            vec![attempt(keeps, 1), stranger.clone()],
+            vec![attempt(unacked, 1)],
+        )
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    let lost = seen(&mut events, forgotten, TaskState::Lost).await;
+    assert!(
+        lost.reason.contains("came back without it"),
+        "{}",
+        lost.reason
+    );
+    seen(&mut events, forgotten, TaskState::Pending).await;
+    // The old session's stream is over: its reports count for nothing.
+    plane
+        .report("a1", first, attempt(keeps, 1), finished())
+        .await;
+    let mut commands = plane.attach("a1", second).await.unwrap();
+    let mut kills = vec![];
+    let relaunch = loop {
+        match next(&mut commands).await {
+            AgentCommand::Kill(a) => kills.push(a),
+            AgentCommand::Launch(a, spec) => {
+                assert_eq!(spec.name, "forgotten");
+                break a;
+            }
+            AgentCommand::Ack(a) => panic!("unexpected ack of {a:?}"),
+        }
+    };
+    assert_eq!(kills, vec![stranger]);
+    assert_eq!(relaunch, attempt(forgotten, 2));
+    assert_eq!(plane.get(keeps).await.unwrap().state, TaskState::Running);
+
+    // The kept final report lands and is acknowledged once durable.
+    plane
+        .report("a1", second, attempt(unacked, 1), finished())
+        .await;
+    assert_eq!(
+        next(&mut commands).await,
+        AgentCommand::Ack(attempt(unacked, 1))
+    );
+    let task = plane.get(unacked).await.unwrap();
+    assert_eq!((task.state, task.fuel_used), (TaskState::Finished, 42));
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_lost_and_its_tasks_go_elsewhere() {
+    let data = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(fast(), data.path()).unwrap();
+    let (sha, _, _) = plane.upload_module(TRIVIAL.as_bytes()).await.unwrap();
+    let silent = plane
+        .register(agent("silent"), vec![], vec![])
+        .await
+        .unwrap();
+    let mut silent_commands = plane.attach("silent", silent).await.unwrap();
+    let id = submit(&plane, &sha, "moves").await.unwrap();
+    let first = launches(&mut silent_commands, 1).await;
+    plane
+        .report("silent", silent, first[0].clone(), running())
+        .await;
+
+    let (_, mut events) = plane.watch(Some(id)).await.unwrap();
+    let alive = plane
+        .register(agent("alive"), vec![], vec![])
+        .await
+        .unwrap();
+    let mut alive_commands = plane.attach("alive", alive).await.unwrap();
+    // `alive` heartbeats while the test waits; `silent` says nothing past the timeout.
+    let lost = tokio::time::timeout(WAIT, async {
+        loop {
+            assert!(
+                plane.heartbeat("alive", alive).await,
+                "alive's session ended"
+            );
+            tokio::select! {
+                task = events.recv() => {
+                    let task = task.expect("the watch stream is open");
+                    if task.state == TaskState::Lost {
+                        return task;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the task is lost within 10 s");
+    assert!(lost.reason.contains("agent silent lost"), "{}", lost.reason);
+    assert_eq!(launches(&mut alive_commands, 1).await, vec![attempt(id, 2)]);
+    let views = plane.agents().await;
+    let state_of = |id: &str| views.iter().find(|a| a.info.id == id).unwrap().state;
+    assert_eq!(state_of("silent"), AgentState::Lost);
+    assert_eq!(state_of("alive"), AgentState::Active);
+    assert!(
+        !plane.heartbeat("silent", silent).await,
+        "a lost agent must register again"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_the_error_and_leaves_nothing_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
+    let (sha, _, _) = plane.upload_module(TRIVIAL.as_bytes()).await.unwrap();
+    let (_, mut events) = plane.watch(None).await.unwrap();
+
+    plane.inject_store_failures(1);
+    let error = submit(&plane, &sha, "lost-to-the-disk").await.unwrap_err();
+    assert!(error.contains("injected failure"), "{error}");
+    // Nothing of it is visible: not listed, not gettable, not told to watchers.
+    let (listed, _) = plane.list(&TaskFilter::default(), None, 100).await;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(plane.get(TaskId(1)).await.is_err());
+    assert!(events.try_recv().is_none());
+
+    // The host goes on: the next submit is durable and seen.
+    let id = submit(&plane, &sha, "kept").await.unwrap();
+    assert_eq!(plane.get(id).await.unwrap().spec.name, "kept");
+    assert_eq!(seen(&mut events, id, TaskState::Pending).await.id, id);
+}
+
+#[tokio::test]
+async fn watchers_learn_of_a_lost_attempt_only_once_it_is_durable() {
+    let data = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(fast(), data.path()).unwrap();
+    let (sha, _, _) = plane.upload_module(TRIVIAL.as_bytes()).await.unwrap();
+    let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
+    let mut commands = plane.attach("a1", session).await.unwrap();
+    let id = submit(&plane, &sha, "t").await.unwrap();
+    launches(&mut commands, 1).await;
+    plane.report("a1", session, attempt(id, 1), running()).await;
+    until(&plane, id, |t| t.state == TaskState::Running).await;
+    let (_, mut events) = plane.watch(Some(id)).await.unwrap();
+
+    // The agent goes silent and the write of its loss fails: no watcher hears of it, and the
+    // task is as the disk has it.
+    plane.inject_store_failures(1);
+    drop(commands);
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        if let Some(task) = events.try_recv() {
+            assert_ne!(
+                task.state,
+                TaskState::Lost,
+                "LOST told before it was durable"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Rebuilt from disk, the agent has a timeout again; this time the loss is written, then told.
+    let lost = seen(&mut events, id, TaskState::Lost).await;
+    assert!(lost.reason.contains("agent a1 lost"));
+    let task = plane.get(id).await.unwrap();
+    assert!(
+        matches!(task.state, TaskState::Pending | TaskState::Lost),
+        "{task:?}"
+    );
+}
