@@ -292,3 +292,32 @@ fn version_and_help_succeed_on_stdout() {
         assert!(help.contains(flag), "help lacks {flag}");
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_does_not_change_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let trap = write(
+        dir.path(),
+        "trap.wat",
+        r#"(module (func (export "_start") unreachable))"#,
+    );
+    for format in ["text", "json"] {
+        let mut child = std::process::Command::new(corral())
+            .args(["run", "-o", format, trap.to_str().unwrap()])
+            .env("CORRAL_CACHE_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Like `| head -0`: the reader is gone before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(128),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}

@@ -219,6 +219,11 @@ pub fn module_sha256(bytes: &[u8]) -> Result<String, String> {
     to_binary(bytes).map(|binary| sha256_hex(&Sha256::digest(&binary).into()))
 }
 
+/// The sha256 of `bytes` as they are, as lowercase hex.
+pub fn sha256_of(bytes: &[u8]) -> String {
+    sha256_hex(&Sha256::digest(bytes).into())
+}
+
 /// Lowercase hex of a sha256 digest.
 pub fn sha256_hex(digest: &[u8; 32]) -> String {
     use std::fmt::Write;

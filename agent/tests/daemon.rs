@@ -53,6 +53,7 @@ impl pb::agent_api_server::AgentApi for Host {
         Ok(Response::new(pb::RegisterResponse {
             session: 1,
             heartbeat_interval_ms: 100,
+            max_module_bytes: 64 << 20,
         }))
     }
 
@@ -208,13 +209,15 @@ impl Rig {
         }
     }
 
+    /// Stores a module on the host as the host does: its binary form, by that form's sha256.
     fn add_module(&self, wat: &str) -> String {
-        let sha = corral_admission::module_sha256(wat.as_bytes()).unwrap();
+        let binary = wat::parse_str(wat).unwrap();
+        let sha = corral_admission::sha256_of(&binary);
         self.host
             .modules
             .lock()
             .unwrap()
-            .insert(sha.clone(), wat.as_bytes().to_vec());
+            .insert(sha.clone(), binary);
         sha
     }
 }
@@ -275,6 +278,53 @@ async fn an_output_dir_the_agent_cannot_make_is_the_agents_failure_not_the_tasks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_kept_module_is_fetched_again_not_blamed_on_the_task() {
+    // What a crash while it was written, or a failing disk, can leave of the agent's copy.
+    for damaged in [
+        &b""[..],
+        b"\0asm\x01\0\0\0",
+        b"(module)",
+        b"\0asm\x01\0\0\0\x01\x04\x01",
+    ] {
+        let mut rig = Rig::start(Duration::from_secs(5)).await;
+        let sha = rig.add_module(&fixtures::spinner(1, "fine\n"));
+        let kept = rig.data.path().join("modules").join(format!("{sha}.wasm"));
+        std::fs::write(&kept, damaged).unwrap();
+        rig.host.launch("t-1", spec(&sha));
+        let update = rig.final_report("t-1").await;
+        assert_eq!(
+            kind(&update),
+            pb::OutcomeKind::Success,
+            "{damaged:?}: {update:?}"
+        );
+        assert_eq!(update.output.unwrap().stdout.as_ref(), b"fine\n");
+        // The copy kept now is the module itself.
+        let now_kept = std::fs::read(&kept).unwrap();
+        assert_eq!(corral_admission::sha256_of(&now_kept), sha);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_from_the_host_that_are_not_the_module_are_the_agents_failure() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(&fixtures::spinner(1, "fine\n"));
+    // The host's store answers other bytes under the name.
+    rig.host
+        .modules
+        .lock()
+        .unwrap()
+        .insert(sha.clone(), wat::parse_str(fixtures::exit(3)).unwrap());
+    rig.host.launch("t-1", spec(&sha));
+    let update = rig.final_report("t-1").await;
+    assert_eq!(kind(&update), pb::OutcomeKind::AgentError);
+    let message = update.outcome.unwrap().message;
+    assert!(
+        message.contains(&format!("module {sha} that hash to")),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_module_is_the_tasks_own_outcome() {
     let mut rig = Rig::start(Duration::from_secs(5)).await;
     let sha = rig.add_module(r#"(module (import "env" "evil" (func)) (func (export "_start")))"#);
@@ -307,6 +357,7 @@ async fn the_agent_runs_on_through_a_host_outage_and_resends_its_final_report_un
     let Heard::Registered(registered) = registered else {
         unreachable!()
     };
+    assert_eq!(registered.protocol, corral_proto::AGENT_PROTOCOL);
     assert_eq!(registered.unacknowledged, [task_ref("t-1")]);
     assert!(registered.running.is_empty());
     let first = rig.final_report("t-1").await;

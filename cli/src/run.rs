@@ -18,7 +18,8 @@ use crate::args::{
     parse_dir, parse_duration, parse_env, parse_size, read_stdin, resolve_env, Format, FormatArg,
     ModuleArgs,
 };
-use crate::{exit, show};
+use crate::exit;
+use crate::show::{self, ignore_closed_pipe};
 
 /// Arguments of `corral run`.
 #[derive(Args, Debug)]
@@ -160,19 +161,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(corral_proto::pb::OutcomeKind::Unspecified),
         outcome.exit_code,
     );
+    // A reader that stopped early (`| head`) does not change how the guest ended.
     if text {
-        // A closed stdout (`| head`) does not change how the guest ended.
-        match show::raw(&report.stdout) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-            _ => {}
-        }
+        ignore_closed_pipe(show::raw(&report.stdout))?;
         let mut err = std::io::stderr().lock();
-        err.write_all(&report.stderr)?;
+        ignore_closed_pipe(err.write_all(&report.stderr))?;
         if !args.quiet {
-            writeln!(err, "{}", summary(&report))?;
+            ignore_closed_pipe(writeln!(err, "{}", summary(&report)))?;
         }
     } else {
-        show::json(&json_report(&report))?;
+        ignore_closed_pipe(show::json(&json_report(&report)))?;
     }
     Ok(ExitCode::from(status))
 }

@@ -162,9 +162,10 @@ async fn start_host(
     // already durable.
     let server = tokio::spawn(async move {
         tokio::select! {
-            served = corral_host::api::serve(plane, listener, std::future::pending()) => {
+            served = corral_host::api::serve(plane.clone(), listener, std::future::pending()) => {
                 served.context("the host's server failed")
             }
+            reason = plane.stopped() => Err(anyhow::anyhow!("the host stopped: {reason}")),
             () = shutdown_signal() => Ok(()),
         }
     });

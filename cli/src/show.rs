@@ -5,6 +5,15 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Ignores a write to a closed stdout or stderr: a command whose exit status says something
+/// (how a task ended) says it whether or not its reader is still there.
+pub fn ignore_closed_pipe(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Writes `text` and a newline to stdout.
 pub fn line(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();

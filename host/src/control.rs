@@ -11,7 +11,14 @@
 //! Readers (get, list, watch, output, agents, partitions) take the read lock, so they never see
 //! a change that is not on disk.
 //!
-//! Requests queued while a batch commits form the next batch: one fsync covers them all.
+//! Requests queued while a batch commits form the next batch: one fsync covers them all. Each
+//! request carries the time it was made, and the state machine is given that time, so a batch
+//! delayed behind a slow commit does not count the delay against the agents: a heartbeat
+//! counts from when it arrived, and a liveness check from when its tick fired.
+//!
+//! If the actor panics, or the store fails and cannot be read back, the host stops: every
+//! request, reads included, is refused, and [`ControlPlane::stopped`] resolves so that the
+//! process can exit.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, RwLock};
+use tokio::sync::{mpsc, oneshot, watch, RwLock};
 
 use crate::config::HostConfig;
 use crate::error::HostError;
@@ -57,10 +64,16 @@ enum Request {
     ModuleStored(String, oneshot::Sender<bool>),
     Register(AgentInfo, Vec<Attempt>, Vec<Attempt>, Answer<u64>),
     Attach(String, u64, Answer<mpsc::UnboundedReceiver<AgentCommand>>),
-    Heartbeat(String, u64, oneshot::Sender<bool>),
+    Heartbeat(String, u64),
     Detach(String, u64),
     Report(String, u64, Attempt, StatusReport),
     Expire,
+}
+
+/// A request and when it was made.
+struct Stamped {
+    at: Now,
+    request: Request,
 }
 
 /// An answer worked out in a batch, sent once the batch is durable.
@@ -72,7 +85,9 @@ enum Reply {
         Answer<mpsc::UnboundedReceiver<AgentCommand>>,
         Result<mpsc::UnboundedReceiver<AgentCommand>, HostError>,
     ),
-    Flag(oneshot::Sender<bool>, bool),
+    /// Whether a stored module was new: its bytes were durable before it was asked, so the
+    /// answer stands whatever happens to the batch.
+    Module(oneshot::Sender<bool>, bool),
 }
 
 impl Reply {
@@ -89,7 +104,7 @@ impl Reply {
             Reply::Kill(to, r) => drop(to.send(fail(*r, failure))),
             Reply::Register(to, r) => drop(to.send(fail(r, failure))),
             Reply::Attach(to, r) => drop(to.send(fail(r, failure))),
-            Reply::Flag(to, flag) => drop(to.send(flag && failure.is_none())),
+            Reply::Module(to, new) => drop(to.send(new)),
         }
     }
 }
@@ -99,7 +114,9 @@ struct Shared {
     store: Store,
     core: Arc<RwLock<Core>>,
     events: Arc<Events>,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Stamped>,
+    /// Why the host stopped, once it has.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 /// The host's core. Cheap to clone; the actor stops when the last clone is dropped.
@@ -132,14 +149,29 @@ impl ControlPlane {
         }));
         let events = Events::new(16_384);
         let (requests, inbox) = mpsc::channel(QUEUE);
+        let (stop, stopped) = watch::channel(None);
         let actor = Actor {
             config: config.clone(),
             store: store.clone(),
             core: core.clone(),
             events: events.clone(),
             links: HashMap::new(),
+            stop: stop.clone(),
         };
-        tokio::spawn(actor.run(inbox));
+        let running = tokio::spawn(actor.run(inbox));
+        // A panic in the actor (a broken invariant of the state machine) stops the host: the
+        // state may be half changed, so nothing is served from it any more.
+        let watched = core.clone();
+        tokio::spawn(async move {
+            if let Err(e) = running.await {
+                if e.is_panic() {
+                    let reason = format!("the host's state machine failed ({e}): restart the host");
+                    tracing::error!("{reason}");
+                    watched.write().await.failed = Some(reason.clone());
+                    let _ = stop.send(Some(reason));
+                }
+            }
+        });
         let ticker = requests.downgrade();
         let period =
             (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -150,7 +182,11 @@ impl ControlPlane {
                 let Some(requests) = ticker.upgrade() else {
                     break;
                 };
-                if requests.send(Request::Expire).await.is_err() {
+                let expire = Stamped {
+                    at: Now::current(),
+                    request: Request::Expire,
+                };
+                if requests.send(expire).await.is_err() {
                     break;
                 }
             }
@@ -162,6 +198,7 @@ impl ControlPlane {
                 core,
                 events,
                 requests,
+                stopped,
             }),
         })
     }
@@ -171,48 +208,71 @@ impl ControlPlane {
         &self.shared.config
     }
 
+    /// Resolves, with the reason, once the host has stopped serving (see the module
+    /// documentation); never while it serves.
+    pub async fn stopped(&self) -> String {
+        let mut stopped = self.shared.stopped.clone();
+        loop {
+            if let Some(reason) = stopped.borrow_and_update().clone() {
+                return reason;
+            }
+            if stopped.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     async fn ask<T>(&self, request: impl FnOnce(Answer<T>) -> Request) -> Result<T, HostError> {
         let (answer, answered) = oneshot::channel();
-        self.shared
-            .requests
-            .send(request(answer))
-            .await
-            .map_err(|_| stopped())?;
+        self.tell(request(answer)).await;
         answered.await.map_err(|_| stopped())?
     }
 
     async fn tell(&self, request: Request) {
+        let stamped = Stamped {
+            at: Now::current(),
+            request,
+        };
         // Only fails when the actor is gone, and then nothing is listening anyway.
-        let _ = self.shared.requests.send(request).await;
+        let _ = self.shared.requests.send(stamped).await;
+    }
+
+    /// The state to read, unless the host has stopped.
+    async fn read(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Core>, HostError> {
+        let core = self.shared.core.read().await;
+        match &core.failed {
+            Some(reason) => Err(HostError::Unavailable(reason.clone())),
+            None => Ok(core),
+        }
     }
 
     // ----- modules ------------------------------------------------------------------------
 
-    /// Admits (the same check the sandbox makes, without compiling) and stores a module.
-    /// Answers its sha256, size and whether it was already there.
-    pub async fn upload_module(&self, bytes: &[u8]) -> Result<(String, u64, bool), HostError> {
+    /// Admits (the same check the sandbox makes, without compiling, on a blocking thread: a
+    /// large module takes a while) and stores a module. Answers its sha256, size and whether
+    /// it was already there.
+    pub async fn upload_module(&self, bytes: Vec<u8>) -> Result<(String, u64, bool), HostError> {
         let policy = corral_admission::Policy {
             max_module_bytes: self.shared.config.max_module_size.as_u64(),
         };
-        let admitted = corral_admission::admit(bytes, &policy)
-            .map_err(|refused| HostError::InvalidArgument(format!("invalid module: {refused}")))?;
-        let sha = admitted.sha256_hex();
-        let size = admitted.binary.len() as u64;
-        if self.shared.core.read().await.state.has_module(&sha) {
+        let admitted = tokio::task::spawn_blocking(move || {
+            corral_admission::admit(&bytes, &policy)
+                .map(|a| (a.sha256_hex(), a.binary.into_owned()))
+        })
+        .await
+        .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
+        let (sha, binary) = admitted.map_err(HostError::Refused)?;
+        let size = binary.len() as u64;
+        if self.read().await?.state.has_module(&sha) {
             return Ok((sha, size, true));
         }
-        let binary = Bytes::from(admitted.binary.into_owned());
         self.shared
             .store
-            .write(vec![Write::Module(sha.clone(), binary)])
+            .write(vec![Write::Module(sha.clone(), Bytes::from(binary))])
             .durable()
             .await?;
         let (answer, answered) = oneshot::channel();
-        self.shared
-            .requests
-            .send(Request::ModuleStored(sha.clone(), answer))
-            .await
-            .map_err(|_| stopped())?;
+        self.tell(Request::ModuleStored(sha.clone(), answer)).await;
         let new = answered.await.map_err(|_| stopped())?;
         tracing::info!(sha256 = %sha, size, "module stored");
         Ok((sha, size, !new))
@@ -241,7 +301,7 @@ impl ControlPlane {
 
     /// One task (with its stdin).
     pub async fn get(&self, id: TaskId) -> Result<Task, HostError> {
-        self.shared.core.read().await.state.get(id).cloned()
+        self.read().await?.state.get(id).cloned()
     }
 
     /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
@@ -251,13 +311,8 @@ impl ControlPlane {
         filter: &TaskFilter,
         after: Option<TaskId>,
         limit: usize,
-    ) -> (Vec<Task>, bool) {
-        self.shared
-            .core
-            .read()
-            .await
-            .state
-            .list(filter, after, limit)
+    ) -> Result<(Vec<Task>, bool), HostError> {
+        Ok(self.read().await?.state.list(filter, after, limit))
     }
 
     /// Kills a task (see [`HostState::kill`]); answers once the change is durable.
@@ -267,7 +322,7 @@ impl ControlPlane {
 
     /// A task's stored output. Tasks that have not ended have none yet.
     pub async fn output(&self, id: TaskId) -> Result<TaskOutput, HostError> {
-        let core = self.shared.core.read().await;
+        let core = self.read().await?;
         let task = core.state.get(id)?;
         if !task.state.is_terminal() {
             return Err(HostError::FailedPrecondition(format!(
@@ -285,7 +340,7 @@ impl ControlPlane {
         &self,
         id: Option<TaskId>,
     ) -> Result<(Option<Task>, Subscription), HostError> {
-        let core = self.shared.core.read().await;
+        let core = self.read().await?;
         let current = match id {
             Some(id) => Some(crate::state::public(core.state.get(id)?)),
             None => None,
@@ -294,20 +349,13 @@ impl ControlPlane {
     }
 
     /// Every agent, by id.
-    pub async fn agents(&self) -> Vec<AgentView> {
-        self.shared.core.read().await.state.agents()
+    pub async fn agents(&self) -> Result<Vec<AgentView>, HostError> {
+        Ok(self.read().await?.state.agents())
     }
 
     /// Every partition, by id.
-    pub async fn partitions(&self) -> Vec<Partition> {
-        self.shared
-            .core
-            .read()
-            .await
-            .state
-            .partitions()
-            .cloned()
-            .collect()
+    pub async fn partitions(&self) -> Result<Vec<Partition>, HostError> {
+        Ok(self.read().await?.state.partitions().cloned().collect())
     }
 
     // ----- agents -------------------------------------------------------------------------
@@ -334,12 +382,11 @@ impl ControlPlane {
             .await
     }
 
-    /// Records a heartbeat. False when the session is not current (the agent must register).
-    pub async fn heartbeat(&self, agent_id: &str, session: u64) -> bool {
-        let (answer, answered) = oneshot::channel();
-        self.tell(Request::Heartbeat(agent_id.to_string(), session, answer))
+    /// A heartbeat, counted from now. Not answered: when the session is not current, the
+    /// agent's command stream ends (if it is still open), and the agent registers again.
+    pub async fn heartbeat(&self, agent_id: &str, session: u64) {
+        self.tell(Request::Heartbeat(agent_id.to_string(), session))
             .await;
-        answered.await.unwrap_or(false)
     }
 
     /// The agent's stream of `session` ended.
@@ -372,6 +419,12 @@ impl ControlPlane {
     pub fn inject_store_failures(&self, n: u32) {
         self.shared.store.fail_next_commits(n);
     }
+
+    /// Makes the store's next commit take `delay` longer, as a slow disk would: for tests.
+    #[doc(hidden)]
+    pub fn inject_store_delay(&self, delay: Duration) {
+        self.shared.store.delay_next_commit(delay);
+    }
 }
 
 /// The task that applies requests in batches; see the module documentation.
@@ -381,28 +434,28 @@ struct Actor {
     core: Arc<RwLock<Core>>,
     events: Arc<Events>,
     links: HashMap<String, Link>,
+    stop: watch::Sender<Option<String>>,
 }
 
 impl Actor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Stamped>) {
         let mut batch = Vec::new();
         while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let core = self.core.clone();
             let mut core = core.write().await;
             if let Some(reason) = &core.failed {
                 let reason = reason.clone();
-                for request in batch.drain(..) {
-                    refuse(request, &reason);
+                for stamped in batch.drain(..) {
+                    refuse(stamped.request, &reason);
                 }
                 continue;
             }
-            let now = Now::current();
             let mut fx = Effects::default();
             let mut replies = Vec::with_capacity(batch.len());
-            for request in batch.drain(..) {
-                self.apply(&mut core.state, request, now, &mut fx, &mut replies);
+            for Stamped { at, request } in batch.drain(..) {
+                self.apply(&mut core.state, request, at, &mut fx, &mut replies);
             }
-            core.state.schedule(now, &mut fx);
+            core.state.schedule(Now::current(), &mut fx);
             let durable = if fx.writes.is_empty() {
                 Ok(())
             } else {
@@ -450,7 +503,7 @@ impl Actor {
             }
             Request::ModuleStored(sha, answer) => {
                 let new = state.module_stored(&sha);
-                replies.push(Reply::Flag(answer, new));
+                replies.push(Reply::Module(answer, new));
             }
             Request::Register(info, running, unacknowledged, answer) => {
                 let id = info.id.clone();
@@ -471,9 +524,13 @@ impl Actor {
                 });
                 replies.push(Reply::Attach(answer, result));
             }
-            Request::Heartbeat(agent, session, answer) => {
-                let current = state.heartbeat(&agent, session, now);
-                replies.push(Reply::Flag(answer, current));
+            Request::Heartbeat(agent, session) => {
+                if !state.heartbeat(&agent, session, now)
+                    && self.links.get(&agent).is_some_and(|l| l.session == session)
+                {
+                    // Its session is over (it was lost): end its stream, it registers again.
+                    self.links.remove(&agent);
+                }
             }
             Request::Detach(agent, session) => {
                 state.detach(&agent, session);
@@ -514,13 +571,19 @@ impl Actor {
     fn rebuild(&mut self, core: &mut Core) {
         self.links.clear();
         match self.store.load() {
-            Ok(loaded) => core.state = HostState::restore(&self.config, loaded, Now::current()),
+            Ok(loaded) => {
+                let last = core.state.last_session();
+                core.state = HostState::restore(&self.config, loaded, Now::current());
+                // Agents still hold the old state's sessions: none is handed out again.
+                core.state.sessions_after(last);
+            }
             Err(e) => {
                 let reason = format!(
                     "the state store failed and cannot be read back ({e}): restart the host"
                 );
                 tracing::error!("{reason}");
-                core.failed = Some(reason);
+                core.failed = Some(reason.clone());
+                let _ = self.stop.send(Some(reason));
             }
         }
     }
@@ -534,9 +597,9 @@ fn refuse(request: Request, reason: &str) {
         Request::Kill(_, answer) => drop(answer.send(Err(error()))),
         Request::Register(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Attach(_, _, answer) => drop(answer.send(Err(error()))),
-        Request::ModuleStored(_, answer) | Request::Heartbeat(_, _, answer) => {
+        Request::ModuleStored(_, answer) => {
             let _ = answer.send(false);
         }
-        Request::Detach(..) | Request::Report(..) | Request::Expire => {}
+        Request::Heartbeat(..) | Request::Detach(..) | Request::Report(..) | Request::Expire => {}
     }
 }

@@ -214,6 +214,7 @@ pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
         }),
         stdin_bytes: task.spec.stdin.len() as u64,
         memory_request_bytes: task.spec.limits.memory_bytes,
+        kill_requested: task.kill_requested,
     }
 }
 
@@ -244,6 +245,7 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
             done: p.done,
             total: p.total,
         }),
+        kill_requested: task.kill_requested,
     })
 }
 
@@ -430,6 +432,7 @@ mod tests {
         });
         task.progress = Some(Progress { done: 1, total: 2 });
         task.wall_us = 1_234_567;
+        task.kill_requested = true;
         assert_eq!(task_from_pb(task_to_pb(&task, true)).unwrap(), task);
     }
 

@@ -12,6 +12,12 @@ pub enum HostError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// An uploaded module that admission refused.
+    #[error("{}: {}", match .0.kind {
+        corral_admission::RefusalKind::InvalidModule => "invalid module",
+        corral_admission::RefusalKind::LinkError => "link error",
+    }, .0.message)]
+    Refused(corral_admission::Refused),
     /// The request cannot be done in the current state.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -151,6 +151,17 @@ impl Registry {
         self.agents.values()
     }
 
+    /// The highest session handed out so far.
+    pub fn last_session(&self) -> u64 {
+        self.next_session
+    }
+
+    /// Hands out sessions above `session` from now on (a registry rebuilt while agents still
+    /// hold sessions of the old one must never hand the same number out again).
+    pub fn sessions_after(&mut self, session: u64) {
+        self.next_session = self.next_session.max(session);
+    }
+
     /// True when no agent was ever registered (or restored).
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()

@@ -282,7 +282,9 @@ mod tests {
         assert_eq!(read.get(), 2, "tasks past the last free slot were read");
     }
 
-    type RawPartition = (u32, u64, u32, u64, bool, Option<u8>, Option<u8>);
+    /// A partition as generated: capacity, used, draining, reserved tenant, reserved label,
+    /// agent zone.
+    type RawPartition = (u32, u64, u32, u64, bool, Option<u8>, Option<u8>, Option<u8>);
 
     fn arb_partition() -> impl Generator<Value = RawPartition> {
         (
@@ -293,62 +295,141 @@ mod tests {
             any::<bool>(),
             proptest::option::of(0u8..2),
             proptest::option::of(0u8..2),
+            proptest::option::of(0u8..2),
         )
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+    /// A task as generated: memory, tenant (2 is `default`), label `kind`, constraint `zone`.
+    type RawTask = (u64, u8, Option<u8>, Option<u8>);
 
-        /// Never over-allocates, and every task left out fits nowhere once the plan is applied.
+    fn arb_task() -> impl Generator<Value = RawTask> {
+        (
+            0u64..600,
+            0u8..3,
+            proptest::option::of(0u8..2),
+            proptest::option::of(0u8..2),
+        )
+    }
+
+    fn kv(key: &str, value: Option<u8>, prefix: &str) -> BTreeMap<String, String> {
+        value
+            .map(|v| (key.to_string(), format!("{prefix}{v}")))
+            .into_iter()
+            .collect()
+    }
+
+    /// The oracle: written from the allocator's documentation, sharing no code with it. Where
+    /// `request` goes given `free`: among partitions that are not draining, whose reservation
+    /// names no other tenant and no label the task lacks, whose agent has every label the task
+    /// requires, and whose free capacity covers the request, a partition reserved for the task
+    /// first; then binpack's least free memory (then fewest free slots) or spread's most free
+    /// slots (then most memory); ties to the earliest.
+    fn oracle(
+        parts: &[Candidate<'_>],
+        free: &[Resources],
+        request: &Request<'_>,
+        strategy: Strategy,
+    ) -> Option<usize> {
+        let fits = |i: usize| {
+            let p = &parts[i];
+            let tenant_ok = p
+                .reservation
+                .tenant
+                .as_deref()
+                .is_none_or(|t| t == request.tenant);
+            let labels_ok = p
+                .reservation
+                .labels
+                .iter()
+                .all(|(k, v)| request.labels.get(k) == Some(v));
+            let zone_ok = request
+                .constraints
+                .iter()
+                .all(|(k, v)| p.agent_labels.get(k) == Some(v));
+            let room = free[i].slots >= request.resources.slots
+                && free[i].memory_bytes >= request.resources.memory_bytes;
+            !p.draining && tenant_ok && labels_ok && zone_ok && room
+        };
+        (0..parts.len()).filter(|&i| fits(i)).min_by_key(|&i| {
+            let reserved =
+                parts[i].reservation.tenant.is_some() || !parts[i].reservation.labels.is_empty();
+            let f = free[i];
+            let rank = match strategy {
+                Strategy::Binpack => (f.memory_bytes as i128, i128::from(f.slots)),
+                Strategy::Spread => (-i128::from(f.slots), -(f.memory_bytes as i128)),
+            };
+            (!reserved, rank, i)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// The module's properties as stated: each placement is where the oracle puts the task
+        /// given the placements before it (so no partition is over-allocated); a task left out
+        /// fits nowhere given the placements made before it; tasks are left out of both lists
+        /// only once every slot is taken; the same snapshot gives the same plan.
         #[test]
-        fn plans_never_overallocate_and_place_every_placeable_task(
+        fn plans_keep_the_documented_properties(
             raw_parts in proptest::collection::vec(arb_partition(), 0..8),
-            raw_tasks in proptest::collection::vec((0u64..600, 0u8..3, proptest::option::of(0u8..2)), 0..40),
+            raw_tasks in proptest::collection::vec(arb_task(), 0..40),
             spread in any::<bool>(),
         ) {
-            let reservations: Vec<Reservation> = raw_parts.iter().map(|p| Reservation { tenant: p.5.map(|t| format!("tenant{t}")), labels: BTreeMap::new() }).collect();
-            let labels: Vec<BTreeMap<String, String>> = raw_parts.iter().map(|p| p.6.map(|z| ("zone".to_string(), format!("z{z}"))).into_iter().collect()).collect();
-            let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, _, _))| {
+            let reservations: Vec<Reservation> = raw_parts
+                .iter()
+                .map(|p| Reservation { tenant: p.5.map(|t| format!("tenant{t}")), labels: kv("kind", p.6, "k") })
+                .collect();
+            let zones: Vec<BTreeMap<String, String>> = raw_parts.iter().map(|p| kv("zone", p.7, "z")).collect();
+            let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, ..))| {
                 let mut c = candidate(i, cap_s, cap_m);
                 c.free = c.capacity.minus(&Resources { slots: used_s.min(cap_s), memory_bytes: used_m.min(cap_m) });
                 c.draining = draining;
                 c.reservation = &reservations[i];
-                c.agent_labels = &labels[i];
+                c.agent_labels = &zones[i];
                 c
             }).collect();
             let tenants: Vec<String> = raw_tasks.iter().map(|t| if t.1 == 2 { "default".into() } else { format!("tenant{}", t.1) }).collect();
-            let zones: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| t.2.map(|z| ("zone".to_string(), format!("z{z}"))).into_iter().collect()).collect();
-            let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, &(memory, _, _))| {
-                let mut t = pending(i as u64, memory);
-                t.request.tenant = &tenants[i];
-                t.request.constraints = &zones[i];
-                t
+            let labels: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| kv("kind", t.2, "k")).collect();
+            let constraints: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| kv("zone", t.3, "z")).collect();
+            let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, t)| {
+                let mut task = pending(i as u64, t.0);
+                task.request.tenant = &tenants[i];
+                task.request.labels = &labels[i];
+                task.request.constraints = &constraints[i];
+                task
             }).collect();
             let strategy = if spread { Strategy::Spread } else { Strategy::Binpack };
             let plan = plan(&parts, tasks.iter().copied(), strategy);
+            prop_assert_eq!(&plan, &super::plan(&parts, tasks.iter().copied(), strategy), "not deterministic");
 
+            // Replay the queue in order against the oracle.
             let mut free: Vec<Resources> = parts.iter().map(|p| p.free).collect();
-            for placement in &plan.placements {
-                let task = tasks.iter().find(|t| t.task_id == placement.task_id).unwrap();
-                let p = &parts[placement.partition];
-                prop_assert!(p.eligible(&task.request));
-                // The plan's choice is the allocator's, given what is free at that point.
-                let now: Vec<Candidate> = parts.iter().zip(&free).map(|(p, f)| Candidate { free: *f, ..*p }).collect();
-                prop_assert_eq!(crate::allocator::choose(&now, &task.request, strategy), Some(placement.partition));
-                prop_assert!(free[placement.partition].covers(&task.request.resources), "over-allocated {}", p.partition_id);
-                free[placement.partition] = free[placement.partition].minus(&task.request.resources);
+            let placed: HashMap<TaskId, usize> = plan.placements.iter().map(|p| (p.task_id, p.partition)).collect();
+            let unplaced: HashMap<TaskId, &Unplaced> = plan.unplaced.iter().map(|u| (u.task_id, u)).collect();
+            let mut read = 0;
+            for task in &tasks {
+                let expected = oracle(&parts, &free, &task.request, strategy);
+                match (placed.get(&task.task_id), unplaced.get(&task.task_id)) {
+                    (Some(&chosen), None) => {
+                        prop_assert_eq!(Some(chosen), expected, "task {} placed elsewhere than the oracle says", task.task_id);
+                        let f = &mut free[chosen];
+                        prop_assert!(f.covers(&task.request.resources), "over-allocated {}", parts[chosen].partition_id);
+                        *f = f.minus(&task.request.resources);
+                    }
+                    (None, Some(left)) => {
+                        prop_assert_eq!(expected, None, "task {} fits but was left out", task.task_id);
+                        prop_assert!(!left.reason.is_empty());
+                    }
+                    (None, None) => break,
+                    (Some(_), Some(_)) => prop_assert!(false, "task {} both placed and left out", task.task_id),
+                }
+                read += 1;
             }
-            // Tasks are left out of both lists only once every slot is taken.
-            if plan.placements.len() + plan.unplaced.len() < tasks.len() {
+            // What follows the tasks read was not read: only once every slot was taken.
+            if read < tasks.len() {
                 let left: u32 = parts.iter().zip(&free).filter(|(p, _)| !p.draining).map(|(_, f)| f.slots).sum();
                 prop_assert_eq!(left, 0);
-            }
-            for unplaced in &plan.unplaced {
-                let task = tasks.iter().find(|t| t.task_id == unplaced.task_id).unwrap();
-                for (i, p) in parts.iter().enumerate() {
-                    let now = Candidate { free: free[i], ..*p };
-                    prop_assert!(!now.fits(&task.request), "task {} fits {} but was left out", task.task_id, p.partition_id);
-                }
+                prop_assert!(tasks[read..].iter().all(|t| !placed.contains_key(&t.task_id) && !unplaced.contains_key(&t.task_id)));
             }
         }
     }

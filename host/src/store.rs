@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -136,8 +136,17 @@ impl Commit {
 pub struct Store {
     writer: Arc<Writer>,
     db: Arc<Database>,
-    /// Commits left to fail on purpose (tests of a failing disk).
-    faults: Arc<AtomicU32>,
+    /// Failures and delays injected on purpose (tests of a failing or slow disk).
+    faults: Arc<Faults>,
+}
+
+/// What the next commits suffer, for tests.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Commits left to fail.
+    fail: AtomicU32,
+    /// Milliseconds the next commit takes longer.
+    delay_ms: AtomicU64,
 }
 
 struct Writer {
@@ -182,7 +191,7 @@ impl Store {
         let loaded = load(&db)?;
         let (sender, queue) = mpsc::channel();
         let writer_db = db.clone();
-        let faults = Arc::new(AtomicU32::new(0));
+        let faults = Arc::new(Faults::default());
         let writer_faults = faults.clone();
         let thread = std::thread::Builder::new()
             .name("corral-store".into())
@@ -205,7 +214,14 @@ impl Store {
     /// tests of what callers do then.
     #[doc(hidden)]
     pub fn fail_next_commits(&self, n: u32) {
-        self.faults.store(n, Ordering::SeqCst);
+        self.faults.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next commit take `delay` longer, as a slow disk would: for tests.
+    #[doc(hidden)]
+    pub fn delay_next_commit(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.faults.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Queues `writes`; they are applied in order with other queued writes. Await the answer
@@ -369,7 +385,7 @@ mod legacy {
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults: &AtomicU32) {
+fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults: &Faults) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -378,7 +394,12 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults
                 Err(_) => break,
             }
         }
+        let delay = faults.delay_ms.swap(0, Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         let injected = faults
+            .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         let result = if injected {

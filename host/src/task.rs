@@ -320,6 +320,9 @@ pub struct Task {
     pub reason: String,
     /// The guest's last progress report.
     pub progress: Option<Progress>,
+    /// A kill was asked for: the task is not retried, and its agent is told again when it
+    /// comes back.
+    pub kill_requested: bool,
 }
 
 impl Task {
@@ -342,6 +345,7 @@ impl Task {
             finished_at_ms: 0,
             reason: String::new(),
             progress: None,
+            kill_requested: false,
         }
     }
 

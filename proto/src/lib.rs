@@ -36,6 +36,14 @@ pub mod pb {
 /// captured output can be tens of MiB, over tonic's 4 MiB default.
 pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
 
+/// The agent protocol this contract defines (`RegisterRequest.protocol`); a host refuses an
+/// agent that speaks another.
+pub const AGENT_PROTOCOL: u32 = 2;
+
+/// The metadata key under which a refused `UploadModule` (`INVALID_ARGUMENT`) names the
+/// outcome a run of the module would have: `invalid_module` or `link_error`.
+pub const OUTCOME_METADATA: &str = "corral-outcome";
+
 /// Chunk size for streamed module bytes.
 pub const MODULE_CHUNK_BYTES: usize = 1 << 20;
 

@@ -24,7 +24,7 @@ use corral_proto::pb;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::sandbox::{Outcome, PreparedModule, RunControl, Sandbox, SandboxConfig};
+use crate::sandbox::{Outcome, PrepareError, PreparedModule, RunControl, Sandbox, SandboxConfig};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -90,6 +90,8 @@ struct Agent {
     /// Where reports go while a session is up.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     modules: tokio::sync::Mutex<HashMap<String, PreparedModule>>,
+    /// The host's module size cap, admitted under here too (what the host accepted runs).
+    max_module_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Runs an agent until `shutdown` resolves. Tasks still running then are killed.
@@ -121,6 +123,9 @@ pub async fn run(
         unacked: Mutex::new(BTreeMap::new()),
         outbound: Mutex::new(None),
         modules: tokio::sync::Mutex::new(HashMap::new()),
+        max_module_bytes: std::sync::atomic::AtomicU64::new(
+            SandboxConfig::DEFAULT_MAX_MODULE_BYTES,
+        ),
     });
     let sessions = agent.clone().sessions();
     tokio::select! {
@@ -175,6 +180,7 @@ impl Agent {
             lock(&self.unacked).keys().map(convert::task_ref).collect();
         let registered = client
             .register(pb::RegisterRequest {
+                protocol: corral_proto::AGENT_PROTOCOL,
                 agent_id: self.config.id.clone(),
                 address: self.config.address.clone(),
                 capacity: Some(pb::Capacity {
@@ -188,6 +194,12 @@ impl Agent {
             })
             .await?
             .into_inner();
+        if registered.max_module_bytes > 0 {
+            self.max_module_bytes.store(
+                registered.max_module_bytes,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(pb::AgentMessage {
             message: Some(pb::agent_message::Message::Attach(pb::Attach {
@@ -414,38 +426,32 @@ impl Agent {
             .data_dir
             .join("modules")
             .join(format!("{sha256}.wasm"));
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(_) => {
-                let fetch_error = |e: tonic::Status| {
-                    ModuleError::Agent(format!(
-                        "agent {agent} cannot fetch module {sha256} from the host: {}",
-                        e.message()
-                    ))
-                };
-                let mut stream = client
-                    .fetch_module(pb::FetchModuleRequest {
-                        sha256: sha256.into(),
-                    })
-                    .await
-                    .map_err(fetch_error)?
-                    .into_inner();
-                let mut bytes = Vec::new();
-                while let Some(chunk) = stream.message().await.map_err(fetch_error)? {
-                    bytes.extend_from_slice(&chunk.chunk);
+        // A kept copy counts only if its bytes hash to its name: a scribbled, truncated or
+        // empty file (a crash while it was written, a failing disk) is fetched again.
+        let kept = std::fs::read(&path).ok();
+        let bytes = match kept.filter(|b| corral_admission::sha256_of(b) == sha256) {
+            Some(bytes) => Bytes::from(bytes),
+            None => {
+                if path.exists() {
+                    tracing::warn!(
+                        sha256,
+                        "the kept copy of the module is damaged: fetching it again"
+                    );
+                    let _ = std::fs::remove_file(&path);
                 }
-                let tmp = path.with_extension("part");
-                if let Err(e) =
-                    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path))
-                {
+                let bytes = self.fetch(sha256, &mut client).await?;
+                if let Err(e) = keep(&path, &bytes) {
                     // The run goes on from memory; the next process fetches it again.
                     tracing::warn!(sha256, error = %e, "cannot keep the module on disk");
                 }
-                Bytes::from(bytes)
+                bytes
             }
         };
         let sandbox = self.sandbox.clone();
-        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(&bytes))
+        let cap = self
+            .max_module_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare_within(&bytes, cap))
             .await
             .map_err(|e| {
                 ModuleError::Agent(format!(
@@ -453,23 +459,62 @@ impl Agent {
                 ))
             })?;
         match prepared {
-            Ok(prepared) if prepared.module.sha256() == sha256 => {
+            Ok(prepared) => {
                 if modules.len() >= 256 {
                     modules.clear();
                 }
                 modules.insert(sha256.to_string(), prepared.module.clone());
                 Ok(prepared.module)
             }
-            Ok(prepared) => {
-                let _ = std::fs::remove_file(&path);
-                Err(ModuleError::Agent(format!(
-                    "agent {agent} got bytes for module {sha256} that hash to {}",
-                    prepared.module.sha256()
-                )))
-            }
-            Err(rejection) => Err(ModuleError::Refused(rejection.outcome)),
+            Err(PrepareError::Refused(rejection)) => Err(ModuleError::Refused(rejection.outcome)),
+            Err(PrepareError::Sandbox(e)) => Err(ModuleError::Agent(format!("agent {agent}: {e}"))),
         }
     }
+
+    /// A module's bytes from the host, checked against the sha256 they are named by.
+    async fn fetch(&self, sha256: &str, client: &mut Client) -> Result<Bytes, ModuleError> {
+        let agent = &self.config.id;
+        let fetch_error = |e: tonic::Status| {
+            ModuleError::Agent(format!(
+                "agent {agent} cannot fetch module {sha256} from the host: {}",
+                e.message()
+            ))
+        };
+        let mut stream = client
+            .fetch_module(pb::FetchModuleRequest {
+                sha256: sha256.into(),
+            })
+            .await
+            .map_err(fetch_error)?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(fetch_error)? {
+            bytes.extend_from_slice(&chunk.chunk);
+        }
+        let got = corral_admission::sha256_of(&bytes);
+        if got != sha256 {
+            return Err(ModuleError::Agent(format!(
+                "agent {agent} fetched {} bytes for module {sha256} that hash to {got}",
+                bytes.len()
+            )));
+        }
+        Ok(Bytes::from(bytes))
+    }
+}
+
+/// Writes a module to `path` durably: a temp file, synced, then renamed over it, then the
+/// directory synced, so that a crash leaves the old file, or none, or the whole new one.
+fn keep(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("part");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 type Client = pb::agent_api_client::AgentApiClient<Channel>;

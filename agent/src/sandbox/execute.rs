@@ -106,7 +106,10 @@ impl Sandbox {
         let pre = &module.inner.pre;
         let guest = FuelYields::new(
             async {
-                let instance = pre.instantiate_async(&mut store).await?;
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(instantiation_failed)?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             },
@@ -130,10 +133,16 @@ impl Sandbox {
         let wall_time = started.elapsed();
 
         let killed = spec.control.as_ref().is_some_and(RunControl::is_killed);
+        let cap_hit = store.data().limiter.cap_hit;
+        if let Ok(Err(error)) = &result {
+            if !killed && !cap_hit && error.downcast_ref::<InstantiationFailed>().is_some() {
+                return Err(SandboxError::Instantiate(format!("{error:#}")));
+            }
+        }
         let outcome = if killed {
             Outcome::Killed
         } else {
-            classify(result, store.data().limiter.cap_hit)
+            classify(result, cap_hit)
         };
         let fuel_used = if metering {
             limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
@@ -162,6 +171,29 @@ impl Sandbox {
             logs_dropped: state.guest.logs_dropped,
             metrics: state.guest.metrics,
         })
+    }
+}
+
+/// Marks an instantiation error that is Corral's: not a trap (a start function or a segment
+/// out of bounds), not the guest's exit, not its memory cap (the limiter says so).
+#[derive(Debug)]
+struct InstantiationFailed;
+
+impl std::fmt::Display for InstantiationFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("instantiation failed")
+    }
+}
+
+/// Keeps a trap or an exit during instantiation as it is (the guest's), and marks anything
+/// else as [`InstantiationFailed`].
+fn instantiation_failed(error: wasmtime::Error) -> wasmtime::Error {
+    if error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+    {
+        error
+    } else {
+        error.context(InstantiationFailed)
     }
 }
 
@@ -210,5 +242,24 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => handle.block_on(future),
         Err(_) => RUNTIME.with(|runtime| runtime.block_on(future)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_is_not_the_guests_doing_is_marked_an_instantiation_failure() {
+        // A trap during instantiation (a start function, a segment out of bounds) and an exit
+        // are the guest's; anything else (the engine could not map memory) is Corral's.
+        let trap = instantiation_failed(wasmtime::Error::from(Trap::MemoryOutOfBounds));
+        assert!(trap.downcast_ref::<InstantiationFailed>().is_none());
+        assert!(trap.downcast_ref::<Trap>().is_some());
+        let exit = instantiation_failed(wasmtime::Error::from(wasmtime_wasi::I32Exit(3)));
+        assert!(exit.downcast_ref::<InstantiationFailed>().is_none());
+        let mmap = instantiation_failed(wasmtime::Error::msg("failed to mmap a memory"));
+        assert!(mmap.downcast_ref::<InstantiationFailed>().is_some());
+        assert!(format!("{mmap:#}").contains("failed to mmap a memory"));
     }
 }

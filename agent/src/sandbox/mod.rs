@@ -69,7 +69,7 @@ pub use guest_api::{
     MAX_METRIC_NAME_BYTES,
 };
 pub use limits::Limits;
-pub use modules::{Prepared, PreparedModule, Rejection};
+pub use modules::{PrepareError, Prepared, PreparedModule, Rejection};
 pub use outcome::{GuestEvent, LogLevel, LogRecord, Outcome, Progress, RunReport};
 pub use spec::{DirGrant, RunSpec};
 
@@ -105,6 +105,19 @@ pub enum SandboxError {
     /// The run's blocking task was cancelled or panicked.
     #[error("the sandbox thread running the task failed: {0}")]
     Join(String),
+    /// A module that passed admission did not compile or link: admission and the engine
+    /// disagree, or the engine ran out of resources. Not the module's fault, and not cached.
+    #[error("cannot compile module {sha256}: {message}")]
+    Compile {
+        /// The module.
+        sha256: String,
+        /// What the engine said.
+        message: String,
+    },
+    /// An admitted module could not be instantiated for a reason that is neither a trap nor
+    /// its memory cap (the engine could not map memory, for example).
+    #[error("cannot instantiate the module: {0}")]
+    Instantiate(String),
 }
 
 pub(crate) struct Inner {
@@ -181,7 +194,10 @@ impl Sandbox {
                 report.cached = prepared.cached;
                 Ok(report)
             }
-            Err(rejection) => Ok(RunReport::rejected(rejection.outcome, rejection.sha256)),
+            Err(PrepareError::Refused(rejection)) => {
+                Ok(RunReport::rejected(rejection.outcome, rejection.sha256))
+            }
+            Err(PrepareError::Sandbox(error)) => Err(error),
         }
     }
 

@@ -11,7 +11,7 @@ use wasmtime::{Cache, InstancePre, Module};
 
 use super::execute::RunState;
 use super::outcome::Outcome;
-use super::Sandbox;
+use super::{Sandbox, SandboxError};
 
 /// A module that passed admission: compiled and linked, ready to instantiate cheaply.
 #[derive(Clone)]
@@ -53,7 +53,18 @@ pub struct Rejection {
     pub outcome: Outcome,
 }
 
-type Slot = Arc<OnceLock<Result<Arc<Compiled>, Outcome>>>;
+/// Why [`Sandbox::prepare`] did not make a module runnable.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Admission refused it: the module's doing (`invalid_module`, `link_error`).
+    Refused(Rejection),
+    /// An admitted module did not compile or link: Corral's failure.
+    Sandbox(SandboxError),
+}
+
+/// A compiled module, or what the engine said when it failed (then the slot is dropped, so
+/// the next admission of the module compiles it again).
+type Slot = Arc<OnceLock<Result<Arc<Compiled>, String>>>;
 
 /// Compiled modules by sha256; each slot is filled exactly once, so concurrent admissions of
 /// the same module compile it once.
@@ -64,6 +75,14 @@ pub(crate) struct ModuleCache {
 }
 
 impl ModuleCache {
+    /// Drops `slot` for `digest`, if it is still the cache's.
+    fn forget(&mut self, digest: &[u8; 32], slot: &Slot) {
+        if self.slots.get(digest).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            self.slots.remove(digest);
+            self.order.retain(|d| d != digest);
+        }
+    }
+
     /// The slot of `digest`, made (and the oldest slots dropped past `max`) if it is new.
     fn slot(&mut self, digest: [u8; 32], max: usize) -> Slot {
         if let Some(slot) = self.slots.get(&digest) {
@@ -85,21 +104,31 @@ impl Sandbox {
     /// Admits a module given as wasm binary or WAT text ([`corral_admission::admit`]: size cap,
     /// validation, pool limits, `_start`, imports), then compiles it (once per sha256) and
     /// links it.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, Rejection> {
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, PrepareError> {
+        self.prepare_within(bytes, self.inner.config.max_module_bytes)
+    }
+
+    /// [`Sandbox::prepare`] under a size cap of `max_module_bytes` instead of the config's (an
+    /// agent admits under its host's cap).
+    pub fn prepare_within(
+        &self,
+        bytes: &[u8],
+        max_module_bytes: u64,
+    ) -> Result<Prepared, PrepareError> {
         let inner = &*self.inner;
-        let policy = Policy {
-            max_module_bytes: inner.config.max_module_bytes,
-        };
-        let admitted = admit(bytes, &policy).map_err(|refused| Rejection {
-            sha256: refused.sha256,
-            outcome: match refused.kind {
-                RefusalKind::InvalidModule => Outcome::InvalidModule {
-                    message: refused.message,
+        let policy = Policy { max_module_bytes };
+        let admitted = admit(bytes, &policy).map_err(|refused| {
+            PrepareError::Refused(Rejection {
+                sha256: refused.sha256,
+                outcome: match refused.kind {
+                    RefusalKind::InvalidModule => Outcome::InvalidModule {
+                        message: refused.message,
+                    },
+                    RefusalKind::LinkError => Outcome::LinkError {
+                        message: refused.message,
+                    },
                 },
-                RefusalKind::LinkError => Outcome::LinkError {
-                    message: refused.message,
-                },
-            },
+            })
         })?;
         let sha256 = admitted.sha256_hex();
         let slot = inner
@@ -121,22 +150,30 @@ impl Sandbox {
                 },
                 cached: compiled_here.unwrap_or(true),
             }),
-            Err(outcome) => Err(Rejection {
-                sha256,
-                outcome: outcome.clone(),
-            }),
+            Err(message) => {
+                let message = message.clone();
+                inner
+                    .modules
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(&admitted.sha256, &slot);
+                Err(PrepareError::Sandbox(SandboxError::Compile {
+                    sha256,
+                    message,
+                }))
+            }
         }
     }
 
     /// Compiles and links an admitted module; the flag says whether the code came from the disk
     /// cache. Admission has checked everything compiling and linking check, so a failure here
-    /// is reported as what the engine says.
+    /// is the engine's (what it says is the error).
     fn compile(
         &self,
         binary: &[u8],
         sha256: String,
         uses_wasi: bool,
-    ) -> (Result<Arc<Compiled>, Outcome>, bool) {
+    ) -> (Result<Arc<Compiled>, String>, bool) {
         let inner = &*self.inner;
         let (module, from_disk) = {
             // Serialised so that the disk cache's hit counter can be attributed to one compile.
@@ -151,10 +188,7 @@ impl Sandbox {
         };
         let module = match module {
             Ok(module) => module,
-            Err(e) => {
-                let message = format!("cannot compile: {e:#}");
-                return (Err(Outcome::InvalidModule { message }), false);
-            }
+            Err(e) => return (Err(format!("{e:#}")), false),
         };
         let result = match inner.linker.instantiate_pre(&module) {
             Ok(pre) => Ok(Arc::new(Compiled {
@@ -162,10 +196,28 @@ impl Sandbox {
                 pre,
                 uses_wasi,
             })),
-            Err(e) => Err(Outcome::LinkError {
-                message: format!("{e:#}"),
-            }),
+            Err(e) => Err(format!("linking failed: {e:#}")),
         };
         (result, from_disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_compile_is_forgotten_so_the_next_admission_compiles_again() {
+        let mut cache = ModuleCache::default();
+        let digest = [7u8; 32];
+        let failed = cache.slot(digest, 8);
+        let _ = failed.set(Err("the engine ran out of memory".into()));
+        cache.forget(&digest, &failed);
+        let again = cache.slot(digest, 8);
+        assert!(!Arc::ptr_eq(&failed, &again), "the failure was kept");
+        assert!(again.get().is_none());
+        // A slot that is no longer the cache's is not forgotten in its place.
+        cache.forget(&digest, &failed);
+        assert!(Arc::ptr_eq(&again, &cache.slot(digest, 8)));
     }
 }

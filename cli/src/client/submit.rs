@@ -19,7 +19,7 @@ use crate::args::{
     HostArg, ModuleArgs,
 };
 use crate::exit;
-use crate::show;
+use crate::show::{self, ignore_closed_pipe};
 
 /// Arguments of `corral submit`.
 #[derive(Args, Debug)]
@@ -95,11 +95,20 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let uploaded = match client.upload_module(tokio_stream::iter(chunks)).await {
         Ok(r) => r.into_inner(),
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            // The host says which outcome its refusal is, so that this exits as a run would.
+            let kind = match status
+                .metadata()
+                .get(corral_proto::OUTCOME_METADATA)
+                .map(|v| v.to_str())
+            {
+                Some(Ok("link_error")) => pb::OutcomeKind::LinkError,
+                _ => pb::OutcomeKind::InvalidModule,
+            };
             return Err(Failure {
                 message: format!("{}: {}", args.guest.module.display(), status.message()),
-                status: exit::INVALID_MODULE,
+                status: exit::status(kind, 0),
             }
-            .into())
+            .into());
         }
         Err(status) => return Err(rpc(status)),
     };
@@ -198,14 +207,6 @@ pub async fn wait(client: &mut Client, id: &str, live: bool) -> anyhow::Result<p
         .ok_or_else(|| anyhow!("the host ended the watch of {id} before the task ended"))
 }
 
-/// Ignores a closed stdout: the exit status still says how the task ended.
-fn ignore_closed_pipe(result: std::io::Result<()>) -> std::io::Result<()> {
-    match result {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
-    }
-}
-
 /// Prints an ended task's output and summary (or JSON) and answers `corral run`'s exit status
 /// (plus 135 for KILLED and 136 for LOST).
 async fn finish(client: &mut Client, task: &pb::Task, text: bool) -> anyhow::Result<ExitCode> {
@@ -226,7 +227,7 @@ async fn finish(client: &mut Client, task: &pb::Task, text: bool) -> anyhow::Res
     if text {
         ignore_closed_pipe(show::raw(&output.stdout))?;
         let mut err = std::io::stderr().lock();
-        err.write_all(&output.stderr)?;
+        ignore_closed_pipe(err.write_all(&output.stderr))?;
         let shown_kind = match kind {
             pb::OutcomeKind::Unspecified => "-".to_string(),
             kind => outcome_name(kind),
@@ -258,7 +259,7 @@ async fn finish(client: &mut Client, task: &pb::Task, text: bool) -> anyhow::Res
         } else if task.state == pb::TaskState::Lost as i32 {
             line.push_str(&format!(" reason={:?}", task.reason));
         }
-        writeln!(err, "{line}")?;
+        ignore_closed_pipe(writeln!(err, "{line}"))?;
     } else {
         ignore_closed_pipe(show::json(&json::Report {
             task: json::Task::from(task),

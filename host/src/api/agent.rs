@@ -85,6 +85,15 @@ impl pb::agent_api_server::AgentApi for AgentService {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = request.into_inner();
+        if r.protocol != corral_proto::AGENT_PROTOCOL {
+            return Err(Status::failed_precondition(format!(
+                "agent {} speaks agent protocol {}; this host speaks {}: run the same Corral on \
+                 the host and its agents",
+                r.agent_id,
+                r.protocol,
+                corral_proto::AGENT_PROTOCOL
+            )));
+        }
         let info = AgentInfo {
             id: r.agent_id,
             address: r.address,
@@ -103,6 +112,7 @@ impl pb::agent_api_server::AgentApi for AgentService {
         Ok(Response::new(pb::RegisterResponse {
             session,
             heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            max_module_bytes: self.plane.config().max_module_size.as_u64(),
         }))
     }
 
@@ -142,11 +152,8 @@ impl pb::agent_api_server::AgentApi for AgentService {
                     }
                 };
                 match message {
-                    Some(Message::Heartbeat(_)) => {
-                        if !plane.heartbeat(&agent_id, session).await {
-                            break;
-                        }
-                    }
+                    // Not waited on: a stale session's stream is ended by the host dropping it.
+                    Some(Message::Heartbeat(_)) => plane.heartbeat(&agent_id, session).await,
                     Some(Message::Status(update)) => {
                         let Ok(attempt) = attempt(update.task.clone()) else {
                             tracing::warn!(

@@ -52,7 +52,7 @@ impl pb::corral_server::Corral for ClientService {
             }
         }
         let (sha256, size_bytes, existed) =
-            self.plane.upload_module(&bytes).await.map_err(status)?;
+            self.plane.upload_module(bytes).await.map_err(status)?;
         Ok(Response::new(pb::UploadModuleResponse {
             sha256,
             size_bytes,
@@ -113,7 +113,11 @@ impl pb::corral_server::Corral for ClientService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let (tasks, more) = self.plane.list(&filter, after, limit).await;
+        let (tasks, more) = self
+            .plane
+            .list(&filter, after, limit)
+            .await
+            .map_err(status)?;
         let next_page_token = match (more, tasks.last()) {
             (true, Some(last)) => last.id.to_string(),
             _ => String::new(),
@@ -213,6 +217,7 @@ impl pb::corral_server::Corral for ClientService {
             .plane
             .agents()
             .await
+            .map_err(status)?
             .iter()
             .map(|a| convert::agent_to_pb(&a.info, a.state, a.last_seen_ms, a.running))
             .collect();
@@ -227,6 +232,7 @@ impl pb::corral_server::Corral for ClientService {
             .plane
             .partitions()
             .await
+            .map_err(status)?
             .iter()
             .map(convert::partition_to_pb)
             .collect();

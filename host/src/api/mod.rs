@@ -20,6 +20,19 @@ pub use client::ClientService;
 /// Maps a host error to the gRPC status clients see.
 pub fn status(error: HostError) -> tonic::Status {
     match error {
+        HostError::Refused(refused) => {
+            let kind = match refused.kind {
+                corral_admission::RefusalKind::InvalidModule => "invalid_module",
+                corral_admission::RefusalKind::LinkError => "link_error",
+            };
+            let mut status =
+                tonic::Status::invalid_argument(HostError::Refused(refused).to_string());
+            status.metadata_mut().insert(
+                corral_proto::OUTCOME_METADATA,
+                tonic::metadata::MetadataValue::from_static(kind),
+            );
+            status
+        }
         HostError::NotFound(m) => tonic::Status::not_found(m),
         HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),

@@ -398,6 +398,10 @@ impl HostState {
             .agent_id
             .clone()
             .filter(|_| task.state.holds_resources());
+        self.tasks
+            .get_mut(&id)
+            .expect("looked up above")
+            .kill_requested = true;
         match placed_on {
             Some(agent) if self.attached.contains_key(&agent) => {
                 fx.commands.push((agent, AgentCommand::Kill(attempt)));
@@ -512,8 +516,16 @@ impl HostState {
             )));
         }
         let (session, previous) = self.registry.register(info.clone(), now.instant, now.ms);
-        // A new registration replaces any stream of the old session.
+        // A new registration replaces any stream of the old session; nothing goes to the
+        // agent's partitions until the new one attaches.
         self.attached.remove(&info.id);
+        for p in self
+            .partitions
+            .values_mut()
+            .filter(|p| p.agent_id == info.id)
+        {
+            p.draining = true;
+        }
         let prefix = format!("{}/", info.id);
         if previous.as_ref() != Some(&info)
             || !self.partitions.keys().any(|k| k.starts_with(&prefix))
@@ -567,8 +579,9 @@ impl HostState {
     }
 
     /// Attaches an agent's session stream: the commands queued for it go out, launches of its
-    /// ASSIGNED attempts go again (the old stream may have dropped them; the agent ignores one
-    /// it already has), and its partitions take tasks.
+    /// ASSIGNED attempts and kills of attempts a kill was asked for go again (the old stream
+    /// may have dropped them; the agent ignores a launch it already has), and its partitions
+    /// take tasks.
     pub fn attach(
         &mut self,
         agent_id: &str,
@@ -585,10 +598,18 @@ impl HostState {
             fx.commands.push((agent_id.to_string(), command));
         }
         for task in self.tasks.values() {
-            if task.state == TaskState::Assigned && task.agent_id.as_deref() == Some(agent_id) {
-                let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
-                fx.commands.push((agent_id.to_string(), launch));
+            if !task.state.holds_resources() || task.agent_id.as_deref() != Some(agent_id) {
+                continue;
             }
+            let command = if task.kill_requested {
+                // The kill may not have reached it before its stream went down.
+                AgentCommand::Kill(attempt_of(task))
+            } else if task.state == TaskState::Assigned {
+                AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()))
+            } else {
+                continue;
+            };
+            fx.commands.push((agent_id.to_string(), command));
         }
         self.attached.insert(agent_id.to_string(), session);
         for p in self
@@ -650,6 +671,17 @@ impl HostState {
             }
         }
         lost
+    }
+
+    /// The highest agent session handed out so far.
+    pub fn last_session(&self) -> u64 {
+        self.registry.last_session()
+    }
+
+    /// Hands out agent sessions above `session` from now on: a state rebuilt while agents still
+    /// hold sessions of the one it replaces never hands the same number out again.
+    pub fn sessions_after(&mut self, session: u64) {
+        self.registry.sessions_after(session);
     }
 
     /// The session `agent_id` is attached with, if it is.
@@ -773,6 +805,23 @@ impl HostState {
         fx: &mut Effects,
     ) -> Task {
         let task = self.tasks.get_mut(&id).expect("ending a known task");
+        // A task a kill was asked for is never run again: an attempt lost, or failed by
+        // Corral, ends it KILLED. One that finished or failed on its own before the kill
+        // landed keeps that ending.
+        let corral_failed = task
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.kind.is_corral_failure());
+        let (ended, reason) = if task.kill_requested
+            && (ended == TaskState::Lost || (ended == TaskState::Failed && corral_failed))
+        {
+            (
+                TaskState::Killed,
+                format!("killed on request (its attempt ended {ended}: {reason})"),
+            )
+        } else {
+            (ended, reason.to_string())
+        };
         if task.state.holds_resources() {
             if let Some(p) = task
                 .partition_id
@@ -785,12 +834,12 @@ impl HostState {
         }
         self.pending.remove(&id);
         task.state = ended;
-        task.reason = reason.to_string();
         task.updated_at_ms = now.ms;
-        let retry = task.may_retry_after(ended);
+        let retry = !task.kill_requested && task.may_retry_after(ended);
         if !retry {
             task.finished_at_ms = now.ms;
         }
+        task.reason = reason.clone();
         fx.events.push(Arc::new(public(task)));
         if retry {
             task.state = TaskState::Pending;

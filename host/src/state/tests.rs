@@ -470,6 +470,98 @@ fn kill_in_every_state() {
 }
 
 #[test]
+fn a_kill_is_remembered_until_the_task_has_stopped() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let lost = w.submit(spec(MIB, 2, false));
+    let relaunched = w.submit(spec(MIB, 2, false));
+    w.schedule();
+    w.report("a1", lost, running());
+    w.report("a1", relaunched, running());
+    for id in [lost, relaunched] {
+        let (task, _) = w.kill(id);
+        assert!(task.unwrap().kill_requested);
+    }
+    // The agent goes away before it stops them, and comes back still running one: the kill
+    // goes to it again on attach.
+    let old = w.sessions["a1"];
+    w.state.detach("a1", old);
+    let fx = w.agent_reporting("a1", 2, 1024 * MIB, &[attempt(relaunched, 1)], &[]);
+    assert!(fx
+        .commands
+        .contains(&("a1".to_string(), AgentCommand::Kill(attempt(relaunched, 1)))));
+    // The one it forgot is LOST, which for a task asked to die is KILLED, and not retried
+    // although retries remain.
+    assert_eq!(states(&fx, lost), [TaskState::Killed]);
+    assert!(w
+        .task(lost)
+        .reason
+        .starts_with("killed on request (its attempt ended LOST"));
+    assert!(launches(&w.schedule()).is_empty());
+    // An agent_error after the kill ends it KILLED too; a guest's own ending stays its own.
+    let fx = w.report("a1", relaunched, ended(OutcomeKind::AgentError));
+    assert_eq!(states(&fx, relaunched), [TaskState::Killed]);
+    let finished = w.submit(spec(MIB, 2, true));
+    w.schedule();
+    let _ = w.kill(finished);
+    let fx = w.report("a1", finished, ended(OutcomeKind::Success));
+    assert_eq!(
+        states(&fx, finished),
+        [TaskState::Finished],
+        "it finished before the kill landed"
+    );
+    let trapped = w.submit(spec(MIB, 2, true));
+    w.schedule();
+    let _ = w.kill(trapped);
+    let fx = w.report("a1", trapped, ended(OutcomeKind::Trap));
+    assert_eq!(
+        states(&fx, trapped),
+        [TaskState::Failed],
+        "not retried despite retry_failed"
+    );
+    w.check();
+}
+
+#[test]
+fn a_registered_agent_takes_no_task_until_it_attaches() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    // It registers again (same capacity, so no new carving) and has not attached yet.
+    let mut fx = Effects::default();
+    let session = w
+        .state
+        .register(info("a1", 2, 1024 * MIB), &[], &[], w.now, &mut fx)
+        .unwrap();
+    let id = w.submit(spec(MIB, 0, false));
+    assert!(launches(&w.schedule()).is_empty());
+    assert!(w.state.partitions().all(|p| p.draining));
+    let mut fx = Effects::default();
+    w.state.attach("a1", session, w.now, &mut fx).unwrap();
+    w.sessions.insert("a1".into(), session);
+    assert_eq!(
+        launches(&w.schedule()),
+        [("a1".to_string(), attempt(id, 1))]
+    );
+}
+
+#[test]
+fn sessions_are_not_handed_out_again_after_a_rebuild() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let last = w.state.last_session();
+    let mut rebuilt = HostState::restore(&HostConfig::default(), Loaded::default(), w.now);
+    rebuilt.sessions_after(last);
+    let mut fx = Effects::default();
+    let session = rebuilt
+        .register(info("a1", 2, 1024 * MIB), &[], &[], w.now, &mut fx)
+        .unwrap();
+    assert!(
+        session > last,
+        "{session} was handed out before the rebuild"
+    );
+}
+
+#[test]
 fn an_agent_coming_back_is_reconciled_with_what_it_really_runs() {
     let mut w = World::new();
     w.agent("a1", 4, 1024 * MIB);
