@@ -219,6 +219,11 @@ pub fn module_sha256(bytes: &[u8]) -> Result<String, String> {
     to_binary(bytes).map(|binary| sha256_hex(&Sha256::digest(&binary).into()))
 }
 
+/// The sha256 of `bytes` as they are.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 /// The sha256 of `bytes` as they are, as lowercase hex.
 pub fn sha256_of(bytes: &[u8]) -> String {
     sha256_hex(&Sha256::digest(bytes).into())

@@ -269,6 +269,26 @@ fn a_run_killed_before_it_starts_ends_at_once_as_killed() {
 }
 
 #[test]
+fn a_bad_host_call_from_the_start_function_is_the_guests_trap() {
+    // The wasm start function runs during instantiation; what it does wrong is still the
+    // guest's doing, not the agent's.
+    let module = r#"(module
+      (import "corral" "log" (func $log (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func $boot (call $log (i32.const 2) (i32.const 65530) (i32.const 100)))
+      (start $boot)
+      (func (export "_start")))"#;
+    let report = run(module, &spec());
+    match &report.outcome {
+        Outcome::Trap { message } => {
+            assert!(message.contains("outside linear memory"), "{message}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_next_task_runs();
+}
+
+#[test]
 fn the_sandbox_refuses_what_admission_refuses_with_admissions_message() {
     // What the host would refuse at upload never compiles here either, and says why the same.
     for (module, kind) in [

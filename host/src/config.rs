@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::allocator::Strategy;
 use crate::partition::PartitionTemplate;
 
+/// Room left in a message for what is not stdin or output (spec, names, figures).
+const MESSAGE_OVERHEAD_BYTES: u64 = 1 << 20;
+
 /// Everything `corral host` can be told in its config file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +96,28 @@ impl HostConfig {
         if self.default_timeout.is_zero() {
             return Err("default_timeout must be above zero".into());
         }
+        // A final report carries stdout, stderr and output files, each up to the cap, and a
+        // launch carries stdin: each must fit in one message, with room for the rest.
+        let message = corral_proto::MAX_MESSAGE_BYTES as u64;
+        let room = MESSAGE_OVERHEAD_BYTES;
+        let most_output = (message - room) / 3;
+        if self.max_output_size.as_u64() > most_output {
+            return Err(format!(
+                "max_output_size {} is too large: a task's stdout, stderr and output files, each \
+                 up to it, must fit in one {} message; at most {}",
+                self.max_output_size,
+                ByteSize::b(message),
+                ByteSize::b(most_output)
+            ));
+        }
+        if self.max_stdin_size.as_u64() > message - room {
+            return Err(format!(
+                "max_stdin_size {} is too large: a launch must fit in one {} message; at most {}",
+                self.max_stdin_size,
+                ByteSize::b(message),
+                ByteSize::b(message - room)
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.partitions {
             if p.name.is_empty() || p.name.contains('/') {
@@ -163,6 +188,14 @@ mod tests {
         assert!(e.contains("longer than heartbeat_interval"), "{e}");
         let e = HostConfig::parse("strategy = \"random\"").unwrap_err();
         assert!(e.contains("random"), "{e}");
+        let e = HostConfig::parse("max_output_size = \"32MiB\"").unwrap_err();
+        assert!(
+            e.contains("max_output_size") && e.contains("at most"),
+            "{e}"
+        );
+        let e = HostConfig::parse("max_stdin_size = \"96MiB\"").unwrap_err();
+        assert!(e.contains("max_stdin_size"), "{e}");
+        assert!(HostConfig::parse("max_output_size = \"31MiB\"").is_ok());
         let dup = "[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n";
         assert!(HostConfig::parse(dup).unwrap_err().contains("twice"));
     }

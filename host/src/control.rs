@@ -1,53 +1,58 @@
 //! The control plane: the actor that owns the host's [`HostState`] and does its I/O.
 //!
-//! Every change (a submit, a kill, an agent's registration, attach, heartbeat or report, the
-//! liveness check) is a request to one actor task. The actor takes every request waiting, and
-//! under the state's write lock applies them to the [`HostState`] in order, runs one scheduling
-//! round, and commits the batch's store writes in one transaction, still holding the lock.
-//! Only once the commit is durable does it send the batch's agent commands, publish its task
-//! events and answer its callers. If the commit fails, nothing of the batch went out: the
-//! state is rebuilt from disk as a restarting host would (agents' sessions end, so they
-//! register again and are reconciled) and every caller of the batch gets the store's error.
-//! Readers (get, list, watch, output, agents, partitions) take the read lock, so they never see
-//! a change that is not on disk.
+//! Every request (a submit, a kill, an agent's registration, attach, heartbeat or report, the
+//! liveness check, and every read) goes to one actor task, which owns the state outright. The
+//! actor takes the requests waiting (up to [`MAX_BATCH`]) as a batch, applies them to the
+//! [`HostState`] in order, runs one scheduling round, and hands the batch's store writes to the
+//! store, which group-commits them. Only once a batch's writes are durable, and those of every
+//! batch before it, does it send the batch's agent commands, publish its task events and
+//! answer its callers, reads included: so nothing a client, a watcher or an agent learns is
+//! ahead of the disk. Meanwhile it goes on applying the next batches (at most
+//! [`MAX_IN_FLIGHT`] wait for their commit at once), so the state machine's work overlaps the
+//! disk's.
 //!
-//! Requests queued while a batch commits form the next batch: one fsync covers them all. Each
-//! request carries the time it was made, and the state machine is given that time, so a batch
-//! delayed behind a slow commit does not count the delay against the agents: a heartbeat
-//! counts from when it arrived, and a liveness check from when its tick fired.
+//! A read is answered with the state as its batch left it, once that batch is durable: what
+//! it shows is on disk. A watch subscribes when it is answered, after the events of every
+//! batch before it have been published, so no change falls between the task it answers and
+//! the first event it gets.
 //!
-//! If the actor panics, or the store fails and cannot be read back, the host stops: every
-//! request, reads included, is refused, and [`ControlPlane::stopped`] resolves so that the
-//! process can exit.
+//! Each request carries the time it was made, and the state machine is given that time, so a
+//! batch held up behind a slow commit does not count the delay against the agents: a
+//! heartbeat counts from when it arrived, and a liveness check from when its tick fired.
+//!
+//! If a commit fails, the host stops: the state in memory is ahead of the disk, and the store
+//! writes nothing more (after a failed write or sync the file is not trusted until it is
+//! reopened). Every caller of that batch and of the batches after it gets the store's error,
+//! none of their effects go out, every later request is refused, and
+//! [`ControlPlane::stopped`] resolves so that the process can exit. Restarted, the host reads
+//! back what is on disk, which is everything it acknowledged. A panic in the actor stops the
+//! host the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::events::{Events, Subscription};
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
-use crate::state::{AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter};
-use crate::store::{Store, StoreError, Write};
+use crate::state::{
+    public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter,
+};
+use crate::store::{Commit, Store, StoreError, Write};
 use crate::task::{Attempt, Task, TaskId, TaskOutput, TaskSpec, TaskState};
 
 /// Most requests applied in one batch.
-const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 4096;
+/// Most batches applied and waiting for their commit at once.
+pub const MAX_IN_FLIGHT: usize = 64;
 /// Requests that may wait for the actor before callers wait to queue more.
 const QUEUE: usize = 65_536;
-
-/// The actor's state: the host's, or why it stopped.
-struct Core {
-    state: HostState,
-    /// Set when the store failed and the state could not be read back: every change is refused.
-    failed: Option<String>,
-}
 
 /// One agent's command channel, for the session it attached with.
 struct Link {
@@ -56,18 +61,24 @@ struct Link {
 }
 
 type Answer<T> = oneshot::Sender<Result<T, HostError>>;
+type Commands = mpsc::UnboundedReceiver<AgentCommand>;
 
-/// A change asked of the actor.
+/// Something asked of the actor.
 enum Request {
     Submit(TaskSpec, Option<String>, Answer<(TaskId, bool)>),
     Kill(TaskId, Answer<Task>),
     ModuleStored(String, oneshot::Sender<bool>),
     Register(AgentInfo, Vec<Attempt>, Vec<Attempt>, Answer<u64>),
-    Attach(String, u64, Answer<mpsc::UnboundedReceiver<AgentCommand>>),
+    Attach(String, u64, Answer<Commands>),
     Heartbeat(String, u64),
     Detach(String, u64),
     Report(String, u64, Attempt, StatusReport),
     Expire,
+    Get(TaskId, Answer<Task>),
+    List(TaskFilter, Option<TaskId>, usize, Answer<(Vec<Task>, bool)>),
+    Watch(Option<TaskId>, Answer<(Option<Task>, Subscription)>),
+    Agents(Answer<Vec<AgentView>>),
+    Partitions(Answer<Vec<Partition>>),
 }
 
 /// A request and when it was made.
@@ -76,23 +87,29 @@ struct Stamped {
     request: Request,
 }
 
-/// An answer worked out in a batch, sent once the batch is durable.
+/// An answer worked out when its batch was applied, sent once the batch is durable.
 enum Reply {
     Submit(Answer<(TaskId, bool)>, Result<(TaskId, bool), HostError>),
     Kill(Answer<Task>, Box<Result<Task, HostError>>),
     Register(Answer<u64>, Result<u64, HostError>),
-    Attach(
-        Answer<mpsc::UnboundedReceiver<AgentCommand>>,
-        Result<mpsc::UnboundedReceiver<AgentCommand>, HostError>,
-    ),
+    Attach(Answer<Commands>, Result<Commands, HostError>),
     /// Whether a stored module was new: its bytes were durable before it was asked, so the
     /// answer stands whatever happens to the batch.
     Module(oneshot::Sender<bool>, bool),
+    Get(Answer<Task>, Box<Result<Task, HostError>>),
+    List(Answer<(Vec<Task>, bool)>, (Vec<Task>, bool)),
+    Watch(
+        Answer<(Option<Task>, Subscription)>,
+        Option<TaskId>,
+        Box<Result<Option<Task>, HostError>>,
+    ),
+    Agents(Answer<Vec<AgentView>>, Vec<AgentView>),
+    Partitions(Answer<Vec<Partition>>, Vec<Partition>),
 }
 
 impl Reply {
     /// Sends the answer; when the batch's commit failed, the store's error instead.
-    fn send(self, failure: Option<&str>) {
+    fn send(self, failure: Option<&str>, events: &Arc<Events>) {
         fn fail<T>(r: Result<T, HostError>, failure: Option<&str>) -> Result<T, HostError> {
             match failure {
                 Some(message) => Err(HostError::Store(StoreError::Io(message.to_string()))),
@@ -105,6 +122,15 @@ impl Reply {
             Reply::Register(to, r) => drop(to.send(fail(r, failure))),
             Reply::Attach(to, r) => drop(to.send(fail(r, failure))),
             Reply::Module(to, new) => drop(to.send(new)),
+            Reply::Get(to, r) => drop(to.send(fail(*r, failure))),
+            Reply::List(to, r) => drop(to.send(fail(Ok(r), failure))),
+            // Subscribed now: the events of every batch up to this one are published.
+            Reply::Watch(to, id, r) => {
+                let r = fail(*r, failure).map(|current| (current, events.subscribe(id)));
+                drop(to.send(r));
+            }
+            Reply::Agents(to, r) => drop(to.send(fail(Ok(r), failure))),
+            Reply::Partitions(to, r) => drop(to.send(fail(Ok(r), failure))),
         }
     }
 }
@@ -112,8 +138,6 @@ impl Reply {
 struct Shared {
     config: HostConfig,
     store: Store,
-    core: Arc<RwLock<Core>>,
-    events: Arc<Events>,
     requests: mpsc::Sender<Stamped>,
     /// Why the host stopped, once it has.
     stopped: watch::Receiver<Option<String>>,
@@ -125,7 +149,7 @@ pub struct ControlPlane {
     shared: Arc<Shared>,
 }
 
-/// Why a request could not reach the actor.
+/// Why a request got no answer: the actor is gone.
 fn stopped() -> HostError {
     HostError::Unavailable("the host is stopping".into())
 }
@@ -143,31 +167,24 @@ impl ControlPlane {
             agents = state.agents().len(),
             "state restored"
         );
-        let core = Arc::new(RwLock::new(Core {
-            state,
-            failed: None,
-        }));
-        let events = Events::new(16_384);
         let (requests, inbox) = mpsc::channel(QUEUE);
         let (stop, stopped) = watch::channel(None);
         let actor = Actor {
-            config: config.clone(),
+            state,
             store: store.clone(),
-            core: core.clone(),
-            events: events.clone(),
+            events: Events::new(16_384),
             links: HashMap::new(),
+            in_flight: VecDeque::new(),
+            failed: None,
             stop: stop.clone(),
         };
         let running = tokio::spawn(actor.run(inbox));
-        // A panic in the actor (a broken invariant of the state machine) stops the host: the
-        // state may be half changed, so nothing is served from it any more.
-        let watched = core.clone();
+        // A panic in the actor (a broken invariant of the state machine) stops the host.
         tokio::spawn(async move {
             if let Err(e) = running.await {
                 if e.is_panic() {
                     let reason = format!("the host's state machine failed ({e}): restart the host");
                     tracing::error!("{reason}");
-                    watched.write().await.failed = Some(reason.clone());
                     let _ = stop.send(Some(reason));
                 }
             }
@@ -195,8 +212,6 @@ impl ControlPlane {
             shared: Arc::new(Shared {
                 config,
                 store,
-                core,
-                events,
                 requests,
                 stopped,
             }),
@@ -237,15 +252,6 @@ impl ControlPlane {
         let _ = self.shared.requests.send(stamped).await;
     }
 
-    /// The state to read, unless the host has stopped.
-    async fn read(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Core>, HostError> {
-        let core = self.shared.core.read().await;
-        match &core.failed {
-            Some(reason) => Err(HostError::Unavailable(reason.clone())),
-            None => Ok(core),
-        }
-    }
-
     // ----- modules ------------------------------------------------------------------------
 
     /// Admits (the same check the sandbox makes, without compiling, on a blocking thread: a
@@ -263,18 +269,19 @@ impl ControlPlane {
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
         let (sha, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
-        if self.read().await?.state.has_module(&sha) {
-            return Ok((sha, size, true));
+        if !self.shared.store.has_module(&sha)? {
+            self.shared
+                .store
+                .write(vec![Write::Module(sha.clone(), Bytes::from(binary))])
+                .durable()
+                .await?;
         }
-        self.shared
-            .store
-            .write(vec![Write::Module(sha.clone(), Bytes::from(binary))])
-            .durable()
-            .await?;
         let (answer, answered) = oneshot::channel();
         self.tell(Request::ModuleStored(sha.clone(), answer)).await;
         let new = answered.await.map_err(|_| stopped())?;
-        tracing::info!(sha256 = %sha, size, "module stored");
+        if new {
+            tracing::info!(sha256 = %sha, size, "module stored");
+        }
         Ok((sha, size, !new))
     }
 
@@ -299,9 +306,9 @@ impl ControlPlane {
             .await
     }
 
-    /// One task (with its stdin).
+    /// One task (with its stdin), as it is on disk.
     pub async fn get(&self, id: TaskId) -> Result<Task, HostError> {
-        self.read().await?.state.get(id).cloned()
+        self.ask(|answer| Request::Get(id, answer)).await
     }
 
     /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
@@ -312,7 +319,8 @@ impl ControlPlane {
         after: Option<TaskId>,
         limit: usize,
     ) -> Result<(Vec<Task>, bool), HostError> {
-        Ok(self.read().await?.state.list(filter, after, limit))
+        self.ask(|answer| Request::List(filter.clone(), after, limit, answer))
+            .await
     }
 
     /// Kills a task (see [`HostState::kill`]); answers once the change is durable.
@@ -322,40 +330,34 @@ impl ControlPlane {
 
     /// A task's stored output. Tasks that have not ended have none yet.
     pub async fn output(&self, id: TaskId) -> Result<TaskOutput, HostError> {
-        let core = self.read().await?;
-        let task = core.state.get(id)?;
+        let task = self.get(id).await?;
         if !task.state.is_terminal() {
             return Err(HostError::FailedPrecondition(format!(
                 "task {id} has not ended ({}): its output is kept when it does",
                 task.state
             )));
         }
+        // The task's end, and its output, were durable before `get` answered.
         Ok(self.shared.store.output(id)?.unwrap_or_default())
     }
 
     /// Subscribes to task changes (every task's, or one task's); with `id`, also answers that
-    /// task as it is now. No change falls between the two: events are published under the
-    /// state's write lock, and this holds the read lock.
+    /// task as it is now. No change falls between the two (see the module documentation).
     pub async fn watch(
         &self,
         id: Option<TaskId>,
     ) -> Result<(Option<Task>, Subscription), HostError> {
-        let core = self.read().await?;
-        let current = match id {
-            Some(id) => Some(crate::state::public(core.state.get(id)?)),
-            None => None,
-        };
-        Ok((current, self.shared.events.subscribe(id)))
+        self.ask(|answer| Request::Watch(id, answer)).await
     }
 
     /// Every agent, by id.
     pub async fn agents(&self) -> Result<Vec<AgentView>, HostError> {
-        Ok(self.read().await?.state.agents())
+        self.ask(Request::Agents).await
     }
 
     /// Every partition, by id.
     pub async fn partitions(&self) -> Result<Vec<Partition>, HostError> {
-        Ok(self.read().await?.state.partitions().cloned().collect())
+        self.ask(Request::Partitions).await
     }
 
     // ----- agents -------------------------------------------------------------------------
@@ -373,11 +375,7 @@ impl ControlPlane {
     }
 
     /// Opens an agent's command channel for its registered session.
-    pub async fn attach(
-        &self,
-        agent_id: &str,
-        session: u64,
-    ) -> Result<mpsc::UnboundedReceiver<AgentCommand>, HostError> {
+    pub async fn attach(&self, agent_id: &str, session: u64) -> Result<Commands, HostError> {
         self.ask(|answer| Request::Attach(agent_id.to_string(), session, answer))
             .await
     }
@@ -427,71 +425,83 @@ impl ControlPlane {
     }
 }
 
-/// The task that applies requests in batches; see the module documentation.
+/// A batch applied to the state, waiting for its writes to be durable.
+struct InFlight {
+    /// `None` when it wrote nothing.
+    commit: Option<Commit>,
+    effects: Effects,
+    replies: Vec<Reply>,
+}
+
+/// The task that owns the state and applies requests in batches; see the module
+/// documentation.
 struct Actor {
-    config: HostConfig,
+    state: HostState,
     store: Store,
-    core: Arc<RwLock<Core>>,
     events: Arc<Events>,
     links: HashMap<String, Link>,
+    in_flight: VecDeque<InFlight>,
+    /// Why the host stopped: every request is refused.
+    failed: Option<String>,
     stop: watch::Sender<Option<String>>,
 }
 
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Stamped>) {
         let mut batch = Vec::new();
-        while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let core = self.core.clone();
-            let mut core = core.write().await;
-            if let Some(reason) = &core.failed {
-                let reason = reason.clone();
-                for stamped in batch.drain(..) {
-                    refuse(stamped.request, &reason);
-                }
-                continue;
-            }
-            let mut fx = Effects::default();
-            let mut replies = Vec::with_capacity(batch.len());
-            for Stamped { at, request } in batch.drain(..) {
-                self.apply(&mut core.state, request, at, &mut fx, &mut replies);
-            }
-            core.state.schedule(Now::current(), &mut fx);
-            let durable = if fx.writes.is_empty() {
-                Ok(())
-            } else {
-                self.store
-                    .write(std::mem::take(&mut fx.writes))
-                    .durable()
-                    .await
-            };
-            match durable {
-                Ok(()) => {
-                    self.dispatch(fx);
-                    for reply in replies {
-                        reply.send(None);
+        let mut open = true;
+        while open || !self.in_flight.is_empty() {
+            // Finish, in order, the batches whose writes are durable.
+            self.finish_durable();
+            let room = open && self.in_flight.len() < MAX_IN_FLIGHT;
+            let head = self.in_flight.front_mut().and_then(|b| b.commit.as_mut());
+            let waiting = head.is_some();
+            tokio::select! {
+                n = inbox.recv_many(&mut batch, MAX_BATCH), if room => {
+                    if n == 0 {
+                        open = false;
+                        continue;
                     }
+                    self.apply_batch(&mut batch);
                 }
-                Err(error) => {
-                    let message = error.to_string();
-                    tracing::error!(error = %message, "state store commit failed: rebuilding the state from disk");
-                    self.rebuild(&mut core);
-                    for reply in replies {
-                        reply.send(Some(&message));
+                durable = async { head.expect("guarded by `waiting`").await }, if waiting => {
+                    let finished = self.in_flight.pop_front().expect("there is a head");
+                    match durable {
+                        Ok(()) => self.finish(finished, None),
+                        Err(e) => self.halt(finished, &e.to_string()),
                     }
                 }
             }
         }
     }
 
+    /// Applies a batch of requests, then one scheduling round, and hands its writes to the
+    /// store.
+    fn apply_batch(&mut self, batch: &mut Vec<Stamped>) {
+        if let Some(reason) = self.failed.clone() {
+            for stamped in batch.drain(..) {
+                refuse(stamped.request, &reason);
+            }
+            return;
+        }
+        let mut effects = Effects::default();
+        let mut replies = Vec::with_capacity(batch.len());
+        for Stamped { at, request } in batch.drain(..) {
+            self.apply(request, at, &mut effects, &mut replies);
+        }
+        self.state.schedule(Now::current(), &mut effects);
+        let commit = (!effects.writes.is_empty())
+            .then(|| self.store.write(std::mem::take(&mut effects.writes)));
+        self.in_flight.push_back(InFlight {
+            commit,
+            effects,
+            replies,
+        });
+    }
+
     /// Applies one request to the state, recording its effects and its answer.
-    fn apply(
-        &mut self,
-        state: &mut HostState,
-        request: Request,
-        now: Now,
-        fx: &mut Effects,
-        replies: &mut Vec<Reply>,
-    ) {
+    fn apply(&mut self, request: Request, now: Now, fx: &mut Effects, replies: &mut Vec<Reply>) {
+        let state = &mut self.state;
         match request {
             Request::Submit(spec, key, answer) => {
                 let result = state.submit(spec, key, now, fx);
@@ -548,44 +558,89 @@ impl Actor {
                     self.links.remove(&agent);
                 }
             }
+            Request::Get(id, answer) => {
+                let task = state.get(id).cloned();
+                replies.push(Reply::Get(answer, Box::new(task)));
+            }
+            Request::List(filter, after, limit, answer) => {
+                replies.push(Reply::List(answer, state.list(&filter, after, limit)));
+            }
+            Request::Watch(id, answer) => {
+                let current = match id {
+                    Some(id) => state.get(id).map(|t| Some(public(t))),
+                    None => Ok(None),
+                };
+                replies.push(Reply::Watch(answer, id, Box::new(current)));
+            }
+            Request::Agents(answer) => replies.push(Reply::Agents(answer, state.agents())),
+            Request::Partitions(answer) => {
+                let partitions = state.partitions().cloned().collect();
+                replies.push(Reply::Partitions(answer, partitions));
+            }
         }
     }
 
-    /// Sends a durable batch's commands and publishes its events.
-    fn dispatch(&mut self, fx: Effects) {
-        for (agent, command) in fx.commands {
-            if let Some(link) = self.links.get(&agent) {
-                let _ = link.commands.send(command);
+    /// Finishes the batches at the head whose writes are already durable (or that wrote
+    /// nothing), in order.
+    fn finish_durable(&mut self) {
+        while let Some(head) = self.in_flight.front_mut() {
+            let durable = match head.commit.as_mut() {
+                None => Ok(()),
+                Some(commit) => match poll_now(commit) {
+                    Some(result) => result,
+                    None => return,
+                },
+            };
+            let finished = self.in_flight.pop_front().expect("there is a head");
+            match durable {
+                Ok(()) => self.finish(finished, None),
+                Err(e) => self.halt(finished, &e.to_string()),
             }
-        }
-        for event in fx.events {
-            if event.state == TaskState::Lost {
-                tracing::warn!(task_id = %event.id, reason = %event.reason, "attempt lost");
-            }
-            self.events.publish(event);
         }
     }
 
-    /// After a failed commit: the state as the disk has it, as a restarting host would see it.
-    /// Every agent stream ends, so agents register again and are reconciled.
-    fn rebuild(&mut self, core: &mut Core) {
+    /// Sends a durable batch's commands, publishes its events, and answers its callers.
+    fn finish(&mut self, batch: InFlight, failure: Option<&str>) {
+        if failure.is_none() {
+            for (agent, command) in batch.effects.commands {
+                if let Some(link) = self.links.get(&agent) {
+                    let _ = link.commands.send(command);
+                }
+            }
+            for event in batch.effects.events {
+                if event.state == TaskState::Lost {
+                    tracing::warn!(task_id = %event.id, reason = %event.reason, "attempt lost");
+                }
+                self.events.publish(event);
+            }
+        }
+        for reply in batch.replies {
+            reply.send(failure, &self.events);
+        }
+    }
+
+    /// A commit failed: the host stops (see the module documentation). Nothing of this batch
+    /// or of the ones applied after it goes out; their callers get the error.
+    fn halt(&mut self, failed: InFlight, error: &str) {
         self.links.clear();
-        match self.store.load() {
-            Ok(loaded) => {
-                let last = core.state.last_session();
-                core.state = HostState::restore(&self.config, loaded, Now::current());
-                // Agents still hold the old state's sessions: none is handed out again.
-                core.state.sessions_after(last);
-            }
-            Err(e) => {
-                let reason = format!(
-                    "the state store failed and cannot be read back ({e}): restart the host"
-                );
-                tracing::error!("{reason}");
-                core.failed = Some(reason.clone());
-                let _ = self.stop.send(Some(reason));
-            }
+        let reason = format!("the state store failed ({error}): restart the host");
+        tracing::error!("{reason}");
+        self.failed = Some(reason.clone());
+        let _ = self.stop.send(Some(reason));
+        self.finish(failed, Some(error));
+        while let Some(later) = self.in_flight.pop_front() {
+            self.finish(later, Some(error));
         }
+    }
+}
+
+/// The commit's outcome if it is already known, without waiting.
+fn poll_now(commit: &mut Commit) -> Option<Result<(), StoreError>> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(commit).poll(&mut cx) {
+        std::task::Poll::Ready(result) => Some(result),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -594,9 +649,13 @@ fn refuse(request: Request, reason: &str) {
     let error = || HostError::Unavailable(reason.to_string());
     match request {
         Request::Submit(_, _, answer) => drop(answer.send(Err(error()))),
-        Request::Kill(_, answer) => drop(answer.send(Err(error()))),
+        Request::Kill(_, answer) | Request::Get(_, answer) => drop(answer.send(Err(error()))),
         Request::Register(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Attach(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::List(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::Watch(_, answer) => drop(answer.send(Err(error()))),
+        Request::Agents(answer) => drop(answer.send(Err(error()))),
+        Request::Partitions(answer) => drop(answer.send(Err(error()))),
         Request::ModuleStored(_, answer) => {
             let _ = answer.send(false);
         }

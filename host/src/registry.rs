@@ -110,8 +110,9 @@ impl Registry {
         match self.agents.get_mut(id) {
             Some(entry) if entry.session == session && entry.state != AgentState::Lost => {
                 entry.state = AgentState::Active;
-                entry.last_seen = now;
-                entry.last_seen_ms = now_ms;
+                // Reports can reach the host out of the order they were stamped in.
+                entry.last_seen = entry.last_seen.max(now);
+                entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
                 true
             }
             _ => false,
@@ -149,17 +150,6 @@ impl Registry {
     /// Every agent, by id.
     pub fn iter(&self) -> impl Iterator<Item = &AgentEntry> {
         self.agents.values()
-    }
-
-    /// The highest session handed out so far.
-    pub fn last_session(&self) -> u64 {
-        self.next_session
-    }
-
-    /// Hands out sessions above `session` from now on (a registry rebuilt while agents still
-    /// hold sessions of the old one must never hand the same number out again).
-    pub fn sessions_after(&mut self, session: u64) {
-        self.next_session = self.next_session.max(session);
     }
 
     /// True when no agent was ever registered (or restored).
@@ -210,6 +200,19 @@ mod tests {
             registry.expire(t0 + Duration::from_secs(19), timeout),
             ["b"]
         );
+    }
+
+    #[test]
+    fn a_late_stamp_does_not_move_last_seen_back() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        let (s, _) = registry.register(info("a"), t0, 0);
+        assert!(registry.heard("a", s, t0 + Duration::from_secs(5), 5_000));
+        assert!(registry.heard("a", s, t0 + Duration::from_secs(3), 3_000));
+        assert!(registry
+            .expire(t0 + Duration::from_secs(14), Duration::from_secs(10))
+            .is_empty());
+        assert_eq!(registry.get("a").unwrap().last_seen_ms, 5_000);
     }
 
     #[test]

@@ -3,10 +3,8 @@
 //!
 //! redb syncs to disk on every commit, so writes are **group-committed**: one writer thread takes
 //! every write waiting in its queue, applies them in one transaction, commits once and then
-//! answers each caller. Writes are applied in the order they were sent. A caller that needs
-//! durability (a submit about to be acknowledged, a final status about to be acked) awaits its
-//! [`Commit`]; one that does not (an ASSIGNED or RUNNING transition, which reconciliation can
-//! rebuild) drops it, and the write still lands in order.
+//! answers each caller. Writes are applied in the order they were sent. Callers await their
+//! [`Commit`] before anything depends on it (the control plane's batches, module uploads).
 //!
 //! Records are stored in their `corral.v1` protobuf form (see [`crate::convert`]). The store
 //! records its schema version in a `meta` table; a store of an older schema is migrated when
@@ -122,11 +120,26 @@ pub struct Commit(tokio::sync::oneshot::Receiver<Result<(), String>>);
 impl Commit {
     /// Waits until the writes are on disk.
     pub async fn durable(self) -> Result<(), StoreError> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Io(message)),
-            Err(_) => Err(StoreError::Stopped),
-        }
+        self.await
+    }
+}
+
+/// Awaiting a `&mut Commit` is cancel-safe: it can be polled again after a `select!` picked
+/// another branch.
+impl std::future::Future for Commit {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| match answer {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(StoreError::Io(message)),
+                Err(_) => Err(StoreError::Stopped),
+            })
     }
 }
 
@@ -204,12 +217,6 @@ impl Store {
         Ok((Store { writer, db, faults }, loaded))
     }
 
-    /// Everything committed so far, read again (a host rebuilding its state after a failed
-    /// commit).
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        load(&self.db)
-    }
-
     /// Makes the next `n` commits fail as a failing disk would, their writes not applied: for
     /// tests of what callers do then.
     #[doc(hidden)]
@@ -233,6 +240,13 @@ impl Store {
             let _ = queue.send((writes, reply));
         }
         Commit(answer)
+    }
+
+    /// Whether a module is stored.
+    pub fn has_module(&self, sha256: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(MODULES).map_err(io)?;
+        Ok(table.get(sha256).map_err(io)?.is_some())
     }
 
     /// A stored module's binary.
@@ -386,6 +400,10 @@ mod legacy {
 }
 
 fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults: &Faults) {
+    // After a failed commit nothing more is written: writes queued after the failed ones may
+    // depend on them (an assignment on a submit), and a file whose write or sync failed is
+    // not to be trusted until it is reopened.
+    let mut failed: Option<String> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -402,13 +420,18 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults
             .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        let result = if injected {
+        let result = if let Some(first) = &failed {
+            Err(format!(
+                "an earlier commit failed ({first}); nothing more is written"
+            ))
+        } else if injected {
             Err("injected failure: the commit was not written".to_string())
         } else {
             apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.to_string())
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "state store commit failed");
+            failed.get_or_insert_with(|| e.clone());
         }
         for (_, reply) in batch {
             let _ = reply.send(result.clone());

@@ -179,18 +179,20 @@ pub fn final_update(
 
 /// The regular files under `dir` (paths relative to it, `/`-separated, in name order), kept
 /// while they fit in `max_bytes` in all (0: no files) and number at most [`MAX_OUTPUT_FILES`];
-/// and whether any were left out. Symlinks are not followed.
-pub fn collect_files(dir: &Path, max_bytes: u64) -> (Vec<pb::OutputFile>, bool) {
+/// and whether any were left out. Symlinks are not followed. A directory or file that cannot
+/// be read is an error naming it: the agent's disk failed, and the task's result would be
+/// incomplete without saying so.
+pub fn collect_files(dir: &Path, max_bytes: u64) -> Result<(Vec<pb::OutputFile>, bool), String> {
+    let failed = |path: &Path, e: std::io::Error| {
+        format!("cannot read the task's output {}: {e}", path.display())
+    };
     let mut paths = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
+        let entries = std::fs::read_dir(&d).map_err(|e| failed(&d, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| failed(&d, e))?;
+            let kind = entry.file_type().map_err(|e| failed(&entry.path(), e))?;
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if kind.is_file() {
@@ -208,9 +210,7 @@ pub fn collect_files(dir: &Path, max_bytes: u64) -> (Vec<pb::OutputFile>, bool) 
             truncated = true;
             continue;
         }
-        let Ok(data) = std::fs::read(&path) else {
-            continue;
-        };
+        let data = std::fs::read(&path).map_err(|e| failed(&path, e))?;
         total += data.len() as u64;
         let relative = path.strip_prefix(dir).unwrap_or(&path);
         let name: Vec<String> = relative
@@ -222,7 +222,7 @@ pub fn collect_files(dir: &Path, max_bytes: u64) -> (Vec<pb::OutputFile>, bool) 
             data: data.into(),
         });
     }
-    (files, truncated)
+    Ok((files, truncated))
 }
 
 #[cfg(test)]
@@ -266,15 +266,26 @@ mod tests {
         std::fs::write(dir.path().join("b.txt"), b"bbbb").unwrap();
         std::fs::write(dir.path().join("a.txt"), b"aa").unwrap();
         std::fs::write(dir.path().join("sub/c.txt"), b"cccccc").unwrap();
-        let (files, truncated) = collect_files(dir.path(), 100);
+        let (files, truncated) = collect_files(dir.path(), 100).unwrap();
         let names: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(names, ["a.txt", "b.txt", "sub/c.txt"]);
         assert!(!truncated);
         assert_eq!(files[2].data.as_ref(), b"cccccc");
-        let (files, truncated) = collect_files(dir.path(), 7);
+        let (files, truncated) = collect_files(dir.path(), 7).unwrap();
         let names: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(names, ["a.txt", "b.txt"]);
         assert!(truncated);
+    }
+
+    #[test]
+    fn an_output_dir_that_cannot_be_read_is_an_error_not_an_empty_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let e = collect_files(&gone, 100).unwrap_err();
+        assert!(
+            e.contains("cannot read the task's output") && e.contains("gone"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -387,13 +387,18 @@ impl Agent {
         let limit = spec.limits.as_ref().map_or(0, |l| l.max_output_bytes);
         let files = output_dir
             .as_deref()
-            .map(|dir| convert::collect_files(dir, limit));
+            .map(|dir| convert::collect_files(dir, limit))
+            .transpose();
         if output_dir.is_some() {
             let _ = std::fs::remove_dir_all(&work);
         }
         let failed = |message: String| {
             tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
             convert::agent_error(&task_ref, message)
+        };
+        let files = match files {
+            Ok(files) => files,
+            Err(e) => return failed(format!("agent {}: {e}", self.config.id)),
         };
         match result {
             Ok(Ok(report)) => convert::final_update(&task_ref, report, files),

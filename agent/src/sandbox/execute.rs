@@ -174,8 +174,10 @@ impl Sandbox {
     }
 }
 
-/// Marks an instantiation error that is Corral's: not a trap (a start function or a segment
-/// out of bounds), not the guest's exit, not its memory cap (the limiter says so).
+/// Marks an instantiation error that is Corral's: raised before any guest code ran (no wasm
+/// frame was on the stack), so not a trap, not the guest's exit, not a host call the guest
+/// made from its start function with bad arguments; the memory cap is told apart by the
+/// limiter.
 #[derive(Debug)]
 struct InstantiationFailed;
 
@@ -185,12 +187,13 @@ impl std::fmt::Display for InstantiationFailed {
     }
 }
 
-/// Keeps a trap or an exit during instantiation as it is (the guest's), and marks anything
-/// else as [`InstantiationFailed`].
+/// Keeps what the guest caused during instantiation as it is (a trap, an exit, an error that
+/// went through guest frames), and marks anything else as [`InstantiationFailed`].
 fn instantiation_failed(error: wasmtime::Error) -> wasmtime::Error {
-    if error.downcast_ref::<Trap>().is_some()
+    let guests = error.downcast_ref::<Trap>().is_some()
         || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
-    {
+        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some();
+    if guests {
         error
     } else {
         error.context(InstantiationFailed)

@@ -117,6 +117,19 @@ impl Sandbox {
     ) -> Result<Prepared, PrepareError> {
         let inner = &*self.inner;
         let policy = Policy { max_module_bytes };
+        // A module this process admitted and compiled already is not admitted again: its bytes
+        // are the same (same sha256 of the binary form) and only the size cap may differ.
+        if bytes.len() as u64 <= max_module_bytes {
+            if let Ok(binary) = corral_admission::to_binary(bytes) {
+                let digest = corral_admission::digest(&binary);
+                if let Some(module) = self.compiled(&digest) {
+                    return Ok(Prepared {
+                        module,
+                        cached: true,
+                    });
+                }
+            }
+        }
         let admitted = admit(bytes, &policy).map_err(|refused| {
             PrepareError::Refused(Rejection {
                 sha256: refused.sha256,
@@ -162,6 +175,21 @@ impl Sandbox {
                     message,
                 }))
             }
+        }
+    }
+
+    /// The module compiled from a binary of this digest, if this process has it.
+    fn compiled(&self, digest: &[u8; 32]) -> Option<PreparedModule> {
+        let modules = self
+            .inner
+            .modules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match modules.slots.get(digest)?.get()? {
+            Ok(compiled) => Some(PreparedModule {
+                inner: compiled.clone(),
+            }),
+            Err(_) => None,
         }
     }
 

@@ -182,17 +182,19 @@ impl pb::corral_server::Corral for ClientService {
                 if only.is_some_and(|id| id != task.id) {
                     continue;
                 }
+                // A LOST or FAILED attempt that is retried is followed by PENDING: the watch
+                // ends only when the task itself has, and its last event is the task as it
+                // ended (not an earlier attempt's end, which this watcher may reach late).
+                if let (Some(id), true) = (only, task.state.is_terminal()) {
+                    if let Ok(now) = plane.get(id).await {
+                        if now.state.is_terminal() {
+                            let _ = tx.send(event(&crate::state::public(&now))).await;
+                            return;
+                        }
+                    }
+                }
                 if tx.send(event(&task)).await.is_err() {
                     return;
-                }
-                // A LOST or FAILED attempt that is retried is followed by PENDING: the watch
-                // ends only when the task itself has.
-                if let Some(id) = only {
-                    if task.state.is_terminal()
-                        && plane.get(id).await.is_ok_and(|t| t.state.is_terminal())
-                    {
-                        return;
-                    }
                 }
             }
         });

@@ -7,7 +7,7 @@
 //! does no I/O, reads no clock and never waits, so every transition is unit-tested directly
 //! (`tests.rs`). [`ControlPlane`](crate::control::ControlPlane) is the actor around it: it
 //! applies a batch of changes under its lock, awaits the batch's writes, and only then sends
-//! the commands and events (or, when the writes fail, rebuilds the state from disk), so that
+//! the commands and events (or, when the writes fail, stops the host), so that
 //! nothing outside sees a change before it is durable.
 //!
 //! # Lifecycle
@@ -475,6 +475,8 @@ impl HostState {
             task.peak_memory_bytes = 0;
             task.wall_us = 0;
             task.progress = None;
+            // The new attempt has no outcome yet; the last one's is in the task's reason.
+            task.outcome = None;
             self.pending.remove(&task_id);
             if self.attached.contains_key(&p.agent_id) {
                 let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
@@ -526,12 +528,21 @@ impl HostState {
         {
             p.draining = true;
         }
-        let prefix = format!("{}/", info.id);
-        if previous.as_ref() != Some(&info)
-            || !self.partitions.keys().any(|k| k.starts_with(&prefix))
-        {
-            let mut carved =
-                partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
+        // Carved again when the agent changed, or the config's templates did since its
+        // partitions were carved (a host restarted with a new config).
+        let mut carved =
+            partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
+        let shape = |p: &Partition| (p.id.clone(), p.capacity, p.reservation.clone());
+        let mut existing: Vec<_> = self
+            .partitions
+            .values()
+            .filter(|p| p.agent_id == info.id)
+            .map(shape)
+            .collect();
+        existing.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut fresh: Vec<_> = carved.iter().map(shape).collect();
+        fresh.sort_by(|a, b| a.0.cmp(&b.0));
+        if previous.as_ref() != Some(&info) || existing != fresh {
             self.partitions.retain(|_, p| p.agent_id != info.id);
             for p in &mut carved {
                 p.draining = true;
@@ -673,17 +684,6 @@ impl HostState {
         lost
     }
 
-    /// The highest agent session handed out so far.
-    pub fn last_session(&self) -> u64 {
-        self.registry.last_session()
-    }
-
-    /// Hands out agent sessions above `session` from now on: a state rebuilt while agents still
-    /// hold sessions of the one it replaces never hands the same number out again.
-    pub fn sessions_after(&mut self, session: u64) {
-        self.registry.sessions_after(session);
-    }
-
     /// The session `agent_id` is attached with, if it is.
     pub fn attached_session(&self, agent_id: &str) -> Option<u64> {
         self.attached.get(agent_id).copied()
@@ -738,11 +738,21 @@ impl HostState {
             fx.events.push(Arc::new(public(task)));
             return;
         }
-        let outcome = report.outcome.unwrap_or_else(|| OutcomeRecord {
-            kind: OutcomeKind::AgentError,
-            exit_code: 0,
-            message: format!("agent {agent_id} reported the attempt ended without an outcome"),
-        });
+        let outcome = match report.outcome {
+            // Only a kill the host asked for ends an attempt KILLED; an agent that stopped one
+            // on its own (shutting down) failed to run it.
+            Some(o) if o.kind == OutcomeKind::Killed && !task.kill_requested => OutcomeRecord {
+                kind: OutcomeKind::AgentError,
+                exit_code: 0,
+                message: format!("agent {agent_id} stopped the attempt though no kill was asked"),
+            },
+            Some(o) => o,
+            None => OutcomeRecord {
+                kind: OutcomeKind::AgentError,
+                exit_code: 0,
+                message: format!("agent {agent_id} reported the attempt ended without an outcome"),
+            },
+        };
         task.peak_memory_bytes = report.peak_memory_bytes;
         let reason = outcome.reason();
         let ended = outcome.kind.final_state();

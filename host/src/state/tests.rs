@@ -363,6 +363,68 @@ fn an_agent_error_is_retried_like_a_lost_attempt_and_is_the_outcome_when_retries
 }
 
 #[test]
+fn a_kill_nobody_asked_for_is_the_agents_failure_and_retried() {
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let id = w.submit(spec(MIB, 1, false));
+    w.schedule();
+    let fx = w.report("a1", id, ended(OutcomeKind::Killed));
+    assert_eq!(states(&fx, id), [TaskState::Failed, TaskState::Pending]);
+    assert!(
+        w.task(id).reason.contains("no kill was asked"),
+        "{}",
+        w.task(id).reason
+    );
+    // The new attempt starts without the last one's outcome.
+    w.schedule();
+    assert_eq!(w.task(id).attempts, 2);
+    assert_eq!(w.task(id).outcome, None);
+}
+
+#[test]
+fn a_changed_partition_config_reaches_agents_when_they_register_again() {
+    let mut w = World::new();
+    w.agent("a1", 4, 1024 * MIB);
+    let ids: Vec<String> = w.state.partitions().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, ["a1/default"]);
+    // The host restarts with a template for a reserved partition; the agent is the same.
+    let config = HostConfig {
+        partitions: vec![crate::partition::PartitionTemplate {
+            name: "acme".into(),
+            agents: BTreeMap::new(),
+            slots: 1,
+            memory: bytesize::ByteSize::mib(256),
+            tenant: Some("acme".into()),
+            labels: BTreeMap::new(),
+        }],
+        ..HostConfig::default()
+    };
+    let loaded = Loaded {
+        agents: vec![(info("a1", 4, 1024 * MIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        modules: vec![SHA.into()],
+        ..Default::default()
+    };
+    let mut restarted = HostState::restore(&config, loaded, w.now);
+    let mut fx = Effects::default();
+    restarted
+        .register(info("a1", 4, 1024 * MIB), &[], &[], w.now, &mut fx)
+        .unwrap();
+    let ids: Vec<String> = restarted.partitions().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, ["a1/acme", "a1/default"]);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Partitions(a, p) if a == "a1" && p.len() == 2)));
+    // Registering again with nothing changed carves nothing.
+    let mut fx = Effects::default();
+    restarted
+        .register(info("a1", 4, 1024 * MIB), &[], &[], w.now, &mut fx)
+        .unwrap();
+    assert!(!fx.writes.iter().any(|w| matches!(w, Write::Partitions(..))));
+}
+
+#[test]
 fn a_final_report_without_an_outcome_is_the_agents_failure() {
     let mut w = World::new();
     w.agent("a1", 1, 1024 * MIB);
@@ -541,23 +603,6 @@ fn a_registered_agent_takes_no_task_until_it_attaches() {
     assert_eq!(
         launches(&w.schedule()),
         [("a1".to_string(), attempt(id, 1))]
-    );
-}
-
-#[test]
-fn sessions_are_not_handed_out_again_after_a_rebuild() {
-    let mut w = World::new();
-    w.agent("a1", 2, 1024 * MIB);
-    let last = w.state.last_session();
-    let mut rebuilt = HostState::restore(&HostConfig::default(), Loaded::default(), w.now);
-    rebuilt.sessions_after(last);
-    let mut fx = Effects::default();
-    let session = rebuilt
-        .register(info("a1", 2, 1024 * MIB), &[], &[], w.now, &mut fx)
-        .unwrap();
-    assert!(
-        session > last,
-        "{session} was handed out before the rebuild"
     );
 }
 
