@@ -11,10 +11,10 @@
 //! [`MAX_IN_FLIGHT`] wait for their commit at once), so the state machine's work overlaps the
 //! disk's.
 //!
-//! A read is answered with the state as its batch left it, once that batch is durable: what
-//! it shows is on disk. A watch subscribes when it is answered, after the events of every
-//! batch before it have been published, so no change falls between the task it answers and
-//! the first event it gets.
+//! A read is answered once its batch is durable, so what it shows is on disk. A watch answers
+//! its task as the whole batch left it, and subscribes when it is answered, after the events
+//! of its batch and of every batch before it have been published: no change falls between the
+//! task it answers and the first event it gets.
 //!
 //! Each request carries the time it was made, and the state machine is given that time, so a
 //! batch held up behind a slow commit does not count the delay against the agents: a
@@ -490,6 +490,14 @@ impl Actor {
             self.apply(request, at, &mut effects, &mut replies);
         }
         self.state.schedule(Now::current(), &mut effects);
+        // A watch answers the task as the whole batch leaves it: it subscribes once the
+        // batch's events are published, so an event of this batch applied after the watch
+        // must already show in what it answers.
+        for reply in &mut replies {
+            if let Reply::Watch(_, Some(id), current) = reply {
+                **current = self.state.get(*id).map(|t| Some(public(t)));
+            }
+        }
         let commit = (!effects.writes.is_empty())
             .then(|| self.store.write(std::mem::take(&mut effects.writes)));
         self.in_flight.push_back(InFlight {
@@ -565,12 +573,9 @@ impl Actor {
             Request::List(filter, after, limit, answer) => {
                 replies.push(Reply::List(answer, state.list(&filter, after, limit)));
             }
+            // Its task is read once the whole batch is applied (`apply_batch`).
             Request::Watch(id, answer) => {
-                let current = match id {
-                    Some(id) => state.get(id).map(|t| Some(public(t))),
-                    None => Ok(None),
-                };
-                replies.push(Reply::Watch(answer, id, Box::new(current)));
+                replies.push(Reply::Watch(answer, id, Box::new(Ok(None))))
             }
             Request::Agents(answer) => replies.push(Reply::Agents(answer, state.agents())),
             Request::Partitions(answer) => {
@@ -660,5 +665,108 @@ fn refuse(request: Request, reason: &str) {
             let _ = answer.send(false);
         }
         Request::Heartbeat(..) | Request::Detach(..) | Request::Report(..) | Request::Expire => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::partition::Resources;
+    use crate::task::{OutcomeKind, OutcomeRecord};
+
+    /// A watch and the final report of its task in one batch, the watch first: the watcher
+    /// learns of the end, in what it is answered or in its first event.
+    #[tokio::test]
+    async fn a_watch_sees_an_end_applied_after_it_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HostConfig::default();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let now = Now::current();
+        let mut state = HostState::restore(&config, loaded, now);
+        let mut fx = Effects::default();
+        state.module_stored(&"0".repeat(64));
+        let info = AgentInfo {
+            id: "a1".into(),
+            address: String::new(),
+            capacity: Resources {
+                slots: 1,
+                memory_bytes: 1 << 30,
+            },
+            labels: BTreeMap::new(),
+            version: "test".into(),
+        };
+        let session = state.register(info, &[], &[], now, &mut fx).unwrap();
+        state.attach("a1", session, now, &mut fx).unwrap();
+        let spec = crate::convert::spec_from_pb(
+            corral_proto::pb::TaskSpec {
+                module_sha256: "0".repeat(64),
+                ..Default::default()
+            },
+            &config,
+        )
+        .unwrap();
+        let (id, _) = state.submit(spec, None, now, &mut fx).unwrap();
+        state.schedule(now, &mut fx);
+        let attempt = Attempt {
+            task_id: id,
+            attempt: 1,
+        };
+        let running = StatusReport {
+            state: Some(TaskState::Running),
+            ..Default::default()
+        };
+        state.report("a1", session, attempt.clone(), running, now, &mut fx);
+        store
+            .write(std::mem::take(&mut fx.writes))
+            .durable()
+            .await
+            .unwrap();
+
+        let (stop, _) = watch::channel(None);
+        let mut actor = Actor {
+            state,
+            store,
+            events: Events::new(16),
+            links: HashMap::new(),
+            in_flight: VecDeque::new(),
+            failed: None,
+            stop,
+        };
+        let (answer, answered) = oneshot::channel();
+        let finished = StatusReport {
+            state: Some(TaskState::Finished),
+            outcome: Some(OutcomeRecord {
+                kind: OutcomeKind::Success,
+                exit_code: 0,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        let mut batch = vec![
+            Stamped {
+                at: now,
+                request: Request::Watch(Some(id), answer),
+            },
+            Stamped {
+                at: now,
+                request: Request::Report("a1".into(), session, attempt, finished),
+            },
+        ];
+        actor.apply_batch(&mut batch);
+        let mut head = actor.in_flight.pop_front().unwrap();
+        head.commit.as_mut().unwrap().await.unwrap();
+        actor.finish(head, None);
+        let (current, mut events) = answered.await.unwrap().unwrap();
+        let ended = match current {
+            Some(task) if task.state.is_terminal() => task,
+            _ => (*tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("the end reaches the watcher")
+                .unwrap())
+            .clone(),
+        };
+        assert_eq!(ended.state, TaskState::Finished);
     }
 }
