@@ -349,6 +349,12 @@ impl Task {
         }
     }
 
+    /// Whether the task has ended for good: a final state that no retry follows (an attempt's
+    /// end that is retried has no finish time).
+    pub fn has_ended(&self) -> bool {
+        self.state.is_terminal() && self.finished_at_ms != 0
+    }
+
     /// Whether another attempt may follow the current one, which ended in `state` with the
     /// task's `outcome`: a LOST attempt, or one Corral failed (`agent_error`), is retried while
     /// retries remain; a FAILED one only with `retry_failed`.

@@ -183,17 +183,8 @@ impl pb::corral_server::Corral for ClientService {
                     continue;
                 }
                 // A LOST or FAILED attempt that is retried is followed by PENDING: the watch
-                // ends only when the task itself has, and its last event is the task as it
-                // ended (not an earlier attempt's end, which this watcher may reach late).
-                if let (Some(id), true) = (only, task.state.is_terminal()) {
-                    if let Ok(now) = plane.get(id).await {
-                        if now.state.is_terminal() {
-                            let _ = tx.send(event(&crate::state::public(&now))).await;
-                            return;
-                        }
-                    }
-                }
-                if tx.send(event(&task)).await.is_err() {
+                // of one task ends only with the task's own end, which alone has a finish time.
+                if tx.send(event(&task)).await.is_err() || (only.is_some() && task.has_ended()) {
                     return;
                 }
             }

@@ -320,8 +320,13 @@ fn guest_failures_are_final_unless_retry_failed_says_otherwise() {
         if id == plain {
             assert_eq!(states(&fx, id), [TaskState::Failed]);
             assert_eq!(w.task(id).reason, "trap");
+            assert!(fx.events[0].has_ended(), "a final end has its finish time");
         } else {
             assert_eq!(states(&fx, id), [TaskState::Failed, TaskState::Pending]);
+            assert!(
+                !fx.events[0].has_ended(),
+                "an end that is retried is not the task's"
+            );
             assert!(w
                 .task(id)
                 .reason
