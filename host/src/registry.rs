@@ -70,13 +70,8 @@ pub struct Registry {
 
 impl Registry {
     /// Records a registration: a new agent, or one coming back (with a new session).
-    /// Answers the session, and the agent's previous info when it was known.
-    pub fn register(
-        &mut self,
-        info: AgentInfo,
-        now: Instant,
-        now_ms: i64,
-    ) -> (u64, Option<AgentInfo>) {
+    /// Answers the session.
+    pub fn register(&mut self, info: AgentInfo, now: Instant, now_ms: i64) -> u64 {
         self.next_session += 1;
         let session = self.next_session;
         let entry = AgentEntry {
@@ -86,8 +81,8 @@ impl Registry {
             last_seen: now,
             last_seen_ms: now_ms,
         };
-        let previous = self.agents.insert(entry.info.id.clone(), entry);
-        (session, previous.map(|p| p.info))
+        self.agents.insert(entry.info.id.clone(), entry);
+        session
     }
 
     /// Restores an agent known from the store, as disconnected since `now`: it has one timeout
@@ -180,8 +175,8 @@ mod tests {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(10);
         let mut registry = Registry::default();
-        let (s1, _) = registry.register(info("a"), t0, 0);
-        let (s2, _) = registry.register(info("b"), t0, 0);
+        let s1 = registry.register(info("a"), t0, 0);
+        let s2 = registry.register(info("b"), t0, 0);
         assert!(registry.heard("a", s1, t0, 0));
         assert!(registry.heard("b", s2, t0 + Duration::from_secs(8), 0));
         assert_eq!(
@@ -206,7 +201,7 @@ mod tests {
     fn a_late_stamp_does_not_move_last_seen_back() {
         let t0 = Instant::now();
         let mut registry = Registry::default();
-        let (s, _) = registry.register(info("a"), t0, 0);
+        let s = registry.register(info("a"), t0, 0);
         assert!(registry.heard("a", s, t0 + Duration::from_secs(5), 5_000));
         assert!(registry.heard("a", s, t0 + Duration::from_secs(3), 3_000));
         assert!(registry
@@ -219,9 +214,9 @@ mod tests {
     fn a_stale_session_is_not_heard() {
         let t0 = Instant::now();
         let mut registry = Registry::default();
-        let (old, _) = registry.register(info("a"), t0, 0);
-        let (new, previous) = registry.register(info("a"), t0, 0);
-        assert!(previous.is_some());
+        let old = registry.register(info("a"), t0, 0);
+        let new = registry.register(info("a"), t0, 0);
+        assert_ne!(new, old);
         assert!(!registry.heard("a", old, t0, 0));
         assert!(!registry.disconnected("a", old));
         assert!(registry.heard("a", new, t0, 0));

@@ -178,6 +178,8 @@ pub struct HostState {
     next_id: u64,
     /// Something changed that may let a pending task be placed.
     dirty: bool,
+    /// Agents whose partitions are to be carved again once no task holds resources there.
+    stale_carving: BTreeSet<String>,
 }
 
 /// A task as clients see it in events and listings: without its stdin bytes.
@@ -240,6 +242,7 @@ impl HostState {
             modules: BTreeSet::new(),
             next_id: 0,
             dirty: false,
+            stale_carving: BTreeSet::new(),
         }
     }
 
@@ -517,45 +520,19 @@ impl HostState {
                 info.id
             )));
         }
-        let (session, previous) = self.registry.register(info.clone(), now.instant, now.ms);
+        let session = self.registry.register(info.clone(), now.instant, now.ms);
         // A new registration replaces any stream of the old session; nothing goes to the
         // agent's partitions until the new one attaches.
         self.attached.remove(&info.id);
+        // Its labels (which constraints match) take effect at once; the labels are stored
+        // with the agent, not the partitions.
         for p in self
             .partitions
             .values_mut()
             .filter(|p| p.agent_id == info.id)
         {
             p.draining = true;
-        }
-        // Carved again when the agent changed, or the config's templates did since its
-        // partitions were carved (a host restarted with a new config).
-        let mut carved =
-            partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
-        let shape = |p: &Partition| (p.id.clone(), p.capacity, p.reservation.clone());
-        let mut existing: Vec<_> = self
-            .partitions
-            .values()
-            .filter(|p| p.agent_id == info.id)
-            .map(shape)
-            .collect();
-        existing.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut fresh: Vec<_> = carved.iter().map(shape).collect();
-        fresh.sort_by(|a, b| a.0.cmp(&b.0));
-        if previous.as_ref() != Some(&info) || existing != fresh {
-            self.partitions.retain(|_, p| p.agent_id != info.id);
-            for p in &mut carved {
-                p.draining = true;
-                for task in self.tasks.values() {
-                    if task.state.holds_resources() && task.partition_id.as_deref() == Some(&p.id) {
-                        p.allocated = p.allocated.plus(&task.spec.resources());
-                    }
-                }
-            }
-            fx.writes
-                .push(Write::Partitions(info.id.clone(), carved.clone()));
-            self.partitions
-                .extend(carved.into_iter().map(|p| (p.id.clone(), p)));
+            p.agent_labels.clone_from(&info.labels);
         }
         fx.writes.push(Write::Agent(info.clone(), now.ms));
 
@@ -571,6 +548,14 @@ impl HostState {
             let reason = format!("agent {} came back without it", info.id);
             self.lose(id, &reason, now, fx);
         }
+        // Carved (again) when the agent is new, or its capacity or labels or the config's
+        // templates (a host restarted with a new config) carve it otherwise now: at once if
+        // it holds no task, else once its last task there ends, so that no placed task loses
+        // the partition it counts in.
+        if self.carving_is_stale(&info) {
+            self.stale_carving.insert(info.id.clone());
+            self.carve_when_idle(&info.id, fx);
+        }
         let kills = running
             .iter()
             .filter(|a| !self.expects(&info.id, a))
@@ -578,6 +563,52 @@ impl HostState {
             .collect();
         self.queued.insert(info.id.clone(), kills);
         Ok(session)
+    }
+
+    /// Whether the agent's partitions are not those the config carves from `info` now.
+    fn carving_is_stale(&self, info: &AgentInfo) -> bool {
+        let carved = partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
+        let shape = |p: &Partition| (p.id.clone(), p.capacity, p.reservation.clone());
+        let mut existing: Vec<_> = self
+            .partitions
+            .values()
+            .filter(|p| p.agent_id == info.id)
+            .map(shape)
+            .collect();
+        existing.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut fresh: Vec<_> = carved.iter().map(shape).collect();
+        fresh.sort_by(|a, b| a.0.cmp(&b.0));
+        existing != fresh
+    }
+
+    /// Carves an agent whose carving is stale from its registered info, if no task holds
+    /// resources on it: its partitions are replaced (and written), draining unless it is
+    /// attached.
+    fn carve_when_idle(&mut self, agent_id: &str, fx: &mut Effects) {
+        let busy = self
+            .tasks
+            .values()
+            .any(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(agent_id));
+        if busy || !self.stale_carving.contains(agent_id) {
+            return;
+        }
+        let Some(entry) = self.registry.get(agent_id) else {
+            return;
+        };
+        let info = &entry.info;
+        let mut carved =
+            partition::carve(agent_id, info.capacity, &info.labels, &self.rules.templates);
+        let draining = !self.attached.contains_key(agent_id);
+        for p in &mut carved {
+            p.draining = draining;
+        }
+        self.stale_carving.remove(agent_id);
+        self.partitions.retain(|_, p| p.agent_id != agent_id);
+        fx.writes
+            .push(Write::Partitions(agent_id.to_string(), carved.clone()));
+        self.partitions
+            .extend(carved.into_iter().map(|p| (p.id.clone(), p)));
+        self.dirty = true;
     }
 
     /// Whether `attempt` is the current one of a task placed on `agent_id`.
@@ -623,12 +654,14 @@ impl HostState {
             fx.commands.push((agent_id.to_string(), command));
         }
         self.attached.insert(agent_id.to_string(), session);
+        // Partitions waiting to be carved again take no new tasks, so that they empty.
+        let stale = self.stale_carving.contains(agent_id);
         for p in self
             .partitions
             .values_mut()
             .filter(|p| p.agent_id == agent_id)
         {
-            p.draining = false;
+            p.draining = stale;
         }
         self.dirty = true;
         Ok(())
@@ -858,8 +891,12 @@ impl HostState {
             self.pending.insert(id);
             self.dirty = true;
         }
-        fx.writes.push(Write::Task(task.clone()));
-        task.clone()
+        let ended = task.clone();
+        fx.writes.push(Write::Task(ended.clone()));
+        if let Some(agent) = &ended.agent_id {
+            self.carve_when_idle(agent, fx);
+        }
+        ended
     }
 
     /// The current attempt of `id` is LOST (its agent vanished or forgot it).

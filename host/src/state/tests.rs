@@ -210,8 +210,13 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
         ));
     }
     for t in state.tasks().filter(|t| t.state.holds_resources()) {
-        if t.partition_id.is_none() || t.agent_id.is_none() {
-            return Err(format!("{} holds resources nowhere", t.id));
+        let partition = t
+            .partition_id
+            .as_ref()
+            .and_then(|id| state.partitions().find(|p| &p.id == id));
+        match (partition, &t.agent_id) {
+            (Some(p), Some(agent)) if &p.agent_id == agent => {}
+            _ => return Err(format!("{} holds resources nowhere", t.id)),
         }
     }
     Ok(())
@@ -427,6 +432,52 @@ fn a_changed_partition_config_reaches_agents_when_they_register_again() {
         .register(info("a1", 4, 1024 * MIB), &[], &[], w.now, &mut fx)
         .unwrap();
     assert!(!fx.writes.iter().any(|w| matches!(w, Write::Partitions(..))));
+    // New labels no template matches carve nothing either, but constraints see them at once.
+    let mut labelled = info("a1", 4, 1024 * MIB);
+    labelled.labels.insert("zone".into(), "b".into());
+    let mut fx = Effects::default();
+    restarted
+        .register(labelled.clone(), &[], &[], w.now, &mut fx)
+        .unwrap();
+    assert!(!fx.writes.iter().any(|w| matches!(w, Write::Partitions(..))));
+    assert!(restarted
+        .partitions()
+        .all(|p| p.agent_labels == labelled.labels));
+}
+
+#[test]
+fn an_agent_back_with_new_capacity_is_carved_again_once_its_tasks_end() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let kept = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    assert_eq!(w.task(kept).partition_id.as_deref(), Some("a1/default"));
+    // The agent restarts with one slot, still running the task: its old partition stays,
+    // holding the task, and takes no new task until it is carved again.
+    let attempt = attempt_of(w.task(kept));
+    let fx = w.agent_reporting("a1", 1, 512 * MIB, &[attempt], &[]);
+    assert!(!fx.writes.iter().any(|w| matches!(w, Write::Partitions(..))));
+    let old = w.state.partitions().find(|p| p.id == "a1/default").unwrap();
+    assert_eq!(old.capacity.slots, 2);
+    assert!(old.draining);
+    let waiting = w.submit(spec(MIB, 0, false));
+    assert!(launches(&w.schedule()).is_empty());
+    w.check();
+    // Its task ends: the agent is carved from what it offers now, and the waiting task runs.
+    let fx = w.report("a1", kept, ended(OutcomeKind::Success));
+    let carved = fx.writes.iter().find_map(|w| match w {
+        Write::Partitions(a, p) if a == "a1" => Some(p.clone()),
+        _ => None,
+    });
+    let carved = carved.expect("carved again once idle");
+    assert_eq!(carved.len(), 1);
+    assert_eq!(carved[0].capacity.slots, 1);
+    assert_eq!(carved[0].capacity.memory_bytes, 512 * MIB);
+    assert!(!carved[0].draining);
+    let launched = launches(&w.schedule());
+    assert_eq!(launched.len(), 1);
+    assert_eq!(launched[0].1.task_id, waiting);
+    w.check();
 }
 
 #[test]
@@ -473,6 +524,31 @@ fn a_silent_agents_attempts_are_lost_then_retried_elsewhere_until_retries_run_ou
     assert_ne!(w.task(id).finished_at_ms, 0);
     // A lost agent's session is over.
     assert!(!w.state.heartbeat("a1", w.sessions["a1"], w.now));
+    w.check();
+}
+
+#[test]
+fn an_assigned_attempt_may_finish_or_be_lost_before_any_running_report() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let quick = w.submit(spec(MIB, 0, false));
+    let stranded = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    assert_eq!(w.task(quick).state, TaskState::Assigned);
+    assert_eq!(w.task(stranded).state, TaskState::Assigned);
+    // A run over before its first RUNNING report: ASSIGNED straight to FINISHED.
+    let fx = w.report("a1", quick, ended(OutcomeKind::Success));
+    assert_eq!(states(&fx, quick), [TaskState::Finished]);
+    assert_eq!(written(&fx, quick), Some(TaskState::Finished));
+    assert_ne!(w.task(quick).finished_at_ms, 0);
+    // The agent goes silent with the other never started: ASSIGNED to LOST, final without
+    // retries, its resources freed.
+    w.tick(Duration::from_secs(16));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.expire(w.now, &mut fx), ["a1"]);
+    assert_eq!(states(&fx, stranded), [TaskState::Lost]);
+    assert_eq!(written(&fx, stranded), Some(TaskState::Lost));
+    assert_eq!(w.allocated("a1/default"), Resources::default());
     w.check();
 }
 
@@ -780,13 +856,17 @@ fn a_restored_state_rebuilds_allocations_and_the_queue_from_the_tasks() {
 /// One step of a random history.
 #[derive(Clone, Debug)]
 enum Step {
-    Submit { memory: u64, retries: u32 },
+    Submit {
+        memory: u64,
+        retries: u32,
+    },
     Schedule,
     Running(usize),
     End(usize, u8),
     Kill(usize),
     Detach(usize),
-    Return(usize),
+    /// An agent comes back, with its capacity changed when the flag is set.
+    Return(usize, bool),
     Expire(u64),
 }
 
@@ -798,7 +878,7 @@ fn step() -> impl Generator<Value = Step> {
         (0usize..64, 0u8..5).prop_map(|(t, k)| Step::End(t, k)),
         (0usize..64).prop_map(Step::Kill),
         (0usize..3).prop_map(Step::Detach),
-        (0usize..3).prop_map(Step::Return),
+        (0usize..3, proptest::bool::weighted(0.3)).prop_map(|(a, r)| Step::Return(a, r)),
         (0u64..20).prop_map(Step::Expire),
     ]
 }
@@ -848,14 +928,15 @@ proptest! {
                     let agent = agents[a];
                     w.state.detach(agent, w.sessions[agent]);
                 }
-                Step::Return(a) => {
+                Step::Return(a, resized) => {
                     let agent = agents[a];
                     let running: Vec<Attempt> = w.state.tasks()
                         .filter(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(agent))
                         .filter(|t| t.id.0 % 2 == 0) // it forgot the odd ones
                         .map(attempt_of)
                         .collect();
-                    w.agent_reporting(agent, 2 + a as u32, 1000 * MIB, &running, &[]);
+                    let slots = if resized { 1 + a as u32 } else { 2 + a as u32 };
+                    w.agent_reporting(agent, slots, 1000 * MIB, &running, &[]);
                 }
                 Step::Expire(secs) => {
                     w.tick(Duration::from_secs(secs));
@@ -867,4 +948,39 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn output_past_the_hosts_cap_is_cut_and_says_so() {
+    let file = |path: &str, len: usize| crate::task::OutputFile {
+        path: path.into(),
+        data: Bytes::from(vec![b'f'; len]),
+    };
+    let mut output = TaskOutput {
+        stdout: Bytes::from(vec![b'o'; 12]),
+        stderr: Bytes::from(vec![b'e'; 8]),
+        files: vec![file("a", 6), file("b", 5), file("c", 1)],
+        ..Default::default()
+    };
+    cap_output(&mut output, 10);
+    assert_eq!(output.stdout.len(), 10);
+    assert!(output.stdout_truncated);
+    assert_eq!(output.stderr.len(), 8);
+    assert!(!output.stderr_truncated);
+    // Files are kept in order while they fit in the cap together: "c" would fit beside "a",
+    // but comes after "b", which did not.
+    let kept: Vec<&str> = output.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(kept, ["a"]);
+    assert!(output.files_truncated);
+
+    // Within the cap, nothing changes and nothing is flagged.
+    let mut small = TaskOutput {
+        stdout: Bytes::from_static(b"out"),
+        files: vec![file("a", 3)],
+        ..Default::default()
+    };
+    cap_output(&mut small, 10);
+    assert_eq!(small.stdout.len(), 3);
+    assert_eq!(small.files.len(), 1);
+    assert!(!small.stdout_truncated && !small.stderr_truncated && !small.files_truncated);
 }
