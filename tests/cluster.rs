@@ -445,10 +445,9 @@ fn an_agent_of_another_protocol_is_refused_by_name() {
 
 #[test]
 fn the_demo_script_runs_as_the_readme_says() {
-    let out = std::process::Command::new(corral_tests::repo_root().join("scripts/demo"))
-        .env("CORRAL", corral_tests::corral())
-        .output()
-        .expect("running scripts/demo");
+    let mut demo = std::process::Command::new(corral_tests::repo_root().join("scripts/demo"));
+    demo.env("CORRAL", corral_tests::corral());
+    let out = corral_tests::output_within(demo, None, Duration::from_secs(180));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -479,6 +478,7 @@ fn uploads_and_idempotent_submits_answer_what_exists_outputs_are_kept_and_listin
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files"], serde_json::json!(["result.txt"]));
+    assert_eq!(report["files_truncated"], false);
     let id = report["id"].as_str().unwrap().to_string();
     let saved = dir.path().join("saved");
     let out = cluster.corral(&["task", "output", &id, "--save", saved.to_str().unwrap()]);
@@ -1087,6 +1087,7 @@ fn output_caps_truncate_and_say_so_and_json_has_every_documented_field() {
         "stdout_truncated",
         "stderr_truncated",
         "files",
+        "files_truncated",
     ]) {
         assert!(
             report.get(field).is_some(),
@@ -1115,6 +1116,15 @@ fn output_caps_truncate_and_say_so_and_json_has_every_documented_field() {
         (Some("hell"), Some("oops"))
     );
     assert_eq!(report["stdout_truncated"], true);
+    // The text summary says so too.
+    let out = cluster.corral(&["submit", "--wait", hello]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hell");
+    let summary = stderr(&out);
+    assert!(
+        summary.contains("stdout_truncated=true") && summary.contains("stderr_truncated=true"),
+        "{summary}"
+    );
+    assert!(!summary.contains("files_truncated"), "{summary}");
     // Asking for more than the host keeps gets the host's cap.
     let out = cluster.corral(&[
         "submit",
@@ -1139,6 +1149,7 @@ fn output_caps_truncate_and_say_so_and_json_has_every_documented_field() {
     ]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files"], serde_json::json!(["result.txt"]));
+    assert_eq!(report["files_truncated"], false);
 
     // `task get -o json` and `task output -o json` carry every documented field.
     let out = cluster.corral(&["task", "get", "-o", "json", &id]);

@@ -8,27 +8,8 @@
 #![allow(missing_docs)]
 
 use corral_agent::sandbox::{Outcome, RunSpec, Sandbox, SandboxConfig};
+use corral_tests::fixtures;
 use criterion::{criterion_group, criterion_main, Criterion};
-
-/// The smallest command: `_start` returns at once. It imports nothing, so it runs without a
-/// WASI context.
-const TRIVIAL: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
-
-/// The same, importing (not calling) a WASI function: it runs with a WASI context.
-const TRIVIAL_WASI: &str = r#"(module
-  (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")))"#;
-
-/// A command that writes a line to stdout through WASI.
-const HELLO: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "hello\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
 fn bench(c: &mut Criterion) {
     let spec = RunSpec {
@@ -42,12 +23,14 @@ fn bench(c: &mut Criterion) {
             ..SandboxConfig::default()
         })
         .expect("sandbox");
-        for (name, text) in [
-            ("trivial_no_wasi", TRIVIAL),
-            ("trivial_wasi", TRIVIAL_WASI),
-            ("hello_stdout", HELLO),
+        // The smallest command, without a WASI context (it imports nothing) and with one (it
+        // imports, never calls, a WASI function); and one writing a line through WASI.
+        for (name, fixture) in [
+            ("trivial_no_wasi", "trivial"),
+            ("trivial_wasi", "trivial_wasi"),
+            ("hello_stdout", "line"),
         ] {
-            let binary = wat::parse_str(text).expect("valid wat");
+            let binary = wat::parse_str(fixtures::wat(fixture)).expect("valid wat");
             let prepared = sandbox.prepare(&binary).expect("admitted").module;
             assert_eq!(
                 sandbox.run_module(&prepared, &spec).unwrap().outcome,

@@ -104,7 +104,7 @@ fn infinite_loop_in_the_start_function_is_stopped() {
 #[test]
 fn guest_sleeping_in_a_host_call_times_out() {
     // poll_oneoff on a one-hour relative clock subscription: the guest is parked in the host,
-    // where epoch interruption cannot reach it; the run's timeout still must.
+    // where no fuel yield happens; the run's timeout still must reach it.
     let mut spec = spec();
     spec.limits.timeout = Duration::from_millis(300);
     let report = run(sleep_an_hour(), &spec);
@@ -229,8 +229,8 @@ fn a_spinning_guest_is_killed() {
 
 #[test]
 fn fuel_used_is_readable_while_a_guest_runs() {
-    // Fuel is published at each epoch tick as wasmtime last saved it, which it does at calls:
-    // a loop that calls a function shows its fuel climbing.
+    // Fuel is published at each fuel yield, in whole yield intervals: a loop that calls a
+    // function shows its fuel climbing while it runs.
     const CALLING: &str = r#"(module (func $f) (func (export "_start") (loop (call $f) (br 0))))"#;
     let report = kill_when(CALLING, |control, _| control.fuel_used() > 10_000_000);
     assert_eq!(report.outcome, Outcome::Killed);

@@ -7,25 +7,14 @@
 // criterion_group! defines an undocumented public function.
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-fn linreg_wasm() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm/linreg.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests",
-        path.display()
-    );
-    path
-}
-
 fn corral_run(cache: &[&str], module: &Path) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .current_dir(root)
+        .current_dir(corral_tests::repo_root())
         .arg("run")
         .args(["-o", "json", "--dir-ro", "examples/data::/data"])
         .args(cache)
@@ -42,7 +31,7 @@ fn corral_run(cache: &[&str], module: &Path) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let module = linreg_wasm();
+    let module = corral_tests::wasm("linreg");
     let cache = tempfile::tempdir().unwrap();
     let cache_flag = ["--cache-dir", cache.path().to_str().unwrap()];
     // Fill the cache, then check that the next process reports a hit.

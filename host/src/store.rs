@@ -572,6 +572,120 @@ mod tests {
         assert_eq!(store.module("ab").unwrap().unwrap().as_ref(), b"\0asm");
     }
 
+    /// A task record as schema 1 wrote it: the outcome's kind a string in field 1, the wall
+    /// time in milliseconds in field 10.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TaskV1 {
+        #[prost(string, tag = "1")]
+        id: String,
+        #[prost(message, optional, tag = "2")]
+        spec: Option<pb::TaskSpec>,
+        #[prost(int32, tag = "3")]
+        state: i32,
+        #[prost(uint32, tag = "4")]
+        attempts: u32,
+        #[prost(message, optional, tag = "7")]
+        outcome: Option<OutcomeV1>,
+        #[prost(uint64, tag = "10")]
+        wall_ms: u64,
+        #[prost(int64, tag = "14")]
+        finished_at_ms: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OutcomeV1 {
+        #[prost(string, tag = "1")]
+        kind: String,
+        #[prost(int32, tag = "2")]
+        exit_code: i32,
+        #[prost(string, tag = "3")]
+        message: String,
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_store_is_migrated_once_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a Corral of schema 1 left: a task record and no schema row.
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut tasks = txn.open_table(TASKS).unwrap();
+                let old = TaskV1 {
+                    id: "t-1".into(),
+                    spec: Some(convert::spec_to_pb(&task(1).spec, true)),
+                    state: pb::TaskState::Failed as i32,
+                    attempts: 1,
+                    outcome: Some(OutcomeV1 {
+                        kind: "exit".into(),
+                        exit_code: 3,
+                        message: String::new(),
+                    }),
+                    wall_ms: 1234,
+                    finished_at_ms: 9,
+                };
+                tasks.insert(1, old.encode_to_vec().as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            // The second open finds schema 2 and changes nothing.
+            let (_, loaded) = Store::open(dir.path()).unwrap();
+            let task = &loaded.tasks[0];
+            let outcome = task.outcome.as_ref().unwrap();
+            assert_eq!(
+                (outcome.kind, outcome.exit_code),
+                (crate::task::OutcomeKind::Exit, 3)
+            );
+            assert_eq!(task.wall_us, 1_234_000);
+            assert_eq!(task.state, crate::task::TaskState::Failed);
+        }
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get("schema").unwrap().unwrap().value(), SCHEMA);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_a_newer_schema_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema", SCHEMA + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains(&format!("has schema {}", SCHEMA + 1)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_after_a_failed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store.fail_next_commits(1);
+            assert!(store
+                .write(vec![Write::Task(task(1))])
+                .durable()
+                .await
+                .is_err());
+            let e = store
+                .write(vec![Write::Task(task(2))])
+                .durable()
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("an earlier commit failed"), "{e}");
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.tasks.is_empty(), "{:?}", loaded.tasks);
+    }
+
     #[tokio::test]
     async fn a_task_written_several_times_in_one_commit_ends_as_its_last_write() {
         let dir = tempfile::tempdir().unwrap();

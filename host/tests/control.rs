@@ -15,9 +15,9 @@ use corral_host::registry::{AgentInfo, AgentState};
 use corral_host::state::{AgentCommand, StatusReport, TaskFilter};
 use corral_host::task::{Attempt, OutcomeKind, OutcomeRecord, Task, TaskId, TaskState};
 use corral_proto::pb;
+use corral_tests::fixtures;
 use tokio::sync::mpsc;
 
-const TRIVIAL: &str = r#"(module (func (export "_start")))"#;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn agent(id: &str) -> AgentInfo {
@@ -141,7 +141,7 @@ async fn an_agent_coming_back_is_reconciled_with_what_it_really_runs() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
     let (sha, _, _) = plane
-        .upload_module(TRIVIAL.as_bytes().to_vec())
+        .upload_module(fixtures::wat("trivial").into_bytes())
         .await
         .unwrap();
 
@@ -219,7 +219,7 @@ async fn a_silent_agent_is_lost_and_its_tasks_go_elsewhere() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(fast(), data.path()).unwrap();
     let (sha, _, _) = plane
-        .upload_module(TRIVIAL.as_bytes().to_vec())
+        .upload_module(fixtures::wat("trivial").into_bytes())
         .await
         .unwrap();
     let silent = plane
@@ -287,7 +287,7 @@ async fn a_failed_commit_answers_the_error_keeps_nothing_and_stops_the_host() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
     let (sha, _, _) = plane
-        .upload_module(TRIVIAL.as_bytes().to_vec())
+        .upload_module(fixtures::wat("trivial").into_bytes())
         .await
         .unwrap();
     let kept = submit(&plane, &sha, "kept").await.unwrap();
@@ -323,7 +323,7 @@ async fn watchers_learn_of_a_lost_attempt_only_once_it_is_durable() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(fast(), data.path()).unwrap();
     let (sha, _, _) = plane
-        .upload_module(TRIVIAL.as_bytes().to_vec())
+        .upload_module(fixtures::wat("trivial").into_bytes())
         .await
         .unwrap();
     let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
@@ -356,7 +356,7 @@ async fn a_slow_commit_does_not_make_heartbeating_agents_lost() {
     // Liveness checks every 75 ms; the agent beats every 200 ms, within the 300 ms timeout.
     let plane = ControlPlane::start(fast(), data.path()).unwrap();
     let (sha, _, _) = plane
-        .upload_module(TRIVIAL.as_bytes().to_vec())
+        .upload_module(fixtures::wat("trivial").into_bytes())
         .await
         .unwrap();
     let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();

@@ -41,7 +41,8 @@ pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
 pub const AGENT_PROTOCOL: u32 = 2;
 
 /// The metadata key under which a refused `UploadModule` (`INVALID_ARGUMENT`) names the
-/// outcome a run of the module would have: `invalid_module` or `link_error`.
+/// outcome a run of the module would have, by its name in the contract
+/// (`OUTCOME_KIND_INVALID_MODULE` or `OUTCOME_KIND_LINK_ERROR`).
 pub const OUTCOME_METADATA: &str = "corral-outcome";
 
 /// Chunk size for streamed module bytes.

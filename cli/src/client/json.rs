@@ -91,6 +91,8 @@ pub struct Report {
     pub stderr_truncated: bool,
     /// Paths of the output files kept.
     pub files: Vec<String>,
+    /// Some output files were left out by the host's cap.
+    pub files_truncated: bool,
 }
 
 /// One output file (`task output -o json`).

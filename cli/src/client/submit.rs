@@ -96,14 +96,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r.into_inner(),
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
             // The host says which outcome its refusal is, so that this exits as a run would.
-            let kind = match status
+            let kind = status
                 .metadata()
                 .get(corral_proto::OUTCOME_METADATA)
-                .map(|v| v.to_str())
-            {
-                Some(Ok("link_error")) => pb::OutcomeKind::LinkError,
-                _ => pb::OutcomeKind::InvalidModule,
-            };
+                .and_then(|v| v.to_str().ok())
+                .and_then(pb::OutcomeKind::from_str_name)
+                .unwrap_or(pb::OutcomeKind::InvalidModule);
             return Err(Failure {
                 message: format!("{}: {}", args.guest.module.display(), status.message()),
                 status: exit::status(kind, 0),
@@ -249,6 +247,7 @@ async fn finish(client: &mut Client, task: &pb::Task, text: bool) -> anyhow::Res
         for (flag, truncated) in [
             ("stdout_truncated", output.stdout_truncated),
             ("stderr_truncated", output.stderr_truncated),
+            ("files_truncated", output.files_truncated),
         ] {
             if truncated {
                 line.push_str(&format!(" {flag}=true"));
@@ -268,6 +267,7 @@ async fn finish(client: &mut Client, task: &pb::Task, text: bool) -> anyhow::Res
             stdout_truncated: output.stdout_truncated,
             stderr_truncated: output.stderr_truncated,
             files: output.files.iter().map(|f| f.path.clone()).collect(),
+            files_truncated: output.files_truncated,
         }))?;
     }
     Ok(ExitCode::from(status))

@@ -22,14 +22,14 @@ pub fn status(error: HostError) -> tonic::Status {
     match error {
         HostError::Refused(refused) => {
             let kind = match refused.kind {
-                corral_admission::RefusalKind::InvalidModule => "invalid_module",
-                corral_admission::RefusalKind::LinkError => "link_error",
+                corral_admission::RefusalKind::InvalidModule => pb::OutcomeKind::InvalidModule,
+                corral_admission::RefusalKind::LinkError => pb::OutcomeKind::LinkError,
             };
             let mut status =
                 tonic::Status::invalid_argument(HostError::Refused(refused).to_string());
             status.metadata_mut().insert(
                 corral_proto::OUTCOME_METADATA,
-                tonic::metadata::MetadataValue::from_static(kind),
+                tonic::metadata::MetadataValue::from_static(kind.as_str_name()),
             );
             status
         }
