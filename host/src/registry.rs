@@ -91,6 +91,7 @@ impl Registry {
         let entry = AgentEntry {
             info,
             state: AgentState::Disconnected,
+            // No session: sessions are handed out from 1, and 0 is never current.
             session: 0,
             last_seen: now,
             last_seen_ms,
@@ -103,7 +104,9 @@ impl Registry {
     /// register again (and be reconciled) before it is trusted with more.
     pub fn heard(&mut self, id: &str, session: u64, now: Instant, now_ms: i64) -> bool {
         match self.agents.get_mut(id) {
-            Some(entry) if entry.session == session && entry.state != AgentState::Lost => {
+            Some(entry)
+                if session != 0 && entry.session == session && entry.state != AgentState::Lost =>
+            {
                 entry.state = AgentState::Active;
                 // Reports can reach the host out of the order they were stamped in.
                 entry.last_seen = entry.last_seen.max(now);
@@ -195,6 +198,17 @@ mod tests {
             registry.expire(t0 + Duration::from_secs(19), timeout),
             ["b"]
         );
+    }
+
+    #[test]
+    fn a_restored_agent_is_heard_only_once_it_registers() {
+        let t0 = Instant::now();
+        let mut registry = Registry::default();
+        registry.restore(info("a"), t0, 0);
+        assert!(!registry.heard("a", 0, t0, 0));
+        assert_eq!(registry.get("a").unwrap().state, AgentState::Disconnected);
+        let s = registry.register(info("a"), t0, 0);
+        assert!(registry.heard("a", s, t0, 0));
     }
 
     #[test]

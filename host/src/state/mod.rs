@@ -178,8 +178,9 @@ pub struct HostState {
     next_id: u64,
     /// Something changed that may let a pending task be placed.
     dirty: bool,
-    /// Agents whose partitions are to be carved again once no task holds resources there.
-    stale_carving: BTreeSet<String>,
+    /// Agents whose partitions are to be carved again once no task holds resources there,
+    /// with the carving they wait for.
+    stale_carving: BTreeMap<String, Vec<Partition>>,
 }
 
 /// A task as clients see it in events and listings: without its stdin bytes.
@@ -242,7 +243,7 @@ impl HostState {
             modules: BTreeSet::new(),
             next_id: 0,
             dirty: false,
-            stale_carving: BTreeSet::new(),
+            stale_carving: BTreeMap::new(),
         }
     }
 
@@ -323,11 +324,10 @@ impl HostState {
         // could.
         if !self.registry.is_empty()
             && !self
-                .partitions
-                .values()
+                .lasting_partitions()
                 .any(|p| candidate(p).could_ever_hold(&request))
         {
-            let candidates: Vec<Candidate<'_>> = self.partitions.values().map(candidate).collect();
+            let candidates: Vec<Candidate<'_>> = self.lasting_partitions().map(candidate).collect();
             if let Some(reason) = never_fits(&candidates, &request) {
                 return Err(HostError::FailedPrecondition(format!(
                     "no agent could ever run this task: {reason}"
@@ -552,9 +552,15 @@ impl HostState {
         // templates (a host restarted with a new config) carve it otherwise now: at once if
         // it holds no task, else once its last task there ends, so that no placed task loses
         // the partition it counts in.
-        if self.carving_is_stale(&info) {
-            self.stale_carving.insert(info.id.clone());
-            self.carve_when_idle(&info.id, fx);
+        match self.carving_if_stale(&info) {
+            Some(carved) => {
+                self.stale_carving.insert(info.id.clone(), carved);
+                self.carve_when_idle(&info.id, fx);
+            }
+            // Back as it was carved (a resize undone): nothing to wait for.
+            None => {
+                self.stale_carving.remove(&info.id);
+            }
         }
         let kills = running
             .iter()
@@ -565,8 +571,10 @@ impl HostState {
         Ok(session)
     }
 
-    /// Whether the agent's partitions are not those the config carves from `info` now.
-    fn carving_is_stale(&self, info: &AgentInfo) -> bool {
+    /// The partitions the config carves from `info` now, when the agent's are not those, or
+    /// some task holds resources on it outside them (a partition missing or over capacity,
+    /// as a store written before this rule may hold).
+    fn carving_if_stale(&self, info: &AgentInfo) -> Option<Vec<Partition>> {
         let carved = partition::carve(&info.id, info.capacity, &info.labels, &self.rules.templates);
         let shape = |p: &Partition| (p.id.clone(), p.capacity, p.reservation.clone());
         let mut existing: Vec<_> = self
@@ -578,31 +586,49 @@ impl HostState {
         existing.sort_by(|a, b| a.0.cmp(&b.0));
         let mut fresh: Vec<_> = carved.iter().map(shape).collect();
         fresh.sort_by(|a, b| a.0.cmp(&b.0));
-        existing != fresh
+        let outside = || {
+            self.tasks.values().any(|t| {
+                t.state.holds_resources()
+                    && t.agent_id.as_deref() == Some(&info.id)
+                    && t.partition_id
+                        .as_ref()
+                        .and_then(|p| self.partitions.get(p))
+                        .is_none_or(|p| !p.capacity.covers(&p.allocated))
+            })
+        };
+        (existing != fresh || outside()).then_some(carved)
     }
 
-    /// Carves an agent whose carving is stale from its registered info, if no task holds
-    /// resources on it: its partitions are replaced (and written), draining unless it is
-    /// attached.
+    /// Every partition as it will be once waiting carvings are done: what a task could ever
+    /// be placed in.
+    fn lasting_partitions(&self) -> impl Iterator<Item = &Partition> {
+        self.partitions
+            .values()
+            .filter(|p| !self.stale_carving.contains_key(&p.agent_id))
+            .chain(self.stale_carving.values().flatten())
+    }
+
+    /// Carves an agent whose carving is stale, if no task holds resources on it: its
+    /// partitions are replaced (and written), draining unless it is attached.
     fn carve_when_idle(&mut self, agent_id: &str, fx: &mut Effects) {
+        // Checked first: every task's end comes here, and the scan is for stale agents only.
+        if !self.stale_carving.contains_key(agent_id) {
+            return;
+        }
         let busy = self
             .tasks
             .values()
             .any(|t| t.state.holds_resources() && t.agent_id.as_deref() == Some(agent_id));
-        if busy || !self.stale_carving.contains(agent_id) {
+        if busy {
             return;
         }
-        let Some(entry) = self.registry.get(agent_id) else {
+        let Some(mut carved) = self.stale_carving.remove(agent_id) else {
             return;
         };
-        let info = &entry.info;
-        let mut carved =
-            partition::carve(agent_id, info.capacity, &info.labels, &self.rules.templates);
         let draining = !self.attached.contains_key(agent_id);
         for p in &mut carved {
             p.draining = draining;
         }
-        self.stale_carving.remove(agent_id);
         self.partitions.retain(|_, p| p.agent_id != agent_id);
         fx.writes
             .push(Write::Partitions(agent_id.to_string(), carved.clone()));
@@ -655,7 +681,7 @@ impl HostState {
         }
         self.attached.insert(agent_id.to_string(), session);
         // Partitions waiting to be carved again take no new tasks, so that they empty.
-        let stale = self.stale_carving.contains(agent_id);
+        let stale = self.stale_carving.contains_key(agent_id);
         for p in self
             .partitions
             .values_mut()

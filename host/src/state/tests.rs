@@ -481,6 +481,95 @@ fn an_agent_back_with_new_capacity_is_carved_again_once_its_tasks_end() {
 }
 
 #[test]
+fn an_agent_resized_and_back_as_it_was_takes_tasks_again_at_once() {
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let long = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    let running = [attempt_of(w.task(long))];
+    w.agent_reporting("a1", 1, 1024 * MIB, &running, &[]);
+    assert!(w.state.partitions().all(|p| p.draining));
+    // The resize is undone while the task still runs: its partition is what it was.
+    let fx = w.agent_reporting("a1", 2, 1024 * MIB, &running, &[]);
+    assert!(!fx.writes.iter().any(|w| matches!(w, Write::Partitions(..))));
+    assert!(w.state.partitions().all(|p| !p.draining));
+    let next = w.submit(spec(MIB, 0, false));
+    assert_eq!(
+        launches(&w.schedule()),
+        [("a1".to_string(), attempt(next, 1))]
+    );
+    w.check();
+}
+
+#[test]
+fn a_task_only_an_agents_coming_carving_can_hold_is_accepted() {
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let busy = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    let running = [attempt_of(w.task(busy))];
+    // a1 comes back with 4 GiB while busy: a 2 GiB task will fit once it is carved again.
+    w.agent_reporting("a1", 1, 4096 * MIB, &running, &[]);
+    let mut fx = Effects::default();
+    let (big, _) = w
+        .state
+        .submit(spec(2048 * MIB, 0, false), None, w.now, &mut fx)
+        .expect("a1's coming carving holds it");
+    assert!(launches(&w.schedule()).is_empty());
+    w.report("a1", busy, ended(OutcomeKind::Success));
+    assert_eq!(
+        launches(&w.schedule()),
+        [("a1".to_string(), attempt(big, 1))]
+    );
+    // Nothing could ever hold 8 GiB.
+    let mut fx = Effects::default();
+    let refused = w
+        .state
+        .submit(spec(8192 * MIB, 0, false), None, w.now, &mut fx);
+    assert!(matches!(refused, Err(HostError::FailedPrecondition(_))));
+    w.check();
+}
+
+#[test]
+fn a_task_stored_outside_its_agents_partitions_keeps_the_agent_closed_until_it_ends() {
+    // A store written before partitions waited for their tasks: a1 was carved again under a
+    // running task, whose partition is gone.
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let id = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    w.report("a1", id, running());
+    let mut task = w.task(id).clone();
+    task.partition_id = Some("a1/gone".into());
+    let loaded = Loaded {
+        agents: vec![(info("a1", 2, 1024 * MIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        tasks: vec![task.clone()],
+        modules: vec![SHA.into()],
+        ..Default::default()
+    };
+    let mut restored = World {
+        state: HostState::restore(&HostConfig::default(), loaded, w.now),
+        now: w.now,
+        sessions: BTreeMap::new(),
+    };
+    restored.agent_reporting("a1", 2, 1024 * MIB, &[attempt_of(&task)], &[]);
+    assert!(restored.state.partitions().all(|p| p.draining));
+    let waiting = restored.submit(spec(MIB, 0, false));
+    assert!(launches(&restored.schedule()).is_empty());
+    let fx = restored.report("a1", id, ended(OutcomeKind::Success));
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Partitions(a, _) if a == "a1")));
+    assert_eq!(
+        launches(&restored.schedule()),
+        [("a1".to_string(), attempt(waiting, 1))]
+    );
+    restored.check();
+}
+
+#[test]
 fn a_final_report_without_an_outcome_is_the_agents_failure() {
     let mut w = World::new();
     w.agent("a1", 1, 1024 * MIB);
