@@ -54,6 +54,7 @@ fn json_output_has_every_documented_field() {
         "fuel_used",
         "peak_memory_bytes",
         "wall_ms",
+        "compile_ms",
         "cached",
         "stdout",
         "stderr",
@@ -162,6 +163,124 @@ fn a_second_process_reuses_the_compiled_module() {
     assert_eq!(second["cached"], true);
     let (uncached, _) = corral_json(&["--no-cache"], &module, &[], dir.path());
     assert_eq!(uncached["cached"], false);
+}
+
+#[test]
+fn compiling_obeys_its_budget_counts_in_the_run_and_ends_as_compile_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = write(dir.path(), "slow.wat", &fixtures::nested_loops(4, 4000));
+    let cases: &[(&[&str], &str, i32, &str)] = &[
+        (
+            &["--compile-timeout", "300ms"],
+            "compile_limit",
+            137,
+            "compile time budget of 300ms",
+        ),
+        (
+            &["--compile-memory", "64MiB"],
+            "compile_limit",
+            137,
+            "compile memory budget of 64.0 MiB",
+        ),
+        // The task's own timeout comes before the compile budget: it is the task's timeout.
+        (&["--timeout", "300ms"], "timeout", 132, ""),
+    ];
+    for (flags, outcome, status, message) in cases {
+        let mut flags = flags.to_vec();
+        flags.push("--no-cache");
+        let (report, code) = corral_json(&flags, &slow, &[], dir.path());
+        assert_eq!(report["outcome"], *outcome, "{flags:?}: {report}");
+        assert_eq!(code, *status, "{flags:?}");
+        let said = report["message"].as_str().unwrap_or_default();
+        assert!(said.contains(message), "{flags:?}: {report}");
+        // Compiling counts in the run's wall time.
+        let wall = report["wall_ms"].as_f64().unwrap();
+        assert!(wall >= 300.0, "{flags:?}: {report}");
+        assert_eq!(report["compile_ms"].as_f64().unwrap(), wall, "{report}");
+    }
+    // Within the budget it compiles and runs, and its compile is part of its wall time.
+    let (report, code) = corral_json(&["--no-cache"], &slow, &[], dir.path());
+    assert_eq!(
+        (report["outcome"].as_str(), code),
+        (Some("success"), 0),
+        "{report}"
+    );
+    let (wall, compile) = (
+        report["wall_ms"].as_f64().unwrap(),
+        report["compile_ms"].as_f64().unwrap(),
+    );
+    assert!(compile > 100.0 && wall >= compile, "{report}");
+    // An absurd module is refused by admission before it costs anything, naming the limit.
+    let bomb = write(dir.path(), "bomb.wat", &fixtures::nested_loops(1, 20_000));
+    let (report, code) = corral_json(&[], &bomb, &[], dir.path());
+    assert_eq!(
+        (report["outcome"].as_str(), code),
+        (Some("invalid_module"), 126)
+    );
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 4096 deep"),
+        "{report}"
+    );
+    // Too small a budget for the compiler to start is a usage error.
+    let out = run(
+        &corral(),
+        &["run", "--compile-memory", "1MiB", slow.to_str().unwrap()],
+        None,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(134));
+}
+
+#[test]
+fn a_scribbled_cache_entry_is_discarded_with_a_warning_and_compiled_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let module = fixtures::path("hello");
+    let cache = dir.path().join("cache");
+    let flags = ["--cache-dir", cache.to_str().unwrap()];
+    let (first, _) = corral_json(&flags, &module, &[], dir.path());
+    assert_eq!(first["cached"], false);
+    let code = cache.join("code");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&code), 0o700, "the cache is private to its user");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&code)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(mode(&entries[0]), 0o600);
+    // Sixteen bytes scribbled in the middle of the compiled code, eight times over, at
+    // different places: every run succeeds, from code compiled again.
+    let whole = std::fs::read(&entries[0]).unwrap();
+    for round in 0..8usize {
+        let mut bytes = whole.clone();
+        let at = 64 + (bytes.len() - 80) * round / 8;
+        for (i, b) in bytes[at..at + 16].iter_mut().enumerate() {
+            *b ^= 0xa5 ^ (i as u8).wrapping_mul(37) ^ round as u8;
+        }
+        std::fs::write(&entries[0], &bytes).unwrap();
+        let mut all = vec!["run", "-o", "json"];
+        all.extend_from_slice(&flags);
+        all.push(module.to_str().unwrap());
+        let out = run(&corral(), &all, None, dir.path());
+        assert_eq!(out.status.code(), Some(0), "round {round}: {out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["outcome"], "success");
+        assert_eq!(
+            report["cached"], false,
+            "round {round}: the damaged entry was used"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("discarding a damaged compiled-code cache entry"),
+            "round {round}: {stderr}"
+        );
+    }
+    let (again, _) = corral_json(&flags, &module, &[], dir.path());
+    assert_eq!(again["cached"], true, "the entry was written again");
 }
 
 #[test]

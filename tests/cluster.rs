@@ -1189,3 +1189,61 @@ fn output_caps_truncate_and_say_so_and_json_has_every_documented_field() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_slow_compile_neither_blocks_other_modules_nor_outlives_its_kill() {
+    let mut cluster = Cluster::start(FAST_CONFIG, &[]);
+    // The compile budget is far off: the kill has to stop the compile, not the budget.
+    cluster.start_agent_with("a1", 4, "1GiB", &["--compile-timeout", "10m"]);
+    cluster.wait_for_agents(&["a1"]);
+    let agent = cluster.agent_pid("a1");
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let trivial = upload_wat(&mut client, &fixtures::wat("trivial_wasi")).await;
+        let first = submit(&mut client, spec(&trivial, "warm", 16 * MIB)).await;
+        corral_tests::server::finished(&mut client, &first).await;
+
+        // Minutes of compiling in a debug build, and a timeout that leaves it all the time.
+        let slow = upload_wat(&mut client, &fixtures::nested_loops(64, 4000)).await;
+        let mut bomb = spec(&slow, "bomb", 16 * MIB);
+        bomb.limits.as_mut().unwrap().timeout_ms = 600_000;
+        let bomb = submit(&mut client, bomb).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while corral_tests::server::children(agent).is_empty() {
+            assert!(Instant::now() < deadline, "no compile worker started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Another tenant's task of a compiled module runs meanwhile.
+        let mut other = spec(&trivial, "other", 16 * MIB);
+        other.tenant = "someone-else".into();
+        let other = submit(&mut client, other).await;
+        corral_tests::server::finished(&mut client, &other).await;
+        let still = get(&mut client, &bomb).await;
+        assert_eq!(still.state, state(pb::TaskState::Running), "{still:?}");
+        assert!(
+            !corral_tests::server::children(agent).is_empty(),
+            "the compile ended early"
+        );
+
+        // A kill stops the compile: the task ends KILLED and the worker is gone.
+        client
+            .kill_task(pb::KillTaskRequest {
+                task_id: bomb.clone(),
+            })
+            .await
+            .unwrap();
+        let killed = wait_until(&mut client, &bomb, Duration::from_secs(10), |t| {
+            t.state == state(pb::TaskState::Killed)
+        })
+        .await;
+        assert_eq!(
+            killed.outcome.as_ref().map(|o| o.kind),
+            Some(pb::OutcomeKind::Killed as i32)
+        );
+        assert!(
+            corral_tests::server::children(agent).is_empty(),
+            "the compile worker outlived the kill"
+        );
+    });
+}

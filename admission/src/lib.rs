@@ -10,14 +10,19 @@
 //! 1. it is at most [`Policy::max_module_bytes`] long (binary or text, checked before parsing);
 //! 2. it is a wasm binary, or WAT text that converts to one;
 //! 3. it validates with exactly the sandbox engine's feature set, [`FEATURES`];
-//! 4. it fits the sandbox's instance pool: at most [`MAX_MEMORIES`] memories and
+//! 4. it is within the structural limits that keep compiling it cheap: at most
+//!    [`MAX_FUNCTIONS`] functions, each of at most [`MAX_FUNCTION_BODY_BYTES`] bytes, with at
+//!    most [`MAX_FUNCTION_LOCALS`] locals and blocks nested at most [`MAX_NESTING`] deep;
+//!    checked as the module is read, so an absurd module is refused before the rest of it is
+//!    validated;
+//! 5. it fits the sandbox's instance pool: at most [`MAX_MEMORIES`] memories and
 //!    [`MAX_TABLES`] tables, tables of at most [`MAX_TABLE_ELEMENTS`] initial elements,
 //!    memories of at most [`MAX_MEMORY_BYTES`] initially, and instance state within
 //!    [`MAX_INSTANCE_BYTES`];
-//! 5. it exports `_start` as a function of type `() -> ()` (a WASI command);
-//! 6. every import is a function the sandbox provides, with the same type.
+//! 6. it exports `_start` as a function of type `() -> ()` (a WASI command);
+//! 7. every import is a function the sandbox provides, with the same type.
 //!
-//! Steps 1 to 5 refuse with [`RefusalKind::InvalidModule`], step 6 with
+//! Steps 1 to 6 refuse with [`RefusalKind::InvalidModule`], step 7 with
 //! [`RefusalKind::LinkError`]; the message names what is wrong (the import's module, name and
 //! type). `corral-agent` holds the feature set, the import table and the pool limits against
 //! its real engine, linker and pooling allocator in its tests.
@@ -72,6 +77,20 @@ pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 /// references, tables, memories, segments) a module may need, as bounded by
 /// [`instance_bytes_bound`]. The sandbox's pool allows this much per instance.
 pub const MAX_INSTANCE_BYTES: u64 = 16 << 20;
+
+/// Functions a module may have, imported and defined. Compiling costs time and memory per
+/// function: a 36 MB module of a million functions took 86 s and 5.7 GB; programs of a few MB
+/// built by LLVM have thousands to tens of thousands.
+pub const MAX_FUNCTIONS: u64 = 100_000;
+/// Bytes of one function's body (its locals and code).
+pub const MAX_FUNCTION_BODY_BYTES: usize = 2 << 20;
+/// Locals one function may declare, parameters not included (the JS API's limit, which every
+/// toolchain that targets browsers keeps to).
+pub const MAX_FUNCTION_LOCALS: u64 = 50_000;
+/// How deeply one function may nest blocks, loops, ifs and `try_table`s. Compile time grows
+/// with the square of the depth: 1,000 nested loops compile in 0.2 s, 6,000 in 2.7 s, 20,000
+/// in 16 s.
+pub const MAX_NESTING: u32 = 4_096;
 
 /// The name a WASI command exports as its entry point.
 pub const START: &str = "_start";
@@ -359,6 +378,56 @@ impl Shape {
     }
 }
 
+/// Validates one function's body, refusing it past the structural limits as soon as it is
+/// seen to be (its size before reading it, its locals as they are declared, its nesting as it
+/// deepens).
+fn validate_body(
+    func: &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+    body: &wasmparser::FunctionBody<'_>,
+    index: u32,
+) -> Result<(), String> {
+    let size = body.range().len();
+    if size > MAX_FUNCTION_BODY_BYTES {
+        return Err(format!(
+            "function {index} is {size} bytes; the sandbox allows at most \
+             {MAX_FUNCTION_BODY_BYTES} bytes per function"
+        ));
+    }
+    let mut reader = body.get_binary_reader();
+    let mut locals = 0u64;
+    let declarations = reader.read_var_u32().map_err(|e| e.to_string())?;
+    for _ in 0..declarations {
+        let offset = reader.original_position();
+        let count: u32 = reader.read().map_err(|e| e.to_string())?;
+        locals += u64::from(count);
+        if locals > MAX_FUNCTION_LOCALS {
+            return Err(format!(
+                "function {index} declares more than {MAX_FUNCTION_LOCALS} locals, the most the \
+                 sandbox allows"
+            ));
+        }
+        let ty = reader.read().map_err(|e| e.to_string())?;
+        func.define_locals(offset, count, ty)
+            .map_err(|e| e.to_string())?;
+    }
+    while !reader.eof() {
+        reader
+            .visit_operator(&mut func.visitor(reader.original_position()))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        // The function's own frame is the first on the stack.
+        if func.control_stack_height().saturating_sub(1) > MAX_NESTING {
+            return Err(format!(
+                "function {index} nests blocks more than {MAX_NESTING} deep, the most the \
+                 sandbox allows"
+            ));
+        }
+    }
+    reader
+        .finish_expression(&func.visitor(reader.original_position()))
+        .map_err(|e| e.to_string())
+}
+
 /// Validates `binary` with [`FEATURES`] and reads what admission checks from it.
 fn inspect(binary: &[u8]) -> Result<Shape, String> {
     let mut validator = Validator::new_with_features(FEATURES);
@@ -384,8 +453,9 @@ fn inspect(binary: &[u8]) -> Result<Shape, String> {
         match validator.payload(&payload).map_err(|e| e.to_string())? {
             ValidPayload::Ok => {}
             ValidPayload::Func(func, body) => {
+                let index = func.index;
                 let mut func = func.into_validator(allocations);
-                func.validate(&body).map_err(|e| e.to_string())?;
+                validate_body(&mut func, &body, index)?;
                 allocations = func.into_allocations();
             }
             ValidPayload::End(t) => types = Some(t),
@@ -410,7 +480,15 @@ fn inspect(binary: &[u8]) -> Result<Shape, String> {
                     ));
                 }
             }
-            Payload::FunctionSection(reader) => counts.functions += u64::from(reader.count()),
+            Payload::FunctionSection(reader) => {
+                counts.functions += u64::from(reader.count());
+                if counts.functions > MAX_FUNCTIONS {
+                    return Err(format!(
+                        "module has {} functions; the sandbox allows at most {MAX_FUNCTIONS}",
+                        counts.functions
+                    ));
+                }
+            }
             Payload::GlobalSection(reader) => counts.globals += u64::from(reader.count()),
             Payload::TagSection(reader) => counts.tags += u64::from(reader.count()),
             Payload::DataSection(reader) => counts.data_segments += u64::from(reader.count()),
@@ -500,6 +578,107 @@ mod tests {
 
     fn refused(wat: &str) -> Refused {
         admit(wat.as_bytes(), &Policy::default()).unwrap_err()
+    }
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    /// A binary module whose one function, exported as `_start: () -> ()`, has `body` (its
+    /// locals and code, `end` included) as is.
+    fn with_body(body: &[u8]) -> Vec<u8> {
+        let mut m = b"\0asm\x01\0\0\0".to_vec();
+        let section = |m: &mut Vec<u8>, id: u8, content: &[u8]| {
+            m.push(id);
+            leb(content.len(), m);
+            m.extend_from_slice(content);
+        };
+        section(&mut m, 1, &[1, 0x60, 0, 0]);
+        section(&mut m, 3, &[1, 0]);
+        section(&mut m, 7, &[1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 0]);
+        let mut code = vec![1];
+        leb(body.len(), &mut code);
+        code.extend_from_slice(body);
+        section(&mut m, 10, &code);
+        m
+    }
+
+    fn admitted(binary: &[u8]) -> Result<(), String> {
+        admit(binary, &Policy::default())
+            .map(|_| ())
+            .map_err(|r| r.message)
+    }
+
+    #[test]
+    fn too_many_functions_are_refused_naming_the_limit() {
+        let module = |n: u64| {
+            let funcs = "(func)".repeat(n as usize - 1);
+            wat::parse_str(format!(r#"(module {funcs} (func (export "_start")))"#)).unwrap()
+        };
+        admitted(&module(MAX_FUNCTIONS)).unwrap();
+        let message = admitted(&module(MAX_FUNCTIONS + 1)).unwrap_err();
+        assert!(message.contains("100001 functions"), "{message}");
+        assert!(message.contains("at most 100000"), "{message}");
+    }
+
+    #[test]
+    fn a_function_too_large_is_refused_naming_the_limit() {
+        let body = |nops: usize| {
+            let mut body = vec![0];
+            body.resize(1 + nops, 0x01);
+            body.push(0x0b);
+            body
+        };
+        admitted(&with_body(&body(MAX_FUNCTION_BODY_BYTES - 2))).unwrap();
+        let message = admitted(&with_body(&body(MAX_FUNCTION_BODY_BYTES - 1))).unwrap_err();
+        assert!(message.contains("function 0 is 2097153 bytes"), "{message}");
+        assert!(message.contains("at most 2097152 bytes"), "{message}");
+    }
+
+    #[test]
+    fn too_many_locals_are_refused_naming_the_limit() {
+        let body = |runs: &[u32]| {
+            let mut body = Vec::new();
+            leb(runs.len(), &mut body);
+            for run in runs {
+                leb(*run as usize, &mut body);
+                body.push(0x7f);
+            }
+            body.push(0x0b);
+            body
+        };
+        admitted(&with_body(&body(&[40_000, 10_000]))).unwrap();
+        let message = admitted(&with_body(&body(&[40_000, 10_001]))).unwrap_err();
+        assert!(message.contains("more than 50000 locals"), "{message}");
+        // A count that overflows u32 when summed is still refused by the limit.
+        let message = admitted(&with_body(&body(&[u32::MAX, u32::MAX]))).unwrap_err();
+        assert!(message.contains("more than 50000 locals"), "{message}");
+    }
+
+    #[test]
+    fn blocks_nested_too_deep_are_refused_naming_the_limit() {
+        let nested = |depth: u32| {
+            let mut body = vec![0];
+            for _ in 0..depth {
+                body.extend_from_slice(&[0x03, 0x40]);
+            }
+            body.resize(body.len() + depth as usize + 1, 0x0b);
+            with_body(&body)
+        };
+        admitted(&nested(MAX_NESTING)).unwrap();
+        let message = admitted(&nested(MAX_NESTING + 1)).unwrap_err();
+        assert!(message.contains("more than 4096 deep"), "{message}");
+        // The compile bomb of 20,000 nested loops is refused before it costs anything.
+        let message = admitted(&nested(20_000)).unwrap_err();
+        assert!(message.contains("nests blocks"), "{message}");
     }
 
     #[test]

@@ -172,6 +172,8 @@ impl Rig {
             data_dir: data.path().to_path_buf(),
             max_backoff: Duration::from_millis(200),
             resend_interval: resend,
+            compiler: Default::default(),
+            compile_budget: Default::default(),
         };
         tokio::spawn(daemon::run(config, std::future::pending()));
         let mut rig = Rig {
@@ -333,6 +335,17 @@ async fn a_refused_module_is_the_tasks_own_outcome() {
     assert_eq!(update.state, pb::TaskState::Failed as i32);
     assert_eq!(kind(&update), pb::OutcomeKind::LinkError);
     assert!(update.outcome.unwrap().message.contains("env::evil"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_data_dir_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let rig = Rig::start(Duration::from_secs(5)).await;
+    let mode = std::fs::metadata(rig.data.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,54 @@ pub struct FormatArg {
     pub format: Format,
 }
 
+/// The compile budget (`corral run`, `corral agent`, `corral dev`): what compiling one module
+/// may take, in a compile worker (`corral compile-worker`, this executable re-run).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct CompileArgs {
+    /// Longest compiling one module may take; past it the task ends `compile_limit` (exit 137).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub compile_timeout: Duration,
+    /// Most memory compiling one module may use (at least 64MiB); past it the task ends
+    /// `compile_limit`.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse_compile_memory)]
+    pub compile_memory: u64,
+}
+
+impl CompileArgs {
+    /// The budget.
+    pub fn budget(&self) -> corral_agent::sandbox::CompileBudget {
+        corral_agent::sandbox::CompileBudget {
+            time: self.compile_timeout,
+            memory_bytes: self.compile_memory,
+        }
+    }
+
+    /// The compile worker: this executable, re-run as `corral compile-worker`.
+    pub fn compiler() -> anyhow::Result<corral_agent::sandbox::Compiler> {
+        corral_agent::sandbox::Compiler::this_executable(&[COMPILE_WORKER])
+            .context("cannot find this executable to run compile workers")
+    }
+}
+
+/// A compile memory budget: a size of at least [`CompileBudget::MIN_MEMORY_BYTES`], which the
+/// compiler needs to start at all.
+///
+/// [`CompileBudget::MIN_MEMORY_BYTES`]: corral_agent::sandbox::CompileBudget::MIN_MEMORY_BYTES
+fn parse_compile_memory(arg: &str) -> Result<u64, String> {
+    let min = corral_agent::sandbox::CompileBudget::MIN_MEMORY_BYTES;
+    let size = parse_size(arg)?;
+    if size < min {
+        return Err(format!(
+            "{arg:?} is less than the {} the compiler needs to start",
+            bytesize::ByteSize(min).display().iec()
+        ));
+    }
+    Ok(size)
+}
+
+/// The hidden subcommand that is the compile worker.
+pub const COMPILE_WORKER: &str = "compile-worker";
+
 /// The module to run and the arguments its guest gets (`corral run`, `corral submit`).
 #[derive(Args, Debug)]
 pub struct ModuleArgs {

@@ -18,6 +18,7 @@
 //! | 134    | usage error (unknown flag, malformed value)                     |
 //! | 135    | `killed`: stopped by `corral task kill`                         |
 //! | 136    | the task was LOST with no attempts left                         |
+//! | 137    | `compile_limit`: compiling went over the compile budget         |
 
 use corral_proto::pb::OutcomeKind;
 
@@ -43,6 +44,8 @@ pub const USAGE: u8 = 134;
 pub const KILLED: u8 = 135;
 /// A cluster task ended LOST: its agent vanished and no attempts were left.
 pub const LOST: u8 = 136;
+/// `compile_limit`.
+pub const COMPILE_LIMIT: u8 = 137;
 
 /// The exit status for a run that ended with `kind` (and, for `exit`, the guest's code).
 pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {
@@ -61,6 +64,7 @@ pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {
         OutcomeKind::MemoryLimit => MEMORY_LIMIT,
         OutcomeKind::Timeout => TIMEOUT,
         OutcomeKind::Killed => KILLED,
+        OutcomeKind::CompileLimit => COMPILE_LIMIT,
         OutcomeKind::AgentError | OutcomeKind::Unspecified => CORRAL_FAILED,
     }
 }
@@ -82,6 +86,7 @@ mod tests {
             (OutcomeKind::Timeout, 132),
             (OutcomeKind::AgentError, 133),
             (OutcomeKind::Killed, 135),
+            (OutcomeKind::CompileLimit, 137),
         ];
         for (kind, code) in expected {
             assert_eq!(status(kind, 0), code, "{kind:?}");

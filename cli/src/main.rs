@@ -48,6 +48,9 @@ enum Command {
     Agents(client::agents::ListArgs),
     /// List the partitions of the agents' capacity.
     Partitions(client::agents::ListArgs),
+    /// Compile one module from stdin under a memory limit (run by Corral itself).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker,
 }
 
 /// tokio's default bound on blocking threads; guests run on them, one per running task.
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Task(command) => cluster(|| client::task::task(command)),
         Command::Agents(args) => cluster(|| client::agents::agents(args)),
         Command::Partitions(args) => cluster(|| client::agents::partitions(args)),
+        Command::CompileWorker => return corral_agent::sandbox::compile_worker_main(),
     };
     match result {
         Ok(code) => code,

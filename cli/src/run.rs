@@ -15,8 +15,8 @@ use corral_agent::sandbox::{
 use serde::Serialize;
 
 use crate::args::{
-    parse_dir, parse_duration, parse_env, parse_size, read_stdin, resolve_env, Format, FormatArg,
-    ModuleArgs,
+    parse_dir, parse_duration, parse_env, parse_size, read_stdin, resolve_env, CompileArgs, Format,
+    FormatArg, ModuleArgs,
 };
 use crate::exit;
 use crate::show::{self, ignore_closed_pipe};
@@ -79,6 +79,9 @@ pub struct RunArgs {
     no_cache: bool,
 
     #[command(flatten)]
+    compile: CompileArgs,
+
+    #[command(flatten)]
     guest: ModuleArgs,
 }
 
@@ -91,6 +94,7 @@ struct JsonReport<'a> {
     fuel_used: u64,
     peak_memory_bytes: u64,
     wall_ms: f64,
+    compile_ms: f64,
     cached: bool,
     module_sha256: &'a str,
     stdout: String,
@@ -151,6 +155,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir,
         max_module_bytes: args.max_module_size,
+        compiler: CompileArgs::compiler()?,
+        compile_budget: args.compile.budget(),
         ..SandboxConfig::default()
     })?;
     let report = sandbox.run(&module, &spec)?;
@@ -217,6 +223,7 @@ fn json_report(report: &RunReport) -> JsonReport<'_> {
         fuel_used: report.fuel_used,
         peak_memory_bytes: report.peak_memory_bytes,
         wall_ms: report.wall_time.as_secs_f64() * 1e3,
+        compile_ms: report.compile_time.as_secs_f64() * 1e3,
         cached: report.cached,
         module_sha256: &report.module_sha256,
         stdout: String::from_utf8_lossy(&report.stdout).into_owned(),

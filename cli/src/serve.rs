@@ -15,7 +15,7 @@ use corral_agent::daemon::{self, AgentConfig};
 use corral_host::config::HostConfig;
 use corral_host::control::ControlPlane;
 
-use crate::args::{parse_label, parse_size};
+use crate::args::{parse_label, parse_size, CompileArgs};
 
 /// Arguments of `corral host`.
 #[derive(Args, Debug)]
@@ -44,6 +44,8 @@ pub struct AgentCapacity {
     /// A label task constraints can match (`zone=eu-1`); repeatable.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    #[command(flatten)]
+    compile: CompileArgs,
 }
 
 /// Arguments of `corral agent`.
@@ -187,8 +189,8 @@ fn agent_config(
     capacity: &AgentCapacity,
     sharing: u32,
     data_dir: PathBuf,
-) -> AgentConfig {
-    AgentConfig {
+) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig {
         address: hostname(),
         id,
         host,
@@ -198,7 +200,9 @@ fn agent_config(
         data_dir,
         max_backoff: Duration::from_secs(10),
         resend_interval: AgentConfig::DEFAULT_RESEND_INTERVAL,
-    }
+        compiler: CompileArgs::compiler()?,
+        compile_budget: capacity.compile.budget(),
+    })
 }
 
 fn hostname() -> String {
@@ -238,7 +242,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => stored_agent_id(&data_dir)?,
     };
-    let config = agent_config(id, args.host, &args.capacity, 1, data_dir);
+    let config = agent_config(id, args.host, &args.capacity, 1, data_dir)?;
     eprintln!(
         "corral agent {} -> {} ({} slots, {})",
         config.id,
@@ -259,7 +263,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     for n in 1..=args.agents {
         let id = format!("dev-{n}");
         let dir = data_dir.join("agents").join(&id);
-        let config = agent_config(id, host.clone(), &args.capacity, args.agents, dir);
+        let config = agent_config(id, host.clone(), &args.capacity, args.agents, dir)?;
         agents.spawn(daemon::run(config, std::future::pending()));
     }
     eprintln!(
@@ -290,14 +294,18 @@ mod tests {
             slots: 4,
             memory: None,
             labels: Vec::new(),
+            compile: CompileArgs {
+                compile_timeout: Duration::from_secs(1),
+                compile_memory: 1 << 30,
+            },
         };
-        let dev = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new());
+        let dev = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new()).unwrap();
         assert_eq!(dev.memory_bytes * 2, whole / 2 * 2);
         let capacity = AgentCapacity {
             memory: Some(1 << 30),
             ..capacity
         };
-        let given = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new());
+        let given = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new()).unwrap();
         assert_eq!(given.memory_bytes, 1 << 30, "--memory is each agent's own");
     }
 }

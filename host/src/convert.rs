@@ -140,6 +140,7 @@ pub fn outcome_kind_to_pb(kind: OutcomeKind) -> pb::OutcomeKind {
         OutcomeKind::InvalidModule => pb::OutcomeKind::InvalidModule,
         OutcomeKind::Killed => pb::OutcomeKind::Killed,
         OutcomeKind::AgentError => pb::OutcomeKind::AgentError,
+        OutcomeKind::CompileLimit => pb::OutcomeKind::CompileLimit,
     }
 }
 
@@ -158,6 +159,7 @@ pub fn outcome_kind_from_pb(kind: i32) -> Option<OutcomeKind> {
         pb::OutcomeKind::InvalidModule => OutcomeKind::InvalidModule,
         pb::OutcomeKind::Killed => OutcomeKind::Killed,
         pb::OutcomeKind::AgentError => OutcomeKind::AgentError,
+        pb::OutcomeKind::CompileLimit => OutcomeKind::CompileLimit,
     })
 }
 

@@ -198,11 +198,13 @@ pub enum OutcomeKind {
     /// The agent failed to run the attempt (fetching the module, its disk, the sandbox): not
     /// the task's doing, so retried like a LOST attempt.
     AgentError,
+    /// Compiling the module went over the compile budget; it never ran.
+    CompileLimit,
 }
 
 impl OutcomeKind {
     /// Every kind.
-    pub const ALL: [OutcomeKind; 11] = [
+    pub const ALL: [OutcomeKind; 12] = [
         OutcomeKind::Success,
         OutcomeKind::Exit,
         OutcomeKind::OutOfFuel,
@@ -214,6 +216,7 @@ impl OutcomeKind {
         OutcomeKind::InvalidModule,
         OutcomeKind::Killed,
         OutcomeKind::AgentError,
+        OutcomeKind::CompileLimit,
     ];
 
     /// The kind's stable name, as in JSON (`out_of_fuel`).
@@ -230,6 +233,7 @@ impl OutcomeKind {
             OutcomeKind::InvalidModule => "invalid_module",
             OutcomeKind::Killed => "killed",
             OutcomeKind::AgentError => "agent_error",
+            OutcomeKind::CompileLimit => "compile_limit",
         }
     }
 

@@ -73,6 +73,13 @@ impl Cluster {
 
     /// Starts an agent of `slots` and `memory` (`1GiB`) with `labels` (`zone=eu-1`).
     pub fn start_agent(&mut self, id: &str, slots: u32, memory: &str, labels: &[&str]) {
+        let labels: Vec<String> = labels.iter().map(|l| format!("--label={l}")).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.start_agent_with(id, slots, memory, &labels);
+    }
+
+    /// Starts an agent of `slots` and `memory` with more flags of `corral agent`.
+    pub fn start_agent_with(&mut self, id: &str, slots: u32, memory: &str, flags: &[&str]) {
         let mut command = Command::new(crate::corral());
         command
             .args(["agent", "--host", &self.url, "--id", id, "--slots"])
@@ -81,9 +88,7 @@ impl Cluster {
             .arg(self.agent_dir(id))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        for label in labels {
-            command.args(["--label", label]);
-        }
+        command.args(flags);
         let child = command.spawn().expect("starting corral agent");
         self.agents.push((id.to_string(), child));
     }
@@ -94,6 +99,16 @@ impl Cluster {
             host.kill().expect("killing the host");
             host.wait().expect("reaping the host");
         }
+    }
+
+    /// An agent's process id.
+    pub fn agent_pid(&self, id: &str) -> u32 {
+        self.agents
+            .iter()
+            .find(|(a, _)| a == id)
+            .expect("a known agent")
+            .1
+            .id()
     }
 
     /// SIGKILLs an agent (it is reaped when the cluster is dropped).

@@ -303,3 +303,19 @@ fn clock_ticks() -> u64 {
         .parse()
         .expect("getconf CLK_TCK prints a number")
 }
+
+/// The process ids of `pid`'s children, from `/proc/<pid>/task/*/children`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    threads
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}

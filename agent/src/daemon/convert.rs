@@ -47,6 +47,7 @@ pub fn outcome_kind(outcome: &Outcome) -> pb::OutcomeKind {
         Outcome::LinkError { .. } => pb::OutcomeKind::LinkError,
         Outcome::InvalidModule { .. } => pb::OutcomeKind::InvalidModule,
         Outcome::Killed => pb::OutcomeKind::Killed,
+        Outcome::CompileLimit { .. } => pb::OutcomeKind::CompileLimit,
     }
 }
 
@@ -65,18 +66,6 @@ fn final_state(outcome: &Outcome) -> pb::TaskState {
         Outcome::Success => pb::TaskState::Finished,
         Outcome::Killed => pb::TaskState::Killed,
         _ => pb::TaskState::Failed,
-    }
-}
-
-/// A final update for an attempt that never ran because admission refused its module
-/// (`invalid_module` or `link_error`): the task's doing.
-pub fn refused(task: &pb::TaskRef, outcome: &Outcome) -> pb::StatusUpdate {
-    pb::StatusUpdate {
-        task: Some(task.clone()),
-        state: final_state(outcome) as i32,
-        outcome: Some(outcome_to_pb(outcome)),
-        output: Some(pb::TaskOutput::default()),
-        ..Default::default()
     }
 }
 

@@ -24,7 +24,9 @@ use corral_proto::pb;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::sandbox::{Outcome, PrepareError, PreparedModule, RunControl, Sandbox, SandboxConfig};
+use crate::sandbox::{
+    CompileBudget, Compiler, Prepared, PreparedModule, RunControl, Sandbox, SandboxConfig, Wait,
+};
 
 /// How an agent is set up.
 #[derive(Clone, Debug)]
@@ -47,6 +49,10 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// How long an unacknowledged final report waits before it is sent again.
     pub resend_interval: Duration,
+    /// Where modules are compiled (`corral agent` uses a compile worker).
+    pub compiler: Compiler,
+    /// What compiling one module may take.
+    pub compile_budget: CompileBudget,
 }
 
 impl AgentConfig {
@@ -68,12 +74,11 @@ pub enum AgentError {
 /// One attempt, as the agent keys it.
 type Key = (String, u32);
 
-/// Why an attempt's module is not ready to run.
-enum ModuleError {
-    /// Admission refused it (`invalid_module`, `link_error`): the task's doing.
-    Refused(Outcome),
-    /// The agent could not get it (the host unreachable, the bytes wrong): Corral's failure.
-    Agent(String),
+/// An attempt's module, as the agent has it: compiled already, or its bytes to admit and
+/// compile under the attempt's deadline and kill.
+enum Module {
+    Prepared(PreparedModule),
+    Bytes(Bytes),
 }
 
 struct Running {
@@ -89,7 +94,11 @@ struct Agent {
     unacked: Mutex<BTreeMap<Key, (pb::StatusUpdate, Instant)>>,
     /// Where reports go while a session is up.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
-    modules: tokio::sync::Mutex<HashMap<String, PreparedModule>>,
+    /// Modules this agent compiled, by sha256.
+    modules: Mutex<HashMap<String, PreparedModule>>,
+    /// One lock per module being fetched, so that its launches fetch it once; other modules'
+    /// launches never wait for it.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The host's module size cap, admitted under here too (what the host accepted runs).
     max_module_bytes: std::sync::atomic::AtomicU64,
 }
@@ -101,7 +110,8 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let endpoint = corral_proto::endpoint(&config.host)
         .map_err(|e| AgentError::HostUrl(config.host.clone(), e))?;
-    std::fs::create_dir_all(config.data_dir.join("modules"))
+    crate::sandbox::private_dir(&config.data_dir)
+        .and_then(|()| std::fs::create_dir_all(config.data_dir.join("modules")))
         .and_then(|()| std::fs::create_dir_all(config.data_dir.join("work")))
         .map_err(|e| {
             AgentError::Setup(format!(
@@ -112,6 +122,8 @@ pub async fn run(
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.data_dir.join("cache")),
         pool_slots: Some(config.slots.max(1)),
+        compiler: config.compiler.clone(),
+        compile_budget: config.compile_budget,
         ..SandboxConfig::default()
     })
     .map_err(|e| AgentError::Setup(e.to_string()))?;
@@ -122,7 +134,8 @@ pub async fn run(
         running: Mutex::new(HashMap::new()),
         unacked: Mutex::new(BTreeMap::new()),
         outbound: Mutex::new(None),
-        modules: tokio::sync::Mutex::new(HashMap::new()),
+        modules: Mutex::new(HashMap::new()),
+        fetching: Mutex::new(HashMap::new()),
         max_module_bytes: std::sync::atomic::AtomicU64::new(
             SandboxConfig::DEFAULT_MAX_MODULE_BYTES,
         ),
@@ -312,8 +325,7 @@ impl Agent {
         });
         let final_update = match self.module(&spec.module_sha256, client).await {
             Ok(module) => self.execute(&key, &spec, module, control).await,
-            Err(ModuleError::Refused(outcome)) => convert::refused(&task_ref, &outcome),
-            Err(ModuleError::Agent(message)) => {
+            Err(message) => {
                 tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
                 convert::agent_error(&task_ref, message)
             }
@@ -328,7 +340,7 @@ impl Agent {
         self: &Arc<Self>,
         key: &Key,
         spec: &pb::TaskSpec,
-        module: PreparedModule,
+        module: Module,
         control: RunControl,
     ) -> pb::StatusUpdate {
         let task_ref = convert::task_ref(key);
@@ -380,9 +392,39 @@ impl Agent {
                 }
             })
         };
-        let sandbox = self.sandbox.clone();
-        let result =
-            tokio::task::spawn_blocking(move || sandbox.run_module(&module, &run_spec)).await;
+        // The attempt's clock starts here: compiling counts in its wall time and against its
+        // timeout, and its kill stops the compile.
+        let agent = self.clone();
+        let sha256 = spec.module_sha256.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let prepared = match module {
+                Module::Prepared(module) => Ok(Prepared {
+                    module,
+                    cached: true,
+                }),
+                Module::Bytes(bytes) => {
+                    let cap = agent
+                        .max_module_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let wait = Wait {
+                        deadline: started.checked_add(run_spec.limits.timeout),
+                        control: Some(&control),
+                    };
+                    let prepared = agent.sandbox.prepare_for(&bytes, cap, wait);
+                    if let Ok(prepared) = &prepared {
+                        let mut modules = lock(&agent.modules);
+                        if modules.len() >= 256 {
+                            modules.clear();
+                        }
+                        modules.insert(sha256, prepared.module.clone());
+                    }
+                    prepared
+                }
+            };
+            agent.sandbox.run_prepared(prepared, &run_spec, started)
+        })
+        .await;
         reporter.abort();
         let limit = spec.limits.as_ref().map_or(0, |l| l.max_output_bytes);
         let files = output_dir
@@ -410,22 +452,22 @@ impl Agent {
         }
     }
 
-    /// The prepared module for `sha256`: from memory, from disk, or fetched from the host.
-    async fn module(
-        &self,
-        sha256: &str,
-        mut client: Client,
-    ) -> Result<PreparedModule, ModuleError> {
-        let mut modules = self.modules.lock().await;
-        if let Some(module) = modules.get(sha256) {
-            return Ok(module.clone());
+    /// The module for `sha256`: compiled already, or its bytes from disk or from the host.
+    async fn module(&self, sha256: &str, mut client: Client) -> Result<Module, String> {
+        if let Some(module) = lock(&self.modules).get(sha256) {
+            return Ok(Module::Prepared(module.clone()));
         }
         let agent = &self.config.id;
         if !corral_admission::is_sha256_hex(sha256) {
-            return Err(ModuleError::Agent(format!(
+            return Err(format!(
                 "agent {agent} was launched a task whose module sha256 {sha256:?} is malformed"
-            )));
+            ));
         }
+        let fetch_lock = lock(&self.fetching)
+            .entry(sha256.to_string())
+            .or_default()
+            .clone();
+        let _fetching = fetch_lock.lock().await;
         let path = self
             .config
             .data_dir
@@ -444,7 +486,14 @@ impl Agent {
                     );
                     let _ = std::fs::remove_file(&path);
                 }
-                let bytes = self.fetch(sha256, &mut client).await?;
+                let fetched = self.fetch(sha256, &mut client).await;
+                let bytes = match fetched {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        lock(&self.fetching).remove(sha256);
+                        return Err(e);
+                    }
+                };
                 if let Err(e) = keep(&path, &bytes) {
                     // The run goes on from memory; the next process fetches it again.
                     tracing::warn!(sha256, error = %e, "cannot keep the module on disk");
@@ -452,38 +501,18 @@ impl Agent {
                 bytes
             }
         };
-        let sandbox = self.sandbox.clone();
-        let cap = self
-            .max_module_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare_within(&bytes, cap))
-            .await
-            .map_err(|e| {
-                ModuleError::Agent(format!(
-                    "agent {agent}: compiling module {sha256} failed: {e}"
-                ))
-            })?;
-        match prepared {
-            Ok(prepared) => {
-                if modules.len() >= 256 {
-                    modules.clear();
-                }
-                modules.insert(sha256.to_string(), prepared.module.clone());
-                Ok(prepared.module)
-            }
-            Err(PrepareError::Refused(rejection)) => Err(ModuleError::Refused(rejection.outcome)),
-            Err(PrepareError::Sandbox(e)) => Err(ModuleError::Agent(format!("agent {agent}: {e}"))),
-        }
+        lock(&self.fetching).remove(sha256);
+        Ok(Module::Bytes(bytes))
     }
 
     /// A module's bytes from the host, checked against the sha256 they are named by.
-    async fn fetch(&self, sha256: &str, client: &mut Client) -> Result<Bytes, ModuleError> {
+    async fn fetch(&self, sha256: &str, client: &mut Client) -> Result<Bytes, String> {
         let agent = &self.config.id;
         let fetch_error = |e: tonic::Status| {
-            ModuleError::Agent(format!(
+            format!(
                 "agent {agent} cannot fetch module {sha256} from the host: {}",
                 e.message()
-            ))
+            )
         };
         let mut stream = client
             .fetch_module(pb::FetchModuleRequest {
@@ -498,10 +527,10 @@ impl Agent {
         }
         let got = corral_admission::sha256_of(&bytes);
         if got != sha256 {
-            return Err(ModuleError::Agent(format!(
+            return Err(format!(
                 "agent {agent} fetched {} bytes for module {sha256} that hash to {got}",
                 bytes.len()
-            )));
+            ));
         }
         Ok(Bytes::from(bytes))
     }

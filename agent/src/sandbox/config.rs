@@ -4,15 +4,26 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::compiler::{CompileBudget, Compiler};
+
 /// How a [`Sandbox`](super::Sandbox) is built. One per process is the intended use.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
     /// Largest module accepted, in bytes (binary or text form).
     pub max_module_bytes: u64,
-    /// Where compiled code is cached across processes; `None` disables the on-disk cache.
-    /// wasmtime's cache lives in its own subdirectory, [`WASMTIME_CACHE_SUBDIR`], because it
-    /// prunes files it does not recognise in its directory.
+    /// Where compiled code is cached across processes (in its subdirectory
+    /// [`CODE_CACHE_SUBDIR`], private to this user, every entry verified before it is loaded);
+    /// `None` disables the on-disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of compiled code the on-disk cache keeps; past it the least recently used entries
+    /// are removed.
+    pub max_cache_bytes: u64,
+    /// Where modules are compiled: in a child process under [`SandboxConfig::compile_budget`]
+    /// (what `corral` does), or on the calling thread with no budget (the library's default,
+    /// for tests and trusted modules).
+    pub compiler: Compiler,
+    /// What compiling one module may take, in a compile worker.
+    pub compile_budget: CompileBudget,
     /// Compiled modules kept in memory; the oldest admitted goes first.
     pub max_cached_modules: usize,
     /// Bytes of native stack wasm may use before the run ends in `stack_overflow`.
@@ -49,14 +60,16 @@ pub const YIELD_FUEL: u64 = 1_000_000;
 /// Bytes of linear memory a pooled slot holds per memory: all of a 32-bit address space.
 pub(crate) const POOL_MEMORY_BYTES: u64 = corral_admission::MAX_MEMORY_BYTES;
 
-/// The subdirectory of [`SandboxConfig::cache_dir`] that wasmtime's compiled-code cache owns.
-pub const WASMTIME_CACHE_SUBDIR: &str = "wasmtime";
+/// The subdirectory of [`SandboxConfig::cache_dir`] that holds compiled code.
+pub const CODE_CACHE_SUBDIR: &str = "code";
 
 impl SandboxConfig {
     /// Default module size cap: 64 MiB.
     pub const DEFAULT_MAX_MODULE_BYTES: u64 = corral_admission::Policy::DEFAULT_MAX_MODULE_BYTES;
     /// Default number of pooled instance slots (concurrent runs).
     pub const DEFAULT_POOL_SLOTS: u32 = 16;
+    /// Default size of the on-disk compiled-code cache: 1 GiB.
+    pub const DEFAULT_MAX_CACHE_BYTES: u64 = 1 << 30;
 
     /// Whether runs are timed out and killed by epochs rather than fuel yields.
     pub(crate) fn uses_epochs(&self) -> bool {
@@ -69,6 +82,9 @@ impl Default for SandboxConfig {
         Self {
             max_module_bytes: Self::DEFAULT_MAX_MODULE_BYTES,
             cache_dir: None,
+            max_cache_bytes: Self::DEFAULT_MAX_CACHE_BYTES,
+            compiler: Compiler::InProcess,
+            compile_budget: CompileBudget::default(),
             max_cached_modules: 256,
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(5),

@@ -1,13 +1,13 @@
 //! The engine and the linker, made once per [`Sandbox`](super::Sandbox): Cranelift at `Speed`,
 //! fuel metering with async yields (or epochs, when measuring without fuel), a bounded wasm
-//! stack, the pooling allocator sized by admission's limits, wasmtime's on-disk code cache, and
-//! a linker with exactly what admission's import table lists.
+//! stack, the pooling allocator sized by admission's limits, and a linker with exactly what
+//! admission's import table lists.
 
 use std::time::Duration;
 
-use wasmtime::{Cache, CacheConfig, Config, Engine, Linker};
+use wasmtime::{Config, Engine, Linker};
 
-use super::config::{SandboxConfig, POOL_MEMORY_BYTES, POOL_TABLE_ELEMENTS, WASMTIME_CACHE_SUBDIR};
+use super::config::{SandboxConfig, POOL_MEMORY_BYTES, POOL_TABLE_ELEMENTS};
 use super::execute::RunState;
 use super::{guest_api, sleep, SandboxError};
 
@@ -43,29 +43,6 @@ pub(crate) fn engine_config(config: &SandboxConfig) -> Config {
         wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     wasm
-}
-
-/// wasmtime's compiled-code cache in `<cache_dir>/wasmtime`, set on `wasm`.
-pub(crate) fn disk_cache(
-    config: &SandboxConfig,
-    wasm: &mut Config,
-) -> Result<Option<Cache>, SandboxError> {
-    let Some(dir) = &config.cache_dir else {
-        return Ok(None);
-    };
-    // wasmtime wants an absolute path.
-    let dir = std::path::absolute(dir.join(WASMTIME_CACHE_SUBDIR))
-        .unwrap_or_else(|_| dir.join(WASMTIME_CACHE_SUBDIR));
-    let cache_error = |message: String| SandboxError::Cache {
-        path: dir.clone(),
-        message,
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| cache_error(e.to_string()))?;
-    let mut cache_config = CacheConfig::new();
-    cache_config.with_directory(&dir);
-    let cache = Cache::new(cache_config).map_err(|e| cache_error(format!("{e:#}")))?;
-    wasm.cache(Some(cache.clone()));
-    Ok(Some(cache))
 }
 
 /// The linker: WASI preview1 (with `poll_oneoff` shadowed, see `sleep.rs`) and the `corral`

@@ -3,7 +3,7 @@
 //! the calling (blocking) thread under the wall-clock timeout, selected with the kill, and
 //! classifies how it ended.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -51,8 +51,20 @@ impl Sandbox {
         module: &PreparedModule,
         spec: &RunSpec,
     ) -> Result<RunReport, SandboxError> {
+        self.run_module_after(module, spec, Duration::ZERO)
+    }
+
+    /// [`Sandbox::run_module`] for a run that already spent `compile_time` preparing its module:
+    /// that much less of its timeout is left, and it counts in the report's wall time.
+    pub fn run_module_after(
+        &self,
+        module: &PreparedModule,
+        spec: &RunSpec,
+        compile_time: Duration,
+    ) -> Result<RunReport, SandboxError> {
         let inner = &*self.inner;
         let limits = &spec.limits;
+        let timeout = limits.timeout.saturating_sub(compile_time);
         let stdout = CappedOutput::new(limits.max_stdout_bytes);
         let stderr = CappedOutput::new(limits.max_stderr_bytes);
         // A module that imports no WASI never reaches the context; granted dirs still get one,
@@ -89,7 +101,7 @@ impl Sandbox {
         }
         if inner.config.uses_epochs() {
             // Every epoch tick: stop if killed or out of time, else go on.
-            let deadline = epoch_ticks(limits.timeout, inner.config.epoch_tick);
+            let deadline = epoch_ticks(timeout, inner.config.epoch_tick);
             let mut ticks = 0u64;
             let control = spec.control.clone();
             store.set_epoch_deadline(1);
@@ -126,11 +138,11 @@ impl Sandbox {
         };
         let result = block_on(async {
             tokio::select! {
-                result = tokio::time::timeout(limits.timeout, guest) => result,
+                result = tokio::time::timeout(timeout, guest) => result,
                 () = killed => Ok(Err(wasmtime::Error::from(Trap::Interrupt))),
             }
         });
-        let wall_time = started.elapsed();
+        let wall_time = started.elapsed() + compile_time;
 
         let killed = spec.control.as_ref().is_some_and(RunControl::is_killed);
         let cap_hit = store.data().limiter.cap_hit;
@@ -160,6 +172,7 @@ impl Sandbox {
             fuel_used,
             peak_memory_bytes: state.limiter.peak_memory as u64,
             wall_time,
+            compile_time,
             cached: true,
             module_sha256: module.inner.sha256.clone(),
             stdout,

@@ -6,11 +6,14 @@
 //! # Life of a run
 //! 1. **Admission and compilation** ([`Sandbox::prepare`], `modules.rs`): the module is
 //!    admitted by [`corral_admission::admit`], the same check the host makes at upload (size
-//!    cap, WAT to binary, validation with the engine's features, pool limits, a `() -> ()`
-//!    `_start`, imports the sandbox provides), then compiled once per sha256 per process
-//!    (served from wasmtime's on-disk cache across processes) and linked into an
-//!    [`wasmtime::InstancePre`] that every later run of the module reuses. A module refused
-//!    here yields `invalid_module` or `link_error` and never runs.
+//!    cap, WAT to binary, validation with the engine's features, structural and pool limits, a
+//!    `() -> ()` `_start`, imports the sandbox provides), then compiled once per sha256 per
+//!    process and linked into an [`wasmtime::InstancePre`] that every later run of the module
+//!    reuses. Compiling happens in a child process under the [`CompileBudget`] when the config
+//!    says so (`compiler.rs`), counts in the run's wall time and against its timeout, and is
+//!    stopped by a kill; compiled code is kept on disk and verified before it is loaded
+//!    (`code_cache.rs`). A module refused here yields `invalid_module`, `link_error` or
+//!    `compile_limit` and never runs.
 //! 2. **Execution** ([`Sandbox::run_module`], `execute.rs`): a fresh [`wasmtime::Store`] in a
 //!    pool slot, with a fuel budget, a resource limiter and, for modules that import WASI, a
 //!    preview1 context; `_start` is driven as a future on the calling (blocking) thread. A
@@ -26,8 +29,10 @@
 //! | `spec.rs` | [`RunSpec`], [`DirGrant`] |
 //! | `limits.rs` | [`Limits`] and their defaults |
 //! | `control.rs` | [`RunControl`] (kill, live fuel) and the fuel-yield counter |
-//! | `engine.rs` | the engine's settings, the linker, the on-disk code cache, epochs |
-//! | `modules.rs` | [`Sandbox::prepare`]: admission, the compiled-module cache, linking |
+//! | `engine.rs` | the engine's settings, the linker, epochs |
+//! | `modules.rs` | [`Sandbox::prepare`]: admission, the compiled-module cache, linking, the one `unsafe` block |
+//! | `compiler.rs` | [`Compiler`], [`CompileBudget`], the compile worker and its protocol |
+//! | `code_cache.rs` | the on-disk compiled-code cache, verified, private and bounded |
 //! | `slots.rs` | the gate in front of the pool's instance slots |
 //! | `execute.rs` | [`Sandbox::run_module`]: the store, WASI context, timeout and kill |
 //! | `classify.rs` | how a run ended, as an [`Outcome`] |
@@ -41,6 +46,8 @@
 //! [`Sandbox::run_async`], which moves the run onto tokio's blocking pool.
 
 mod classify;
+mod code_cache;
+mod compiler;
 mod config;
 mod control;
 mod engine;
@@ -57,11 +64,14 @@ mod spec;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use wasmtime::{Cache, Engine, Linker};
+use wasmtime::{Engine, Linker};
 
+pub use code_cache::private_dir;
+pub use compiler::{compile_worker_main, CompileBudget, Compiler, Wait};
 pub use config::{
-    default_cache_dir, SandboxConfig, POOL_TABLE_ELEMENTS, WASMTIME_CACHE_SUBDIR, YIELD_FUEL,
+    default_cache_dir, SandboxConfig, CODE_CACHE_SUBDIR, POOL_TABLE_ELEMENTS, YIELD_FUEL,
 };
 pub use control::RunControl;
 pub use guest_api::{
@@ -73,6 +83,7 @@ pub use modules::{PrepareError, Prepared, PreparedModule, Rejection};
 pub use outcome::{GuestEvent, LogLevel, LogRecord, Outcome, Progress, RunReport};
 pub use spec::{DirGrant, RunSpec};
 
+use code_cache::CodeCache;
 use execute::RunState;
 use modules::ModuleCache;
 use slots::SlotGate;
@@ -105,8 +116,9 @@ pub enum SandboxError {
     /// The run's blocking task was cancelled or panicked.
     #[error("the sandbox thread running the task failed: {0}")]
     Join(String),
-    /// A module that passed admission did not compile or link: admission and the engine
-    /// disagree, or the engine ran out of resources. Not the module's fault, and not cached.
+    /// A module that passed admission did not compile or link for a reason that is not its own
+    /// (not the compile budget): the compile worker could not run or crashed, or admission and
+    /// the engine disagree. Not cached.
     #[error("cannot compile module {sha256}: {message}")]
     Compile {
         /// The module.
@@ -124,9 +136,8 @@ pub(crate) struct Inner {
     pub(crate) config: SandboxConfig,
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<RunState>,
-    pub(crate) disk_cache: Option<Cache>,
-    /// Serialises compilations so that the disk cache's hit counter can be attributed to one.
-    pub(crate) compile_lock: Mutex<()>,
+    /// Verified compiled code on disk.
+    pub(crate) code_cache: Option<CodeCache>,
     /// Free pooled instance slots, when pooling.
     pub(crate) slots: Option<SlotGate>,
     pub(crate) modules: Mutex<ModuleCache>,
@@ -156,10 +167,23 @@ impl Sandbox {
     /// pooling allocator), the linker (WASI preview1 and the `corral` module) and, only when
     /// runs are timed by epochs rather than fuel, the epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let mut wasm = engine::engine_config(&config);
-        let disk_cache = engine::disk_cache(&config, &mut wasm)?;
+        let wasm = engine::engine_config(&config);
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let linker = engine::linker(&engine)?;
+        let code_cache = match &config.cache_dir {
+            Some(dir) => {
+                let dir = dir.join(CODE_CACHE_SUBDIR);
+                Some(
+                    CodeCache::open(&dir, &engine, config.max_cache_bytes).map_err(|e| {
+                        SandboxError::Cache {
+                            path: dir.clone(),
+                            message: e.to_string(),
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
         if config.uses_epochs() {
             engine::start_epoch_ticker(&engine, config.epoch_tick);
         }
@@ -169,8 +193,7 @@ impl Sandbox {
                 config,
                 engine,
                 linker,
-                disk_cache,
-                compile_lock: Mutex::new(()),
+                code_cache,
                 modules: Mutex::new(ModuleCache::default()),
             }),
         })
@@ -181,21 +204,51 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// Admits `bytes` and runs them under `spec`. A rejected module is reported as its
-    /// `invalid_module` or `link_error` outcome. Blocks the calling thread until the run ends.
+    /// Admits `bytes`, compiles them and runs them under `spec`. A rejected module is
+    /// reported as its `invalid_module`, `link_error` or `compile_limit` outcome. Compiling
+    /// counts in the run's wall time and against its timeout, and a kill stops it. Blocks the
+    /// calling thread until the run ends.
     ///
     /// This admits (validates) `bytes` on every call, in time proportional to the module's
     /// size. To run one module many times, [`Sandbox::prepare`] it once and use
     /// [`Sandbox::run_module`].
     pub fn run(&self, bytes: &[u8], spec: &RunSpec) -> Result<RunReport, SandboxError> {
-        match self.prepare(bytes) {
+        let started = Instant::now();
+        let wait = Wait {
+            deadline: started.checked_add(spec.limits.timeout),
+            control: spec.control.as_ref(),
+        };
+        let prepared = self.prepare_for(bytes, self.inner.config.max_module_bytes, wait);
+        self.run_prepared(prepared, spec, started)
+    }
+
+    /// Runs what [`Sandbox::prepare_for`] gave, for a run that started at `started` (its
+    /// compile counts in its wall time and against its timeout): the module under `spec`, or
+    /// the report of a run that ended before it began.
+    pub fn run_prepared(
+        &self,
+        prepared: Result<Prepared, PrepareError>,
+        spec: &RunSpec,
+        started: Instant,
+    ) -> Result<RunReport, SandboxError> {
+        match prepared {
             Ok(prepared) => {
-                let mut report = self.run_module(&prepared.module, spec)?;
+                let mut report =
+                    self.run_module_after(&prepared.module, spec, started.elapsed())?;
                 report.cached = prepared.cached;
                 Ok(report)
             }
             Err(PrepareError::Refused(rejection)) => {
-                Ok(RunReport::rejected(rejection.outcome, rejection.sha256))
+                let mut report = RunReport::rejected(rejection.outcome, rejection.sha256);
+                report.wall_time = started.elapsed();
+                report.compile_time = report.wall_time;
+                Ok(report)
+            }
+            Err(PrepareError::Stopped(outcome)) => {
+                let mut report = RunReport::rejected(outcome, String::new());
+                report.wall_time = started.elapsed();
+                report.compile_time = report.wall_time;
+                Ok(report)
             }
             Err(PrepareError::Sandbox(error)) => Err(error),
         }

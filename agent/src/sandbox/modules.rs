@@ -1,14 +1,18 @@
 //! Admission and compilation: [`Sandbox::prepare`] admits a module with
-//! [`corral_admission::admit`], compiles it once per sha256 per process (served from
-//! wasmtime's on-disk cache across processes) and links it into an [`InstancePre`] that every
-//! later run of the module reuses.
+//! [`corral_admission::admit`], compiles it once per sha256 per process (in a compile worker
+//! under the compile budget, see `compiler.rs`; served from the verified on-disk cache across
+//! processes, see `code_cache.rs`) and links it into an [`InstancePre`] that every later run of
+//! the module reuses.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use corral_admission::{admit, Policy, RefusalKind};
-use wasmtime::{Cache, InstancePre, Module};
+use wasmtime::{Engine, InstancePre, Module};
 
+use super::code_cache::Verified;
+use super::compiler::{compile_in_worker, is_engine_limit, CompileFailure, Compiler, Wait};
 use super::execute::RunState;
 use super::outcome::Outcome;
 use super::{Sandbox, SandboxError};
@@ -44,39 +48,60 @@ pub struct Prepared {
     pub cached: bool,
 }
 
-/// A module refused at admission, with the outcome that says why.
+/// A module refused at admission or by the compile budget, with the outcome that says why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// Hex sha256 of the bytes as given (of the binary form where the text parsed).
     pub sha256: String,
-    /// `invalid_module` or `link_error`.
+    /// `invalid_module`, `link_error` or `compile_limit`.
     pub outcome: Outcome,
 }
 
 /// Why [`Sandbox::prepare`] did not make a module runnable.
 #[derive(Debug)]
 pub enum PrepareError {
-    /// Admission refused it: the module's doing (`invalid_module`, `link_error`).
+    /// Admission or the compile budget refused it: the module's doing (`invalid_module`,
+    /// `link_error`, `compile_limit`).
     Refused(Rejection),
+    /// The run was killed or ran out of time while its module compiled (`killed`, `timeout`).
+    Stopped(Outcome),
     /// An admitted module did not compile or link: Corral's failure.
     Sandbox(SandboxError),
 }
 
-/// A compiled module, or what the engine said when it failed (then the slot is dropped, so
-/// the next admission of the module compiles it again).
-type Slot = Arc<OnceLock<Result<Arc<Compiled>, String>>>;
+/// Where one module's compilation stands. The first run to need it compiles it (the owner);
+/// runs that need it meanwhile wait, each under its own deadline and kill.
+#[derive(Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
 
-/// Compiled modules by sha256; each slot is filled exactly once, so concurrent admissions of
-/// the same module compile it once.
+#[derive(Default)]
+enum SlotState {
+    /// Nobody is compiling it: the next run to look compiles it.
+    #[default]
+    Idle,
+    Compiling,
+    /// Compiled, or refused by the compiler (then the slot has left the cache, so the next
+    /// admission compiles again, and only the runs that waited share the verdict).
+    Done(Result<Arc<Compiled>, CompileFailure>),
+}
+
+/// How often a run waiting for another's compile looks at its own deadline and kill.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// Compiled modules by sha256. Concurrent admissions of the same module compile it once; other
+/// modules are never held up by it.
 #[derive(Default)]
 pub(crate) struct ModuleCache {
-    slots: HashMap<[u8; 32], Slot>,
+    slots: HashMap<[u8; 32], Arc<Slot>>,
     order: VecDeque<[u8; 32]>,
 }
 
 impl ModuleCache {
     /// Drops `slot` for `digest`, if it is still the cache's.
-    fn forget(&mut self, digest: &[u8; 32], slot: &Slot) {
+    fn forget(&mut self, digest: &[u8; 32], slot: &Arc<Slot>) {
         if self.slots.get(digest).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             self.slots.remove(digest);
             self.order.retain(|d| d != digest);
@@ -84,11 +109,11 @@ impl ModuleCache {
     }
 
     /// The slot of `digest`, made (and the oldest slots dropped past `max`) if it is new.
-    fn slot(&mut self, digest: [u8; 32], max: usize) -> Slot {
+    fn slot(&mut self, digest: [u8; 32], max: usize) -> Arc<Slot> {
         if let Some(slot) = self.slots.get(&digest) {
             return slot.clone();
         }
-        let slot = Slot::default();
+        let slot = Arc::<Slot>::default();
         self.slots.insert(digest, slot.clone());
         self.order.push_back(digest);
         while self.order.len() > max.max(1) {
@@ -100,20 +125,49 @@ impl ModuleCache {
     }
 }
 
+/// Puts an owner's slot back to idle if its compile unwinds, so that waiters do not wait for a
+/// result that will never come.
+struct Owner<'a>(Option<&'a Slot>);
+
+impl Owner<'_> {
+    fn finish(mut self, result: Option<Result<Arc<Compiled>, CompileFailure>>) {
+        if let Some(slot) = self.0.take() {
+            *lock(&slot.state) = result.map_or(SlotState::Idle, SlotState::Done);
+            slot.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Owner<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            *lock(&slot.state) = SlotState::Idle;
+            slot.changed.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Sandbox {
     /// Admits a module given as wasm binary or WAT text ([`corral_admission::admit`]: size cap,
-    /// validation, pool limits, `_start`, imports), then compiles it (once per sha256) and
-    /// links it.
+    /// validation, structural and pool limits, `_start`, imports), then compiles it (once per
+    /// sha256) and links it. Waits as long as compiling takes.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared, PrepareError> {
-        self.prepare_within(bytes, self.inner.config.max_module_bytes)
+        self.prepare_for(bytes, self.inner.config.max_module_bytes, Wait::default())
     }
 
     /// [`Sandbox::prepare`] under a size cap of `max_module_bytes` instead of the config's (an
-    /// agent admits under its host's cap).
-    pub fn prepare_within(
+    /// agent admits under its host's cap), for a run that stops waiting for the compile when
+    /// `wait`'s deadline passes or its control is killed ([`PrepareError::Stopped`]). A compile
+    /// in a worker is then killed, unless another run is waiting for it too.
+    pub fn prepare_for(
         &self,
         bytes: &[u8],
         max_module_bytes: u64,
+        wait: Wait<'_>,
     ) -> Result<Prepared, PrepareError> {
         let inner = &*self.inner;
         let policy = Policy { max_module_bytes };
@@ -144,90 +198,185 @@ impl Sandbox {
             })
         })?;
         let sha256 = admitted.sha256_hex();
-        let slot = inner
-            .modules
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .slot(admitted.sha256, inner.config.max_cached_modules);
-        let mut compiled_here = None;
-        let result = slot.get_or_init(|| {
-            let (result, from_disk) =
-                self.compile(&admitted.binary, sha256.clone(), admitted.imports_wasi);
-            compiled_here = Some(from_disk);
-            result
-        });
-        match result {
-            Ok(compiled) => Ok(Prepared {
-                module: PreparedModule {
-                    inner: compiled.clone(),
+        let slot = lock(&inner.modules).slot(admitted.sha256, inner.config.max_cached_modules);
+        let failed = |failure: &CompileFailure| match failure {
+            CompileFailure::Limit(message) => PrepareError::Refused(Rejection {
+                sha256: sha256.clone(),
+                outcome: Outcome::CompileLimit {
+                    message: message.clone(),
                 },
-                cached: compiled_here.unwrap_or(true),
             }),
-            Err(message) => {
-                let message = message.clone();
-                inner
-                    .modules
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .forget(&admitted.sha256, &slot);
-                Err(PrepareError::Sandbox(SandboxError::Compile {
-                    sha256,
-                    message,
-                }))
+            CompileFailure::Stopped(outcome) => PrepareError::Stopped(outcome.clone()),
+            CompileFailure::Failed(message) => PrepareError::Sandbox(SandboxError::Compile {
+                sha256: sha256.clone(),
+                message: message.clone(),
+            }),
+        };
+        // Wait for whoever compiles it, or become the one who does.
+        {
+            let mut state = lock(&slot.state);
+            loop {
+                match &*state {
+                    SlotState::Done(Ok(compiled)) => {
+                        return Ok(Prepared {
+                            module: PreparedModule {
+                                inner: compiled.clone(),
+                            },
+                            cached: true,
+                        })
+                    }
+                    SlotState::Done(Err(failure)) => return Err(failed(failure)),
+                    SlotState::Compiling => {
+                        if let Some(stopped) = wait.stopped() {
+                            return Err(PrepareError::Stopped(stopped));
+                        }
+                        state = slot
+                            .changed
+                            .wait_timeout(state, WAIT_POLL)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    SlotState::Idle => {
+                        *state = SlotState::Compiling;
+                        break;
+                    }
+                }
+            }
+        }
+        let owner = Owner(Some(&slot));
+        let result = self.compile(
+            &admitted.binary,
+            sha256.clone(),
+            admitted.imports_wasi,
+            wait,
+        );
+        match result {
+            Ok((compiled, from_disk)) => {
+                owner.finish(Some(Ok(compiled.clone())));
+                Ok(Prepared {
+                    module: PreparedModule { inner: compiled },
+                    cached: from_disk,
+                })
+            }
+            Err(failure) => {
+                let error = failed(&failure);
+                if matches!(failure, CompileFailure::Stopped(_)) {
+                    // Not the module's verdict: a waiting run compiles it instead.
+                    owner.finish(None);
+                } else {
+                    owner.finish(Some(Err(failure)));
+                    lock(&inner.modules).forget(&admitted.sha256, &slot);
+                }
+                Err(error)
             }
         }
     }
 
     /// The module compiled from a binary of this digest, if this process has it.
     fn compiled(&self, digest: &[u8; 32]) -> Option<PreparedModule> {
-        let modules = self
-            .inner
-            .modules
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match modules.slots.get(digest)?.get()? {
-            Ok(compiled) => Some(PreparedModule {
+        let slot = lock(&self.inner.modules).slots.get(digest)?.clone();
+        let state = lock(&slot.state);
+        match &*state {
+            SlotState::Done(Ok(compiled)) => Some(PreparedModule {
                 inner: compiled.clone(),
             }),
-            Err(_) => None,
+            _ => None,
         }
     }
 
-    /// Compiles and links an admitted module; the flag says whether the code came from the disk
-    /// cache. Admission has checked everything compiling and linking check, so a failure here
-    /// is the engine's (what it says is the error).
+    /// Compiles (or loads verified code from the disk cache) and links an admitted module; the
+    /// flag says whether the code came from the disk cache. Admission has checked everything
+    /// linking checks, so a link failure is the engine's.
     fn compile(
         &self,
         binary: &[u8],
         sha256: String,
         uses_wasi: bool,
-    ) -> (Result<Arc<Compiled>, String>, bool) {
+        wait: Wait<'_>,
+    ) -> Result<(Arc<Compiled>, bool), CompileFailure> {
         let inner = &*self.inner;
-        let (module, from_disk) = {
-            // Serialised so that the disk cache's hit counter can be attributed to one compile.
-            let _serial = inner
-                .compile_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let hits_before = inner.disk_cache.as_ref().map(Cache::cache_hits);
-            let module = Module::from_binary(&inner.engine, binary);
-            let hits_after = inner.disk_cache.as_ref().map(Cache::cache_hits);
-            (module, hits_after > hits_before)
+        let cache = inner.code_cache.as_ref();
+        let mut module = None;
+        if let Some(verified) = cache.and_then(|c| c.load(&sha256)) {
+            match load(&inner.engine, &verified) {
+                Ok(loaded) => module = Some((loaded, true)),
+                Err(e) => {
+                    // Verified bytes of another engine build: compile them again.
+                    tracing::warn!(sha256, error = %e, "cannot load cached compiled code: compiling again");
+                    if let Some(cache) = cache {
+                        cache.discard(&sha256);
+                    }
+                }
+            }
+        }
+        let (module, from_disk) = match module {
+            Some(found) => found,
+            None => {
+                let module = match &inner.config.compiler {
+                    Compiler::InProcess => {
+                        if let Some(stopped) = wait.stopped() {
+                            return Err(CompileFailure::Stopped(stopped));
+                        }
+                        let module = Module::from_binary(&inner.engine, binary).map_err(|e| {
+                            let message = format!("{e:#}");
+                            if is_engine_limit(&message) {
+                                CompileFailure::Limit(message)
+                            } else {
+                                CompileFailure::Failed(message)
+                            }
+                        })?;
+                        if let Some(cache) = cache {
+                            match module.serialize() {
+                                Ok(artifact) => cache.store(&sha256, &artifact),
+                                Err(e) => {
+                                    tracing::warn!(sha256, error = %e, "cannot serialise compiled code for the cache")
+                                }
+                            }
+                        }
+                        module
+                    }
+                    Compiler::Worker { program, args } => {
+                        let verified =
+                            compile_in_worker(program, args, binary, &inner.config, wait)?;
+                        if let Some(cache) = cache {
+                            cache.store(&sha256, &verified.0);
+                        }
+                        load(&inner.engine, &verified).map_err(|e| {
+                            CompileFailure::Failed(format!(
+                                "cannot load the compile worker's code: {e}"
+                            ))
+                        })?
+                    }
+                };
+                (module, false)
+            }
         };
-        let module = match module {
-            Ok(module) => module,
-            Err(e) => return (Err(format!("{e:#}")), false),
-        };
-        let result = match inner.linker.instantiate_pre(&module) {
-            Ok(pre) => Ok(Arc::new(Compiled {
+        let pre = inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| CompileFailure::Failed(format!("linking failed: {e:#}")))?;
+        Ok((
+            Arc::new(Compiled {
                 sha256,
                 pre,
                 uses_wasi,
-            })),
-            Err(e) => Err(format!("linking failed: {e:#}")),
-        };
-        (result, from_disk)
+            }),
+            from_disk,
+        ))
     }
+}
+
+/// Loads compiled code into `engine`. The one `unsafe` block outside the guest SDK.
+#[allow(unsafe_code)]
+fn load(engine: &Engine, code: &Verified) -> Result<Module, String> {
+    // SAFETY: `Module::deserialize` trusts its bytes to be code that wasmtime produced. These
+    // are: a `Verified` is made only from bytes that matched a sha256 recorded with them, either
+    // when this program wrote them to the private on-disk cache (`CodeCache::load`) or when a
+    // compile worker (this executable, re-run) framed its `Engine::precompile_module` output
+    // (`compiler::unwrap_artifact`), so a scribbled, truncated or foreign file never gets here.
+    // They are loaded from the memory they were checked in, not re-read from the file. wasmtime
+    // itself refuses code of another version or engine configuration.
+    unsafe { Module::deserialize(engine, &code.0) }.map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -239,13 +388,21 @@ mod tests {
         let mut cache = ModuleCache::default();
         let digest = [7u8; 32];
         let failed = cache.slot(digest, 8);
-        let _ = failed.set(Err("the engine ran out of memory".into()));
+        Owner(Some(&failed)).finish(Some(Err(CompileFailure::Failed("the engine broke".into()))));
         cache.forget(&digest, &failed);
         let again = cache.slot(digest, 8);
         assert!(!Arc::ptr_eq(&failed, &again), "the failure was kept");
-        assert!(again.get().is_none());
+        assert!(matches!(*lock(&again.state), SlotState::Idle));
         // A slot that is no longer the cache's is not forgotten in its place.
         cache.forget(&digest, &failed);
         assert!(Arc::ptr_eq(&again, &cache.slot(digest, 8)));
+    }
+
+    #[test]
+    fn an_owner_that_unwinds_leaves_the_slot_for_a_waiter_to_compile() {
+        let slot = Slot::default();
+        *lock(&slot.state) = SlotState::Compiling;
+        drop(Owner(Some(&slot)));
+        assert!(matches!(*lock(&slot.state), SlotState::Idle));
     }
 }

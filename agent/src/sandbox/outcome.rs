@@ -41,6 +41,12 @@ pub enum Outcome {
     },
     /// Stopped on request, through [`RunControl::kill`](super::RunControl::kill).
     Killed,
+    /// Compiling the module went over the compile budget (time or memory) or a limit of the
+    /// engine's; it never ran.
+    CompileLimit {
+        /// Names the limit.
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -57,6 +63,7 @@ impl Outcome {
             Outcome::LinkError { .. } => "link_error",
             Outcome::InvalidModule { .. } => "invalid_module",
             Outcome::Killed => "killed",
+            Outcome::CompileLimit { .. } => "compile_limit",
         }
     }
 
@@ -69,12 +76,13 @@ impl Outcome {
         }
     }
 
-    /// The message carried by `trap`, `link_error` and `invalid_module`.
+    /// The message carried by `trap`, `link_error`, `invalid_module` and `compile_limit`.
     pub fn message(&self) -> Option<&str> {
         match self {
             Outcome::Trap { message }
             | Outcome::LinkError { message }
-            | Outcome::InvalidModule { message } => Some(message),
+            | Outcome::InvalidModule { message }
+            | Outcome::CompileLimit { message } => Some(message),
             _ => None,
         }
     }
@@ -179,8 +187,12 @@ pub struct RunReport {
     pub fuel_used: u64,
     /// Highest linear memory size reached, in bytes, summed over memories.
     pub peak_memory_bytes: u64,
-    /// Wall time from instantiation to the end of `_start`; zero when the module was rejected.
+    /// Wall time from the start of the run (compiling included) to the end of `_start`; zero
+    /// when the module was refused before it compiled.
     pub wall_time: Duration,
+    /// The part of [`RunReport::wall_time`] spent preparing the module (admission, compiling or
+    /// loading cached code, linking); near zero when this process had it compiled.
+    pub compile_time: Duration,
     /// Whether the compiled module was reused (from this process or the on-disk cache)
     /// rather than compiled for this run.
     pub cached: bool,
@@ -205,13 +217,15 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// A report for a module that never ran (refused at admission or link time).
+    /// A report for a module that never ran (refused at admission or by the compile budget, or
+    /// stopped while it compiled).
     pub fn rejected(outcome: Outcome, module_sha256: String) -> Self {
         Self {
             outcome,
             fuel_used: 0,
             peak_memory_bytes: 0,
             wall_time: Duration::ZERO,
+            compile_time: Duration::ZERO,
             cached: false,
             module_sha256,
             stdout: Vec::new(),

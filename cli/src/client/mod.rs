@@ -162,6 +162,9 @@ mod tests {
                 message: "x".into(),
             },
             Outcome::Killed,
+            Outcome::CompileLimit {
+                message: "x".into(),
+            },
         ];
         for outcome in outcomes {
             let pb = corral_agent::daemon::outcome_to_pb(&outcome);
