@@ -437,7 +437,7 @@ fn an_agent_of_another_protocol_is_refused_by_name() {
     assert!(
         refused
             .message()
-            .contains("agent old speaks agent protocol 0; this host speaks 2"),
+            .contains("agent old speaks agent protocol 0; this host speaks 3"),
         "{}",
         refused.message()
     );

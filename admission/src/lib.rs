@@ -394,6 +394,7 @@ fn validate_body(
         ));
     }
     let mut reader = body.get_binary_reader();
+    reader.set_features(FEATURES);
     let mut locals = 0u64;
     let declarations = reader.read_var_u32().map_err(|e| e.to_string())?;
     for _ in 0..declarations {

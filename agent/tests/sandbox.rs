@@ -853,3 +853,51 @@ fn tables_beyond_the_pool_slot_are_refused_by_name_or_as_the_memory_limit() {
     assert_eq!(run(&grow, &spec).outcome, Outcome::MemoryLimit);
     assert_next_task_runs();
 }
+
+#[test]
+fn a_run_out_of_time_while_compiling_leaves_the_compile_to_finish_for_the_next_run() {
+    // Its own sandbox: the compile must not be one another test started.
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let slow = fixtures::nested_loops(4, 4000);
+    let mut short = spec();
+    short.limits.timeout = Duration::from_millis(100);
+    let report = sandbox.run(slow.as_bytes(), &short).unwrap();
+    assert_eq!(report.outcome, Outcome::Timeout);
+    assert!(report.wall_time >= Duration::from_millis(100));
+    assert_eq!(report.compile_time, report.wall_time);
+    assert!(!report.module_sha256.is_empty());
+    // The next run waits for the compile the first started rather than compiling again: it
+    // did not compile the module itself, so it reports it as reused.
+    let report = sandbox.run(slow.as_bytes(), &spec()).unwrap();
+    assert_eq!(report.outcome, Outcome::Success);
+    assert!(report.cached, "the compile was started again");
+    assert!(report.wall_time >= report.compile_time);
+}
+
+#[test]
+fn a_grant_that_reaches_the_code_cache_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache.clone()),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    for grant in [
+        DirGrant::read_write(dir.path(), "/all"),
+        DirGrant::read_only(&cache, "/cache"),
+        DirGrant::read_write(cache.join("code"), "/code"),
+    ] {
+        let mut spec = spec();
+        spec.dirs = vec![grant];
+        let error = sandbox.run(hello().as_bytes(), &spec).unwrap_err();
+        assert!(error.to_string().contains("compiled-code cache"), "{error}");
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.dirs = vec![DirGrant::read_write(elsewhere.path(), "/data")];
+    assert_eq!(
+        sandbox.run(hello().as_bytes(), &spec).unwrap().outcome,
+        Outcome::Success
+    );
+}

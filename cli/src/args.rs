@@ -45,7 +45,7 @@ pub struct FormatArg {
 #[derive(Args, Debug, Clone, Copy)]
 pub struct CompileArgs {
     /// Longest compiling one module may take; past it the task ends `compile_limit` (exit 137).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_compile_timeout)]
     pub compile_timeout: Duration,
     /// Most memory compiling one module may use (at least 64MiB); past it the task ends
     /// `compile_limit`.
@@ -83,6 +83,14 @@ fn parse_compile_memory(arg: &str) -> Result<u64, String> {
         ));
     }
     Ok(size)
+}
+
+/// A compile time budget: a duration over zero.
+fn parse_compile_timeout(arg: &str) -> Result<Duration, String> {
+    match parse_duration(arg)? {
+        d if d.is_zero() => Err(format!("{arg:?} leaves no time to compile")),
+        d => Ok(d),
+    }
 }
 
 /// The hidden subcommand that is the compile worker.

@@ -37,8 +37,9 @@ pub mod pb {
 pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
 
 /// The agent protocol this contract defines (`RegisterRequest.protocol`); a host refuses an
-/// agent that speaks another.
-pub const AGENT_PROTOCOL: u32 = 2;
+/// agent that speaks another. 3: outcome `compile_limit`, and an attempt's timeout counts its
+/// compile.
+pub const AGENT_PROTOCOL: u32 = 3;
 
 /// The metadata key under which a refused `UploadModule` (`INVALID_ARGUMENT`) names the
 /// outcome a run of the module would have, by its name in the contract

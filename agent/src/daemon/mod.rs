@@ -467,7 +467,24 @@ impl Agent {
             .entry(sha256.to_string())
             .or_default()
             .clone();
-        let _fetching = fetch_lock.lock().await;
+        let fetched = {
+            let _fetching = fetch_lock.lock().await;
+            self.kept_or_fetched(sha256, &mut client).await
+        };
+        // The lock leaves the map once nobody else holds it, and only if it is still the map's.
+        let mut fetching = lock(&self.fetching);
+        if fetching
+            .get(sha256)
+            .is_some_and(|l| Arc::ptr_eq(l, &fetch_lock) && Arc::strong_count(l) == 2)
+        {
+            fetching.remove(sha256);
+        }
+        fetched.map(Module::Bytes)
+    }
+
+    /// The module's bytes: the kept copy if its bytes hash to its name, else fetched from the
+    /// host and kept. Disk reads and hashing run on the blocking pool.
+    async fn kept_or_fetched(&self, sha256: &str, client: &mut Client) -> Result<Bytes, String> {
         let path = self
             .config
             .data_dir
@@ -475,34 +492,38 @@ impl Agent {
             .join(format!("{sha256}.wasm"));
         // A kept copy counts only if its bytes hash to its name: a scribbled, truncated or
         // empty file (a crash while it was written, a failing disk) is fetched again.
-        let kept = std::fs::read(&path).ok();
-        let bytes = match kept.filter(|b| corral_admission::sha256_of(b) == sha256) {
-            Some(bytes) => Bytes::from(bytes),
-            None => {
-                if path.exists() {
-                    tracing::warn!(
-                        sha256,
-                        "the kept copy of the module is damaged: fetching it again"
-                    );
-                    let _ = std::fs::remove_file(&path);
+        let kept = {
+            let (path, sha256) = (path.clone(), sha256.to_string());
+            tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path).ok()?;
+                if corral_admission::sha256_of(&bytes) == sha256 {
+                    return Some(Bytes::from(bytes));
                 }
-                let fetched = self.fetch(sha256, &mut client).await;
-                let bytes = match fetched {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        lock(&self.fetching).remove(sha256);
-                        return Err(e);
-                    }
-                };
-                if let Err(e) = keep(&path, &bytes) {
-                    // The run goes on from memory; the next process fetches it again.
-                    tracing::warn!(sha256, error = %e, "cannot keep the module on disk");
-                }
-                bytes
-            }
+                tracing::warn!(
+                    sha256,
+                    "the kept copy of the module is damaged: fetching it again"
+                );
+                let _ = std::fs::remove_file(&path);
+                None
+            })
+            .await
+            .ok()
+            .flatten()
         };
-        lock(&self.fetching).remove(sha256);
-        Ok(Module::Bytes(bytes))
+        if let Some(bytes) = kept {
+            return Ok(bytes);
+        }
+        let bytes = self.fetch(sha256, client).await?;
+        let kept = bytes.clone();
+        let sha = sha256.to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = keep(&path, &kept) {
+                // The run goes on from memory; the next process fetches it again.
+                tracing::warn!(sha256 = sha, error = %e, "cannot keep the module on disk");
+            }
+        })
+        .await;
+        Ok(bytes)
     }
 
     /// A module's bytes from the host, checked against the sha256 they are named by.

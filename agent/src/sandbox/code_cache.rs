@@ -30,9 +30,32 @@ pub(crate) const ENTRY_MAGIC: &[u8; 8] = b"CORRALC1";
 /// Temporary files older than this are a dead writer's and are removed.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
-/// Compiled code that matched the digest recorded when it was written (or that a compile
-/// worker's framing vouched for): the only bytes [`super::modules`] deserialises.
-pub(crate) struct Verified(pub(crate) Vec<u8>);
+/// Compiled code that matched the sha256 framed with it (a cache entry's, recorded when it was
+/// written, or a compile worker's): the only bytes [`super::modules`] deserialises. Made only
+/// by [`Verified::unframe`].
+pub(crate) struct Verified(Vec<u8>);
+
+impl Verified {
+    /// The code inside `framed` (`magic`, the sha256 of the code, the code), once the magic and
+    /// the digest check out.
+    pub(crate) fn unframe(mut framed: Vec<u8>, magic: &[u8; 8]) -> Result<Self, &'static str> {
+        let header = magic.len() + 32;
+        if framed.len() < header || &framed[..magic.len()] != magic {
+            return Err("it is not framed as compiled code (bad magic, or too short)");
+        }
+        let (digest, code) = framed[magic.len()..].split_at(32);
+        if Sha256::digest(code).as_slice() != digest {
+            return Err("its contents do not match the digest recorded with them");
+        }
+        framed.drain(..header);
+        Ok(Self(framed))
+    }
+
+    /// The code.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// A directory of verified compiled-code entries.
 pub(crate) struct CodeCache {
@@ -59,6 +82,11 @@ impl CodeCache {
         Ok(cache)
     }
 
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, sha256: &str) -> PathBuf {
         self.dir
             .join(format!("{sha256}-{}.cwasm", self.fingerprint))
@@ -76,7 +104,7 @@ impl CodeCache {
                 return None;
             }
         };
-        match verify(bytes) {
+        match Verified::unframe(bytes, ENTRY_MAGIC) {
             Ok(verified) => {
                 // Its use, for eviction; a cache we cannot touch is still a cache.
                 let _ = std::fs::File::options()
@@ -177,20 +205,6 @@ impl CodeCache {
     }
 }
 
-/// The artifact of an entry whose magic and digest check out.
-fn verify(mut bytes: Vec<u8>) -> Result<Verified, &'static str> {
-    let header = ENTRY_MAGIC.len() + 32;
-    if bytes.len() < header || &bytes[..ENTRY_MAGIC.len()] != ENTRY_MAGIC {
-        return Err("not a cache entry (bad magic or too short)");
-    }
-    let (digest, artifact) = bytes[ENTRY_MAGIC.len()..].split_at(32);
-    if Sha256::digest(artifact).as_slice() != digest {
-        return Err("its contents do not match the digest recorded when it was written");
-    }
-    bytes.drain(..header);
-    Ok(Verified(bytes))
-}
-
 /// Creates `dir` (and its parents) if missing, and makes it private to this user.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
@@ -237,7 +251,7 @@ mod tests {
         let cache = cache(&dir.path().join("code"), 1 << 20);
         let sha = "ab".repeat(32);
         cache.store(&sha, b"native code");
-        assert_eq!(cache.load(&sha).unwrap().0, b"native code");
+        assert_eq!(cache.load(&sha).unwrap().bytes(), b"native code");
         // 16 bytes scribbled over the artifact.
         let path = cache.path(&sha);
         let mut bytes = std::fs::read(&path).unwrap();

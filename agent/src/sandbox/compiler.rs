@@ -50,10 +50,16 @@ pub enum Compiler {
 }
 
 impl Compiler {
-    /// The running executable, re-run with `args` (`["compile-worker"]` for `corral`).
+    /// The running executable, re-run with `args` (`["compile-worker"]` for `corral`): through
+    /// `/proc/self/exe`, so that a binary upgraded in place meanwhile is not the one run (its
+    /// code would not load into this process's engine).
     pub fn this_executable(args: &[&str]) -> std::io::Result<Self> {
+        let program = PathBuf::from("/proc/self/exe");
+        if !program.exists() {
+            std::env::current_exe()?;
+        }
         Ok(Self::Worker {
-            program: std::env::current_exe()?,
+            program,
             args: args.iter().map(OsString::from).collect(),
         })
     }
@@ -145,7 +151,7 @@ pub(crate) fn compile_in_worker(
     }
     let budget = config.compile_budget;
     let started = Instant::now();
-    let mut child = Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .env_clear()
         .stdin(Stdio::piped())
@@ -158,6 +164,10 @@ pub(crate) fn compile_in_worker(
                 program.display()
             ))
         })?;
+    // Whatever happens from here on, the worker does not outlive this function.
+    let mut child = Reaped(child);
+    let spawn_failed =
+        |e: std::io::Error| CompileFailure::Failed(format!("cannot start a thread: {e}"));
     let header = format!(
         "{HEADER_PREFIX} fuel={} epochs={} stack={} pool={} memory={}\n",
         u8::from(config.fuel_metering),
@@ -172,31 +182,47 @@ pub(crate) fn compile_in_worker(
     // larger than a pipe holds. The artifact cannot be larger than the worker's memory.
     let artifact_cap = budget.memory_bytes.saturating_add(1 << 20);
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let stdout = child.stdout.take().map(|out| {
-        let done = done_tx.clone();
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let read = out.take(artifact_cap + 1).read_to_end(&mut bytes);
-            let _ = done.send(());
-            read.map(|_| bytes)
-        })
-    });
-    let stderr = child.stderr.take().map(|err| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = err.take(STDERR_KEPT).read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).trim().to_string()
-        })
-    });
+    let thread = || std::thread::Builder::new().name("corral-compile-io".into());
+    let stdout = match child.0.stdout.take() {
+        Some(out) => {
+            let done = done_tx.clone();
+            Some(
+                thread()
+                    .spawn(move || {
+                        let mut bytes = Vec::new();
+                        let read = out.take(artifact_cap + 1).read_to_end(&mut bytes);
+                        let _ = done.send(());
+                        read.map(|_| bytes)
+                    })
+                    .map_err(spawn_failed)?,
+            )
+        }
+        None => None,
+    };
+    let stderr = match child.0.stderr.take() {
+        Some(err) => Some(
+            thread()
+                .spawn(move || {
+                    let mut bytes = Vec::new();
+                    let _ = err.take(STDERR_KEPT).read_to_end(&mut bytes);
+                    String::from_utf8_lossy(&bytes).trim().to_string()
+                })
+                .map_err(spawn_failed)?,
+        ),
+        None => None,
+    };
     drop(done_tx);
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(mut stdin) = child.0.stdin.take() {
         let input = [header.as_bytes(), binary].concat();
-        std::thread::spawn(move || {
-            // A worker that died early closes the pipe; its exit status says why.
-            let _ = stdin.write_all(&input);
-        });
+        thread()
+            .spawn(move || {
+                // A worker that died early closes the pipe; its exit status says why.
+                let _ = stdin.write_all(&input);
+            })
+            .map_err(spawn_failed)?;
     }
-    let time_limit = started + budget.time;
+    // A budget too far off to be a time is no time limit.
+    let time_limit = started.checked_add(budget.time);
     let stop = loop {
         match done_rx.recv_timeout(POLL) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break None,
@@ -205,7 +231,7 @@ pub(crate) fn compile_in_worker(
         if let Some(stopped) = wait.stopped() {
             break Some(CompileFailure::Stopped(stopped));
         }
-        if Instant::now() >= time_limit {
+        if time_limit.is_some_and(|limit| Instant::now() >= limit) {
             break Some(CompileFailure::Limit(format!(
                 "compiling the module took longer than the compile time budget of {}",
                 humanize(budget.time)
@@ -213,9 +239,10 @@ pub(crate) fn compile_in_worker(
         }
     };
     if stop.is_some() {
-        let _ = child.kill();
+        let _ = child.0.kill();
     }
     let status = child
+        .0
         .wait()
         .map_err(|e| CompileFailure::Failed(format!("cannot wait for the compile worker: {e}")))?;
     let stdout = stdout.map(|t| t.join());
@@ -267,17 +294,20 @@ pub(crate) fn compile_in_worker(
 }
 
 /// The artifact inside a worker's output, once its magic and digest check out.
-pub(crate) fn unwrap_artifact(mut bytes: Vec<u8>) -> Result<Verified, String> {
-    let header = ARTIFACT_MAGIC.len() + 32;
-    if bytes.len() < header || &bytes[..ARTIFACT_MAGIC.len()] != ARTIFACT_MAGIC {
-        return Err(format!("is malformed ({} bytes)", bytes.len()));
+pub(crate) fn unwrap_artifact(bytes: Vec<u8>) -> Result<Verified, String> {
+    Verified::unframe(bytes, ARTIFACT_MAGIC).map_err(|e| format!("is refused: {e}"))
+}
+
+/// A worker that is killed and reaped when dropped, however its parent's function ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
-    let (digest, artifact) = bytes[ARTIFACT_MAGIC.len()..].split_at(32);
-    if Sha256::digest(artifact).as_slice() != digest {
-        return Err("does not match its digest".into());
-    }
-    bytes.drain(..header);
-    Ok(Verified(bytes))
 }
 
 fn humanize(d: Duration) -> String {
@@ -302,25 +332,30 @@ fn worker() -> Result<(), (u8, String)> {
     // The header is one short line; a longer one is not Corral's.
     for byte in (&mut stdin).bytes().take(512) {
         let byte = byte.map_err(|e| (1, format!("cannot read the header: {e}")))?;
+        line.push(byte);
         if byte == b'\n' {
             break;
         }
-        line.push(byte);
+    }
+    if line.pop() != Some(b'\n') {
+        return Err((1, "the header is not one line".to_string()));
     }
     let line = String::from_utf8(line).map_err(|_| (1, "the header is not UTF-8".to_string()))?;
     let (mut config, memory) = parse_header(&line).map_err(|e| (1, e))?;
     // A pool of one slot: the code is the same (a test loads it into a pool of many), and the
     // pool's tables are mapped up front, which would count against the memory budget.
     config.pool_slots = config.pool_slots.map(|_| 1);
-    use rustix::process::{setrlimit, Resource, Rlimit};
-    setrlimit(
-        Resource::Data,
-        Rlimit {
-            current: Some(memory),
-            maximum: Some(memory),
-        },
-    )
-    .map_err(|e| (1, format!("cannot limit the worker's memory: {e}")))?;
+    use rustix::process::{set_parent_process_death_signal, setrlimit, Resource, Rlimit, Signal};
+    let limit = |bytes| Rlimit {
+        current: Some(bytes),
+        maximum: Some(bytes),
+    };
+    setrlimit(Resource::Data, limit(memory))
+        // A worker that runs out of memory aborts: no core file of up to its whole budget.
+        .and_then(|()| setrlimit(Resource::Core, limit(0)))
+        // A worker whose parent died (a killed agent) has nobody to compile for.
+        .and_then(|()| set_parent_process_death_signal(Some(Signal::KILL)))
+        .map_err(|e| (1, format!("cannot limit the worker: {e}")))?;
     let mut binary = Vec::new();
     stdin
         .read_to_end(&mut binary)
@@ -356,10 +391,14 @@ fn parse_header(line: &str) -> Result<(SandboxConfig, u64), String> {
         .ok_or_else(|| format!("not a compile request: {line:?}"))?;
     let mut config = SandboxConfig::default();
     let mut memory = None;
+    let mut seen = std::collections::BTreeSet::new();
     for field in rest.split_whitespace() {
         let (key, value) = field
             .split_once('=')
             .ok_or_else(|| format!("malformed field {field:?}"))?;
+        if !seen.insert(key) {
+            return Err(format!("field {key:?} given twice"));
+        }
         let number = || {
             value
                 .parse::<u64>()
@@ -378,7 +417,10 @@ fn parse_header(line: &str) -> Result<(SandboxConfig, u64), String> {
             _ => return Err(format!("unknown field {key:?}")),
         }
     }
-    Ok((config, memory.ok_or("no memory budget")?))
+    match memory {
+        Some(memory) if memory > 0 => Ok((config, memory)),
+        _ => Err("no memory budget".into()),
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +446,8 @@ mod tests {
             "no memory budget"
         );
         assert!(parse_header("corral-compile 1 memory=1 rm=-rf").is_err());
+        assert!(parse_header("corral-compile 1 memory=0").is_err());
+        assert!(parse_header("corral-compile 1 memory=1 memory=2").is_err());
     }
 
     #[test]
@@ -412,7 +456,7 @@ mod tests {
         let mut framed = ARTIFACT_MAGIC.to_vec();
         framed.extend_from_slice(&Sha256::digest(&artifact));
         framed.extend_from_slice(&artifact);
-        assert_eq!(unwrap_artifact(framed.clone()).unwrap().0, artifact);
+        assert_eq!(unwrap_artifact(framed.clone()).unwrap().bytes(), artifact);
         let mut flipped = framed.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(unwrap_artifact(flipped).is_err());

@@ -24,6 +24,9 @@ pub struct SandboxConfig {
     pub compiler: Compiler,
     /// What compiling one module may take, in a compile worker.
     pub compile_budget: CompileBudget,
+    /// Compiles that run at once; more wait, before their budget's clock starts (each may use
+    /// its whole memory budget, and every core).
+    pub max_concurrent_compiles: usize,
     /// Compiled modules kept in memory; the oldest admitted goes first.
     pub max_cached_modules: usize,
     /// Bytes of native stack wasm may use before the run ends in `stack_overflow`.
@@ -85,6 +88,7 @@ impl Default for SandboxConfig {
             max_cache_bytes: Self::DEFAULT_MAX_CACHE_BYTES,
             compiler: Compiler::InProcess,
             compile_budget: CompileBudget::default(),
+            max_concurrent_compiles: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_cached_modules: 256,
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(5),

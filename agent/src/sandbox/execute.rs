@@ -65,6 +65,15 @@ impl Sandbox {
         let inner = &*self.inner;
         let limits = &spec.limits;
         let timeout = limits.timeout.saturating_sub(compile_time);
+        if timeout.is_zero() && !compile_time.is_zero() {
+            // Compiling took all of it: no guest code runs.
+            let mut report = RunReport::rejected(Outcome::Timeout, module.inner.sha256.clone());
+            report.wall_time = compile_time;
+            report.compile_time = compile_time;
+            report.cached = true;
+            return Ok(report);
+        }
+        self.check_grants(spec)?;
         let stdout = CappedOutput::new(limits.max_stdout_bytes);
         let stderr = CappedOutput::new(limits.max_stderr_bytes);
         // A module that imports no WASI never reaches the context; granted dirs still get one,
@@ -184,6 +193,34 @@ impl Sandbox {
             logs_dropped: state.guest.logs_dropped,
             metrics: state.guest.metrics,
         })
+    }
+}
+
+impl Sandbox {
+    /// Refuses a directory grant that holds the compiled-code cache or lies inside it: a guest
+    /// that could write there could plant native code for the next process to load.
+    fn check_grants(&self, spec: &RunSpec) -> Result<(), SandboxError> {
+        let Some(cache) = self.inner.code_cache.as_ref() else {
+            return Ok(());
+        };
+        let cache = std::fs::canonicalize(cache.dir()).unwrap_or_else(|_| cache.dir().into());
+        for dir in &spec.dirs {
+            let Ok(host) = std::fs::canonicalize(&dir.host) else {
+                // Opening it fails as a bad grant, with the reason.
+                continue;
+            };
+            if cache.starts_with(&host) || host.starts_with(&cache) {
+                return Err(SandboxError::Preopen {
+                    host: dir.host.clone(),
+                    guest: dir.guest.clone(),
+                    message: format!(
+                        "it holds or is inside the compiled-code cache {}, which no guest may reach",
+                        cache.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) linker: Linker<RunState>,
     /// Verified compiled code on disk.
     pub(crate) code_cache: Option<CodeCache>,
+    /// Bounds the compiles running at once.
+    pub(crate) compile_permits: modules::CompilePermits,
     /// Free pooled instance slots, when pooling.
     pub(crate) slots: Option<SlotGate>,
     pub(crate) modules: Mutex<ModuleCache>,
@@ -190,6 +192,7 @@ impl Sandbox {
         Ok(Self {
             inner: Arc::new(Inner {
                 slots: config.pool_slots.map(SlotGate::new),
+                compile_permits: modules::CompilePermits::new(config.max_concurrent_compiles),
                 config,
                 engine,
                 linker,
@@ -244,8 +247,8 @@ impl Sandbox {
                 report.compile_time = report.wall_time;
                 Ok(report)
             }
-            Err(PrepareError::Stopped(outcome)) => {
-                let mut report = RunReport::rejected(outcome, String::new());
+            Err(PrepareError::Stopped(rejection)) => {
+                let mut report = RunReport::rejected(rejection.outcome, rejection.sha256);
                 report.wall_time = started.elapsed();
                 report.compile_time = report.wall_time;
                 Ok(report)

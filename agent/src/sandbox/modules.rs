@@ -13,6 +13,7 @@ use wasmtime::{Engine, InstancePre, Module};
 
 use super::code_cache::Verified;
 use super::compiler::{compile_in_worker, is_engine_limit, CompileFailure, Compiler, Wait};
+use super::control::RunControl;
 use super::execute::RunState;
 use super::outcome::Outcome;
 use super::{Sandbox, SandboxError};
@@ -64,13 +65,16 @@ pub enum PrepareError {
     /// `link_error`, `compile_limit`).
     Refused(Rejection),
     /// The run was killed or ran out of time while its module compiled (`killed`, `timeout`).
-    Stopped(Outcome),
+    Stopped(Rejection),
     /// An admitted module did not compile or link: Corral's failure.
     Sandbox(SandboxError),
 }
 
-/// Where one module's compilation stands. The first run to need it compiles it (the owner);
-/// runs that need it meanwhile wait, each under its own deadline and kill.
+/// Where one module's compilation stands. The first run to need it starts the compile on a
+/// thread of its own; every run that needs it, that one included, waits under its own deadline
+/// and kill. A run that stops waiting does not stop the compile, which goes on within the
+/// compile budget so that the next attempt finds the module compiled; only when every waiting
+/// run was killed is the compile stopped too.
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
@@ -79,16 +83,23 @@ pub(crate) struct Slot {
 
 #[derive(Default)]
 enum SlotState {
-    /// Nobody is compiling it: the next run to look compiles it.
+    /// Nobody is compiling it: the next run to look starts a compile.
     #[default]
     Idle,
-    Compiling,
-    /// Compiled, or refused by the compiler (then the slot has left the cache, so the next
-    /// admission compiles again, and only the runs that waited share the verdict).
-    Done(Result<Arc<Compiled>, CompileFailure>),
+    Compiling {
+        /// Runs waiting for it.
+        waiters: usize,
+        /// Stops the compile.
+        cancel: RunControl,
+    },
+    /// Compiled (with whether the code came from the disk cache), or refused by the compile
+    /// budget (kept, so that a compile bomb costs its budget once per slot), or failed for a
+    /// reason of Corral's (then the slot has left the cache, so the next admission compiles
+    /// again, and only the runs that waited share the verdict).
+    Done(Result<(Arc<Compiled>, bool), CompileFailure>),
 }
 
-/// How often a run waiting for another's compile looks at its own deadline and kill.
+/// How often a run waiting for a compile looks at its own deadline and kill.
 const WAIT_POLL: Duration = Duration::from_millis(10);
 
 /// Compiled modules by sha256. Concurrent admissions of the same module compile it once; other
@@ -125,20 +136,20 @@ impl ModuleCache {
     }
 }
 
-/// Puts an owner's slot back to idle if its compile unwinds, so that waiters do not wait for a
-/// result that will never come.
-struct Owner<'a>(Option<&'a Slot>);
+/// Puts a compile's slot back to idle if the compile unwinds, so that waiters do not wait for
+/// a result that will never come.
+struct Owner(Option<Arc<Slot>>);
 
-impl Owner<'_> {
-    fn finish(mut self, result: Option<Result<Arc<Compiled>, CompileFailure>>) {
+impl Owner {
+    fn finish(mut self, state: SlotState) {
         if let Some(slot) = self.0.take() {
-            *lock(&slot.state) = result.map_or(SlotState::Idle, SlotState::Done);
+            *lock(&slot.state) = state;
             slot.changed.notify_all();
         }
     }
 }
 
-impl Drop for Owner<'_> {
+impl Drop for Owner {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
             *lock(&slot.state) = SlotState::Idle;
@@ -151,6 +162,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A counting semaphore in front of compiles, so that at most so many run at once (each may
+/// use its whole memory budget and every core).
+pub(crate) struct CompilePermits {
+    free: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl CompilePermits {
+    pub(crate) fn new(permits: usize) -> Self {
+        Self {
+            free: Mutex::new(permits.max(1)),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit; `None` if `cancel` is killed first.
+    fn acquire(&self, cancel: &RunControl) -> Option<Permit<'_>> {
+        let mut free = lock(&self.free);
+        loop {
+            if cancel.is_killed() {
+                return None;
+            }
+            if *free > 0 {
+                *free -= 1;
+                return Some(Permit(self));
+            }
+            free = self
+                .changed
+                .wait_timeout(free, WAIT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+struct Permit<'a>(&'a CompilePermits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.changed.notify_one();
+    }
+}
+
 impl Sandbox {
     /// Admits a module given as wasm binary or WAT text ([`corral_admission::admit`]: size cap,
     /// validation, structural and pool limits, `_start`, imports), then compiles it (once per
@@ -161,8 +216,9 @@ impl Sandbox {
 
     /// [`Sandbox::prepare`] under a size cap of `max_module_bytes` instead of the config's (an
     /// agent admits under its host's cap), for a run that stops waiting for the compile when
-    /// `wait`'s deadline passes or its control is killed ([`PrepareError::Stopped`]). A compile
-    /// in a worker is then killed, unless another run is waiting for it too.
+    /// `wait`'s deadline passes or its control is killed ([`PrepareError::Stopped`]). The
+    /// compile itself goes on within its budget for the next run of the module, unless every
+    /// run waiting for it was killed.
     pub fn prepare_for(
         &self,
         bytes: &[u8],
@@ -199,76 +255,84 @@ impl Sandbox {
         })?;
         let sha256 = admitted.sha256_hex();
         let slot = lock(&inner.modules).slot(admitted.sha256, inner.config.max_cached_modules);
-        let failed = |failure: &CompileFailure| match failure {
-            CompileFailure::Limit(message) => PrepareError::Refused(Rejection {
-                sha256: sha256.clone(),
-                outcome: Outcome::CompileLimit {
-                    message: message.clone(),
-                },
-            }),
-            CompileFailure::Stopped(outcome) => PrepareError::Stopped(outcome.clone()),
-            CompileFailure::Failed(message) => PrepareError::Sandbox(SandboxError::Compile {
-                sha256: sha256.clone(),
-                message: message.clone(),
-            }),
+        let rejection = |outcome: Outcome| Rejection {
+            sha256: sha256.clone(),
+            outcome,
         };
-        // Wait for whoever compiles it, or become the one who does.
-        {
-            let mut state = lock(&slot.state);
-            loop {
-                match &*state {
-                    SlotState::Done(Ok(compiled)) => {
-                        return Ok(Prepared {
-                            module: PreparedModule {
-                                inner: compiled.clone(),
-                            },
-                            cached: true,
-                        })
-                    }
-                    SlotState::Done(Err(failure)) => return Err(failed(failure)),
-                    SlotState::Compiling => {
-                        if let Some(stopped) = wait.stopped() {
-                            return Err(PrepareError::Stopped(stopped));
-                        }
-                        state = slot
-                            .changed
-                            .wait_timeout(state, WAIT_POLL)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
-                    SlotState::Idle => {
-                        *state = SlotState::Compiling;
-                        break;
+        let mut started_here = false;
+        let mut waiting = false;
+        let mut state = lock(&slot.state);
+        loop {
+            match &mut *state {
+                SlotState::Done(Ok((compiled, from_disk))) => {
+                    return Ok(Prepared {
+                        module: PreparedModule {
+                            inner: compiled.clone(),
+                        },
+                        cached: !started_here || *from_disk,
+                    })
+                }
+                SlotState::Done(Err(CompileFailure::Limit(message))) => {
+                    return Err(PrepareError::Refused(rejection(Outcome::CompileLimit {
+                        message: message.clone(),
+                    })))
+                }
+                SlotState::Done(Err(failure)) => {
+                    return Err(PrepareError::Sandbox(SandboxError::Compile {
+                        sha256: sha256.clone(),
+                        message: match failure {
+                            CompileFailure::Failed(message) => message.clone(),
+                            other => format!("{other:?}"),
+                        },
+                    }))
+                }
+                SlotState::Compiling { waiters, .. } => {
+                    if !waiting {
+                        *waiters += 1;
+                        waiting = true;
                     }
                 }
-            }
-        }
-        let owner = Owner(Some(&slot));
-        let result = self.compile(
-            &admitted.binary,
-            sha256.clone(),
-            admitted.imports_wasi,
-            wait,
-        );
-        match result {
-            Ok((compiled, from_disk)) => {
-                owner.finish(Some(Ok(compiled.clone())));
-                Ok(Prepared {
-                    module: PreparedModule { inner: compiled },
-                    cached: from_disk,
-                })
-            }
-            Err(failure) => {
-                let error = failed(&failure);
-                if matches!(failure, CompileFailure::Stopped(_)) {
-                    // Not the module's verdict: a waiting run compiles it instead.
-                    owner.finish(None);
-                } else {
-                    owner.finish(Some(Err(failure)));
-                    lock(&inner.modules).forget(&admitted.sha256, &slot);
+                SlotState::Idle => {
+                    let cancel = RunControl::new();
+                    let compile = Compile {
+                        sandbox: self.clone(),
+                        slot: slot.clone(),
+                        binary: admitted.binary.to_vec(),
+                        digest: admitted.sha256,
+                        sha256: sha256.clone(),
+                        uses_wasi: admitted.imports_wasi,
+                        cancel: cancel.clone(),
+                    };
+                    if let Err(e) = std::thread::Builder::new()
+                        .name("corral-compile".into())
+                        .spawn(move || compile.run())
+                    {
+                        return Err(PrepareError::Sandbox(SandboxError::Compile {
+                            sha256,
+                            message: format!("cannot start a compile thread: {e}"),
+                        }));
+                    }
+                    // Counted before the lock is let go, so that the compile never sees no one
+                    // waiting for it.
+                    *state = SlotState::Compiling { waiters: 1, cancel };
+                    started_here = true;
+                    waiting = true;
                 }
-                Err(error)
             }
+            if let Some(stopped) = wait.stopped() {
+                if let SlotState::Compiling { waiters, cancel } = &mut *state {
+                    *waiters -= 1;
+                    if *waiters == 0 && stopped == Outcome::Killed {
+                        cancel.kill();
+                    }
+                }
+                return Err(PrepareError::Stopped(rejection(stopped)));
+            }
+            state = slot
+                .changed
+                .wait_timeout(state, WAIT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -277,7 +341,7 @@ impl Sandbox {
         let slot = lock(&self.inner.modules).slots.get(digest)?.clone();
         let state = lock(&slot.state);
         match &*state {
-            SlotState::Done(Ok(compiled)) => Some(PreparedModule {
+            SlotState::Done(Ok((compiled, _))) => Some(PreparedModule {
                 inner: compiled.clone(),
             }),
             _ => None,
@@ -292,7 +356,7 @@ impl Sandbox {
         binary: &[u8],
         sha256: String,
         uses_wasi: bool,
-        wait: Wait<'_>,
+        cancel: &RunControl,
     ) -> Result<(Arc<Compiled>, bool), CompileFailure> {
         let inner = &*self.inner;
         let cache = inner.code_cache.as_ref();
@@ -312,11 +376,12 @@ impl Sandbox {
         let (module, from_disk) = match module {
             Some(found) => found,
             None => {
+                let _permit = inner
+                    .compile_permits
+                    .acquire(cancel)
+                    .ok_or(CompileFailure::Stopped(Outcome::Killed))?;
                 let module = match &inner.config.compiler {
                     Compiler::InProcess => {
-                        if let Some(stopped) = wait.stopped() {
-                            return Err(CompileFailure::Stopped(stopped));
-                        }
                         let module = Module::from_binary(&inner.engine, binary).map_err(|e| {
                             let message = format!("{e:#}");
                             if is_engine_limit(&message) {
@@ -336,16 +401,22 @@ impl Sandbox {
                         module
                     }
                     Compiler::Worker { program, args } => {
+                        let wait = Wait {
+                            deadline: None,
+                            control: Some(cancel),
+                        };
                         let verified =
                             compile_in_worker(program, args, binary, &inner.config, wait)?;
-                        if let Some(cache) = cache {
-                            cache.store(&sha256, &verified.0);
-                        }
-                        load(&inner.engine, &verified).map_err(|e| {
+                        let module = load(&inner.engine, &verified).map_err(|e| {
                             CompileFailure::Failed(format!(
                                 "cannot load the compile worker's code: {e}"
                             ))
-                        })?
+                        })?;
+                        // Kept only once it is known to load.
+                        if let Some(cache) = cache {
+                            cache.store(&sha256, verified.bytes());
+                        }
+                        module
                     }
                 };
                 (module, false)
@@ -366,6 +437,36 @@ impl Sandbox {
     }
 }
 
+/// One module's compile, on a thread of its own.
+struct Compile {
+    sandbox: Sandbox,
+    slot: Arc<Slot>,
+    binary: Vec<u8>,
+    digest: [u8; 32],
+    sha256: String,
+    uses_wasi: bool,
+    cancel: RunControl,
+}
+
+impl Compile {
+    fn run(self) {
+        let owner = Owner(Some(self.slot.clone()));
+        let result = self
+            .sandbox
+            .compile(&self.binary, self.sha256, self.uses_wasi, &self.cancel);
+        match result {
+            Ok(compiled) => owner.finish(SlotState::Done(Ok(compiled))),
+            // Every waiting run was killed: nobody wants it now.
+            Err(CompileFailure::Stopped(_)) => owner.finish(SlotState::Idle),
+            Err(failure @ CompileFailure::Limit(_)) => owner.finish(SlotState::Done(Err(failure))),
+            Err(failure) => {
+                owner.finish(SlotState::Done(Err(failure)));
+                lock(&self.sandbox.inner.modules).forget(&self.digest, &self.slot);
+            }
+        }
+    }
+}
+
 /// Loads compiled code into `engine`. The one `unsafe` block outside the guest SDK.
 #[allow(unsafe_code)]
 fn load(engine: &Engine, code: &Verified) -> Result<Module, String> {
@@ -376,7 +477,7 @@ fn load(engine: &Engine, code: &Verified) -> Result<Module, String> {
     // (`compiler::unwrap_artifact`), so a scribbled, truncated or foreign file never gets here.
     // They are loaded from the memory they were checked in, not re-read from the file. wasmtime
     // itself refuses code of another version or engine configuration.
-    unsafe { Module::deserialize(engine, &code.0) }.map_err(|e| format!("{e:#}"))
+    unsafe { Module::deserialize(engine, code.bytes()) }.map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -388,7 +489,9 @@ mod tests {
         let mut cache = ModuleCache::default();
         let digest = [7u8; 32];
         let failed = cache.slot(digest, 8);
-        Owner(Some(&failed)).finish(Some(Err(CompileFailure::Failed("the engine broke".into()))));
+        Owner(Some(failed.clone())).finish(SlotState::Done(Err(CompileFailure::Failed(
+            "the engine broke".into(),
+        ))));
         cache.forget(&digest, &failed);
         let again = cache.slot(digest, 8);
         assert!(!Arc::ptr_eq(&failed, &again), "the failure was kept");
@@ -399,10 +502,28 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_that_unwinds_leaves_the_slot_for_a_waiter_to_compile() {
-        let slot = Slot::default();
-        *lock(&slot.state) = SlotState::Compiling;
-        drop(Owner(Some(&slot)));
+    fn a_compile_that_unwinds_leaves_the_slot_for_a_waiter_to_compile() {
+        let slot = Arc::new(Slot::default());
+        *lock(&slot.state) = SlotState::Compiling {
+            waiters: 1,
+            cancel: RunControl::new(),
+        };
+        drop(Owner(Some(slot.clone())));
         assert!(matches!(*lock(&slot.state), SlotState::Idle));
+    }
+
+    #[test]
+    fn permits_bound_concurrent_compiles_and_a_cancel_stops_the_wait() {
+        let permits = CompilePermits::new(1);
+        let cancel = RunControl::new();
+        let held = permits.acquire(&cancel).unwrap();
+        let other = RunControl::new();
+        other.kill();
+        assert!(
+            permits.acquire(&other).is_none(),
+            "a second permit was given"
+        );
+        drop(held);
+        assert!(permits.acquire(&cancel).is_some());
     }
 }

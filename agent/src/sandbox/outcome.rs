@@ -187,8 +187,8 @@ pub struct RunReport {
     pub fuel_used: u64,
     /// Highest linear memory size reached, in bytes, summed over memories.
     pub peak_memory_bytes: u64,
-    /// Wall time from the start of the run (compiling included) to the end of `_start`; zero
-    /// when the module was refused before it compiled.
+    /// Wall time from the start of the run (admitting and compiling included) to the end of
+    /// `_start`.
     pub wall_time: Duration,
     /// The part of [`RunReport::wall_time`] spent preparing the module (admission, compiling or
     /// loading cached code, linking); near zero when this process had it compiled.
