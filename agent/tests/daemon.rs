@@ -401,3 +401,75 @@ async fn the_agent_runs_on_through_a_host_outage_and_resends_its_final_report_un
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_an_id_the_host_would_refuse_stops_at_once_saying_why() {
+    let data = tempfile::tempdir().unwrap();
+    for id in ["x/y", "", "tab\there", "nul\0"] {
+        let config = AgentConfig {
+            id: id.into(),
+            host: "http://127.0.0.1:9".into(),
+            address: "test".into(),
+            slots: 1,
+            memory_bytes: 1 << 30,
+            labels: BTreeMap::new(),
+            data_dir: data.path().to_path_buf(),
+            max_backoff: Duration::from_millis(200),
+            resend_interval: Duration::from_secs(5),
+            compiler: Default::default(),
+            compile_budget: Default::default(),
+        };
+        let ran = tokio::time::timeout(
+            Duration::from_secs(10),
+            daemon::run(config, std::future::pending()),
+        )
+        .await
+        .expect("the agent kept trying");
+        let error = ran.unwrap_err().to_string();
+        assert!(error.contains("agent id"), "{id:?}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_earlier_run_of_the_agent_left_in_its_data_dir_is_removed_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let stale = data.path().join("work").join("t-9-1");
+    std::fs::create_dir_all(stale.join("deep")).unwrap();
+    std::fs::write(stale.join("deep").join("big.bin"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::create_dir_all(data.path().join("modules")).unwrap();
+    let part = data
+        .path()
+        .join("modules")
+        .join(format!("{}.part", "ab".repeat(32)));
+    std::fs::write(&part, b"half a module").unwrap();
+    let kept = data
+        .path()
+        .join("modules")
+        .join(format!("{}.wasm", "cd".repeat(32)));
+    std::fs::write(&kept, b"a module").unwrap();
+    let config = AgentConfig {
+        id: "a1".into(),
+        host: "http://127.0.0.1:9".into(),
+        address: "test".into(),
+        slots: 1,
+        memory_bytes: 1 << 30,
+        labels: BTreeMap::new(),
+        data_dir: data.path().to_path_buf(),
+        max_backoff: Duration::from_millis(200),
+        resend_interval: Duration::from_secs(5),
+        compiler: Default::default(),
+        compile_budget: Default::default(),
+    };
+    let agent = tokio::spawn(daemon::run(config, std::future::pending()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stale.exists() || part.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leftovers were kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(kept.exists(), "a kept module was removed");
+    assert!(data.path().join("work").is_dir());
+    agent.abort();
+}

@@ -214,12 +214,27 @@ fn hostname() -> String {
 }
 
 /// The agent id kept in `data_dir/agent-id`, made once from the hostname and a random suffix.
+/// A kept id that cannot be read or is not a valid id is an error naming the file: silently
+/// making a new identity would leave the old one's tasks to be lost.
 fn stored_agent_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("agent-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if !id.is_empty() {
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let id = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+            let id = id.trim().to_string();
+            if let Some(problem) = corral_proto::agent_id_problem(&id) {
+                anyhow::bail!(
+                    "{} holds no usable agent id: {problem}; fix it, or remove it to make a new \
+                     identity",
+                    path.display()
+                );
+            }
             return Ok(id);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!("cannot read {}: {e}", path.display()));
         }
     }
     let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
@@ -242,6 +257,9 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => stored_agent_id(&data_dir)?,
     };
+    if let Some(problem) = corral_proto::agent_id_problem(&id) {
+        anyhow::bail!("{problem}");
+    }
     let config = agent_config(id, args.host, &args.capacity, 1, data_dir)?;
     eprintln!(
         "corral agent {} -> {} ({} slots, {})",
@@ -283,6 +301,28 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_agent_id_is_used_made_once_and_refused_when_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = stored_agent_id(dir.path()).unwrap();
+        assert_eq!(
+            stored_agent_id(dir.path()).unwrap(),
+            made,
+            "a new identity each start"
+        );
+        let path = dir.path().join("agent-id");
+        for garbage in [&b"\xff\xfe\x00"[..], b"", b"x/y", b"two words"] {
+            std::fs::write(&path, garbage).unwrap();
+            let e = stored_agent_id(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("agent-id"), "{e}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                garbage,
+                "the file was replaced"
+            );
+        }
+    }
 
     #[test]
     fn the_agents_of_corral_dev_share_the_machines_memory() {

@@ -177,7 +177,9 @@ impl Drop for Writer {
 }
 
 impl Store {
-    /// Opens (or creates) `<data_dir>/state.redb`, loads everything and starts the writer.
+    /// Opens `<data_dir>/state.redb`, loads everything and starts the writer. A missing file is
+    /// a new cluster and is created; a file that is empty or not a redb database is refused,
+    /// never silently replaced by an empty cluster.
     pub fn open(data_dir: &Path) -> Result<(Store, Loaded), StoreError> {
         let path = data_dir.join("state.redb");
         let open_error = |message: String| StoreError::Open {
@@ -185,7 +187,19 @@ impl Store {
             message,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        let db = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Database::create(&path),
+            Err(e) => return Err(open_error(e.to_string())),
+            Ok(meta) if meta.len() == 0 => {
+                return Err(open_error(
+                    "the file is empty, not a Corral database (a lost write or a full disk?); \
+                     restore it from a backup, or move it away to start a new cluster"
+                        .into(),
+                ))
+            }
+            Ok(_) => Database::open(&path),
+        }
+        .map_err(|e| open_error(format!("not a Corral database, or damaged: {e}")))?;
         // Create the tables, so that reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
         for table in [TASKS, OUTPUTS] {
@@ -661,6 +675,29 @@ mod tests {
         }
         let e = Store::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains(&format!("has schema {}", SCHEMA + 1)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_foreign_state_file_is_refused_and_a_missing_one_is_a_new_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        std::fs::write(&path, b"").unwrap();
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("the file is empty"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "the file was written"
+        );
+        std::fs::write(&path, b"SQLite format 3\0 and then some pages").unwrap();
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("not a Corral database"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.tasks.is_empty());
+        drop(store);
+        // And what it made opens again.
+        Store::open(dir.path()).unwrap();
     }
 
     #[tokio::test]

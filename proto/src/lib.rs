@@ -36,6 +36,31 @@ pub mod pb {
 /// captured output can be tens of MiB, over tonic's 4 MiB default.
 pub const MAX_MESSAGE_BYTES: usize = 96 << 20;
 
+/// Longest agent id, in bytes.
+pub const MAX_AGENT_ID_BYTES: usize = 128;
+
+/// What is wrong with `id` as an agent id, if anything: it must be 1 to
+/// [`MAX_AGENT_ID_BYTES`] bytes with no `/` (partitions are named `<agent id>/<name>`), no
+/// whitespace and no control characters. Checked by the host at registration and by the agent
+/// when it starts, so that a bad id is an error at once rather than a registration refused
+/// forever.
+pub fn agent_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id.len() > MAX_AGENT_ID_BYTES {
+        return Some(format!(
+            "agent id {id:?} must be 1 to {MAX_AGENT_ID_BYTES} bytes long"
+        ));
+    }
+    if id
+        .chars()
+        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "agent id {id:?} must contain no '/', whitespace or control characters"
+        ));
+    }
+    None
+}
+
 /// The agent protocol this contract defines (`RegisterRequest.protocol`); a host refuses an
 /// agent that speaks another. 3: outcome `compile_limit`, and an attempt's timeout counts its
 /// compile.

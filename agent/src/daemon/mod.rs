@@ -108,6 +108,9 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    if let Some(problem) = corral_proto::agent_id_problem(&config.id) {
+        return Err(AgentError::Setup(problem));
+    }
     let endpoint = corral_proto::endpoint(&config.host)
         .map_err(|e| AgentError::HostUrl(config.host.clone(), e))?;
     crate::sandbox::private_dir(&config.data_dir)
@@ -119,6 +122,7 @@ pub async fn run(
                 config.data_dir.display()
             ))
         })?;
+    clear_leftovers(&config.data_dir);
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.data_dir.join("cache")),
         pool_slots: Some(config.slots.max(1)),
@@ -554,6 +558,33 @@ impl Agent {
             ));
         }
         Ok(Bytes::from(bytes))
+    }
+}
+
+/// Removes what a previous run of the agent left: the work directories of attempts (no attempt
+/// outlives its agent process) and modules half written.
+fn clear_leftovers(data_dir: &std::path::Path) {
+    let entries = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+    };
+    for path in entries(&data_dir.join("work")) {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale work directory");
+        }
+    }
+    for path in entries(&data_dir.join("modules")) {
+        if path.extension().is_some_and(|e| e == "part") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

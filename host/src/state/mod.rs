@@ -508,11 +508,8 @@ impl HostState {
         now: Now,
         fx: &mut Effects,
     ) -> Result<u64, HostError> {
-        if info.id.is_empty() || info.id.contains('/') {
-            return Err(HostError::InvalidArgument(format!(
-                "agent id {:?} must be non-empty and contain no '/'",
-                info.id
-            )));
+        if let Some(problem) = corral_proto::agent_id_problem(&info.id) {
+            return Err(HostError::InvalidArgument(problem));
         }
         if info.capacity.slots == 0 || info.capacity.memory_bytes == 0 {
             return Err(HostError::InvalidArgument(format!(
