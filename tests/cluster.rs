@@ -1004,6 +1004,21 @@ fn idempotency_keys_outlive_a_host_restart_and_are_scoped_by_tenant() {
     cluster.wait_for_agents(&["a1"]);
     assert_eq!(submit(&cluster, "default"), (first, true));
     assert_eq!(submit(&cluster, "acme"), (acme, true));
+    // The same key for another task is refused, not answered with the first.
+    let other = cluster.corral(&[
+        "submit",
+        "--idempotency-key",
+        "sweep-1/fold-3",
+        &module,
+        "--lr",
+        "0.1",
+    ]);
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("different spec"),
+        "{}",
+        stderr(&other)
+    );
     let out = cluster.corral(&["tasks", "-o", "json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);

@@ -41,9 +41,130 @@ pub fn state_from_pb(state: i32) -> Option<TaskState> {
     }
 }
 
+/// The bounds of a task spec's fields, checked at submit: each field alone and, for the lists
+/// and maps, all of it together. A spec within them lists, stores and ships in well under the
+/// gRPC message cap.
+pub mod bounds {
+    /// Bytes of the name.
+    pub const NAME_BYTES: usize = 256;
+    /// Bytes of the tenant.
+    pub const TENANT_BYTES: usize = 128;
+    /// Bytes of an idempotency key.
+    pub const IDEMPOTENCY_KEY_BYTES: usize = 256;
+    /// Arguments.
+    pub const ARGS: usize = 4096;
+    /// Bytes of all arguments together (Linux's `ARG_MAX` is 2 MiB for args and env).
+    pub const ARGS_BYTES: usize = 1 << 20;
+    /// Environment variables.
+    pub const ENV_VARS: usize = 4096;
+    /// Bytes of all environment names and values together.
+    pub const ENV_BYTES: usize = 1 << 20;
+    /// Labels, and constraints, each.
+    pub const LABELS: usize = 64;
+    /// Bytes of a label's (or a constraint's) key.
+    pub const LABEL_KEY_BYTES: usize = 128;
+    /// Bytes of a label's (or a constraint's) value.
+    pub const LABEL_VALUE_BYTES: usize = 1024;
+}
+
+/// `text` for a message: at most 64 characters of it, so that a refusal of a huge value still
+/// fits a gRPC header.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Checks a name-like field: at most `max` bytes and no control characters (NUL included).
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "{field} {} is over the {max}-byte bound",
+            shown(text)
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{field} {} contains a control character",
+            shown(text)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key against [`bounds::IDEMPOTENCY_KEY_BYTES`].
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    check_text("idempotency key", key, bounds::IDEMPOTENCY_KEY_BYTES)
+}
+
+/// Checks labels or constraints (`field`) against [`bounds`].
+fn check_labels(
+    field: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    use bounds::{LABELS, LABEL_KEY_BYTES, LABEL_VALUE_BYTES};
+    if labels.len() > LABELS {
+        return Err(format!(
+            "{} {field}, over the bound of {LABELS}",
+            labels.len()
+        ));
+    }
+    for (key, value) in labels {
+        if key.is_empty() {
+            return Err(format!("a key of {field} is empty"));
+        }
+        check_text(&format!("the key of {field}"), key, LABEL_KEY_BYTES)?;
+        check_text(
+            &format!("the value of {field} {}", shown(key)),
+            value,
+            LABEL_VALUE_BYTES,
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks every bounded field of a submitted spec, naming the first one out of bounds.
+fn check_spec(spec: &pb::TaskSpec) -> Result<(), String> {
+    check_text("name", &spec.name, bounds::NAME_BYTES)?;
+    check_text("tenant", &spec.tenant, bounds::TENANT_BYTES)?;
+    if spec.args.len() > bounds::ARGS {
+        return Err(format!(
+            "{} args, over the bound of {}",
+            spec.args.len(),
+            bounds::ARGS
+        ));
+    }
+    let args: usize = spec.args.iter().map(String::len).sum();
+    if args > bounds::ARGS_BYTES {
+        return Err(format!(
+            "args are {args} bytes together, over the {}-byte bound",
+            bounds::ARGS_BYTES
+        ));
+    }
+    if spec.env.len() > bounds::ENV_VARS {
+        return Err(format!(
+            "{} env variables, over the bound of {}",
+            spec.env.len(),
+            bounds::ENV_VARS
+        ));
+    }
+    let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env > bounds::ENV_BYTES {
+        return Err(format!(
+            "env is {env} bytes together, over the {}-byte bound",
+            bounds::ENV_BYTES
+        ));
+    }
+    check_labels("labels", &spec.labels)?;
+    check_labels("constraints", &spec.constraints)
+}
+
 /// A submitted spec, with the host's defaults filled in where the client left a zero, and its
 /// fields checked.
 pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpec, String> {
+    check_spec(&spec)?;
     let limits = spec.limits.unwrap_or_default();
     let or = |v: u64, d: u64| if v == 0 { d } else { v };
     let sha = spec.module_sha256.trim().to_ascii_lowercase();
@@ -62,7 +183,10 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
     }
     for key in spec.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("environment variable name {key:?} is not valid"));
+            return Err(format!(
+                "environment variable name {} is not valid",
+                shown(key)
+            ));
         }
     }
     let retry = spec.retry.unwrap_or_default();
@@ -379,6 +503,116 @@ pub fn partition_from_pb(p: pb::Partition) -> Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bounded_field_is_checked_by_name_and_the_refusal_stays_short() {
+        let config = HostConfig::default();
+        let base = || pb::TaskSpec {
+            module_sha256: "ab".repeat(32),
+            ..Default::default()
+        };
+        let big = |n: usize| "x".repeat(n);
+        let many = |n: usize| -> std::collections::BTreeMap<String, String> {
+            (0..n).map(|i| (format!("k{i}"), "v".into())).collect()
+        };
+        let cases: Vec<(pb::TaskSpec, &str)> = vec![
+            (
+                pb::TaskSpec {
+                    name: big(257),
+                    ..base()
+                },
+                "name",
+            ),
+            (
+                pb::TaskSpec {
+                    tenant: big(129),
+                    ..base()
+                },
+                "tenant",
+            ),
+            (
+                pb::TaskSpec {
+                    tenant: "a\0b".into(),
+                    ..base()
+                },
+                "control character",
+            ),
+            (
+                pb::TaskSpec {
+                    args: vec![String::new(); 4097],
+                    ..base()
+                },
+                "4097 args",
+            ),
+            (
+                pb::TaskSpec {
+                    args: vec![big(80 << 20)],
+                    ..base()
+                },
+                "args are",
+            ),
+            (
+                pb::TaskSpec {
+                    env: many(4097),
+                    ..base()
+                },
+                "env variables",
+            ),
+            (
+                pb::TaskSpec {
+                    env: [("K".to_string(), big(2 << 20))].into(),
+                    ..base()
+                },
+                "env is",
+            ),
+            (
+                pb::TaskSpec {
+                    labels: many(65),
+                    ..base()
+                },
+                "65 labels",
+            ),
+            (
+                pb::TaskSpec {
+                    labels: [("team".to_string(), big(60 << 20))].into(),
+                    ..base()
+                },
+                "the value of labels \"team\"",
+            ),
+            (
+                pb::TaskSpec {
+                    constraints: many(10_000),
+                    ..base()
+                },
+                "10000 constraints",
+            ),
+            (
+                pb::TaskSpec {
+                    constraints: [(big(200), "v".to_string())].into(),
+                    ..base()
+                },
+                "the key of constraints",
+            ),
+        ];
+        for (spec, named) in cases {
+            let refusal = spec_from_pb(spec, &config).unwrap_err();
+            assert!(refusal.contains(named), "{named}: {refusal}");
+            assert!(refusal.len() < 300, "{named}: {} bytes", refusal.len());
+        }
+        // At the bounds, accepted.
+        let full = pb::TaskSpec {
+            name: big(256),
+            tenant: big(128),
+            args: vec![big(256); 4096],
+            labels: many(64),
+            constraints: many(64),
+            ..base()
+        };
+        spec_from_pb(full, &config).unwrap();
+        assert!(check_idempotency_key(&big(256)).is_ok());
+        assert!(check_idempotency_key(&big(257)).is_err());
+        assert!(check_idempotency_key("tenant\0key").is_err());
+    }
 
     #[test]
     fn specs_get_the_hosts_defaults_and_bad_fields_are_named() {

@@ -70,6 +70,8 @@ impl pb::corral_server::Corral for ClientService {
             .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
         let spec =
             convert::spec_from_pb(spec, self.plane.config()).map_err(Status::invalid_argument)?;
+        convert::check_idempotency_key(&request.idempotency_key)
+            .map_err(Status::invalid_argument)?;
         let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
         let (id, existed) = self.plane.submit(spec, key).await.map_err(status)?;
         Ok(Response::new(pb::SubmitTaskResponse {

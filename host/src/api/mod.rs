@@ -19,6 +19,13 @@ pub use client::ClientService;
 
 /// Maps a host error to the gRPC status clients see.
 pub fn status(error: HostError) -> tonic::Status {
+    let error = match error {
+        HostError::NotFound(m) => HostError::NotFound(fit_header(m)),
+        HostError::InvalidArgument(m) => HostError::InvalidArgument(fit_header(m)),
+        HostError::FailedPrecondition(m) => HostError::FailedPrecondition(fit_header(m)),
+        HostError::Unavailable(m) => HostError::Unavailable(fit_header(m)),
+        other => other,
+    };
     match error {
         HostError::Refused(refused) => {
             let kind = match refused.kind {
@@ -39,6 +46,23 @@ pub fn status(error: HostError) -> tonic::Status {
         HostError::Store(e) => tonic::Status::internal(e.to_string()),
         HostError::Unavailable(m) => tonic::Status::unavailable(m),
     }
+}
+
+/// Bytes of an error message sent: a gRPC status travels in a header, which peers cap (8 KiB
+/// by default in hyper), so a message naming a huge value must not grow with it.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary, saying so.
+pub fn fit_header(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - 16;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("... (cut)");
+    }
+    message
 }
 
 /// Serves both services on `listener` until `shutdown` resolves.
@@ -72,4 +96,21 @@ pub async fn serve(
 /// Binds `addr` (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_is_cut_to_fit_a_header_at_a_character_boundary() {
+        let short = "no task t-9".to_string();
+        assert_eq!(fit_header(short.clone()), short);
+        let long = "é".repeat(10_000);
+        let cut = fit_header(long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("... (cut)"));
+        let status = status(HostError::InvalidArgument("x".repeat(1 << 20)));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+    }
 }

@@ -311,6 +311,17 @@ impl HostState {
     ) -> Result<(TaskId, bool), HostError> {
         let key = idempotency_key.map(|k| (spec.tenant.clone(), k));
         if let Some(id) = key.as_ref().and_then(|k| self.idempotency.get(k)) {
+            // As Stripe's keys: the same key with another request is a client's mistake, not
+            // a request to answer with the first task.
+            if let Some(first) = self.tasks.get(id) {
+                if first.spec != spec {
+                    return Err(HostError::FailedPrecondition(format!(
+                        "idempotency key {} was used for task {id} with a different spec; \
+                         use a new key for a new task",
+                        crate::convert::shown(&key.as_ref().expect("a key").1)
+                    )));
+                }
+            }
             return Ok((*id, true));
         }
         if !self.modules.contains(&spec.module_sha256) {

@@ -1073,3 +1073,30 @@ fn output_past_the_hosts_cap_is_cut_and_says_so() {
     assert_eq!(small.files.len(), 1);
     assert!(!small.stdout_truncated && !small.stderr_truncated && !small.files_truncated);
 }
+
+#[test]
+fn an_idempotency_key_answers_its_task_only_for_the_same_spec() {
+    let mut w = World::new();
+    w.agent("a1", 4, 1 << 30);
+    let keyed = |w: &mut World, spec: TaskSpec| {
+        let mut fx = Effects::default();
+        w.state.submit(spec, Some("fold-1".into()), w.now, &mut fx)
+    };
+    let (id, existed) = keyed(&mut w, spec(MIB, 0, false)).unwrap();
+    assert!(!existed);
+    assert_eq!(keyed(&mut w, spec(MIB, 0, false)).unwrap(), (id, true));
+    let mut other = spec(MIB, 0, false);
+    other.args = vec!["--lr".into(), "0.1".into()];
+    match keyed(&mut w, other.clone()) {
+        Err(HostError::FailedPrecondition(m)) => {
+            assert!(
+                m.contains("\"fold-1\"") && m.contains("different spec"),
+                "{m}"
+            )
+        }
+        answer => panic!("a different spec under the same key was answered {answer:?}"),
+    }
+    // Another tenant's key is another key.
+    other.tenant = "acme".into();
+    assert!(!keyed(&mut w, other).unwrap().1);
+}
