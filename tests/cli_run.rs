@@ -55,6 +55,7 @@ fn json_output_has_every_documented_field() {
         "peak_memory_bytes",
         "wall_ms",
         "compile_ms",
+        "guest_warnings",
         "cached",
         "stdout",
         "stderr",
@@ -281,6 +282,45 @@ fn a_scribbled_cache_entry_is_discarded_with_a_warning_and_compiled_again() {
     }
     let (again, _) = corral_json(&flags, &module, &[], dir.path());
     assert_eq!(again["cached"], true, "the entry was written again");
+}
+
+#[test]
+fn a_large_stdin_is_streamed_to_the_guest_not_held_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 GiB (sparse, so it costs no disk) under a data limit of 600 MiB: holding it whole
+    // would fail; streaming needs the pool's tables (about 200 MiB) and 64 KiB at a time.
+    let big = dir.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let module = fixtures::path("count_stdin");
+    for stdin in [
+        &format!("--stdin {}", big.display()),
+        &format!("--stdin - < {}", big.display()),
+    ] {
+        let script = format!(
+            "ulimit -S -d {}; exec {} run -q --cache-dir {} {stdin} {}",
+            600 << 10,
+            corral().display(),
+            dir.path().join("cache").display(),
+            module.display(),
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n", 1u64 << 30)
+        );
+    }
 }
 
 #[test]

@@ -1025,7 +1025,7 @@ fn idempotency_keys_outlive_a_host_restart_and_are_scoped_by_tenant() {
 }
 
 /// Every field README.md documents for a task's JSON (`task get`, `tasks`, `submit --wait`).
-const TASK_FIELDS: [&str; 23] = [
+const TASK_FIELDS: [&str; 24] = [
     "id",
     "name",
     "tenant",
@@ -1049,6 +1049,7 @@ const TASK_FIELDS: [&str; 23] = [
     "args",
     "labels",
     "constraints",
+    "guest_warnings",
 ];
 
 #[test]
@@ -1260,5 +1261,80 @@ fn a_slow_compile_neither_blocks_other_modules_nor_outlives_its_kill() {
             corral_tests::server::children(agent).is_empty(),
             "the compile worker outlived the kill"
         );
+    });
+}
+
+#[test]
+fn uploads_are_received_a_few_at_a_time_and_a_silent_one_is_abandoned() {
+    let config =
+        format!("{FAST_CONFIG}\nmax_concurrent_uploads = 2\nupload_idle_timeout = \"1s\"\n");
+    let cluster = Cluster::start(&config, &[]);
+    cluster.block_on(async {
+        let client = cluster.client().await;
+        let module = wat::parse_str(fixtures::wat("trivial_wasi")).unwrap();
+        // Two uploads that keep sending and never end hold both turns.
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadModuleRequest>(4);
+            let mut c = client.clone();
+            let call = tokio::spawn(async move {
+                c.upload_module(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
+            let feeder = tokio::spawn(async move {
+                loop {
+                    let chunk = pb::UploadModuleRequest {
+                        chunk: vec![0u8; 1].into(),
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            holders.push((call, feeder));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A third waits for a turn, then is refused as busy.
+        let mut c = client.clone();
+        let busy = c
+            .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+                chunk: module.clone().into(),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+        // Once the holders go, uploads are taken again.
+        for (call, feeder) in holders {
+            feeder.abort();
+            call.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = client.clone();
+            let answer = c
+                .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+                    chunk: module.clone().into(),
+                }]))
+                .await;
+            match answer {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "uploads stayed refused: {e:?}"),
+            }
+        }
+        // An upload that goes silent is abandoned, and its turn freed.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadModuleRequest>(1);
+        tx.send(pb::UploadModuleRequest {
+            chunk: vec![0u8; 1].into(),
+        })
+        .await
+        .unwrap();
+        let mut c = client.clone();
+        let silent = c
+            .upload_module(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_err();
+        assert_eq!(silent.code(), tonic::Code::DeadlineExceeded, "{silent:?}");
+        drop(tx);
     });
 }

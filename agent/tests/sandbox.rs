@@ -901,3 +901,27 @@ fn a_grant_that_reaches_the_code_cache_is_refused() {
         Outcome::Success
     );
 }
+
+#[test]
+fn socket_calls_are_refused_as_wasi_says_and_counted_not_logged_each() {
+    // 10,000 calls on stdin (a descriptor the guest has: notsock) and on fd 9 (one it has
+    // not: badf); exits 1 if an answer is wrong.
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "sock_shutdown" (func $shutdown (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (loop
+          (if (i32.ne (call $accept (i32.const 0) (i32.const 0) (i32.const 8)) (i32.const 57))
+            (then (call $exit (i32.const 1))))
+          (if (i32.ne (call $shutdown (i32.const 9) (i32.const 0)) (i32.const 8))
+            (then (call $exit (i32.const 1))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if 0 (i32.lt_u (local.get $i) (i32.const 5000))))))"#;
+    let report = run(wat, &spec());
+    assert_eq!(report.outcome, Outcome::Success, "{report:?}");
+    assert_eq!(report.guest_warnings, 10_000);
+    // A run that makes no such call reports none.
+    assert_eq!(run(hello(), &spec()).guest_warnings, 0);
+}

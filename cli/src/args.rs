@@ -156,20 +156,28 @@ pub fn parse_duration(arg: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{arg:?} is not a duration ({e}); try 10s, 1m30s or 250ms"))
 }
 
-/// The bytes `--stdin FILE` names (`-`: this process's stdin); empty without the flag.
-pub fn read_stdin(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    Ok(match path {
-        None => Vec::new(),
+/// The bytes `--stdin FILE` names (`-`: this process's stdin); empty without the flag. More
+/// than `max` bytes is an error, found without reading further.
+pub fn read_stdin(path: Option<&Path>, max: u64) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    match path {
+        None => return Ok(bytes),
         Some(path) if path.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
             std::io::stdin()
+                .take(max + 1)
                 .read_to_end(&mut bytes)
                 .context("cannot read this process's stdin")?;
-            bytes
         }
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("cannot read --stdin file {}", path.display()))?,
-    })
+        Some(path) => {
+            std::fs::File::open(path)
+                .and_then(|file| file.take(max + 1).read_to_end(&mut bytes))
+                .with_context(|| format!("cannot read --stdin file {}", path.display()))?;
+        }
+    }
+    if bytes.len() as u64 > max {
+        bail!("--stdin is over {max} bytes, the most a task's stdin can be sent with");
+    }
+    Ok(bytes)
 }
 
 /// `--env` flags to the guest's variables: `K` alone takes this process's value.

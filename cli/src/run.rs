@@ -11,12 +11,13 @@ use anyhow::Context;
 use clap::Args;
 use corral_agent::sandbox::{
     default_cache_dir, DirGrant, GuestEvent, Limits, RunReport, RunSpec, Sandbox, SandboxConfig,
+    StdinSource,
 };
 use serde::Serialize;
 
 use crate::args::{
-    parse_dir, parse_duration, parse_env, parse_size, read_stdin, resolve_env, CompileArgs, Format,
-    FormatArg, ModuleArgs,
+    parse_dir, parse_duration, parse_env, parse_size, resolve_env, CompileArgs, Format, FormatArg,
+    ModuleArgs,
 };
 use crate::exit;
 use crate::show::{self, ignore_closed_pipe};
@@ -105,6 +106,7 @@ struct JsonReport<'a> {
     logs: Vec<JsonLog<'a>>,
     logs_dropped: u64,
     metrics: serde_json::Map<String, serde_json::Value>,
+    guest_warnings: u64,
 }
 
 #[derive(Serialize)]
@@ -116,7 +118,17 @@ struct JsonLog<'a> {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let module = std::fs::read(&args.guest.module)
         .with_context(|| format!("cannot read module {}", args.guest.module.display()))?;
-    let stdin = read_stdin(args.stdin.as_deref())?;
+    // Streamed to the guest as it reads, never held whole: a file is opened now (so that a
+    // missing one is an error before the module compiles) and again by the run.
+    let stdin_source = match args.stdin.as_deref() {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => Some(StdinSource::Inherit),
+        Some(path) => {
+            std::fs::File::open(path)
+                .with_context(|| format!("cannot read --stdin file {}", path.display()))?;
+            Some(StdinSource::File(path.to_path_buf()))
+        }
+    };
     let env = resolve_env(args.envs)?;
     let dirs = args
         .dirs
@@ -134,7 +146,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         program: args.guest.module.display().to_string(),
         args: args.guest.args,
         env,
-        stdin: stdin.into(),
+        stdin: bytes::Bytes::new(),
+        stdin_source,
         dirs,
         limits: Limits {
             fuel: args.fuel,
@@ -209,6 +222,9 @@ fn summary(report: &RunReport) -> String {
             line.push_str(&format!(" {flag}=true"));
         }
     }
+    if report.guest_warnings > 0 {
+        line.push_str(&format!(" guest_warnings={}", report.guest_warnings));
+    }
     if let Some(message) = report.outcome.message() {
         line.push_str(&format!(" message={message:?}"));
     }
@@ -245,6 +261,7 @@ fn json_report(report: &RunReport) -> JsonReport<'_> {
             .iter()
             .map(|(name, value)| (name.clone(), serde_json::json!(value)))
             .collect(),
+        guest_warnings: report.guest_warnings,
     }
 }
 

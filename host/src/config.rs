@@ -41,6 +41,13 @@ pub struct HostConfig {
     /// Default wall-clock limit of a task.
     #[serde(with = "humantime_serde_compat")]
     pub default_timeout: Duration,
+    /// Module uploads received at once; more wait for one to end (up to
+    /// `upload_idle_timeout`), so that at most this many times `max_module_size` is buffered.
+    pub max_concurrent_uploads: u32,
+    /// An upload that sends no chunk for this long is abandoned, and one that waits this long
+    /// for its turn is refused as busy.
+    #[serde(with = "humantime_serde_compat")]
+    pub upload_idle_timeout: Duration,
     /// Named partitions carved from the agents they select; the rest of each agent is shared.
     pub partitions: Vec<PartitionTemplate>,
 }
@@ -58,6 +65,8 @@ impl Default for HostConfig {
             default_fuel: 10_000_000_000,
             default_memory: ByteSize::mib(512),
             default_timeout: Duration::from_secs(60),
+            max_concurrent_uploads: 4,
+            upload_idle_timeout: Duration::from_secs(30),
             partitions: Vec::new(),
         }
     }
@@ -95,6 +104,9 @@ impl HostConfig {
         }
         if self.default_timeout.is_zero() {
             return Err("default_timeout must be above zero".into());
+        }
+        if self.max_concurrent_uploads == 0 || self.upload_idle_timeout.is_zero() {
+            return Err("max_concurrent_uploads and upload_idle_timeout must be above zero".into());
         }
         // A final report carries stdout, stderr and output files, each up to the cap, and a
         // launch carries stdin: each must fit in one message, with room for the rest.

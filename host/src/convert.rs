@@ -221,6 +221,39 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
     })
 }
 
+/// A stored spec from its protobuf form, as it was accepted: not judged again by today's
+/// configuration or bounds (a host whose caps were lowered, or raised, since still starts with
+/// every task it acknowledged, and a stored cap is never clamped).
+pub fn stored_spec_from_pb(spec: pb::TaskSpec) -> TaskSpec {
+    let limits = spec.limits.unwrap_or_default();
+    let retry = spec.retry.unwrap_or_default();
+    TaskSpec {
+        name: spec.name,
+        tenant: if spec.tenant.is_empty() {
+            "default".into()
+        } else {
+            spec.tenant
+        },
+        module_sha256: spec.module_sha256,
+        args: spec.args,
+        env: spec.env,
+        stdin: spec.stdin,
+        limits: TaskLimits {
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+            timeout: Duration::from_millis(limits.timeout_ms),
+            max_output_bytes: limits.max_output_bytes,
+        },
+        labels: spec.labels,
+        constraints: spec.constraints,
+        retry: RetryPolicy {
+            max_retries: retry.max_retries.unwrap_or(0),
+            retry_failed: retry.retry_failed,
+        },
+        collect_outputs: spec.collect_outputs,
+    }
+}
+
 /// A spec to its protobuf form; `with_stdin` false leaves stdin out (listings).
 pub fn spec_to_pb(spec: &TaskSpec, with_stdin: bool) -> pb::TaskSpec {
     pb::TaskSpec {
@@ -341,6 +374,7 @@ pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
         stdin_bytes: task.spec.stdin.len() as u64,
         memory_request_bytes: task.spec.limits.memory_bytes,
         kill_requested: task.kill_requested,
+        guest_warnings: task.guest_warnings,
     }
 }
 
@@ -348,8 +382,7 @@ pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
 pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
     let id: TaskId = task.id.parse()?;
     let state = state_from_pb(task.state).ok_or_else(|| format!("task {id} has no state"))?;
-    let spec = spec_from_pb(task.spec.unwrap_or_default(), &HostConfig::default())
-        .map_err(|e| format!("task {id}: {e}"))?;
+    let spec = stored_spec_from_pb(task.spec.unwrap_or_default());
     let some = |s: String| (!s.is_empty()).then_some(s);
     Ok(Task {
         id,
@@ -362,6 +395,7 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
         fuel_used: task.fuel_used,
         peak_memory_bytes: task.peak_memory_bytes,
         wall_us: task.wall_us,
+        guest_warnings: task.guest_warnings,
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.updated_at_ms,
         started_at_ms: task.started_at_ms,
@@ -503,6 +537,35 @@ pub fn partition_from_pb(p: pb::Partition) -> Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_task_comes_back_as_accepted_whatever_todays_caps_and_bounds() {
+        // Accepted by a host whose caps were raised: 40 MiB of stdin, 1 GiB of output, and
+        // 100 labels from before labels were bounded.
+        let config = HostConfig {
+            max_stdin_size: bytesize::ByteSize::mib(64),
+            max_output_size: bytesize::ByteSize::gib(1),
+            ..HostConfig::default()
+        };
+        let spec = spec_from_pb(
+            pb::TaskSpec {
+                module_sha256: "ab".repeat(32),
+                stdin: vec![1u8; 40 << 20].into(),
+                limits: Some(pb::Limits {
+                    max_output_bytes: 1 << 30,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &config,
+        )
+        .unwrap();
+        let mut task = Task::new(TaskId(7), spec, 1);
+        task.spec.labels = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+        let back = task_from_pb(task_to_pb(&task, true)).unwrap();
+        assert_eq!(back.spec, task.spec, "a stored spec was judged again");
+        assert_eq!(back.spec.limits.max_output_bytes, 1 << 30, "clamped");
+    }
 
     #[test]
     fn every_bounded_field_is_checked_by_name_and_the_refusal_stays_short() {

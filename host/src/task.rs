@@ -312,6 +312,8 @@ pub struct Task {
     pub peak_memory_bytes: u64,
     /// Wall time of the current or last attempt, in microseconds.
     pub wall_us: u64,
+    /// Calls of the current or last attempt the sandbox refused and counted (WASI sockets).
+    pub guest_warnings: u64,
     /// Submission time, milliseconds since the Unix epoch; so are the other times.
     pub created_at_ms: i64,
     /// Last change.
@@ -343,6 +345,7 @@ impl Task {
             fuel_used: 0,
             peak_memory_bytes: 0,
             wall_us: 0,
+            guest_warnings: 0,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             started_at_ms: 0,

@@ -120,6 +120,7 @@ pub fn run_spec(
         args: spec.args.clone(),
         env,
         stdin: spec.stdin.clone(),
+        stdin_source: None,
         dirs,
         limits: Limits {
             fuel: or(limits.fuel, defaults.fuel),
@@ -151,6 +152,7 @@ pub fn final_update(
         fuel_used: report.fuel_used,
         peak_memory_bytes: report.peak_memory_bytes,
         wall_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
+        guest_warnings: report.guest_warnings,
         progress: report.progress.map(|p| pb::Progress {
             done: p.done,
             total: p.total,

@@ -20,7 +20,7 @@ use super::modules::PreparedModule;
 use super::outcome::{Outcome, RunReport};
 use super::output::CappedOutput;
 use super::slots::SlotGate;
-use super::spec::RunSpec;
+use super::spec::{RunSpec, StdinSource};
 use super::{Sandbox, SandboxError};
 
 /// The per-run state held by a wasmtime store.
@@ -78,7 +78,8 @@ impl Sandbox {
         let stderr = CappedOutput::new(limits.max_stderr_bytes);
         // A module that imports no WASI never reaches the context; granted dirs still get one,
         // so that a bad grant is reported whatever the module.
-        let wasi = if module.inner.uses_wasi || !spec.dirs.is_empty() {
+        let wasi = if module.inner.uses_wasi || !spec.dirs.is_empty() || spec.stdin_source.is_some()
+        {
             Some(wasi_context(spec, &stdout, &stderr)?)
         } else {
             None
@@ -192,6 +193,7 @@ impl Sandbox {
             logs: state.guest.logs,
             logs_dropped: state.guest.logs_dropped,
             metrics: state.guest.metrics,
+            guest_warnings: state.guest.guest_warnings,
         })
     }
 }
@@ -260,13 +262,27 @@ fn wasi_context(
     wasi.arg(&spec.program)
         .args(&spec.args)
         .envs(&spec.env)
-        .stdin(MemoryInputPipe::new(spec.stdin.clone()))
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .allow_blocking_current_thread(true);
+    match &spec.stdin_source {
+        None => {
+            wasi.stdin(MemoryInputPipe::new(spec.stdin.clone()));
+        }
+        Some(StdinSource::File(path)) => {
+            let file = std::fs::File::open(path).map_err(|e| SandboxError::Stdin {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
+        }
+        Some(StdinSource::Inherit) => {
+            wasi.stdin(std::io::stdin());
+        }
+    }
     for dir in &spec.dirs {
         let perms = if dir.writable {
             FsPerms::ReadWrite

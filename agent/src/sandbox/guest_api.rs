@@ -40,6 +40,8 @@ pub(crate) struct GuestRecord {
     pub(crate) logs: Vec<LogRecord>,
     pub(crate) logs_dropped: u64,
     pub(crate) metrics: Vec<(String, f64)>,
+    /// Calls the sandbox refused and counted rather than logged (`sockets.rs`).
+    pub(crate) guest_warnings: u64,
     pub(crate) sink: Option<EventSink>,
 }
 

@@ -39,6 +39,7 @@
 //! | `outcome.rs` | [`Outcome`], [`RunReport`], guest events |
 //! | `limiter.rs`, `output.rs` | memory and table caps; capped stdout and stderr |
 //! | `guest_api.rs`, `sleep.rs` | the `corral` import module; WASI's `poll_oneoff` on tokio's timer |
+//! | `sockets.rs` | WASI's socket calls, refused and counted rather than logged each time |
 //!
 //! # Threads
 //! [`Sandbox::run`] blocks its thread for as long as the guest runs. Never call it on a tokio
@@ -60,6 +61,7 @@ mod outcome;
 mod output;
 mod sleep;
 mod slots;
+mod sockets;
 mod spec;
 
 use std::path::PathBuf;
@@ -81,7 +83,7 @@ pub use guest_api::{
 pub use limits::Limits;
 pub use modules::{PrepareError, Prepared, PreparedModule, Rejection};
 pub use outcome::{GuestEvent, LogLevel, LogRecord, Outcome, Progress, RunReport};
-pub use spec::{DirGrant, RunSpec};
+pub use spec::{DirGrant, RunSpec, StdinSource};
 
 use code_cache::CodeCache;
 use execute::RunState;
@@ -110,6 +112,14 @@ pub enum SandboxError {
         host: PathBuf,
         /// The guest path it was to appear as.
         guest: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The file given as the guest's stdin could not be opened.
+    #[error("cannot open {} as the guest's stdin: {message}", path.display())]
+    Stdin {
+        /// The file.
+        path: PathBuf,
         /// What went wrong.
         message: String,
     },

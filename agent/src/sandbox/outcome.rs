@@ -214,6 +214,9 @@ pub struct RunReport {
     pub logs_dropped: u64,
     /// The guest's metrics, last value per name, in the order first seen.
     pub metrics: Vec<(String, f64)>,
+    /// Calls the sandbox refused and counted rather than logging each (WASI socket calls): the
+    /// first of a run is logged, the rest only counted here.
+    pub guest_warnings: u64,
 }
 
 impl RunReport {
@@ -236,6 +239,7 @@ impl RunReport {
             logs: Vec::new(),
             logs_dropped: 0,
             metrics: Vec::new(),
+            guest_warnings: 0,
         }
     }
 }

@@ -37,6 +37,15 @@ impl DirGrant {
     }
 }
 
+/// A stdin streamed to the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StdinSource {
+    /// A file, opened when the run starts.
+    File(PathBuf),
+    /// This process's own stdin.
+    Inherit,
+}
+
 /// Everything a run is given. The guest sees nothing else: no host environment, no files but
 /// the granted directories, no sockets.
 #[derive(Clone, Default)]
@@ -50,6 +59,9 @@ pub struct RunSpec {
     /// The guest's stdin; it reads end-of-file after these bytes. Shared, not copied, by the
     /// runs given it.
     pub stdin: bytes::Bytes,
+    /// Where the guest's stdin comes from instead of [`RunSpec::stdin`], streamed as the guest
+    /// reads it and never held in memory whole.
+    pub stdin_source: Option<StdinSource>,
     /// Host directories the guest may open.
     pub dirs: Vec<DirGrant>,
     /// Caps on what the run may consume.
@@ -67,6 +79,7 @@ impl std::fmt::Debug for RunSpec {
             .field("args", &self.args)
             .field("env", &self.env)
             .field("stdin_bytes", &self.stdin.len())
+            .field("stdin_source", &self.stdin_source)
             .field("dirs", &self.dirs)
             .field("limits", &self.limits)
             .field("on_event", &self.on_event.is_some())

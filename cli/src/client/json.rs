@@ -27,6 +27,8 @@ pub struct Task {
     pub peak_memory_bytes: u64,
     /// Wall time of the last attempt, in milliseconds (microsecond precision).
     pub wall_ms: f64,
+    /// Calls of the last attempt the sandbox refused and counted rather than logged.
+    pub guest_warnings: u64,
     pub memory_request_bytes: u64,
     pub created_at_ms: i64,
     pub started_at_ms: i64,
@@ -66,6 +68,7 @@ impl From<&pb::Task> for Task {
             fuel_used: t.fuel_used,
             peak_memory_bytes: t.peak_memory_bytes,
             wall_ms: t.wall_us as f64 / 1e3,
+            guest_warnings: t.guest_warnings,
             memory_request_bytes: t.memory_request_bytes,
             created_at_ms: t.created_at_ms,
             started_at_ms: t.started_at_ms,

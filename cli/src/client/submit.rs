@@ -83,7 +83,11 @@ pub struct SubmitArgs {
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.guest.module)
         .with_context(|| format!("cannot read module {}", args.guest.module.display()))?;
-    let stdin = read_stdin(args.stdin.as_deref())?;
+    // The host's own cap (`max_stdin_size`) is checked by the host; this is the message's.
+    let stdin = read_stdin(
+        args.stdin.as_deref(),
+        corral_proto::MAX_MESSAGE_BYTES as u64 - (1 << 20),
+    )?;
     let env: BTreeMap<String, String> = resolve_env(args.envs)?.into_iter().collect();
     let mut client = connect(&args.host).await?;
     let chunks: Vec<pb::UploadModuleRequest> = bytes

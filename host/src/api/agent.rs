@@ -67,6 +67,7 @@ fn report_from_pb(update: pb::StatusUpdate) -> StatusReport {
         fuel_used: update.fuel_used,
         peak_memory_bytes: update.peak_memory_bytes,
         wall_us: update.wall_us,
+        guest_warnings: update.guest_warnings,
         progress: update.progress.map(|p| Progress {
             done: p.done,
             total: p.total,

@@ -19,12 +19,18 @@ const MAX_PAGE: usize = 10_000;
 /// Serves `corral.v1.Corral`.
 pub struct ClientService {
     plane: ControlPlane,
+    /// Turns to receive an upload: at most `max_concurrent_uploads` buffer at once.
+    uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ClientService {
     /// The service over `plane`.
     pub fn new(plane: ControlPlane) -> Self {
-        Self { plane }
+        let uploads = plane.config().max_concurrent_uploads as usize;
+        Self {
+            plane,
+            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(uploads)),
+        }
     }
 }
 
@@ -41,9 +47,29 @@ impl pb::corral_server::Corral for ClientService {
         request: Request<Streaming<pb::UploadModuleRequest>>,
     ) -> Result<Response<pb::UploadModuleResponse>, Status> {
         let cap = self.plane.config().max_module_size.as_u64();
+        let idle = self.plane.config().upload_idle_timeout;
         let mut stream = request.into_inner();
+        // Nothing of the stream is read before its turn: HTTP/2 flow control holds the rest.
+        let _turn = tokio::time::timeout(idle, self.uploads.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the host is receiving as many uploads as it takes at once ({}); try again",
+                    self.plane.config().max_concurrent_uploads
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host is shutting down"))?;
         let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            let chunk = tokio::time::timeout(idle, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "the upload sent nothing for {}: abandoned",
+                        humantime::format_duration(idle)
+                    ))
+                })??;
+            let Some(chunk) = chunk else { break };
             bytes.extend_from_slice(&chunk.chunk);
             if bytes.len() as u64 > cap {
                 return Err(Status::invalid_argument(format!(

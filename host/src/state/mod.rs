@@ -120,6 +120,8 @@ pub struct StatusReport {
     pub peak_memory_bytes: u64,
     /// Wall time, in microseconds.
     pub wall_us: u64,
+    /// Calls the sandbox refused and counted rather than logged.
+    pub guest_warnings: u64,
     /// The guest's progress.
     pub progress: Option<Progress>,
     /// Captured output (final reports).
@@ -487,6 +489,7 @@ impl HostState {
             task.updated_at_ms = now.ms;
             task.fuel_used = 0;
             task.peak_memory_bytes = 0;
+            task.guest_warnings = 0;
             task.wall_us = 0;
             task.progress = None;
             // The new attempt has no outcome yet; the last one's is in the task's reason.
@@ -821,6 +824,7 @@ impl HostState {
             },
         };
         task.peak_memory_bytes = report.peak_memory_bytes;
+        task.guest_warnings = report.guest_warnings;
         let reason = outcome.reason();
         let ended = outcome.kind.final_state();
         task.outcome = Some(outcome);
