@@ -33,6 +33,9 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Records that could not be decoded, set aside when the store was opened: `tasks/<id>`,
+/// `agents/<id>`, `partitions/<id>`, with their bytes as they were.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 /// The schema this code writes:
 /// - 1: outcomes' kinds as strings (`Outcome` field 1), wall times in milliseconds (`Task`
@@ -110,6 +113,8 @@ pub struct Loaded {
     pub idempotency: Vec<((String, String), TaskId)>,
     /// Sha256 of every stored module.
     pub modules: Vec<String>,
+    /// The highest task id ever stored, quarantined tasks included: ids are never reused.
+    pub highest_task_id: u64,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -214,6 +219,7 @@ impl Store {
             .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         migrate(&db, &path)?;
+        quarantine(&db)?;
         let db = Arc::new(db);
         let loaded = load(&db)?;
         let (sender, queue) = mpsc::channel();
@@ -286,14 +292,106 @@ impl Store {
     }
 }
 
+/// Sets aside, into [`QUARANTINE`], every task, agent and partition record that does not
+/// decode, so that one corrupt record does not stop the host from starting; each is reported
+/// loudly. Done in one transaction.
+fn quarantine(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    let mut bad: Vec<(String, Vec<u8>, String)> = Vec::new();
+    {
+        let tasks = txn.open_table(TASKS).map_err(io)?;
+        for row in tasks.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            let decoded = pb::Task::decode(value.value())
+                .map_err(|e| e.to_string())
+                .and_then(convert::task_from_pb);
+            if let Err(e) = decoded {
+                bad.push((format!("tasks/{}", key.value()), value.value().to_vec(), e));
+            }
+        }
+        let agents = txn.open_table(AGENTS).map_err(io)?;
+        for row in agents.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            if let Err(e) = pb::Agent::decode(value.value()) {
+                bad.push((
+                    format!("agents/{}", key.value()),
+                    value.value().to_vec(),
+                    e.to_string(),
+                ));
+            }
+        }
+        let partitions = txn.open_table(PARTITIONS).map_err(io)?;
+        for row in partitions.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            if let Err(e) = pb::Partition::decode(value.value()) {
+                bad.push((
+                    format!("partitions/{}", key.value()),
+                    value.value().to_vec(),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut quarantine = txn.open_table(QUARANTINE).map_err(io)?;
+        let mut tasks = txn.open_table(TASKS).map_err(io)?;
+        let mut agents = txn.open_table(AGENTS).map_err(io)?;
+        let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
+        for (key, bytes, error) in &bad {
+            tracing::error!(
+                record = key,
+                error,
+                "a stored record cannot be decoded: it is set aside in the store's quarantine \
+                 table and the host starts without it"
+            );
+            quarantine
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(io)?;
+            match key.split_once('/') {
+                Some(("tasks", id)) => {
+                    if let Ok(id) = id.parse::<u64>() {
+                        tasks.remove(id).map_err(io)?;
+                    }
+                }
+                Some(("agents", id)) => {
+                    agents.remove(id).map_err(io)?;
+                }
+                Some((_, id)) => {
+                    partitions.remove(id).map_err(io)?;
+                }
+                None => {}
+            }
+        }
+    }
+    txn.commit().map_err(io)?;
+    eprintln!(
+        "corral host: {} stored record(s) could not be decoded and were set aside (see the log)",
+        bad.len()
+    );
+    Ok(())
+}
+
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(io)?;
     let mut loaded = Loaded::default();
+    if let Ok(quarantined) = txn.open_table(QUARANTINE) {
+        for row in quarantined.iter().map_err(io)? {
+            let (key, _) = row.map_err(io)?;
+            if let Some(id) = key.value().strip_prefix("tasks/") {
+                let id = id.parse::<u64>().unwrap_or(0);
+                loaded.highest_task_id = loaded.highest_task_id.max(id);
+            }
+        }
+    }
     for row in txn.open_table(TASKS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
         let task = pb::Task::decode(value.value())
             .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", key.value())))
             .and_then(|t| convert::task_from_pb(t).map_err(StoreError::Corrupt))?;
+        loaded.highest_task_id = loaded.highest_task_id.max(task.id.0);
         loaded.tasks.push(task);
     }
     for row in txn.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
@@ -698,6 +796,55 @@ mod tests {
         drop(store);
         // And what it made opens again.
         Store::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_set_aside_and_the_host_starts_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store
+                .write(vec![Write::Task(task(4)), Write::Task(task(5))])
+                .durable()
+                .await
+                .unwrap();
+        }
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(TASKS)
+                .unwrap()
+                .insert(5, &b"\xff\xff\xff scribbled"[..])
+                .unwrap();
+            txn.open_table(AGENTS)
+                .unwrap()
+                .insert("a9", &b"\x0a\xff"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let ids: Vec<u64> = loaded.tasks.iter().map(|t| t.id.0).collect();
+        assert_eq!(ids, vec![4]);
+        assert!(loaded.agents.is_empty());
+        assert_eq!(
+            loaded.highest_task_id, 5,
+            "a quarantined task's id could be reused"
+        );
+        drop(store);
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let quarantine = txn.open_table(QUARANTINE).unwrap();
+        assert_eq!(
+            quarantine.get("tasks/5").unwrap().unwrap().value(),
+            b"\xff\xff\xff scribbled"
+        );
+        assert!(quarantine.get("agents/a9").unwrap().is_some());
+        drop(txn);
+        drop(db);
+        // Opened again, it starts the same, with nothing new to set aside.
+        let (_, again) = Store::open(dir.path()).unwrap();
+        assert_eq!(again.tasks.len(), 1);
+        assert_eq!(again.highest_task_id, 5);
     }
 
     #[tokio::test]

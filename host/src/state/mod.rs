@@ -254,6 +254,7 @@ impl HostState {
     /// allocations recomputed from the tasks that hold resources, PENDING tasks queued.
     pub fn restore(config: &HostConfig, loaded: Loaded, now: Now) -> Self {
         let mut state = Self::new(config);
+        state.next_id = loaded.highest_task_id;
         for (info, seen) in loaded.agents {
             state.registry.restore(info, now.instant, seen);
         }
@@ -315,16 +316,22 @@ impl HostState {
         if let Some(id) = key.as_ref().and_then(|k| self.idempotency.get(k)) {
             // As Stripe's keys: the same key with another request is a client's mistake, not
             // a request to answer with the first task.
-            if let Some(first) = self.tasks.get(id) {
-                if first.spec != spec {
+            let shown = crate::convert::shown(&key.as_ref().expect("a key").1);
+            match self.tasks.get(id) {
+                Some(first) if first.spec != spec => {
                     return Err(HostError::FailedPrecondition(format!(
-                        "idempotency key {} was used for task {id} with a different spec; \
-                         use a new key for a new task",
-                        crate::convert::shown(&key.as_ref().expect("a key").1)
-                    )));
+                        "idempotency key {shown} was used for task {id} with a different spec; \
+                         use a new key for a new task"
+                    )))
+                }
+                Some(_) => return Ok((*id, true)),
+                None => {
+                    return Err(HostError::FailedPrecondition(format!(
+                        "idempotency key {shown} names task {id}, whose record could not be \
+                         loaded (see the host's log)"
+                    )))
                 }
             }
-            return Ok((*id, true));
         }
         if !self.modules.contains(&spec.module_sha256) {
             return Err(HostError::NotFound(format!(
