@@ -381,3 +381,41 @@ async fn a_slow_commit_does_not_make_heartbeating_agents_lost() {
         "its session survived"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_goes_out_only_once_its_assignment_is_durable() {
+    let data = tempfile::tempdir().unwrap();
+    // Heartbeats are not played here: the default timeout (15 s) keeps the agent alive.
+    let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
+    let (sha, _, _) = plane
+        .upload_module(fixtures::wat("trivial").into_bytes())
+        .await
+        .unwrap();
+    let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
+    let mut commands = plane.attach("a1", session).await.unwrap();
+
+    // The disk is slow: the submit and its assignment take a second and a half to commit.
+    plane.inject_store_delay(Duration::from_millis(1500));
+    let submitting = {
+        let plane = plane.clone();
+        let sha = sha.clone();
+        tokio::spawn(async move { submit(&plane, &sha, "t").await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        commands.try_recv().is_err(),
+        "a launch went out before its assignment was on disk"
+    );
+    let launched = launches(&mut commands, 1).await;
+    let id = submitting.await.unwrap().unwrap();
+    assert_eq!(launched, vec![attempt(id, 1)]);
+
+    // The host dies the moment the launch is out: what it comes back with is the assignment
+    // the agent was told, so the attempt is not placed again elsewhere.
+    drop((plane, commands));
+    let plane = reopen(HostConfig::default(), data.path()).await;
+    let task = plane.get(id).await.unwrap();
+    assert_eq!(task.state, TaskState::Assigned, "{task:?}");
+    assert_eq!(task.attempts, 1);
+    assert_eq!(task.agent_id.as_deref(), Some("a1"));
+}
