@@ -49,4 +49,5 @@
 //! ```
 
 pub mod daemon;
+mod lru;
 pub mod sandbox;

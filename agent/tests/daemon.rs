@@ -152,6 +152,10 @@ struct Rig {
 
 impl Rig {
     async fn start(resend: Duration) -> Rig {
+        Self::start_with(resend, AgentConfig::DEFAULT_MAX_CACHE_BYTES).await
+    }
+
+    async fn start_with(resend: Duration, max_cache_bytes: u64) -> Rig {
         let (tx, heard) = mpsc::unbounded_channel();
         let host = Host {
             heard: tx,
@@ -174,6 +178,7 @@ impl Rig {
             resend_interval: resend,
             compiler: Default::default(),
             compile_budget: Default::default(),
+            max_cache_bytes,
         };
         tokio::spawn(daemon::run(config, std::future::pending()));
         let mut rig = Rig {
@@ -277,6 +282,39 @@ async fn an_output_dir_the_agent_cannot_make_is_the_agents_failure_not_the_tasks
         "{message}"
     );
     assert!(Path::new(&work).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kept_modules_stay_within_the_cache_size_least_recently_used_going_first() {
+    // Room for about one of these modules (each is a few hundred bytes).
+    let mut rig = Rig::start_with(Duration::from_secs(5), 600).await;
+    let modules = rig.data.path().join("modules");
+    let mut shas = Vec::new();
+    for (i, text) in ["one\n", "two\n", "three\n"].iter().enumerate() {
+        let sha = rig.add_module(&fixtures::spinner(1, text));
+        let task = format!("t-{i}");
+        rig.host.launch(&task, spec(&sha));
+        assert_eq!(
+            kind(&rig.final_report(&task).await),
+            pb::OutcomeKind::Success
+        );
+        shas.push(sha);
+    }
+    let kept: Vec<String> = std::fs::read_dir(&modules)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wasm"))
+        .collect();
+    let size: u64 = kept
+        .iter()
+        .map(|n| std::fs::metadata(modules.join(n)).unwrap().len())
+        .sum();
+    assert!(size <= 600, "{kept:?} hold {size} bytes");
+    assert!(kept.len() < 3, "nothing was evicted: {kept:?}");
+    assert!(
+        kept.contains(&format!("{}.wasm", shas[2])),
+        "the module just used was evicted: {kept:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +456,7 @@ async fn an_agent_with_an_id_the_host_would_refuse_stops_at_once_saying_why() {
             resend_interval: Duration::from_secs(5),
             compiler: Default::default(),
             compile_budget: Default::default(),
+            max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
         };
         let ran = tokio::time::timeout(
             Duration::from_secs(10),
@@ -459,6 +498,7 @@ async fn what_an_earlier_run_of_the_agent_left_in_its_data_dir_is_removed_at_sta
         resend_interval: Duration::from_secs(5),
         compiler: Default::default(),
         compile_budget: Default::default(),
+        max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
     };
     let agent = tokio::spawn(daemon::run(config, std::future::pending()));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

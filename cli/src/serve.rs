@@ -46,6 +46,10 @@ pub struct AgentCapacity {
     labels: Vec<(String, String)>,
     #[command(flatten)]
     compile: CompileArgs,
+    /// Most bytes of modules, and of compiled code, each agent keeps on disk; past it the least
+    /// recently used are removed.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse_size)]
+    cache_size: u64,
 }
 
 /// Arguments of `corral agent`.
@@ -202,6 +206,7 @@ fn agent_config(
         resend_interval: AgentConfig::DEFAULT_RESEND_INTERVAL,
         compiler: CompileArgs::compiler()?,
         compile_budget: capacity.compile.budget(),
+        max_cache_bytes: capacity.cache_size,
     })
 }
 
@@ -338,6 +343,7 @@ mod tests {
                 compile_timeout: Duration::from_secs(1),
                 compile_memory: 1 << 30,
             },
+            cache_size: 1 << 30,
         };
         let dev = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new()).unwrap();
         assert_eq!(dev.memory_bytes * 2, whole / 2 * 2);

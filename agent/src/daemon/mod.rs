@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Module cache, compiled-code cache and task output directories live here.
     pub data_dir: PathBuf,
+    /// Bytes of modules kept in `<data_dir>/modules`, and of compiled code in
+    /// `<data_dir>/cache`, each; past it the least recently used are removed.
+    pub max_cache_bytes: u64,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
     /// How long an unacknowledged final report waits before it is sent again.
@@ -58,6 +61,8 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Default [`AgentConfig::resend_interval`].
     pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(5);
+    /// Default [`AgentConfig::max_cache_bytes`]: 2 GiB.
+    pub const DEFAULT_MAX_CACHE_BYTES: u64 = 2 << 30;
 }
 
 /// An agent's failure to start (a running agent retries everything else).
@@ -125,6 +130,7 @@ pub async fn run(
     clear_leftovers(&config.data_dir);
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.data_dir.join("cache")),
+        max_cache_bytes: config.max_cache_bytes,
         pool_slots: Some(config.slots.max(1)),
         compiler: config.compiler.clone(),
         compile_budget: config.compile_budget,
@@ -501,6 +507,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || {
                 let bytes = std::fs::read(&path).ok()?;
                 if corral_admission::sha256_of(&bytes) == sha256 {
+                    crate::lru::touch(&path);
                     return Some(Bytes::from(bytes));
                 }
                 tracing::warn!(
@@ -520,10 +527,14 @@ impl Agent {
         let bytes = self.fetch(sha256, client).await?;
         let kept = bytes.clone();
         let sha = sha256.to_string();
+        let max = self.config.max_cache_bytes;
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = keep(&path, &kept) {
                 // The run goes on from memory; the next process fetches it again.
                 tracing::warn!(sha256 = sha, error = %e, "cannot keep the module on disk");
+            }
+            if let Some(dir) = path.parent() {
+                crate::lru::evict(dir, ".wasm", max);
             }
         })
         .await;

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -106,11 +106,8 @@ impl CodeCache {
         };
         match Verified::unframe(bytes, ENTRY_MAGIC) {
             Ok(verified) => {
-                // Its use, for eviction; a cache we cannot touch is still a cache.
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
+                // Its use, for eviction.
+                crate::lru::touch(&path);
                 Some(verified)
             }
             Err(reason) => {
@@ -163,27 +160,7 @@ impl CodeCache {
     /// Removes the least recently used entries until the cache holds at most
     /// [`CodeCache::max_bytes`].
     fn evict(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut entries: Vec<(SystemTime, u64, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
-            .filter_map(|e| {
-                let meta = e.metadata().ok()?;
-                Some((meta.modified().ok()?, meta.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
-        entries.sort();
-        for (_, len, path) in entries {
-            if total <= self.max_bytes {
-                break;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                total -= len;
-            }
-        }
+        crate::lru::evict(&self.dir, ".cwasm", self.max_bytes);
     }
 
     fn remove_stale_temps(&self) {
@@ -292,7 +269,7 @@ mod tests {
         let entry = 1000u64;
         let cache = cache(dir.path(), 2 * (entry + 40));
         let shas: Vec<String> = ["01", "02", "03"].iter().map(|s| s.repeat(32)).collect();
-        let old = SystemTime::now() - Duration::from_secs(100);
+        let old = std::time::SystemTime::now() - Duration::from_secs(100);
         cache.store(&shas[0], &vec![1; entry as usize]);
         cache.store(&shas[1], &vec![2; entry as usize]);
         for (sha, age) in [(&shas[0], 50), (&shas[1], 10)] {
