@@ -925,3 +925,56 @@ fn socket_calls_are_refused_as_wasi_says_and_counted_not_logged_each() {
     // A run that makes no such call reports none.
     assert_eq!(run(hello(), &spec()).guest_warnings, 0);
 }
+
+/// Creates `out.bin` in the first granted directory and writes 64 KiB to it 1,000 times:
+/// appending (`fd_write`) or over the same bytes (`fd_pwrite` at 0).
+fn disk_writer(call: &str) -> String {
+    let write = match call {
+        "fd_write" => "(call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16))",
+        _ => "(call $pwrite (local.get $fd) (i32.const 0) (i32.const 1) (i64.const 0) (i32.const 16))",
+    };
+    format!(
+        r#"(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_pwrite" (func $pwrite (param i32 i32 i32 i64 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 2)
+      (data (i32.const 100) "out.bin")
+      (func (export "_start") (local $fd i32) (local $i i32)
+        (if (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 7) (i32.const 9)
+                        (i64.const 536870911) (i64.const 536870911) (i32.const 0) (i32.const 20))
+          (then (call $exit (i32.const 2))))
+        (local.set $fd (i32.load (i32.const 20)))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 65536))
+        (loop
+          (if {write} (then (call $exit (i32.const 3))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if 0 (i32.lt_u (local.get $i) (i32.const 1000))))))"#
+    )
+}
+
+#[test]
+fn files_grown_past_the_disk_quota_end_the_run_within_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.dirs = vec![DirGrant::read_write(dir.path(), "/out")];
+    spec.limits.max_disk_bytes = 1 << 20;
+    let report = run(&disk_writer("fd_write"), &spec);
+    assert_eq!(report.outcome, Outcome::DiskLimit, "{report:?}");
+    let written = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
+    assert!(written <= 1 << 20, "{written} bytes written past the quota");
+    assert!(written > (1 << 20) - 65536, "stopped early: {written}");
+    // Writing over the same bytes grows nothing: 1,000 overwrites of 64 KiB fit a 1 MiB quota.
+    let report = run(&disk_writer("fd_pwrite"), &spec);
+    assert_eq!(report.outcome, Outcome::Success, "{report:?}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("out.bin")).unwrap().len(),
+        65536
+    );
+    // Stdout is the output cap's, not the quota's.
+    spec.limits.max_disk_bytes = 1;
+    assert_eq!(run(hello(), &spec).outcome, Outcome::Success);
+}

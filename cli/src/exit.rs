@@ -19,6 +19,7 @@
 //! | 135    | `killed`: stopped by `corral task kill`                         |
 //! | 136    | the task was LOST with no attempts left                         |
 //! | 137    | `compile_limit`: compiling went over the compile budget         |
+//! | 138    | `disk_limit`: the guest grew files past its disk quota          |
 
 use corral_proto::pb::OutcomeKind;
 
@@ -46,6 +47,8 @@ pub const KILLED: u8 = 135;
 pub const LOST: u8 = 136;
 /// `compile_limit`.
 pub const COMPILE_LIMIT: u8 = 137;
+/// `disk_limit`.
+pub const DISK_LIMIT: u8 = 138;
 
 /// The exit status for a run that ended with `kind` (and, for `exit`, the guest's code).
 pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {
@@ -65,6 +68,7 @@ pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {
         OutcomeKind::Timeout => TIMEOUT,
         OutcomeKind::Killed => KILLED,
         OutcomeKind::CompileLimit => COMPILE_LIMIT,
+        OutcomeKind::DiskLimit => DISK_LIMIT,
         OutcomeKind::AgentError | OutcomeKind::Unspecified => CORRAL_FAILED,
     }
 }
@@ -87,6 +91,7 @@ mod tests {
             (OutcomeKind::AgentError, 133),
             (OutcomeKind::Killed, 135),
             (OutcomeKind::CompileLimit, 137),
+            (OutcomeKind::DiskLimit, 138),
         ];
         for (kind, code) in expected {
             assert_eq!(status(kind, 0), code, "{kind:?}");

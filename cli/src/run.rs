@@ -58,6 +58,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     max_output: u64,
 
+    /// Most bytes the guest may grow files by in granted directories; past it the run ends
+    /// `disk_limit`.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    max_disk: u64,
+
     /// Refuse modules larger than this (binary or text), as `invalid_module`.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_module_size: u64,
@@ -155,6 +160,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             timeout: args.timeout,
             max_stdout_bytes: args.max_output,
             max_stderr_bytes: args.max_output,
+            max_disk_bytes: args.max_disk,
             ..Limits::default()
         },
         on_event: text.then(|| Arc::new(print_guest_log) as _),

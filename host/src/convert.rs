@@ -210,6 +210,7 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
             )),
             max_output_bytes: or(limits.max_output_bytes, defaults.max_output_size.as_u64())
                 .min(defaults.max_output_size.as_u64()),
+            max_disk_bytes: or(limits.max_disk_bytes, defaults.default_max_disk.as_u64()),
         },
         labels: spec.labels,
         constraints: spec.constraints,
@@ -243,6 +244,7 @@ pub fn stored_spec_from_pb(spec: pb::TaskSpec) -> TaskSpec {
             memory_bytes: limits.memory_bytes,
             timeout: Duration::from_millis(limits.timeout_ms),
             max_output_bytes: limits.max_output_bytes,
+            max_disk_bytes: limits.max_disk_bytes,
         },
         labels: spec.labels,
         constraints: spec.constraints,
@@ -272,6 +274,7 @@ pub fn spec_to_pb(spec: &TaskSpec, with_stdin: bool) -> pb::TaskSpec {
             memory_bytes: spec.limits.memory_bytes,
             timeout_ms: u64::try_from(spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
             max_output_bytes: spec.limits.max_output_bytes,
+            max_disk_bytes: spec.limits.max_disk_bytes,
         }),
         labels: spec.labels.clone(),
         constraints: spec.constraints.clone(),
@@ -298,6 +301,7 @@ pub fn outcome_kind_to_pb(kind: OutcomeKind) -> pb::OutcomeKind {
         OutcomeKind::Killed => pb::OutcomeKind::Killed,
         OutcomeKind::AgentError => pb::OutcomeKind::AgentError,
         OutcomeKind::CompileLimit => pb::OutcomeKind::CompileLimit,
+        OutcomeKind::DiskLimit => pb::OutcomeKind::DiskLimit,
     }
 }
 
@@ -317,6 +321,7 @@ pub fn outcome_kind_from_pb(kind: i32) -> Option<OutcomeKind> {
         pb::OutcomeKind::Killed => OutcomeKind::Killed,
         pb::OutcomeKind::AgentError => OutcomeKind::AgentError,
         pb::OutcomeKind::CompileLimit => OutcomeKind::CompileLimit,
+        pb::OutcomeKind::DiskLimit => OutcomeKind::DiskLimit,
     })
 }
 

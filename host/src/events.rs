@@ -115,6 +115,7 @@ mod tests {
                 memory_bytes: 1,
                 timeout: std::time::Duration::from_secs(1),
                 max_output_bytes: 1,
+                max_disk_bytes: 256 << 20,
             },
             labels: Default::default(),
             constraints: Default::default(),

@@ -122,6 +122,9 @@ pub struct TaskLimits {
     pub timeout: Duration,
     /// Cap on each of stdout and stderr.
     pub max_output_bytes: u64,
+    /// Bytes by which the guest may grow files.
+    #[serde(default)]
+    pub max_disk_bytes: u64,
 }
 
 /// When a task is attempted again.
@@ -200,11 +203,13 @@ pub enum OutcomeKind {
     AgentError,
     /// Compiling the module went over the compile budget; it never ran.
     CompileLimit,
+    /// The guest grew files past its disk quota.
+    DiskLimit,
 }
 
 impl OutcomeKind {
     /// Every kind.
-    pub const ALL: [OutcomeKind; 12] = [
+    pub const ALL: [OutcomeKind; 13] = [
         OutcomeKind::Success,
         OutcomeKind::Exit,
         OutcomeKind::OutOfFuel,
@@ -217,6 +222,7 @@ impl OutcomeKind {
         OutcomeKind::Killed,
         OutcomeKind::AgentError,
         OutcomeKind::CompileLimit,
+        OutcomeKind::DiskLimit,
     ];
 
     /// The kind's stable name, as in JSON (`out_of_fuel`).
@@ -234,6 +240,7 @@ impl OutcomeKind {
             OutcomeKind::Killed => "killed",
             OutcomeKind::AgentError => "agent_error",
             OutcomeKind::CompileLimit => "compile_limit",
+            OutcomeKind::DiskLimit => "disk_limit",
         }
     }
 
@@ -468,6 +475,7 @@ mod tests {
                 memory_bytes: 1,
                 timeout: Duration::from_secs(1),
                 max_output_bytes: 1,
+                max_disk_bytes: 256 << 20,
             },
             labels: BTreeMap::new(),
             constraints: BTreeMap::new(),

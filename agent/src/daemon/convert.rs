@@ -48,6 +48,7 @@ pub fn outcome_kind(outcome: &Outcome) -> pb::OutcomeKind {
         Outcome::InvalidModule { .. } => pb::OutcomeKind::InvalidModule,
         Outcome::Killed => pb::OutcomeKind::Killed,
         Outcome::CompileLimit { .. } => pb::OutcomeKind::CompileLimit,
+        Outcome::DiskLimit => pb::OutcomeKind::DiskLimit,
     }
 }
 
@@ -131,6 +132,7 @@ pub fn run_spec(
             )),
             max_stdout_bytes: or(limits.max_output_bytes, defaults.max_stdout_bytes),
             max_stderr_bytes: or(limits.max_output_bytes, defaults.max_stderr_bytes),
+            max_disk_bytes: or(limits.max_disk_bytes, defaults.max_disk_bytes),
             ..defaults
         },
         on_event: Some(on_event),
@@ -290,6 +292,7 @@ mod tests {
                 memory_bytes: 0,
                 timeout_ms: 1500,
                 max_output_bytes: 10,
+                max_disk_bytes: 4096,
             }),
             ..Default::default()
         };
@@ -309,5 +312,6 @@ mod tests {
         assert_eq!(run.limits.memory_bytes, Limits::default().memory_bytes);
         assert_eq!(run.limits.timeout, Duration::from_millis(1500));
         assert_eq!(run.limits.max_stdout_bytes, 10);
+        assert_eq!(run.limits.max_disk_bytes, 4096);
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine, Linker};
 
 use super::config::{SandboxConfig, POOL_MEMORY_BYTES, POOL_TABLE_ELEMENTS};
 use super::execute::RunState;
-use super::{guest_api, sleep, sockets, SandboxError};
+use super::{disk, guest_api, sleep, sockets, SandboxError};
 
 /// The engine's settings: Cranelift at `Speed`, fuel or epochs, a bounded stack, and the wasm
 /// features of wasmtime's defaults as built here, which are admission's
@@ -52,6 +52,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<RunState>, SandboxError> 
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, sleep::wasi)
         .and_then(|()| sleep::add_to_linker(&mut linker))
         .and_then(|()| sockets::add_to_linker(&mut linker))
+        .and_then(|()| disk::add_to_linker(&mut linker))
         .and_then(|()| guest_api::add_to_linker(&mut linker))
         .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
     Ok(linker)

@@ -13,6 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::classify::classify;
 use super::config::{POOL_MEMORY_BYTES, POOL_TABLE_ELEMENTS, YIELD_FUEL};
 use super::control::{FuelYields, RunControl};
+use super::disk::DiskQuota;
 use super::engine::epoch_ticks;
 use super::guest_api::GuestRecord;
 use super::limiter::Limiter;
@@ -29,6 +30,8 @@ pub(crate) struct RunState {
     pub(crate) wasi: Option<WasiP1Ctx>,
     pub(crate) limiter: Limiter,
     pub(crate) guest: GuestRecord,
+    /// What the guest has grown files by, against its quota.
+    pub(crate) disk: DiskQuota,
 }
 
 impl RunState {
@@ -40,6 +43,7 @@ impl RunState {
             wasi: None,
             limiter: Limiter::new(0, 0),
             guest: GuestRecord::new(None),
+            disk: DiskQuota::default(),
         }
     }
 }
@@ -99,6 +103,10 @@ impl Sandbox {
             wasi,
             limiter: Limiter::new(memory_cap, table_cap),
             guest: GuestRecord::new(spec.on_event.clone()),
+            disk: DiskQuota {
+                max_bytes: limits.max_disk_bytes,
+                ..DiskQuota::default()
+            },
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -156,6 +164,7 @@ impl Sandbox {
 
         let killed = spec.control.as_ref().is_some_and(RunControl::is_killed);
         let cap_hit = store.data().limiter.cap_hit;
+        let disk_hit = store.data().disk.hit;
         if let Ok(Err(error)) = &result {
             if !killed && !cap_hit && error.downcast_ref::<InstantiationFailed>().is_some() {
                 return Err(SandboxError::Instantiate(format!("{error:#}")));
@@ -163,6 +172,8 @@ impl Sandbox {
         }
         let outcome = if killed {
             Outcome::Killed
+        } else if disk_hit {
+            Outcome::DiskLimit
         } else {
             classify(result, cap_hit)
         };

@@ -20,6 +20,9 @@ pub struct Limits {
     pub max_stdout_bytes: u64,
     /// Bytes of stderr kept, as for stdout.
     pub max_stderr_bytes: u64,
+    /// Bytes by which the guest may grow files in its granted directories (writes, extending
+    /// sizes; deleting gives nothing back); past it the run ends `disk_limit`.
+    pub max_disk_bytes: u64,
 }
 
 impl Limits {
@@ -33,6 +36,8 @@ impl Limits {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
     /// Default cap on each of stdout and stderr: 16 MiB.
     pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
+    /// Default disk quota: 256 MiB.
+    pub const DEFAULT_MAX_DISK_BYTES: u64 = 256 << 20;
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             timeout: Self::DEFAULT_TIMEOUT,
             max_stdout_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
             max_stderr_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
+            max_disk_bytes: Self::DEFAULT_MAX_DISK_BYTES,
         }
     }
 }

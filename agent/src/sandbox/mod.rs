@@ -39,6 +39,7 @@
 //! | `outcome.rs` | [`Outcome`], [`RunReport`], guest events |
 //! | `limiter.rs`, `output.rs` | memory and table caps; capped stdout and stderr |
 //! | `guest_api.rs`, `sleep.rs` | the `corral` import module; WASI's `poll_oneoff` on tokio's timer |
+//! | `disk.rs` | the disk quota: file writes counted and stopped past it |
 //! | `sockets.rs` | WASI's socket calls, refused and counted rather than logged each time |
 //!
 //! # Threads
@@ -51,6 +52,7 @@ mod code_cache;
 mod compiler;
 mod config;
 mod control;
+mod disk;
 mod engine;
 mod execute;
 mod guest_api;

@@ -41,6 +41,10 @@ pub enum Outcome {
     },
     /// Stopped on request, through [`RunControl::kill`](super::RunControl::kill).
     Killed,
+    /// The guest grew files past its disk quota ([`Limits::max_disk_bytes`]).
+    ///
+    /// [`Limits::max_disk_bytes`]: super::Limits::max_disk_bytes
+    DiskLimit,
     /// Compiling the module went over the compile budget (time or memory) or a limit of the
     /// engine's; it never ran.
     CompileLimit {
@@ -64,6 +68,7 @@ impl Outcome {
             Outcome::InvalidModule { .. } => "invalid_module",
             Outcome::Killed => "killed",
             Outcome::CompileLimit { .. } => "compile_limit",
+            Outcome::DiskLimit => "disk_limit",
         }
     }
 

@@ -165,6 +165,7 @@ mod tests {
             Outcome::CompileLimit {
                 message: "x".into(),
             },
+            Outcome::DiskLimit,
         ];
         for outcome in outcomes {
             let pb = corral_agent::daemon::outcome_to_pb(&outcome);

@@ -69,6 +69,10 @@ pub struct SubmitArgs {
     /// Keep at most this much of each of stdout and stderr [default: the host's, 16MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_output: Option<u64>,
+    /// Most bytes the task may grow files by in its output directory; past it the task ends
+    /// `disk_limit` [default: the host's, 256MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_disk: Option<u64>,
     /// Wait for the task to end, showing its progress; then print its output and exit like
     /// `corral run`.
     #[arg(long)]
@@ -135,6 +139,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 .timeout
                 .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             max_output_bytes: args.max_output.unwrap_or(0),
+            max_disk_bytes: args.max_disk.unwrap_or(0),
         }),
         labels: args.labels.into_iter().collect(),
         constraints: args.constraints.into_iter().collect(),

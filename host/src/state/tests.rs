@@ -27,6 +27,7 @@ fn spec(memory: u64, retries: u32, retry_failed: bool) -> TaskSpec {
             memory_bytes: memory,
             timeout: Duration::from_secs(1),
             max_output_bytes: 1024,
+            max_disk_bytes: 256 << 20,
         },
         labels: BTreeMap::new(),
         constraints: BTreeMap::new(),

@@ -1,0 +1,180 @@
+//! The disk quota of a run: the bytes by which the guest may grow files through WASI
+//! ([`Limits::max_disk_bytes`](super::Limits::max_disk_bytes)). A task with a writable
+//! directory once wrote 4 GiB into an agent's disk in 5 s; the output cap limited only what was
+//! kept.
+//!
+//! `fd_write`, `fd_pwrite` and `fd_filestat_set_size` on a descriptor other than stdio are
+//! shadowed: before the call, a write that could take the run past its quota (what it has grown
+//! files by so far, plus the bytes it asks to write or extend by) ends the run with
+//! `disk_limit`, nothing of it written; after the call, what the file really grew by is added.
+//! So the quota is exact to within one write, and never exceeded. Overwriting in place grows
+//! nothing; deleting or truncating files gives nothing back (the quota is on growth, so a guest
+//! cannot churn the disk). Stdout and stderr go to the output caps instead, and are not
+//! slowed.
+
+use wasmtime::{AsContextMut, Caller, Extern, Linker};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
+
+use super::execute::RunState;
+use super::sleep::wasi;
+
+const MODULE: &str = "wasi_snapshot_preview1";
+/// The most iovecs one call may pass (POSIX's `IOV_MAX` on Linux).
+const IOV_MAX: u32 = 1024;
+
+/// What a run has grown files by, against its quota.
+#[derive(Debug, Default)]
+pub(crate) struct DiskQuota {
+    pub(crate) max_bytes: u64,
+    pub(crate) used_bytes: u64,
+    /// A write was refused for the quota: the run ends `disk_limit`.
+    pub(crate) hit: bool,
+}
+
+/// The error a refused write ends the run with.
+#[derive(Debug)]
+pub(crate) struct DiskLimitHit;
+
+impl std::fmt::Display for DiskLimitHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the run's disk quota is spent")
+    }
+}
+
+impl std::error::Error for DiskLimitHit {}
+
+/// Defines the three calls over the ones `wasmtime_wasi::p1::add_to_linker_async` put in
+/// `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let defined = (|| {
+        linker.func_wrap_async(
+            MODULE,
+            "fd_write",
+            |mut caller: Caller<'_, RunState>, (fd, iovs, len, nwritten): (i32, i32, i32, i32)| {
+                Box::new(async move {
+                    let asked = iovec_bytes(&mut caller, iovs, len);
+                    guarded(&mut caller, fd, asked, |ctx, memory| {
+                        Box::pin(p1::fd_write(ctx, memory, fd, iovs, len, nwritten))
+                    })
+                    .await
+                })
+            },
+        )?;
+        linker.func_wrap_async(
+            MODULE,
+            "fd_pwrite",
+            |mut caller: Caller<'_, RunState>,
+             (fd, iovs, len, offset, nwritten): (i32, i32, i32, i64, i32)| {
+                Box::new(async move {
+                    let asked = iovec_bytes(&mut caller, iovs, len);
+                    guarded(&mut caller, fd, asked, |ctx, memory| {
+                        Box::pin(p1::fd_pwrite(ctx, memory, fd, iovs, len, offset, nwritten))
+                    })
+                    .await
+                })
+            },
+        )?;
+        linker.func_wrap_async(
+            MODULE,
+            "fd_filestat_set_size",
+            |mut caller: Caller<'_, RunState>, (fd, size): (i32, i64)| {
+                Box::new(async move {
+                    let now = file_size(&mut caller, fd).await.unwrap_or(0);
+                    let asked = (size as u64).saturating_sub(now);
+                    guarded(&mut caller, fd, Some(asked), |ctx, memory| {
+                        Box::pin(p1::fd_filestat_set_size(ctx, memory, fd, size))
+                    })
+                    .await
+                })
+            },
+        )?;
+        Ok(())
+    })();
+    linker.allow_shadowing(false);
+    defined
+}
+
+type Call<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<i32>> + Send + 'a>>;
+
+/// Runs `call` (wasmtime-wasi's own) on `fd` unless growing by `asked` bytes could take the run
+/// past its quota, and counts what the file grew by. Stdio, and calls whose arguments
+/// wasmtime-wasi will refuse anyway (`asked` unknown), go straight through.
+async fn guarded(
+    caller: &mut Caller<'_, RunState>,
+    fd: i32,
+    asked: Option<u64>,
+    call: impl for<'a> FnOnce(
+        &'a mut wasmtime_wasi::p1::WasiP1Ctx,
+        &'a mut wiggle::GuestMemory<'a>,
+    ) -> Call<'a>,
+) -> wasmtime::Result<i32> {
+    let before = if (0..=2).contains(&fd) {
+        None
+    } else {
+        file_size(caller, fd).await
+    };
+    if let (Some(_), Some(asked)) = (before, asked) {
+        let quota = &mut caller.data_mut().disk;
+        if quota.used_bytes.saturating_add(asked) > quota.max_bytes {
+            quota.hit = true;
+            return Err(wasmtime::Error::new(DiskLimitHit));
+        }
+    }
+    let errno = {
+        // As wasmtime-wasi's own linker entry does: the call's budget for copying arrays.
+        let fuel = caller.as_context_mut().hostcall_fuel();
+        let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+            return Err(wasmtime::format_err!("missing required memory export"));
+        };
+        let (data, state) = memory.data_and_store_mut(&mut *caller);
+        let ctx = wasi(state);
+        ctx.set_hostcall_fuel(fuel);
+        let mut memory = wiggle::GuestMemory::Unshared(data);
+        call(ctx, &mut memory).await?
+    };
+    if let Some(before) = before {
+        let after = file_size(caller, fd).await.unwrap_or(before);
+        let quota = &mut caller.data_mut().disk;
+        quota.used_bytes = quota
+            .used_bytes
+            .saturating_add(after.saturating_sub(before));
+        // A write whose size could not be told beforehand is judged after it.
+        if quota.used_bytes > quota.max_bytes {
+            quota.hit = true;
+            return Err(wasmtime::Error::new(DiskLimitHit));
+        }
+    }
+    Ok(errno)
+}
+
+/// The size of the file `fd` names; `None` for a descriptor that is not an open file.
+async fn file_size(caller: &mut Caller<'_, RunState>, fd: i32) -> Option<u64> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    let mut memory = wiggle::GuestMemory::Unshared(data);
+    let fd = wasmtime_wasi::p1::types::Fd::from(fd as u32);
+    let stat = wasi(state).fd_filestat_get(&mut memory, fd).await.ok()?;
+    (stat.filetype == wasmtime_wasi::p1::types::Filetype::RegularFile).then_some(stat.size)
+}
+
+/// The bytes an iovec array asks to write; `None` when it is malformed or out of the guest's
+/// memory (wasmtime-wasi refuses the call then).
+fn iovec_bytes(caller: &mut Caller<'_, RunState>, iovs: i32, len: i32) -> Option<u64> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let len = u32::try_from(len).ok().filter(|l| *l <= IOV_MAX)?;
+    let start = iovs as u32 as usize;
+    let data = memory.data(&*caller);
+    let array = data.get(start..start.checked_add(len as usize * 8)?)?;
+    Some(
+        array
+            .chunks_exact(8)
+            .map(|iov| u64::from(u32::from_le_bytes(iov[4..8].try_into().unwrap())))
+            .sum(),
+    )
+}
