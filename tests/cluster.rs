@@ -437,7 +437,7 @@ fn an_agent_of_another_protocol_is_refused_by_name() {
     assert!(
         refused
             .message()
-            .contains("agent old speaks agent protocol 0; this host speaks 3"),
+            .contains("agent old speaks agent protocol 0; this host speaks 4"),
         "{}",
         refused.message()
     );
@@ -1272,7 +1272,7 @@ fn uploads_are_received_a_few_at_a_time_and_a_silent_one_is_abandoned() {
     cluster.block_on(async {
         let client = cluster.client().await;
         let module = wat::parse_str(fixtures::wat("trivial_wasi")).unwrap();
-        // Two uploads that keep sending and never end hold both turns.
+        // Two uploads that keep sending (64 KiB every 200 ms) and never end hold both turns.
         let mut holders = Vec::new();
         for _ in 0..2 {
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadModuleRequest>(4);
@@ -1284,7 +1284,7 @@ fn uploads_are_received_a_few_at_a_time_and_a_silent_one_is_abandoned() {
             let feeder = tokio::spawn(async move {
                 loop {
                     let chunk = pb::UploadModuleRequest {
-                        chunk: vec![0u8; 1].into(),
+                        chunk: vec![0u8; 64 << 10].into(),
                     };
                     if tx.send(chunk).await.is_err() {
                         return;
@@ -1336,5 +1336,29 @@ fn uploads_are_received_a_few_at_a_time_and_a_silent_one_is_abandoned() {
             .unwrap_err();
         assert_eq!(silent.code(), tonic::Code::DeadlineExceeded, "{silent:?}");
         drop(tx);
+        // So is one that trickles a byte at a time.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadModuleRequest>(4);
+        let trickle = tokio::spawn(async move {
+            while tx
+                .send(pb::UploadModuleRequest {
+                    chunk: vec![0u8; 1].into(),
+                })
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut c = client.clone();
+        let trickled = c
+            .upload_module(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            trickled.code(),
+            tonic::Code::DeadlineExceeded,
+            "{trickled:?}"
+        );
+        trickle.abort();
     });
 }

@@ -930,8 +930,15 @@ fn socket_calls_are_refused_as_wasi_says_and_counted_not_logged_each() {
 /// appending (`fd_write`) or over the same bytes (`fd_pwrite` at 0).
 fn disk_writer(call: &str) -> String {
     let write = match call {
-        "fd_write" => "(call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16))",
-        _ => "(call $pwrite (local.get $fd) (i32.const 0) (i32.const 1) (i64.const 0) (i32.const 16))",
+        "fd_pwrite" => "(call $pwrite (local.get $fd) (i32.const 0) (i32.const 1) (i64.const 0) (i32.const 16))",
+        _ => "(call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16))",
+    };
+    // Moved onto stdout's number first: a file is a file whatever its number.
+    let renumber = match call {
+        "renumbered" => {
+            "(drop (call $renumber (local.get $fd) (i32.const 1))) (local.set $fd (i32.const 1))"
+        }
+        _ => "",
     };
     format!(
         r#"(module
@@ -940,6 +947,7 @@ fn disk_writer(call: &str) -> String {
       (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
       (import "wasi_snapshot_preview1" "fd_pwrite" (func $pwrite (param i32 i32 i32 i64 i32) (result i32)))
       (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (import "wasi_snapshot_preview1" "fd_renumber" (func $renumber (param i32 i32) (result i32)))
       (memory (export "memory") 2)
       (data (i32.const 100) "out.bin")
       (func (export "_start") (local $fd i32) (local $i i32)
@@ -947,6 +955,7 @@ fn disk_writer(call: &str) -> String {
                         (i64.const 536870911) (i64.const 536870911) (i32.const 0) (i32.const 20))
           (then (call $exit (i32.const 2))))
         (local.set $fd (i32.load (i32.const 20)))
+        {renumber}
         (i32.store (i32.const 0) (i32.const 1024))
         (i32.store (i32.const 4) (i32.const 65536))
         (loop
@@ -974,6 +983,10 @@ fn files_grown_past_the_disk_quota_end_the_run_within_one_write() {
         std::fs::metadata(dir.path().join("out.bin")).unwrap().len(),
         65536
     );
+    // A file moved onto stdout's descriptor number is still a file.
+    let report = run(&disk_writer("renumbered"), &spec);
+    assert_eq!(report.outcome, Outcome::DiskLimit, "{report:?}");
+    assert!(std::fs::metadata(dir.path().join("out.bin")).unwrap().len() <= 1 << 20);
     // Stdout is the output cap's, not the quota's.
     spec.limits.max_disk_bytes = 1;
     assert_eq!(run(hello(), &spec).outcome, Outcome::Success);

@@ -43,6 +43,8 @@ pub struct HostConfig {
     pub default_timeout: Duration,
     /// Default disk quota of a task: the bytes by which it may grow files.
     pub default_max_disk: ByteSize,
+    /// The largest disk quota a task may ask for; larger ones are clamped to it.
+    pub max_disk_size: ByteSize,
     /// Module uploads received at once; more wait for one to end (up to
     /// `upload_idle_timeout`), so that at most this many times `max_module_size` is buffered.
     pub max_concurrent_uploads: u32,
@@ -68,6 +70,7 @@ impl Default for HostConfig {
             default_memory: ByteSize::mib(512),
             default_timeout: Duration::from_secs(60),
             default_max_disk: ByteSize::mib(256),
+            max_disk_size: ByteSize::gib(4),
             max_concurrent_uploads: 4,
             upload_idle_timeout: Duration::from_secs(30),
             partitions: Vec::new(),

@@ -170,8 +170,8 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
     let sha = spec.module_sha256.trim().to_ascii_lowercase();
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "module_sha256 {:?} is not a sha256 (64 hex digits)",
-            spec.module_sha256
+            "module_sha256 {} is not a sha256 (64 hex digits)",
+            shown(&spec.module_sha256)
         ));
     }
     if spec.stdin.len() as u64 > defaults.max_stdin_size.as_u64() {
@@ -210,7 +210,8 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
             )),
             max_output_bytes: or(limits.max_output_bytes, defaults.max_output_size.as_u64())
                 .min(defaults.max_output_size.as_u64()),
-            max_disk_bytes: or(limits.max_disk_bytes, defaults.default_max_disk.as_u64()),
+            max_disk_bytes: or(limits.max_disk_bytes, defaults.default_max_disk.as_u64())
+                .min(defaults.max_disk_size.as_u64()),
         },
         labels: spec.labels,
         constraints: spec.constraints,
@@ -677,6 +678,16 @@ mod tests {
             ..base()
         };
         spec_from_pb(full, &config).unwrap();
+        // A disk quota past the host's ceiling is clamped to it.
+        let greedy = pb::TaskSpec {
+            limits: Some(pb::Limits {
+                max_disk_bytes: u64::MAX,
+                ..Default::default()
+            }),
+            ..base()
+        };
+        let clamped = spec_from_pb(greedy, &config).unwrap();
+        assert_eq!(clamped.limits.max_disk_bytes, config.max_disk_size.as_u64());
         assert!(check_idempotency_key(&big(256)).is_ok());
         assert!(check_idempotency_key(&big(257)).is_err());
         assert!(check_idempotency_key("tenant\0key").is_err());

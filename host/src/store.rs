@@ -218,8 +218,9 @@ impl Store {
         txn.open_table(IDEMPOTENCY)
             .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
-        migrate(&db, &path)?;
+        // Records that do not decode are set aside first, so that one cannot stop a migration.
         quarantine(&db)?;
+        migrate(&db, &path)?;
         let db = Arc::new(db);
         let loaded = load(&db)?;
         let (sender, queue) = mpsc::channel();
@@ -347,8 +348,15 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 "a stored record cannot be decoded: it is set aside in the store's quarantine \
                  table and the host starts without it"
             );
+            // A record quarantined under the same key before keeps its bytes.
+            let mut slot = key.clone();
+            let mut n = 1;
+            while quarantine.get(slot.as_str()).map_err(io)?.is_some() {
+                n += 1;
+                slot = format!("{key}#{n}");
+            }
             quarantine
-                .insert(key.as_str(), bytes.as_slice())
+                .insert(slot.as_str(), bytes.as_slice())
                 .map_err(io)?;
             match key.split_once('/') {
                 Some(("tasks", id)) => {
@@ -377,14 +385,20 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(io)?;
     let mut loaded = Loaded::default();
-    if let Ok(quarantined) = txn.open_table(QUARANTINE) {
-        for row in quarantined.iter().map_err(io)? {
-            let (key, _) = row.map_err(io)?;
-            if let Some(id) = key.value().strip_prefix("tasks/") {
-                let id = id.parse::<u64>().unwrap_or(0);
-                loaded.highest_task_id = loaded.highest_task_id.max(id);
+    match txn.open_table(QUARANTINE) {
+        Ok(quarantined) => {
+            for row in quarantined.iter().map_err(io)? {
+                let (key, _) = row.map_err(io)?;
+                if let Some(id) = key.value().strip_prefix("tasks/") {
+                    let id = id.split('#').next().unwrap_or(id);
+                    let id = id.parse::<u64>().unwrap_or(0);
+                    loaded.highest_task_id = loaded.highest_task_id.max(id);
+                }
             }
         }
+        // Nothing was ever set aside.
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(io(e)),
     }
     for row in txn.open_table(TASKS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;

@@ -63,8 +63,8 @@ pub fn agent_id_problem(id: &str) -> Option<String> {
 
 /// The agent protocol this contract defines (`RegisterRequest.protocol`); a host refuses an
 /// agent that speaks another. 3: outcome `compile_limit`, and an attempt's timeout counts its
-/// compile.
-pub const AGENT_PROTOCOL: u32 = 3;
+/// compile. 4: `Limits.max_disk_bytes`, outcome `disk_limit`, `guest_warnings`.
+pub const AGENT_PROTOCOL: u32 = 4;
 
 /// The metadata key under which a refused `UploadModule` (`INVALID_ARGUMENT`) names the
 /// outcome a run of the module would have, by its name in the contract

@@ -3,14 +3,15 @@
 //! directory once wrote 4 GiB into an agent's disk in 5 s; the output cap limited only what was
 //! kept.
 //!
-//! `fd_write`, `fd_pwrite` and `fd_filestat_set_size` on a descriptor other than stdio are
-//! shadowed: before the call, a write that could take the run past its quota (what it has grown
-//! files by so far, plus the bytes it asks to write or extend by) ends the run with
-//! `disk_limit`, nothing of it written; after the call, what the file really grew by is added.
-//! So the quota is exact to within one write, and never exceeded. Overwriting in place grows
-//! nothing; deleting or truncating files gives nothing back (the quota is on growth, so a guest
-//! cannot churn the disk). Stdout and stderr go to the output caps instead, and are not
-//! slowed.
+//! `fd_write`, `fd_pwrite` and `fd_filestat_set_size` are shadowed. On a descriptor that is a
+//! regular file (whatever its number), a call that could take the run past its quota (what it
+//! has grown files by so far, plus the most this call could grow the file by: the bytes asked,
+//! and any gap between the end of the file and where they go) ends the run with `disk_limit`,
+//! nothing of it written; after the call, what the file really grew by is added. So the quota
+//! is never exceeded, and a run is stopped at most one write short of it. Overwriting in place
+//! grows nothing; deleting or truncating files gives nothing back (the quota is on growth, so
+//! a guest cannot churn the disk). Stdout and stderr are not files: the output caps hold them.
+//! Creating entries (files, directories) costs no bytes here: see the note in ARCHITECTURE.md.
 
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
@@ -43,6 +44,22 @@ impl std::fmt::Display for DiskLimitHit {
 
 impl std::error::Error for DiskLimitHit {}
 
+/// What a call asks to write, as far as its arguments say.
+enum Asked {
+    /// `n` bytes at the descriptor's position (`fd_write`; at the end when appending).
+    Write(u64),
+    /// `n` bytes at `offset` (`fd_pwrite`).
+    At { offset: u64, n: u64 },
+    /// The file's size set to this (`fd_filestat_set_size`).
+    SetSize(u64),
+    /// Arguments POSIX refuses: the errno to answer (on a file; elsewhere wasmtime-wasi
+    /// answers).
+    Refused(i32),
+}
+
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
 /// Defines the three calls over the ones `wasmtime_wasi::p1::add_to_linker_async` put in
 /// `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
@@ -53,7 +70,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
             "fd_write",
             |mut caller: Caller<'_, RunState>, (fd, iovs, len, nwritten): (i32, i32, i32, i32)| {
                 Box::new(async move {
-                    let asked = iovec_bytes(&mut caller, iovs, len);
+                    let asked = match iovec_bytes(&mut caller, iovs, len) {
+                        Ok(n) => Asked::Write(n),
+                        Err(errno) => Asked::Refused(errno),
+                    };
                     guarded(&mut caller, fd, asked, |ctx, memory| {
                         Box::pin(p1::fd_write(ctx, memory, fd, iovs, len, nwritten))
                     })
@@ -67,7 +87,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
             |mut caller: Caller<'_, RunState>,
              (fd, iovs, len, offset, nwritten): (i32, i32, i32, i64, i32)| {
                 Box::new(async move {
-                    let asked = iovec_bytes(&mut caller, iovs, len);
+                    let asked = match (iovec_bytes(&mut caller, iovs, len), u64::try_from(offset)) {
+                        (Ok(n), Ok(offset)) => Asked::At { offset, n },
+                        (Err(errno), _) => Asked::Refused(errno),
+                        (_, Err(_)) => Asked::Refused(ERRNO_INVAL),
+                    };
                     guarded(&mut caller, fd, asked, |ctx, memory| {
                         Box::pin(p1::fd_pwrite(ctx, memory, fd, iovs, len, offset, nwritten))
                     })
@@ -80,9 +104,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
             "fd_filestat_set_size",
             |mut caller: Caller<'_, RunState>, (fd, size): (i32, i64)| {
                 Box::new(async move {
-                    let now = file_size(&mut caller, fd).await.unwrap_or(0);
-                    let asked = (size as u64).saturating_sub(now);
-                    guarded(&mut caller, fd, Some(asked), |ctx, memory| {
+                    let asked =
+                        u64::try_from(size).map_or(Asked::Refused(ERRNO_INVAL), Asked::SetSize);
+                    guarded(&mut caller, fd, asked, |ctx, memory| {
                         Box::pin(p1::fd_filestat_set_size(ctx, memory, fd, size))
                     })
                     .await
@@ -98,26 +122,32 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
 type Call<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<i32>> + Send + 'a>>;
 
-/// Runs `call` (wasmtime-wasi's own) on `fd` unless growing by `asked` bytes could take the run
-/// past its quota, and counts what the file grew by. Stdio, and calls whose arguments
-/// wasmtime-wasi will refuse anyway (`asked` unknown), go straight through.
+/// Runs `call` (wasmtime-wasi's own) on `fd`, unless `fd` is a file and the most it could grow
+/// the file by would take the run past its quota; then counts what the file grew by. Whatever
+/// descriptor number a file has (`fd_renumber` can put one on 1), it is a file that is checked.
 async fn guarded(
     caller: &mut Caller<'_, RunState>,
     fd: i32,
-    asked: Option<u64>,
+    asked: Asked,
     call: impl for<'a> FnOnce(
         &'a mut wasmtime_wasi::p1::WasiP1Ctx,
         &'a mut wiggle::GuestMemory<'a>,
     ) -> Call<'a>,
 ) -> wasmtime::Result<i32> {
-    let before = if (0..=2).contains(&fd) {
-        None
-    } else {
-        file_size(caller, fd).await
-    };
-    if let (Some(_), Some(asked)) = (before, asked) {
+    let before = file_size(caller, fd).await;
+    if let Some(size) = before {
+        // The most the file can grow by: a write past the end fills the gap too.
+        let most = match asked {
+            Asked::Refused(errno) => return Ok(errno),
+            Asked::Write(n) => {
+                let position = position(caller, fd).unwrap_or(size);
+                n.saturating_add(position.saturating_sub(size))
+            }
+            Asked::At { offset, n } => n.saturating_add(offset.saturating_sub(size)),
+            Asked::SetSize(to) => to.saturating_sub(size),
+        };
         let quota = &mut caller.data_mut().disk;
-        if quota.used_bytes.saturating_add(asked) > quota.max_bytes {
+        if quota.used_bytes.saturating_add(most) > quota.max_bytes {
             quota.hit = true;
             return Err(wasmtime::Error::new(DiskLimitHit));
         }
@@ -140,13 +170,19 @@ async fn guarded(
         quota.used_bytes = quota
             .used_bytes
             .saturating_add(after.saturating_sub(before));
-        // A write whose size could not be told beforehand is judged after it.
-        if quota.used_bytes > quota.max_bytes {
-            quota.hit = true;
-            return Err(wasmtime::Error::new(DiskLimitHit));
-        }
     }
     Ok(errno)
+}
+
+/// The position of descriptor `fd`.
+fn position(caller: &mut Caller<'_, RunState>, fd: i32) -> Option<u64> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    let mut memory = wiggle::GuestMemory::Unshared(data);
+    let fd = wasmtime_wasi::p1::types::Fd::from(fd as u32);
+    wasi(state).fd_tell(&mut memory, fd).ok()
 }
 
 /// The size of the file `fd` names; `None` for a descriptor that is not an open file.
@@ -161,20 +197,24 @@ async fn file_size(caller: &mut Caller<'_, RunState>, fd: i32) -> Option<u64> {
     (stat.filetype == wasmtime_wasi::p1::types::Filetype::RegularFile).then_some(stat.size)
 }
 
-/// The bytes an iovec array asks to write; `None` when it is malformed or out of the guest's
-/// memory (wasmtime-wasi refuses the call then).
-fn iovec_bytes(caller: &mut Caller<'_, RunState>, iovs: i32, len: i32) -> Option<u64> {
+/// The bytes an iovec array asks to write: `inval` past `IOV_MAX` entries and `fault` for an
+/// array outside the guest's memory, as POSIX's `writev` answers.
+fn iovec_bytes(caller: &mut Caller<'_, RunState>, iovs: i32, len: i32) -> Result<u64, i32> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return None;
+        return Err(ERRNO_FAULT);
     };
-    let len = u32::try_from(len).ok().filter(|l| *l <= IOV_MAX)?;
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|l| *l <= IOV_MAX)
+        .ok_or(ERRNO_INVAL)?;
     let start = iovs as u32 as usize;
     let data = memory.data(&*caller);
-    let array = data.get(start..start.checked_add(len as usize * 8)?)?;
-    Some(
-        array
-            .chunks_exact(8)
-            .map(|iov| u64::from(u32::from_le_bytes(iov[4..8].try_into().unwrap())))
-            .sum(),
-    )
+    let array = start
+        .checked_add(len as usize * 8)
+        .and_then(|end| data.get(start..end))
+        .ok_or(ERRNO_FAULT)?;
+    Ok(array
+        .chunks_exact(8)
+        .map(|iov| u64::from(u32::from_le_bytes(iov[4..8].try_into().unwrap())))
+        .sum())
 }

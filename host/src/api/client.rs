@@ -15,6 +15,8 @@ use crate::task::TaskId;
 /// Default and largest page of [`pb::ListTasksRequest`].
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 10_000;
+/// Most encoded bytes of tasks in one page: well under the message cap, whatever the specs.
+const PAGE_BYTES: usize = 32 << 20;
 
 /// Serves `corral.v1.Corral`.
 pub struct ClientService {
@@ -34,8 +36,26 @@ impl ClientService {
     }
 }
 
+/// The tasks of a page in their protobuf form: at least one, then as many as fit in `max_bytes`
+/// encoded, so that no page outgrows the message cap; and whether it was cut short.
+fn page(tasks: &[crate::task::Task], max_bytes: usize) -> (Vec<pb::Task>, bool) {
+    let mut page = Vec::with_capacity(tasks.len());
+    let mut bytes = 0usize;
+    for task in tasks {
+        let encoded = convert::task_to_pb(task, false);
+        let len = prost::Message::encoded_len(&encoded) + 8;
+        if !page.is_empty() && bytes + len > max_bytes {
+            return (page, true);
+        }
+        bytes += len;
+        page.push(encoded);
+    }
+    (page, false)
+}
+
 fn task_id(text: &str) -> Result<TaskId, Status> {
-    text.parse().map_err(Status::invalid_argument)
+    text.parse()
+        .map_err(|m| Status::invalid_argument(super::fit_header(m)))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
@@ -60,16 +80,25 @@ impl pb::corral_server::Corral for ClientService {
             })?
             .map_err(|_| Status::unavailable("the host is shutting down"))?;
         let mut bytes = Vec::new();
+        // Progress is 64 KiB (or the end) within each idle timeout: a client trickling empty
+        // or tiny chunks cannot hold a turn forever.
+        let mut progress_by = tokio::time::Instant::now() + idle;
+        let mut since_progress = 0usize;
         loop {
-            let chunk = tokio::time::timeout(idle, stream.message())
+            let chunk = tokio::time::timeout_at(progress_by, stream.message())
                 .await
                 .map_err(|_| {
                     Status::deadline_exceeded(format!(
-                        "the upload sent nothing for {}: abandoned",
+                        "the upload sent less than 64 KiB in {}: abandoned",
                         humantime::format_duration(idle)
                     ))
                 })??;
             let Some(chunk) = chunk else { break };
+            since_progress += chunk.chunk.len();
+            if since_progress >= 64 << 10 {
+                since_progress = 0;
+                progress_by = tokio::time::Instant::now() + idle;
+            }
             bytes.extend_from_slice(&chunk.chunk);
             if bytes.len() as u64 > cap {
                 return Err(Status::invalid_argument(format!(
@@ -94,10 +123,10 @@ impl pb::corral_server::Corral for ClientService {
         let spec = request
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
-        let spec =
-            convert::spec_from_pb(spec, self.plane.config()).map_err(Status::invalid_argument)?;
+        let spec = convert::spec_from_pb(spec, self.plane.config())
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         convert::check_idempotency_key(&request.idempotency_key)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
         let (id, existed) = self.plane.submit(spec, key).await.map_err(status)?;
         Ok(Response::new(pb::SubmitTaskResponse {
@@ -146,15 +175,13 @@ impl pb::corral_server::Corral for ClientService {
             .list(&filter, after, limit)
             .await
             .map_err(status)?;
-        let next_page_token = match (more, tasks.last()) {
-            (true, Some(last)) => last.id.to_string(),
+        let (page, cut) = page(&tasks, PAGE_BYTES);
+        let next_page_token = match (more || cut, page.last()) {
+            (true, Some(last)) => last.id.clone(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks
-                .iter()
-                .map(|t| convert::task_to_pb(t, false))
-                .collect(),
+            tasks: page,
             next_page_token,
         }))
     }
@@ -258,5 +285,37 @@ impl pb::corral_server::Corral for ClientService {
             .map(convert::partition_to_pb)
             .collect();
         Ok(Response::new(pb::ListPartitionsResponse { partitions }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+    use crate::task::Task;
+
+    #[test]
+    fn a_page_ends_before_it_outgrows_its_byte_bound() {
+        let task = |id: u64| {
+            let spec = convert::spec_from_pb(
+                pb::TaskSpec {
+                    module_sha256: "ab".repeat(32),
+                    args: vec!["x".repeat(100_000)],
+                    ..Default::default()
+                },
+                &HostConfig::default(),
+            )
+            .unwrap();
+            Task::new(TaskId(id), spec, 0)
+        };
+        let tasks: Vec<Task> = (1..=10).map(task).collect();
+        let (page, cut) = page(&tasks, 350_000);
+        assert_eq!(page.len(), 3);
+        assert!(cut);
+        let (whole, cut) = super::page(&tasks, 10 << 20);
+        assert_eq!((whole.len(), cut), (10, false));
+        // One task larger than the bound still makes a page of one.
+        let (one, _) = super::page(&tasks, 10);
+        assert_eq!(one.len(), 1);
     }
 }

@@ -32,8 +32,9 @@ pub fn status(error: HostError) -> tonic::Status {
                 corral_admission::RefusalKind::InvalidModule => pb::OutcomeKind::InvalidModule,
                 corral_admission::RefusalKind::LinkError => pb::OutcomeKind::LinkError,
             };
-            let mut status =
-                tonic::Status::invalid_argument(HostError::Refused(refused).to_string());
+            let mut status = tonic::Status::invalid_argument(fit_header(
+                HostError::Refused(refused).to_string(),
+            ));
             status.metadata_mut().insert(
                 corral_proto::OUTCOME_METADATA,
                 tonic::metadata::MetadataValue::from_static(kind.as_str_name()),

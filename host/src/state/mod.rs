@@ -318,7 +318,7 @@ impl HostState {
             // a request to answer with the first task.
             let shown = crate::convert::shown(&key.as_ref().expect("a key").1);
             match self.tasks.get(id) {
-                Some(first) if first.spec != spec => {
+                Some(first) if !same_request(&first.spec, &spec) => {
                     return Err(HostError::FailedPrecondition(format!(
                         "idempotency key {shown} was used for task {id} with a different spec; \
                          use a new key for a new task"
@@ -969,4 +969,14 @@ pub fn cap_output(output: &mut TaskOutput, max: u64) {
         total <= max
     });
     output.files_truncated |= output.files.len() < before;
+}
+
+/// Whether a submit under an idempotency key asks for the task the key first made: the same
+/// spec, where a disk quota of 0 (a task stored before quotas existed) matches any.
+fn same_request(first: &TaskSpec, again: &TaskSpec) -> bool {
+    let mut first = first.clone();
+    if first.limits.max_disk_bytes == 0 {
+        first.limits.max_disk_bytes = again.limits.max_disk_bytes;
+    }
+    first == *again
 }

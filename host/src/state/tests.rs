@@ -1099,5 +1099,19 @@ fn an_idempotency_key_answers_its_task_only_for_the_same_spec() {
     }
     // Another tenant's key is another key.
     other.tenant = "acme".into();
-    assert!(!keyed(&mut w, other).unwrap().1);
+    assert!(!keyed(&mut w, other.clone()).unwrap().1);
+    // A task stored before disk quotas (0) is the same request as one with today's default.
+    let mut old = other.clone();
+    old.limits.max_disk_bytes = 0;
+    let mut fx = Effects::default();
+    let (old_id, _) = w
+        .state
+        .submit(old, Some("fold-9".into()), w.now, &mut fx)
+        .unwrap();
+    assert_eq!(
+        w.state
+            .submit(other, Some("fold-9".into()), w.now, &mut fx)
+            .unwrap(),
+        (old_id, true)
+    );
 }
