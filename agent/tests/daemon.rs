@@ -443,24 +443,29 @@ async fn the_agent_runs_on_through_a_host_outage_and_resends_its_final_report_un
     }
 }
 
+/// An agent of one slot whose host (port 9) never answers.
+fn no_host_config(id: &str, data_dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        id: id.into(),
+        host: "http://127.0.0.1:9".into(),
+        address: "test".into(),
+        slots: 1,
+        memory_bytes: 1 << 30,
+        labels: BTreeMap::new(),
+        data_dir: data_dir.to_path_buf(),
+        max_backoff: Duration::from_millis(200),
+        resend_interval: Duration::from_secs(5),
+        compiler: Default::default(),
+        compile_budget: Default::default(),
+        max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_an_id_the_host_would_refuse_stops_at_once_saying_why() {
     let data = tempfile::tempdir().unwrap();
     for id in ["x/y", "", "tab\there", "nul\0"] {
-        let config = AgentConfig {
-            id: id.into(),
-            host: "http://127.0.0.1:9".into(),
-            address: "test".into(),
-            slots: 1,
-            memory_bytes: 1 << 30,
-            labels: BTreeMap::new(),
-            data_dir: data.path().to_path_buf(),
-            max_backoff: Duration::from_millis(200),
-            resend_interval: Duration::from_secs(5),
-            compiler: Default::default(),
-            compile_budget: Default::default(),
-            max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
-        };
+        let config = no_host_config(id, data.path());
         let ran = tokio::time::timeout(
             Duration::from_secs(10),
             daemon::run(config, std::future::pending()),
@@ -489,20 +494,7 @@ async fn what_an_earlier_run_of_the_agent_left_in_its_data_dir_is_removed_at_sta
         .join("modules")
         .join(format!("{}.wasm", "cd".repeat(32)));
     std::fs::write(&kept, b"a module").unwrap();
-    let config = AgentConfig {
-        id: "a1".into(),
-        host: "http://127.0.0.1:9".into(),
-        address: "test".into(),
-        slots: 1,
-        memory_bytes: 1 << 30,
-        labels: BTreeMap::new(),
-        data_dir: data.path().to_path_buf(),
-        max_backoff: Duration::from_millis(200),
-        resend_interval: Duration::from_secs(5),
-        compiler: Default::default(),
-        compile_budget: Default::default(),
-        max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
-    };
+    let config = no_host_config("a1", data.path());
     let agent = tokio::spawn(daemon::run(config, std::future::pending()));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stale.exists() || part.exists() {
