@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use corral_proto::pb;
 use corral_tests::cluster::{state, Cluster, FAST_CONFIG};
+use corral_tests::disk::Tmpfs;
 use corral_tests::fixtures::{self, spinner};
-use corral_tests::server::{all_tasks, get, spec, submit, upload, upload_wat, wait_until};
+use corral_tests::server::{all_tasks, get, spec, submit, upload, upload_wat, wait_until, WAIT};
 use corral_tests::wasm;
 
 const MIB: u64 = 1 << 20;
@@ -1367,4 +1368,162 @@ fn uploads_are_received_a_few_at_a_time_and_a_silent_one_is_abandoned() {
         );
         trickle.abort();
     });
+}
+
+/// A guest that reports progress, sleeps 3 s in the host, then writes `bytes` zeros to stdout
+/// in one call.
+fn sleep_then_write(bytes: usize) -> String {
+    let pages = (bytes + (64 << 10)).div_ceil(64 << 10) + 1;
+    format!(
+        r#"(module
+  (import "corral" "progress" (func $progress (param i64 i64)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") {pages})
+  (func (export "_start")
+    (call $progress (i64.const 1) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3000000000))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    (i32.store (i32.const 256) (i32.const 65536))
+    (i32.store (i32.const 260) (i32.const {bytes}))
+    (drop (call $write (i32.const 1) (i32.const 256) (i32.const 1) (i32.const 264)))))"#
+    )
+}
+
+/// The host's data dir fills up while a task runs and a large submit arrives: neither the
+/// submit nor the task's result is acknowledged or shown. Once space returns, the host serves
+/// again by itself: the agent's re-sent result is kept, the refused submit left no trace (its
+/// idempotency key is free), and a restart shows the same.
+#[test]
+fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns() {
+    const OUTPUT: usize = 6 << 20;
+    // Agents have long enough to come back (their reconnection backs off while the host
+    // refuses them), so the result the agent re-sends is the one kept.
+    let config = "heartbeat_interval = \"200ms\"\nheartbeat_timeout = \"20s\"\n";
+    let mut cluster = Cluster::new(config);
+    let disk = Tmpfs::mount(&cluster.host_dir(), "16m");
+    cluster.start_host();
+    cluster.start_agent("a1", 2, "1GiB", &[]);
+    cluster.wait_for_agents(&["a1"]);
+    let task = cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let sha = upload_wat(&mut client, &sleep_then_write(OUTPUT)).await;
+        let mut writer = spec(&sha, "writer", 64 * MIB);
+        writer.limits.as_mut().unwrap().max_output_bytes = 8 * MIB;
+        let task = submit(&mut client, writer).await;
+        wait_until(&mut client, &task, Duration::from_secs(20), |t| {
+            t.progress.is_some()
+        })
+        .await;
+        task
+    });
+    let state_file = std::fs::metadata(cluster.host_dir().join("state.redb")).unwrap();
+    let filled = disk.fill();
+    eprintln!(
+        "state.redb is {} bytes; the filler took {filled}",
+        state_file.len()
+    );
+
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        // A submit that needs more room than the disk has: refused, as unavailable.
+        let mut big = spec(&fixtures_sha(&mut client).await, "refused", 16 * MIB);
+        big.stdin = vec![7u8; 12 << 20].into();
+        let refused = client
+            .submit_task(pb::SubmitTaskRequest {
+                spec: Some(big),
+                idempotency_key: "k".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        // The task ends (at 3 s) while the disk is full: its result is never shown as kept.
+        let until = Instant::now() + Duration::from_secs(6);
+        let mut answered = 0;
+        while Instant::now() < until {
+            match client
+                .get_task(pb::GetTaskRequest {
+                    task_id: task.clone(),
+                })
+                .await
+            {
+                Ok(t) => {
+                    answered += 1;
+                    let t = t.into_inner();
+                    assert_ne!(t.state, state(pb::TaskState::Finished), "{t:?}");
+                }
+                Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("the host answered {answered} reads while the disk was full");
+    });
+
+    disk.free();
+    let check = |cluster: &Cluster| {
+        cluster.block_on(async {
+            let mut client = cluster.client().await;
+            // Unavailable until the store is reopened.
+            let deadline = Instant::now() + WAIT;
+            let ended = loop {
+                let answer = client
+                    .get_task(pb::GetTaskRequest {
+                        task_id: task.clone(),
+                    })
+                    .await;
+                match answer {
+                    Ok(t) if t.get_ref().state == state(pb::TaskState::Finished) => {
+                        break t.into_inner()
+                    }
+                    Ok(_) => {}
+                    Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}"),
+                }
+                assert!(Instant::now() < deadline, "the host did not serve again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(ended.outcome.unwrap().kind, pb::OutcomeKind::Success as i32);
+            assert_eq!(ended.attempts, 1, "the first attempt's result was kept");
+            let output = client
+                .get_task_output(pb::GetTaskOutputRequest {
+                    task_id: task.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(output.stdout.len(), OUTPUT);
+            let names: Vec<String> = all_tasks(&mut client)
+                .await
+                .into_iter()
+                .map(|t| t.spec.unwrap_or_default().name)
+                .collect();
+            assert!(!names.contains(&"refused".to_string()), "{names:?}");
+        })
+    };
+    check(&cluster);
+    cluster.block_on(async {
+        // The refused submit's key was never kept: it names nothing, so another spec takes it.
+        let mut client = cluster.client().await;
+        let sha = fixtures_sha(&mut client).await;
+        let answer = client
+            .submit_task(pb::SubmitTaskRequest {
+                spec: Some(spec(&sha, "after", 16 * MIB)),
+                idempotency_key: "k".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!answer.existed, "{answer:?}");
+    });
+    cluster.kill_host();
+    cluster.start_host();
+    cluster.wait_for_agents(&["a1"]);
+    check(&cluster);
+}
+
+/// The sha256 of the trivial WASI fixture, uploaded.
+async fn fixtures_sha(client: &mut corral_tests::server::Client) -> String {
+    upload_wat(client, &fixtures::wat("trivial_wasi")).await
 }

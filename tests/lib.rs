@@ -9,6 +9,7 @@
 //! - [`cluster`]: a whole cluster of processes on 127.0.0.1 (a host and agents), which tests
 //!   restart and kill, and the CLI run against it with a time limit.
 //! - [`proxy`]: a TCP proxy a test cuts and restores, as a network outage would.
+//! - [`disk`]: a small tmpfs a test fills, as a full disk would.
 //! - [`bench`]: what the end-to-end benches share (percentiles, their entry point).
 
 #[path = "harness/bench.rs"]
@@ -17,6 +18,8 @@ pub mod bench;
 pub mod build;
 #[path = "harness/cluster.rs"]
 pub mod cluster;
+#[path = "harness/disk.rs"]
+pub mod disk;
 #[path = "harness/fixtures.rs"]
 pub mod fixtures;
 #[path = "harness/proxy.rs"]

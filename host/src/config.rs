@@ -52,6 +52,14 @@ pub struct HostConfig {
     /// for its turn is refused as busy.
     #[serde(with = "humantime_serde_compat")]
     pub upload_idle_timeout: Duration,
+    /// How long a task that ended is kept, with its output and idempotency key, before it is
+    /// removed.
+    #[serde(with = "humantime_serde_compat")]
+    pub task_retention: Duration,
+    /// How long a module no kept task refers to is kept after its last use (upload or
+    /// submit) before it is removed.
+    #[serde(with = "humantime_serde_compat")]
+    pub module_retention: Duration,
     /// Named partitions carved from the agents they select; the rest of each agent is shared.
     pub partitions: Vec<PartitionTemplate>,
 }
@@ -73,6 +81,8 @@ impl Default for HostConfig {
             max_disk_size: ByteSize::gib(4),
             max_concurrent_uploads: 4,
             upload_idle_timeout: Duration::from_secs(30),
+            task_retention: Duration::from_secs(7 * 24 * 3600),
+            module_retention: Duration::from_secs(24 * 3600),
             partitions: Vec::new(),
         }
     }
@@ -110,6 +120,9 @@ impl HostConfig {
         }
         if self.default_timeout.is_zero() {
             return Err("default_timeout must be above zero".into());
+        }
+        if self.task_retention.is_zero() || self.module_retention.is_zero() {
+            return Err("task_retention and module_retention must be above zero".into());
         }
         if self.max_concurrent_uploads == 0 || self.upload_idle_timeout.is_zero() {
             return Err("max_concurrent_uploads and upload_idle_timeout must be above zero".into());

@@ -20,17 +20,26 @@
 //! batch held up behind a slow commit does not count the delay against the agents: a
 //! heartbeat counts from when it arrived, and a liveness check from when its tick fired.
 //!
-//! If a commit fails, the host stops: the state in memory is ahead of the disk, and the store
-//! writes nothing more (after a failed write or sync the file is not trusted until it is
-//! reopened). Every caller of that batch and of the batches after it gets the store's error,
-//! none of their effects go out, every later request is refused, and
-//! [`ControlPlane::stopped`] resolves so that the process can exit. Restarted, the host reads
-//! back what is on disk, which is everything it acknowledged. A panic in the actor stops the
-//! host the same way.
+//! If a commit fails (a full or failing disk), the state in memory is ahead of the disk, and
+//! the store writes nothing more: after a failed write or sync the file is not trusted until
+//! it is reopened. Every caller of that batch and of the batches after it gets the store's
+//! error, none of their effects go out, and the actor **recovers**: it drops the state and the
+//! store, refuses every request as unavailable meanwhile, and tries to reopen the store, again
+//! and again with a growing pause (see [`REOPEN_BACKOFF`]), until it opens: once space
+//! returns. Then it restores the state from what is on disk, which is everything it ever
+//! acknowledged, as a restarted host would, and serves again. Agents' command streams end when
+//! it fails, so they register again (re-sending the final reports not acknowledged) once it
+//! serves; watchers keep their streams, since nothing they were told was ahead of the disk.
+//!
+//! A panic in the actor (a broken invariant of the state machine) stops the host:
+//! [`ControlPlane::stopped`] resolves so that the process can exit.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
-use std::sync::Arc;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,7 +53,7 @@ use crate::registry::AgentInfo;
 use crate::state::{
     public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter,
 };
-use crate::store::{Commit, Store, StoreError, Write};
+use crate::store::{Commit, Loaded, Store, StoreError, Write};
 use crate::task::{Attempt, Task, TaskId, TaskOutput, TaskSpec, TaskState};
 
 /// Most requests applied in one batch.
@@ -53,6 +62,9 @@ pub const MAX_BATCH: usize = 4096;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Requests that may wait for the actor before callers wait to queue more.
 const QUEUE: usize = 65_536;
+/// Pauses between attempts to reopen a failed store: from the first to the last, doubling.
+pub const REOPEN_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(8));
 
 /// One agent's command channel, for the session it attached with.
 struct Link {
@@ -135,9 +147,14 @@ impl Reply {
     }
 }
 
+/// The store while it serves; `None` while the actor reopens it after a failure.
+type StoreSlot = Arc<RwLock<Option<Store>>>;
+
 struct Shared {
     config: HostConfig,
-    store: Store,
+    store: StoreSlot,
+    /// Commits that failed since the host started.
+    store_failures: Arc<AtomicU64>,
     requests: mpsc::Sender<Stamped>,
     /// Why the host stopped, once it has.
     stopped: watch::Receiver<Option<String>>,
@@ -160,23 +177,23 @@ impl ControlPlane {
     pub fn start(config: HostConfig, data_dir: &Path) -> Result<Self, HostError> {
         config.validate().map_err(HostError::InvalidArgument)?;
         let (store, loaded) = Store::open(data_dir)?;
-        let state = HostState::restore(&config, loaded, Now::current());
-        tracing::info!(
-            tasks = state.tasks().count(),
-            pending = state.pending().count(),
-            agents = state.agents().len(),
-            "state restored"
-        );
+        let state = restore(&config, loaded);
+        let slot: StoreSlot = Arc::new(RwLock::new(Some(store.clone())));
+        let store_failures = Arc::new(AtomicU64::new(0));
         let (requests, inbox) = mpsc::channel(QUEUE);
         let (stop, stopped) = watch::channel(None);
         let actor = Actor {
             state,
-            store: store.clone(),
+            store: Some(store),
+            slot: slot.clone(),
+            store_failures: store_failures.clone(),
+            config: config.clone(),
+            data_dir: data_dir.to_path_buf(),
             events: Events::new(16_384),
             links: HashMap::new(),
             in_flight: VecDeque::new(),
             failed: None,
-            stop: stop.clone(),
+            reopen_pause: REOPEN_BACKOFF.0,
         };
         let running = tokio::spawn(actor.run(inbox));
         // A panic in the actor (a broken invariant of the state machine) stops the host.
@@ -211,10 +228,27 @@ impl ControlPlane {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
-                store,
+                store: slot,
+                store_failures,
                 requests,
                 stopped,
             }),
+        })
+    }
+
+    /// Commits of the state store that failed since the host started (each followed by a
+    /// recovery; see the module documentation).
+    pub fn store_failures(&self) -> u64 {
+        self.shared.store_failures.load(Ordering::SeqCst)
+    }
+
+    /// The store, unless it is being reopened after a failure.
+    fn store(&self) -> Result<Store, HostError> {
+        let slot = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
+        slot.clone().ok_or_else(|| {
+            HostError::Unavailable(
+                "the host's state store failed and is being reopened: try again shortly".into(),
+            )
         })
     }
 
@@ -269,13 +303,14 @@ impl ControlPlane {
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
         let (sha, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
-        if !self.shared.store.has_module(&sha)? {
-            self.shared
-                .store
+        let store = self.store()?;
+        if !store.has_module(&sha)? {
+            store
                 .write(vec![Write::Module(sha.clone(), Bytes::from(binary))])
                 .durable()
                 .await?;
         }
+        drop(store);
         let (answer, answered) = oneshot::channel();
         self.tell(Request::ModuleStored(sha.clone(), answer)).await;
         let new = answered.await.map_err(|_| stopped())?;
@@ -287,8 +322,7 @@ impl ControlPlane {
 
     /// A stored module's binary.
     pub fn module(&self, sha256: &str) -> Result<Bytes, HostError> {
-        self.shared
-            .store
+        self.store()?
             .module(sha256)?
             .ok_or_else(|| HostError::NotFound(format!("no module with sha256 {sha256}")))
     }
@@ -338,7 +372,7 @@ impl ControlPlane {
             )));
         }
         // The task's end, and its output, were durable before `get` answered.
-        Ok(self.shared.store.output(id)?.unwrap_or_default())
+        Ok(self.store()?.output(id)?.unwrap_or_default())
     }
 
     /// Subscribes to task changes (every task's, or one task's); with `id`, also answers that
@@ -415,13 +449,17 @@ impl ControlPlane {
     /// what the host does then.
     #[doc(hidden)]
     pub fn inject_store_failures(&self, n: u32) {
-        self.shared.store.fail_next_commits(n);
+        if let Ok(store) = self.store() {
+            store.fail_next_commits(n);
+        }
     }
 
     /// Makes the store's next commit take `delay` longer, as a slow disk would: for tests.
     #[doc(hidden)]
     pub fn inject_store_delay(&self, delay: Duration) {
-        self.shared.store.delay_next_commit(delay);
+        if let Ok(store) = self.store() {
+            store.delay_next_commit(delay);
+        }
     }
 }
 
@@ -437,26 +475,69 @@ struct InFlight {
 /// documentation.
 struct Actor {
     state: HostState,
-    store: Store,
+    /// `None` from a failed commit until the store is reopened.
+    store: Option<Store>,
+    /// The store as the control plane's readers see it.
+    slot: StoreSlot,
+    store_failures: Arc<AtomicU64>,
+    config: HostConfig,
+    data_dir: PathBuf,
     events: Arc<Events>,
     links: HashMap<String, Link>,
     in_flight: VecDeque<InFlight>,
-    /// Why the host stopped: every request is refused.
+    /// Why the store failed, while it is being reopened: every request is refused.
     failed: Option<String>,
-    stop: watch::Sender<Option<String>>,
+    /// The pause before the next attempt to reopen the store. It grows with each attempt and
+    /// with each failure after a reopening (a disk still full may let the store open but not
+    /// commit), and starts again once a commit succeeds.
+    reopen_pause: Duration,
+}
+
+/// An attempt to reopen the store, after a pause.
+type Reopening = Pin<Box<dyn Future<Output = Result<(Store, Loaded), StoreError>> + Send>>;
+
+/// The state a store held, as the host serves it from.
+fn restore(config: &HostConfig, loaded: Loaded) -> HostState {
+    let state = HostState::restore(config, loaded, Now::current());
+    tracing::info!(
+        tasks = state.tasks().count(),
+        pending = state.pending().count(),
+        agents = state.agents().len(),
+        "state restored"
+    );
+    state
 }
 
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Stamped>) {
         let mut batch = Vec::new();
         let mut open = true;
+        let mut reopening: Option<Reopening> = None;
         while open || !self.in_flight.is_empty() {
             // Finish, in order, the batches whose writes are durable.
             self.finish_durable();
+            if self.failed.is_some() && reopening.is_none() {
+                let pause = self.reopen_pause;
+                reopening = Some(reopen_after(pause, self.data_dir.clone()));
+                self.reopen_pause = (pause * 2).min(REOPEN_BACKOFF.1);
+            }
             let room = open && self.in_flight.len() < MAX_IN_FLIGHT;
             let head = self.in_flight.front_mut().and_then(|b| b.commit.as_mut());
             let waiting = head.is_some();
             tokio::select! {
+                opened = async { reopening.as_mut().expect("guarded").await },
+                    if reopening.is_some() =>
+                {
+                    reopening = None;
+                    match opened {
+                        Ok((store, loaded)) => self.recovered(store, loaded),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            retry_in = ?self.reopen_pause,
+                            "the state store cannot be reopened yet"
+                        ),
+                    }
+                }
                 n = inbox.recv_many(&mut batch, MAX_BATCH), if room => {
                     if n == 0 {
                         open = false;
@@ -468,7 +549,7 @@ impl Actor {
                     let finished = self.in_flight.pop_front().expect("there is a head");
                     match durable {
                         Ok(()) => self.finish(finished, None),
-                        Err(e) => self.halt(finished, &e.to_string()),
+                        Err(e) => self.halt(finished, &e.detail()),
                     }
                 }
             }
@@ -498,8 +579,9 @@ impl Actor {
                 **current = self.state.get(*id).map(|t| Some(public(t)));
             }
         }
-        let commit = (!effects.writes.is_empty())
-            .then(|| self.store.write(std::mem::take(&mut effects.writes)));
+        let store = self.store.as_ref().expect("a store while serving");
+        let commit =
+            (!effects.writes.is_empty()).then(|| store.write(std::mem::take(&mut effects.writes)));
         self.in_flight.push_back(InFlight {
             commit,
             effects,
@@ -520,7 +602,7 @@ impl Actor {
                 replies.push(Reply::Kill(answer, Box::new(result)));
             }
             Request::ModuleStored(sha, answer) => {
-                let new = state.module_stored(&sha);
+                let new = state.module_stored(&sha, now);
                 replies.push(Reply::Module(answer, new));
             }
             Request::Register(info, running, unacknowledged, answer) => {
@@ -565,6 +647,14 @@ impl Actor {
                     tracing::warn!(agent_id = %agent, "agent lost: silent past the heartbeat timeout");
                     self.links.remove(&agent);
                 }
+                let collected = state.collect(now, fx);
+                if collected.tasks + collected.modules > 0 {
+                    tracing::info!(
+                        tasks = collected.tasks,
+                        modules = collected.modules,
+                        "removed what is past its retention"
+                    );
+                }
             }
             Request::Get(id, answer) => {
                 let task = state.get(id).cloned();
@@ -599,13 +689,16 @@ impl Actor {
             let finished = self.in_flight.pop_front().expect("there is a head");
             match durable {
                 Ok(()) => self.finish(finished, None),
-                Err(e) => self.halt(finished, &e.to_string()),
+                Err(e) => self.halt(finished, &e.detail()),
             }
         }
     }
 
     /// Sends a durable batch's commands, publishes its events, and answers its callers.
     fn finish(&mut self, batch: InFlight, failure: Option<&str>) {
+        if failure.is_none() && batch.commit.is_some() {
+            self.reopen_pause = REOPEN_BACKOFF.0;
+        }
         if failure.is_none() {
             for (agent, command) in batch.effects.commands {
                 if let Some(link) = self.links.get(&agent) {
@@ -624,24 +717,49 @@ impl Actor {
         }
     }
 
-    /// A commit failed: the host stops (see the module documentation). Nothing of this batch
-    /// or of the ones applied after it goes out; their callers get the error.
+    /// A commit failed: the host recovers (see the module documentation). Nothing of this
+    /// batch or of the ones applied after it goes out; their callers get the error.
     fn halt(&mut self, failed: InFlight, error: &str) {
         self.links.clear();
-        let reason = format!("the state store failed ({error}): restart the host");
+        let reason = format!(
+            "the host's state store failed ({error}); nothing since was kept, and the host \
+             serves again once it can reopen the store"
+        );
         tracing::error!("{reason}");
-        self.failed = Some(reason.clone());
-        let _ = self.stop.send(Some(reason));
+        self.store_failures.fetch_add(1, Ordering::SeqCst);
+        self.failed = Some(reason);
         self.finish(failed, Some(error));
         while let Some(later) = self.in_flight.pop_front() {
             self.finish(later, Some(error));
         }
+        // The store is reopened once every handle on it is gone.
+        self.store = None;
+        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.state = HostState::new(&self.config);
     }
+
+    /// The store reopened: serve again from what it holds.
+    fn recovered(&mut self, store: Store, loaded: Loaded) {
+        self.state = restore(&self.config, loaded);
+        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
+        self.store = Some(store);
+        self.failed = None;
+        tracing::warn!("the state store was reopened: the host serves again");
+    }
+}
+
+/// Reopens the store after `pause`, on a blocking thread: reading it back takes a while.
+fn reopen_after(pause: Duration, data_dir: PathBuf) -> Reopening {
+    Box::pin(async move {
+        tokio::time::sleep(pause).await;
+        tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Io(format!("reopening the store failed: {e}")))?
+    })
 }
 
 /// The commit's outcome if it is already known, without waiting.
 fn poll_now(commit: &mut Commit) -> Option<Result<(), StoreError>> {
-    use std::future::Future;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match std::pin::Pin::new(commit).poll(&mut cx) {
         std::task::Poll::Ready(result) => Some(result),
@@ -686,7 +804,7 @@ mod tests {
         let now = Now::current();
         let mut state = HostState::restore(&config, loaded, now);
         let mut fx = Effects::default();
-        state.module_stored(&"0".repeat(64));
+        state.module_stored(&"0".repeat(64), now);
         let info = AgentInfo {
             id: "a1".into(),
             address: String::new(),
@@ -724,15 +842,18 @@ mod tests {
             .await
             .unwrap();
 
-        let (stop, _) = watch::channel(None);
         let mut actor = Actor {
             state,
-            store,
+            store: Some(store.clone()),
+            slot: Arc::new(RwLock::new(Some(store))),
+            store_failures: Arc::new(AtomicU64::new(0)),
+            config,
+            data_dir: dir.path().to_path_buf(),
             events: Events::new(16),
             links: HashMap::new(),
             in_flight: VecDeque::new(),
             failed: None,
-            stop,
+            reopen_pause: REOPEN_BACKOFF.0,
         };
         let (answer, answered) = oneshot::channel();
         let finished = StatusReport {

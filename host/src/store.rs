@@ -77,6 +77,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// What went wrong, without the "state store" its display starts with: for messages
+    /// that say so themselves.
+    pub fn detail(&self) -> String {
+        match self {
+            StoreError::Io(message) | StoreError::Corrupt(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -98,7 +109,16 @@ pub enum Write {
     Partitions(String, Vec<Partition>),
     /// An idempotency key (`tenant`, `key`) naming a task.
     Idempotency(String, String, TaskId),
+    /// Remove a task and its output; its id is never given again.
+    ForgetTask(TaskId),
+    /// Remove an idempotency key (`tenant`, `key`).
+    ForgetIdempotency(String, String),
+    /// Remove a module's binary.
+    ForgetModule(String),
 }
+
+/// The `meta` row holding the highest id of a removed task: ids are never given again.
+const HIGHEST_FORGOTTEN: &str = "highest_forgotten_task";
 
 /// What the store held when opened.
 #[derive(Debug, Default)]
@@ -113,7 +133,8 @@ pub struct Loaded {
     pub idempotency: Vec<((String, String), TaskId)>,
     /// Sha256 of every stored module.
     pub modules: Vec<String>,
-    /// The highest task id ever stored, quarantined tasks included: ids are never reused.
+    /// The highest task id ever stored, quarantined and removed tasks included: ids are never
+    /// reused.
     pub highest_task_id: u64,
 }
 
@@ -385,6 +406,14 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(io)?;
     let mut loaded = Loaded::default();
+    if let Some(highest) = txn
+        .open_table(META)
+        .map_err(io)?
+        .get(HIGHEST_FORGOTTEN)
+        .map_err(io)?
+    {
+        loaded.highest_task_id = highest.value();
+    }
     match txn.open_table(QUARANTINE) {
         Ok(quarantined) => {
             for row in quarantined.iter().map_err(io)? {
@@ -553,7 +582,7 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults
         } else if injected {
             Err("injected failure: the commit was not written".to_string())
         } else {
-            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.to_string())
+            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.detail())
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "state store commit failed");
@@ -584,6 +613,8 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
+        let mut meta = txn.open_table(META).map_err(io)?;
+        let mut highest_forgotten = None;
         for (i, write) in writes.into_iter().enumerate() {
             match write {
                 Write::Task(task) if last_write.get(&task.id) != Some(&i) => {}
@@ -629,6 +660,24 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     let k = format!("{tenant}\0{key}");
                     idempotency.insert(k.as_str(), id.0).map_err(io)?;
                 }
+                Write::ForgetTask(id) => {
+                    tasks.remove(id.0).map_err(io)?;
+                    outputs.remove(id.0).map_err(io)?;
+                    highest_forgotten = highest_forgotten.max(Some(id.0));
+                }
+                Write::ForgetIdempotency(tenant, key) => {
+                    let k = format!("{tenant}\0{key}");
+                    idempotency.remove(k.as_str()).map_err(io)?;
+                }
+                Write::ForgetModule(sha) => {
+                    modules.remove(sha.as_str()).map_err(io)?;
+                }
+            }
+        }
+        if let Some(id) = highest_forgotten {
+            let stored = meta.get(HIGHEST_FORGOTTEN).map_err(io)?.map(|v| v.value());
+            if stored.is_none_or(|stored| stored < id) {
+                meta.insert(HIGHEST_FORGOTTEN, id).map_err(io)?;
             }
         }
     }
@@ -652,6 +701,36 @@ mod tests {
         )
         .unwrap();
         Task::new(TaskId(id), spec, 1)
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_task_leaves_no_record_but_its_id_is_never_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let mut writes: Vec<Write> = (1..=3).map(|i| Write::Task(task(i))).collect();
+            writes.push(Write::Output(TaskId(3), TaskOutput::default()));
+            writes.push(Write::Idempotency("default".into(), "k".into(), TaskId(3)));
+            writes.push(Write::Module("ab".into(), Bytes::from_static(b"\0asm")));
+            store.write(writes).durable().await.unwrap();
+            store
+                .write(vec![
+                    Write::ForgetIdempotency("default".into(), "k".into()),
+                    Write::ForgetTask(TaskId(3)),
+                    Write::ForgetTask(TaskId(2)),
+                    Write::ForgetModule("ab".into()),
+                ])
+                .durable()
+                .await
+                .unwrap();
+            assert_eq!(store.output(TaskId(3)).unwrap(), None);
+            assert!(!store.has_module("ab").unwrap());
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let ids: Vec<TaskId> = loaded.tasks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [TaskId(1)]);
+        assert!(loaded.idempotency.is_empty() && loaded.modules.is_empty());
+        assert_eq!(loaded.highest_task_id, 3);
     }
 
     #[tokio::test]

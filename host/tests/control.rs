@@ -282,8 +282,64 @@ async fn reopen(config: HostConfig, dir: &std::path::Path) -> ControlPlane {
     }
 }
 
+/// Uploads the trivial module, registers and attaches agent `a1`, submits task `t` and takes
+/// its launch: (the module's sha256, a1's session, its commands, the task).
+async fn one_launched(
+    plane: &ControlPlane,
+) -> (String, u64, mpsc::UnboundedReceiver<AgentCommand>, TaskId) {
+    let (sha, _, _) = plane
+        .upload_module(fixtures::wat("trivial").into_bytes())
+        .await
+        .unwrap();
+    let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
+    let mut commands = plane.attach("a1", session).await.unwrap();
+    let id = submit(plane, &sha, "t").await.unwrap();
+    launches(&mut commands, 1).await;
+    (sha, session, commands, id)
+}
+
+/// Waits until the plane serves again after a failed commit: reads are refused as unavailable
+/// while it reopens its store.
+async fn serving_again(plane: &ControlPlane) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match plane.agents().await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("state store failed"),
+                    "refused for another reason: {e}"
+                );
+                assert!(Instant::now() < deadline, "the store was not reopened: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn submit_keyed(
+    plane: &ControlPlane,
+    sha256: &str,
+    name: &str,
+    key: &str,
+) -> Result<(TaskId, bool), String> {
+    let spec = convert::spec_from_pb(
+        pb::TaskSpec {
+            name: name.into(),
+            module_sha256: sha256.into(),
+            ..Default::default()
+        },
+        plane.config(),
+    )
+    .unwrap();
+    plane
+        .submit(spec, Some(key.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_commit_answers_the_error_keeps_nothing_and_stops_the_host() {
+async fn a_failed_commit_answers_the_error_keeps_nothing_and_the_host_recovers() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
     let (sha, _, _) = plane
@@ -294,49 +350,60 @@ async fn a_failed_commit_answers_the_error_keeps_nothing_and_stops_the_host() {
     let (_, mut events) = plane.watch(None).await.unwrap();
 
     plane.inject_store_failures(1);
-    let error = submit(&plane, &sha, "lost-to-the-disk").await.unwrap_err();
+    let error = submit_keyed(&plane, &sha, "lost-to-the-disk", "k")
+        .await
+        .unwrap_err();
     assert!(error.contains("injected failure"), "{error}");
-    // No watcher heard of it, and the host has stopped: nothing is served from a state that
-    // is ahead of the disk.
+    assert_eq!(plane.store_failures(), 1);
+    // No watcher heard of it. The host reopens its store and serves what is on disk, which
+    // is everything acknowledged and nothing of the failed submit: not its task, not its id,
+    // not its idempotency key.
     assert!(events.try_recv().is_none());
-    let reason = tokio::time::timeout(WAIT, plane.stopped()).await.unwrap();
-    assert!(reason.contains("the state store failed"), "{reason}");
-    assert!(plane.get(kept).await.is_err());
-    assert!(submit(&plane, &sha, "after").await.is_err());
-
-    // Restarted, the host has what was acknowledged and nothing of the failed submit.
-    drop((plane, events));
-    let plane = reopen(HostConfig::default(), data.path()).await;
+    serving_again(&plane).await;
     let (listed, _) = plane.list(&TaskFilter::default(), None, 100).await.unwrap();
     let names: Vec<_> = listed.iter().map(|t| t.spec.name.as_str()).collect();
     assert_eq!(names, ["kept"]);
-    let next = submit(&plane, &sha, "next").await.unwrap();
+    assert_eq!(plane.get(kept).await.unwrap().spec.name, "kept");
+    let (next, existed) = submit_keyed(&plane, &sha, "another-spec", "k")
+        .await
+        .unwrap();
+    assert!(!existed, "the failed submit's key was never kept");
     assert_eq!(
         next,
         TaskId(2),
         "the failed submit's id was never acknowledged"
     );
+    // Watchers carry on: they hear of what the recovered host does.
+    let heard = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard.id, next);
+
+    // Restarted, the host has the same.
+    drop((plane, events));
+    let plane = reopen(HostConfig::default(), data.path()).await;
+    let (listed, _) = plane.list(&TaskFilter::default(), None, 100).await.unwrap();
+    let names: Vec<_> = listed.iter().map(|t| t.spec.name.as_str()).collect();
+    assert_eq!(names, ["kept", "another-spec"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_learn_of_a_lost_attempt_only_once_it_is_durable() {
     let data = tempfile::tempdir().unwrap();
     let plane = ControlPlane::start(fast(), data.path()).unwrap();
-    let (sha, _, _) = plane
-        .upload_module(fixtures::wat("trivial").into_bytes())
-        .await
-        .unwrap();
-    let session = plane.register(agent("a1"), vec![], vec![]).await.unwrap();
-    let mut commands = plane.attach("a1", session).await.unwrap();
-    let id = submit(&plane, &sha, "t").await.unwrap();
-    launches(&mut commands, 1).await;
+    let (_, session, commands, id) = one_launched(&plane).await;
     plane.report("a1", session, attempt(id, 1), running()).await;
     until(&plane, id, |t| t.state == TaskState::Running).await;
     let (_, mut events) = plane.watch(Some(id)).await.unwrap();
 
     // The agent goes silent and the write of its loss fails: no watcher hears of the loss.
     plane.inject_store_failures(1);
-    tokio::time::timeout(WAIT, plane.stopped()).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while plane.store_failures() == 0 {
+        assert!(Instant::now() < deadline, "the loss was never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while let Some(task) = events.try_recv() {
         assert_ne!(
             task.state,
@@ -418,4 +485,51 @@ async fn a_launch_goes_out_only_once_its_assignment_is_durable() {
     assert_eq!(task.state, TaskState::Assigned, "{task:?}");
     assert_eq!(task.attempts, 1);
     assert_eq!(task.agent_id.as_deref(), Some("a1"));
+}
+
+/// With a short retention, a task that ended is removed from memory and disk with its output,
+/// and its module after it; a restart brings neither back, and ids go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_past_its_retention_is_removed_and_stays_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let config = HostConfig {
+        task_retention: Duration::from_secs(1),
+        module_retention: Duration::from_millis(300),
+        ..fast()
+    };
+    let plane = ControlPlane::start(config.clone(), data.path()).unwrap();
+    let (sha, session, commands, id) = one_launched(&plane).await;
+    plane
+        .report("a1", session, attempt(id, 1), finished())
+        .await;
+    until(&plane, id, |t| t.state == TaskState::Finished).await;
+    assert!(plane.output(id).await.is_ok());
+    let deadline = Instant::now() + WAIT;
+    let gone = loop {
+        plane.heartbeat("a1", session).await;
+        match plane.get(id).await {
+            Err(e) => break e.to_string(),
+            Ok(_) => assert!(Instant::now() < deadline, "never removed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(gone.contains("task_retention"), "{gone}");
+    assert!(plane.output(id).await.is_err());
+    while plane.module(&sha).is_ok() {
+        plane.heartbeat("a1", session).await;
+        assert!(Instant::now() < deadline, "the module was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    drop((plane, commands));
+    let plane = reopen(config, data.path()).await;
+    assert!(plane.get(id).await.is_err());
+    assert!(plane.module(&sha).is_err());
+    let (sha, _, existed) = plane
+        .upload_module(fixtures::wat("trivial").into_bytes())
+        .await
+        .unwrap();
+    assert!(!existed);
+    let next = submit(&plane, &sha, "next").await.unwrap();
+    assert!(next > id, "{next} reuses an id");
 }

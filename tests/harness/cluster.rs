@@ -31,15 +31,7 @@ pub struct Cluster {
 impl Cluster {
     /// A host with `config` and agents `(id, slots, memory)`, all attached.
     pub fn start(config: &str, agents: &[(&str, u32, &str)]) -> Cluster {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        std::fs::write(dir.path().join("host.toml"), config).expect("writing the host config");
-        let mut cluster = Cluster {
-            dir,
-            url: String::new(),
-            listen: "127.0.0.1:0".into(),
-            host: None,
-            agents: Vec::new(),
-        };
+        let mut cluster = Cluster::new(config);
         cluster.start_host();
         for (id, slots, memory) in agents {
             cluster.start_agent(id, *slots, memory, &[]);
@@ -49,11 +41,29 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster of no process yet, its host to run with `config`: start them.
+    pub fn new(config: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("host.toml"), config).expect("writing the host config");
+        Cluster {
+            dir,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            host: None,
+            agents: Vec::new(),
+        }
+    }
+
+    /// The host's data dir.
+    pub fn host_dir(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+
     /// (Re)starts the host on its data dir; the first start picks a port, restarts reuse it.
     pub fn start_host(&mut self) {
         let mut child = Command::new(crate::corral())
             .args(["host", "--listen", &self.listen, "--data-dir"])
-            .arg(self.dir.path().join("host"))
+            .arg(self.host_dir())
             .arg("--config")
             .arg(self.dir.path().join("host.toml"))
             .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::control::ControlPlane;
 use crate::error::HostError;
+use crate::store::StoreError;
 
 pub use agent::AgentService;
 pub use client::ClientService;
@@ -44,7 +45,12 @@ pub fn status(error: HostError) -> tonic::Status {
         HostError::NotFound(m) => tonic::Status::not_found(m),
         HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-        HostError::Store(e) => tonic::Status::internal(e.to_string()),
+        // The disk failed (and the host is recovering) or is gone: nothing of the request was
+        // kept, and trying again later is safe.
+        HostError::Store(e @ (StoreError::Io(_) | StoreError::Stopped)) => {
+            tonic::Status::unavailable(fit_header(e.to_string()))
+        }
+        HostError::Store(e) => tonic::Status::internal(fit_header(e.to_string())),
         HostError::Unavailable(m) => tonic::Status::unavailable(m),
     }
 }

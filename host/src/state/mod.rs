@@ -7,7 +7,7 @@
 //! does no I/O, reads no clock and never waits, so every transition is unit-tested directly
 //! (`tests.rs`). [`ControlPlane`](crate::control::ControlPlane) is the actor around it: it
 //! applies a batch of changes under its lock, awaits the batch's writes, and only then sends
-//! the commands and events (or, when the writes fail, stops the host), so that
+//! the commands and events (or, when the writes fail, drops them and reopens the store), so that
 //! nothing outside sees a change before it is durable.
 //!
 //! # Lifecycle
@@ -28,6 +28,10 @@
 //! - A task is in the pending queue exactly when it is PENDING.
 //! - Reports count only from an agent's attached session and for its current attempts; a stale
 //!   final report is acknowledged and dropped, a stale running attempt is killed.
+//! - Nothing grows without bound ([`HostState::collect`]): a task that ended is kept, with its
+//!   output and its idempotency key, for the config's `task_retention`, then removed; a
+//!   module no kept task refers to is removed once unused for `module_retention`. Ids of
+//!   removed tasks are never given again.
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +55,9 @@ use crate::task::{
 
 /// Most pending tasks considered in one scheduling round.
 const MAX_ROUND: usize = 50_000;
+/// Most tasks removed by one [`HostState::collect`]: the rest wait for the next, so that no
+/// batch grows without bound when many tasks pass their retention at once.
+const MAX_COLLECT: usize = 10_000;
 
 /// When a change happens: the monotonic clock, for agent liveness, and wall-clock milliseconds
 /// since the Unix epoch, for records.
@@ -161,6 +168,26 @@ struct Rules {
     heartbeat_timeout: Duration,
     templates: Vec<PartitionTemplate>,
     max_output_bytes: u64,
+    task_retention_ms: i64,
+    module_retention_ms: i64,
+}
+
+/// Who uses a stored module.
+#[derive(Clone, Copy, Debug, Default)]
+struct ModuleUse {
+    /// Kept tasks that run it.
+    tasks: u64,
+    /// When it was last uploaded, submitted or left by a removed task (ms since the epoch).
+    last_used_ms: i64,
+}
+
+/// What one [`HostState::collect`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Tasks, with their outputs and idempotency keys.
+    pub tasks: usize,
+    /// Modules.
+    pub modules: usize,
 }
 
 /// Everything the host knows, and every change to it. See the module documentation.
@@ -170,13 +197,17 @@ pub struct HostState {
     tasks: BTreeMap<TaskId, Task>,
     pending: BTreeSet<TaskId>,
     idempotency: HashMap<(String, String), TaskId>,
+    /// The idempotency key of each task submitted with one.
+    key_of: HashMap<TaskId, (String, String)>,
+    /// Tasks that ended, by when (ms since the epoch): the oldest are removed first.
+    ended: BTreeSet<(i64, TaskId)>,
     registry: Registry,
     partitions: BTreeMap<String, Partition>,
     /// Agents whose session stream is attached, with that session.
     attached: HashMap<String, u64>,
     /// Commands for agents not attached yet (reconciliation kills), sent when they attach.
     queued: HashMap<String, Vec<AgentCommand>>,
-    modules: BTreeSet<String>,
+    modules: BTreeMap<String, ModuleUse>,
     next_id: u64,
     /// Something changed that may let a pending task be placed.
     dirty: bool,
@@ -234,15 +265,19 @@ impl HostState {
                 heartbeat_timeout: config.heartbeat_timeout,
                 templates: config.partitions.clone(),
                 max_output_bytes: config.max_output_size.as_u64(),
+                task_retention_ms: millis(config.task_retention),
+                module_retention_ms: millis(config.module_retention),
             },
             tasks: BTreeMap::new(),
             pending: BTreeSet::new(),
             idempotency: HashMap::new(),
+            key_of: HashMap::new(),
+            ended: BTreeSet::new(),
             registry: Registry::default(),
             partitions: BTreeMap::new(),
             attached: HashMap::new(),
             queued: HashMap::new(),
-            modules: BTreeSet::new(),
+            modules: BTreeMap::new(),
             next_id: 0,
             dirty: false,
             stale_carving: BTreeMap::new(),
@@ -251,7 +286,8 @@ impl HostState {
 
     /// The state a store held, as a host starting on it sees it: no agent attached (each has
     /// one heartbeat timeout from `now` to come back), their partitions draining until then,
-    /// allocations recomputed from the tasks that hold resources, PENDING tasks queued.
+    /// allocations recomputed from the tasks that hold resources, PENDING tasks queued, and
+    /// every module as if used `now` (its last use is not stored).
     pub fn restore(config: &HostConfig, loaded: Loaded, now: Now) -> Self {
         let mut state = Self::new(config);
         state.next_id = loaded.highest_task_id;
@@ -266,10 +302,28 @@ impl HostState {
             }
             state.partitions.insert(p.id.clone(), p);
         }
+        for sha in loaded.modules {
+            let used = ModuleUse {
+                tasks: 0,
+                last_used_ms: now.ms,
+            };
+            state.modules.insert(sha, used);
+        }
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
                 state.pending.insert(task.id);
+            }
+            if task.state.is_terminal() {
+                // A record without its end time (none should be) counts from its last change.
+                let ended = match task.finished_at_ms {
+                    0 => task.updated_at_ms,
+                    ms => ms,
+                };
+                state.ended.insert((ended, task.id));
+            }
+            if let Some(used) = state.modules.get_mut(&task.spec.module_sha256) {
+                used.tasks += 1;
             }
             if task.state.holds_resources() {
                 if let Some(p) = task
@@ -282,8 +336,10 @@ impl HostState {
             }
             state.tasks.insert(task.id, task);
         }
-        state.idempotency = loaded.idempotency.into_iter().collect();
-        state.modules = loaded.modules.into_iter().collect();
+        for (key, id) in loaded.idempotency {
+            state.key_of.insert(id, key.clone());
+            state.idempotency.insert(key, id);
+        }
         state.dirty = !state.pending.is_empty();
         state
     }
@@ -292,12 +348,25 @@ impl HostState {
 
     /// Whether a module with this sha256 is stored.
     pub fn has_module(&self, sha256: &str) -> bool {
-        self.modules.contains(sha256)
+        self.modules.contains_key(sha256)
     }
 
-    /// Records that a module is stored (its bytes already durable). False when it was known.
-    pub fn module_stored(&mut self, sha256: &str) -> bool {
-        self.modules.insert(sha256.to_string())
+    /// Records that a module is stored (its bytes already durable), or was uploaded again:
+    /// either way it is used `now`. False when it was known.
+    pub fn module_stored(&mut self, sha256: &str, now: Now) -> bool {
+        let used = self.modules.get_mut(sha256);
+        let new = used.is_none();
+        match used {
+            Some(used) => used.last_used_ms = used.last_used_ms.max(now.ms),
+            None => {
+                let used = ModuleUse {
+                    tasks: 0,
+                    last_used_ms: now.ms,
+                };
+                self.modules.insert(sha256.to_string(), used);
+            }
+        }
+        new
     }
 
     // ----- tasks --------------------------------------------------------------------------
@@ -333,7 +402,7 @@ impl HostState {
                 }
             }
         }
-        if !self.modules.contains(&spec.module_sha256) {
+        if !self.modules.contains_key(&spec.module_sha256) {
             return Err(HostError::NotFound(format!(
                 "no module with sha256 {}: upload it first",
                 spec.module_sha256
@@ -356,9 +425,16 @@ impl HostState {
         }
         self.next_id += 1;
         let id = TaskId(self.next_id);
+        let used = self
+            .modules
+            .get_mut(&spec.module_sha256)
+            .expect("checked above");
+        used.tasks += 1;
+        used.last_used_ms = used.last_used_ms.max(now.ms);
         let task = Task::new(id, spec, now.ms);
         if let Some((tenant, key)) = key {
             self.idempotency.insert((tenant.clone(), key.clone()), id);
+            self.key_of.insert(id, (tenant.clone(), key.clone()));
             fx.writes.push(Write::Idempotency(tenant, key, id));
         }
         fx.writes.push(Write::Task(task.clone()));
@@ -371,7 +447,62 @@ impl HostState {
 
     /// One task (with its stdin).
     pub fn get(&self, id: TaskId) -> Result<&Task, HostError> {
-        self.tasks.get(&id).ok_or_else(|| unknown_task(id))
+        self.tasks.get(&id).ok_or_else(|| {
+            if id.0 <= self.next_id {
+                HostError::NotFound(format!(
+                    "no task {id}: it ended more than {} ago and was removed (the host's \
+                     task_retention)",
+                    humantime::format_duration(Duration::from_millis(
+                        self.rules.task_retention_ms.unsigned_abs()
+                    ))
+                ))
+            } else {
+                unknown_task(id)
+            }
+        })
+    }
+
+    // ----- retention ----------------------------------------------------------------------
+
+    /// Removes what is past its retention at `now`: tasks that ended more than
+    /// `task_retention` ago (at most [`MAX_COLLECT`] at once), with their outputs and
+    /// idempotency keys, then modules that no kept task refers to and that were not used for
+    /// `module_retention`. Called on every liveness tick.
+    pub fn collect(&mut self, now: Now, fx: &mut Effects) -> Collected {
+        let mut collected = Collected::default();
+        let cutoff = now.ms.saturating_sub(self.rules.task_retention_ms);
+        while let Some(&(ended_ms, id)) = self.ended.first() {
+            if ended_ms > cutoff || collected.tasks == MAX_COLLECT {
+                break;
+            }
+            self.ended.pop_first();
+            let Some(task) = self.tasks.remove(&id) else {
+                continue;
+            };
+            if let Some(key) = self.key_of.remove(&id) {
+                self.idempotency.remove(&key);
+                fx.writes.push(Write::ForgetIdempotency(key.0, key.1));
+            }
+            if let Some(used) = self.modules.get_mut(&task.spec.module_sha256) {
+                used.tasks = used.tasks.saturating_sub(1);
+                used.last_used_ms = used.last_used_ms.max(now.ms);
+            }
+            fx.writes.push(Write::ForgetTask(id));
+            collected.tasks += 1;
+        }
+        let cutoff = now.ms.saturating_sub(self.rules.module_retention_ms);
+        let unused: Vec<String> = self
+            .modules
+            .iter()
+            .filter(|(_, used)| used.tasks == 0 && used.last_used_ms <= cutoff)
+            .map(|(sha, _)| sha.clone())
+            .collect();
+        for sha in unused {
+            self.modules.remove(&sha);
+            fx.writes.push(Write::ForgetModule(sha));
+            collected.modules += 1;
+        }
+        collected
     }
 
     /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
@@ -926,6 +1057,7 @@ impl HostState {
         let retry = !task.kill_requested && task.may_retry_after(ended);
         if !retry {
             task.finished_at_ms = now.ms;
+            self.ended.insert((now.ms, id));
         }
         task.reason = reason.clone();
         fx.events.push(Arc::new(public(task)));
@@ -948,6 +1080,11 @@ impl HostState {
     fn lose(&mut self, id: TaskId, reason: &str, now: Now, fx: &mut Effects) {
         self.end(id, TaskState::Lost, reason, now, fx);
     }
+}
+
+/// `d` in milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Keeps output within the host's cap: files are kept in order while they fit in `max` bytes

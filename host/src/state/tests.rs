@@ -92,14 +92,19 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let mut state = HostState::new(&HostConfig::default());
-        state.module_stored(SHA);
+        Self::with(&HostConfig::default())
+    }
+
+    fn with(config: &HostConfig) -> Self {
+        let mut state = HostState::new(config);
+        let now = Now {
+            instant: Instant::now(),
+            ms: 1_000_000,
+        };
+        state.module_stored(SHA, now);
         Self {
             state,
-            now: Now {
-                instant: Instant::now(),
-                ms: 1_000_000,
-            },
+            now,
             sessions: BTreeMap::new(),
         }
     }
@@ -1113,5 +1118,139 @@ fn an_idempotency_key_answers_its_task_only_for_the_same_spec() {
             .submit(other, Some("fold-9".into()), w.now, &mut fx)
             .unwrap(),
         (old_id, true)
+    );
+}
+
+#[test]
+fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_its_module() {
+    let config = HostConfig {
+        task_retention: Duration::from_secs(3600),
+        module_retention: Duration::from_secs(600),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    w.agent("a1", 2, 1024 * MIB);
+    let mut fx = Effects::default();
+    let (done, _) = w
+        .state
+        .submit(spec(MIB, 0, false), Some("k".into()), w.now, &mut fx)
+        .unwrap();
+    let running = w.submit(spec(MIB, 0, false));
+    w.schedule();
+    w.report("a1", done, ended(OutcomeKind::Success));
+    w.report("a1", running, self::running());
+
+    // Kept for the whole retention: nothing is removed a minute before it ends.
+    w.tick(Duration::from_secs(3540));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx), Collected::default());
+    assert!(fx.writes.is_empty());
+    assert_eq!(w.task(done).state, TaskState::Finished);
+
+    // Then the task goes, with its output and key, in one batch of writes.
+    w.tick(Duration::from_secs(120));
+    let mut fx = Effects::default();
+    let collected = w.state.collect(w.now, &mut fx);
+    assert_eq!(
+        collected,
+        Collected {
+            tasks: 1,
+            modules: 0
+        }
+    );
+    assert!(
+        matches!(
+            fx.writes.as_slice(),
+            [Write::ForgetIdempotency(tenant, key), Write::ForgetTask(id)]
+                if tenant == "default" && key == "k" && *id == done
+        ),
+        "{:?}",
+        fx.writes
+    );
+    let gone = w.state.get(done).unwrap_err().to_string();
+    assert!(
+        gone.contains("task_retention") && gone.contains("1h"),
+        "{gone}"
+    );
+    w.check();
+
+    // A running task is never removed, and keeps its module, however long it runs.
+    w.tick(Duration::from_secs(30 * 24 * 3600));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx), Collected::default());
+    assert_eq!(w.task(running).state, TaskState::Running);
+    assert!(w.state.has_module(SHA));
+
+    // Once it ends, its module is unreferenced: kept for module_retention from then.
+    w.report("a1", running, ended(OutcomeKind::Success));
+    w.tick(Duration::from_secs(3601));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).tasks, 1);
+    assert!(
+        w.state.has_module(SHA),
+        "used a moment ago, by the task removed"
+    );
+    w.tick(Duration::from_secs(601));
+    let mut fx = Effects::default();
+    assert_eq!(
+        w.state.collect(w.now, &mut fx),
+        Collected {
+            tasks: 0,
+            modules: 1
+        }
+    );
+    assert!(matches!(fx.writes.as_slice(), [Write::ForgetModule(sha)] if sha == SHA));
+    assert!(!w.state.has_module(SHA));
+
+    // The key names nothing now; ids go on from the highest ever given.
+    w.state.module_stored(SHA, w.now);
+    let mut fx = Effects::default();
+    let (again, existed) = w
+        .state
+        .submit(spec(2 * MIB, 0, false), Some("k".into()), w.now, &mut fx)
+        .unwrap();
+    assert!(!existed);
+    assert!(again.0 > running.0, "{again} reuses an id");
+}
+
+#[test]
+fn an_upload_or_a_submit_keeps_an_unreferenced_module() {
+    let config = HostConfig {
+        module_retention: Duration::from_secs(600),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    // Uploaded again 9 minutes on: the clock starts again.
+    w.tick(Duration::from_secs(540));
+    assert!(!w.state.module_stored(SHA, w.now));
+    w.tick(Duration::from_secs(540));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).modules, 0);
+    // A pending task refers to it: kept, however long the task waits.
+    let id = w.submit(spec(MIB, 0, false));
+    w.tick(Duration::from_secs(7200));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).modules, 0);
+    assert_eq!(w.task(id).state, TaskState::Pending);
+    // Restored from a store, its use counts again from the start.
+    let loaded = Loaded {
+        tasks: Vec::new(),
+        modules: vec![SHA.into()],
+        highest_task_id: id.0,
+        ..Default::default()
+    };
+    let mut restored = HostState::restore(&config, loaded, w.now);
+    let mut fx = Effects::default();
+    assert_eq!(
+        restored
+            .collect(w.now.after(Duration::from_secs(599)), &mut fx)
+            .modules,
+        0
+    );
+    assert_eq!(
+        restored
+            .collect(w.now.after(Duration::from_secs(601)), &mut fx)
+            .modules,
+        1
     );
 }
