@@ -975,7 +975,11 @@ fn files_grown_past_the_disk_quota_end_the_run_within_one_write() {
     assert_eq!(report.outcome, Outcome::DiskLimit, "{report:?}");
     let written = std::fs::metadata(dir.path().join("out.bin")).unwrap().len();
     assert!(written <= 1 << 20, "{written} bytes written past the quota");
-    assert!(written > (1 << 20) - 65536, "stopped early: {written}");
+    // Creating the file cost 4 KiB of the quota.
+    assert!(
+        written + 4096 > (1 << 20) - 65536,
+        "stopped early: {written}"
+    );
     // Writing over the same bytes grows nothing: 1,000 overwrites of 64 KiB fit a 1 MiB quota.
     let report = run(&disk_writer("fd_pwrite"), &spec);
     assert_eq!(report.outcome, Outcome::Success, "{report:?}");
@@ -990,4 +994,77 @@ fn files_grown_past_the_disk_quota_end_the_run_within_one_write() {
     // Stdout is the output cap's, not the quota's.
     spec.limits.max_disk_bytes = 1;
     assert_eq!(run(hello(), &spec).outcome, Outcome::Success);
+}
+
+/// 10,000 times, in the first granted directory: makes a directory (`mkdir`) or creates and
+/// closes a file (`create`) of a new four-letter name, or opens `same` with `O_CREAT`
+/// (`reopen`). Exits 2 when a call fails.
+fn entry_maker(call: &str) -> String {
+    let make = match call {
+        "mkdir" => "(call $mkdir (i32.const 3) (i32.const 200) (i32.const 4))",
+        "create" => {
+            "(call $open (i32.const 3) (i32.const 0) (i32.const 200) (i32.const 4) (i32.const 1) \
+             (i64.const 536870911) (i64.const 536870911) (i32.const 0) (i32.const 300))"
+        }
+        _ => {
+            "(call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 4) (i32.const 1) \
+             (i64.const 536870911) (i64.const 536870911) (i32.const 0) (i32.const 300))"
+        }
+    };
+    let close = match call {
+        "mkdir" => "",
+        _ => "(drop (call $close (i32.load (i32.const 300))))",
+    };
+    let letter = |shift: u32| {
+        format!(
+            "(i32.add (i32.const 97) (i32.and (i32.shr_u (local.get $i) (i32.const {shift})) (i32.const 15)))"
+        )
+    };
+    format!(
+        r#"(module
+      (import "wasi_snapshot_preview1" "path_create_directory" (func $mkdir (param i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "same")
+      (func (export "_start") (local $i i32)
+        (loop
+          (i32.store8 (i32.const 200) {l0})
+          (i32.store8 (i32.const 201) {l1})
+          (i32.store8 (i32.const 202) {l2})
+          (i32.store8 (i32.const 203) {l3})
+          (if {make} (then (call $exit (i32.const 2))))
+          {close}
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if 0 (i32.lt_u (local.get $i) (i32.const 10000))))))"#,
+        l0 = letter(0),
+        l1 = letter(4),
+        l2 = letter(8),
+        l3 = letter(12),
+    )
+}
+
+#[test]
+fn every_entry_created_costs_quota_so_empty_files_cannot_exhaust_inodes() {
+    for call in ["mkdir", "create"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec();
+        spec.dirs = vec![DirGrant::read_write(dir.path(), "/out")];
+        spec.limits.max_disk_bytes = 1 << 20;
+        let report = run(&entry_maker(call), &spec);
+        assert_eq!(report.outcome, Outcome::DiskLimit, "{call}: {report:?}");
+        // 4 KiB each: exactly 256 fit in 1 MiB.
+        let made = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(made, 256, "{call}");
+    }
+    // Opening an existing file with O_CREAT creates nothing: only the first open costs.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.dirs = vec![DirGrant::read_write(dir.path(), "/out")];
+    spec.limits.max_disk_bytes = 4096;
+    let report = run(&entry_maker("reopen"), &spec);
+    assert_eq!(report.outcome, Outcome::Success, "{report:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

@@ -11,7 +11,13 @@
 //! is never exceeded, and a run is stopped at most one write short of it. Overwriting in place
 //! grows nothing; deleting or truncating files gives nothing back (the quota is on growth, so
 //! a guest cannot churn the disk). Stdout and stderr are not files: the output caps hold them.
-//! Creating entries (files, directories) costs no bytes here: see the note in ARCHITECTURE.md.
+//!
+//! Creating an entry (a file through `path_open` with `O_CREAT`, a directory, a symlink or a
+//! hard link) costs [`ENTRY_BYTES`] of the quota, about what one takes on disk (an inode and
+//! a directory block): so a guest creating empty files by the million runs out of quota, not
+//! the agent out of inodes. `path_open`, `path_create_directory`, `path_symlink` and
+//! `path_link` are shadowed for that: a creation that would pass the quota ends the run as a
+//! write would; one that succeeds is counted.
 
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
@@ -19,9 +25,13 @@ use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1
 use super::execute::RunState;
 use super::sleep::wasi;
 
-const MODULE: &str = "wasi_snapshot_preview1";
+use corral_admission::imports::WASI_MODULE as MODULE;
 /// The most iovecs one call may pass (POSIX's `IOV_MAX` on Linux).
 const IOV_MAX: u32 = 1024;
+/// What creating one entry costs of the quota.
+pub(crate) const ENTRY_BYTES: u64 = 4096;
+/// `path_open`'s `O_CREAT`.
+const OFLAGS_CREAT: i32 = 1;
 
 /// What a run has grown files by, against its quota.
 #[derive(Debug, Default)]
@@ -113,10 +123,142 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
                 })
             },
         )?;
+        linker.func_wrap_async(
+            MODULE,
+            "path_open",
+            |mut caller: Caller<'_, RunState>,
+             (fd, dirflags, path, path_len, oflags, base, inheriting, fdflags, fd_out): (
+                i32,
+                i32,
+                i32,
+                i32,
+                i32,
+                i64,
+                i64,
+                i32,
+                i32,
+            )| {
+                Box::new(async move {
+                    if oflags & OFLAGS_CREAT == 0
+                        || exists(&mut caller, fd, dirflags, path, path_len).await
+                    {
+                        return invoke(&mut caller, |ctx, memory| {
+                            Box::pin(p1::path_open(
+                                ctx, memory, fd, dirflags, path, path_len, oflags, base,
+                                inheriting, fdflags, fd_out,
+                            ))
+                        })
+                        .await;
+                    }
+                    creating(&mut caller, |ctx, memory| {
+                        Box::pin(p1::path_open(
+                            ctx, memory, fd, dirflags, path, path_len, oflags, base, inheriting,
+                            fdflags, fd_out,
+                        ))
+                    })
+                    .await
+                })
+            },
+        )?;
+        linker.func_wrap_async(
+            MODULE,
+            "path_create_directory",
+            |mut caller: Caller<'_, RunState>, (fd, path, path_len): (i32, i32, i32)| {
+                Box::new(async move {
+                    creating(&mut caller, |ctx, memory| {
+                        Box::pin(p1::path_create_directory(ctx, memory, fd, path, path_len))
+                    })
+                    .await
+                })
+            },
+        )?;
+        linker.func_wrap_async(
+            MODULE,
+            "path_symlink",
+            |mut caller: Caller<'_, RunState>,
+             (old, old_len, fd, new, new_len): (i32, i32, i32, i32, i32)| {
+                Box::new(async move {
+                    creating(&mut caller, |ctx, memory| {
+                        Box::pin(p1::path_symlink(
+                            ctx, memory, old, old_len, fd, new, new_len,
+                        ))
+                    })
+                    .await
+                })
+            },
+        )?;
+        linker.func_wrap_async(
+            MODULE,
+            "path_link",
+            |mut caller: Caller<'_, RunState>,
+             (old_fd, old_flags, old, old_len, fd, new, new_len): (
+                i32,
+                i32,
+                i32,
+                i32,
+                i32,
+                i32,
+                i32,
+            )| {
+                Box::new(async move {
+                    creating(&mut caller, |ctx, memory| {
+                        Box::pin(p1::path_link(
+                            ctx, memory, old_fd, old_flags, old, old_len, fd, new, new_len,
+                        ))
+                    })
+                    .await
+                })
+            },
+        )?;
         Ok(())
     })();
     linker.allow_shadowing(false);
     defined
+}
+
+/// Runs `call`, which creates an entry, unless its cost would take the run past its quota;
+/// counts the cost when it succeeds.
+async fn creating(
+    caller: &mut Caller<'_, RunState>,
+    call: impl for<'a> FnOnce(
+        &'a mut wasmtime_wasi::p1::WasiP1Ctx,
+        &'a mut wiggle::GuestMemory<'a>,
+    ) -> Call<'a>,
+) -> wasmtime::Result<i32> {
+    let quota = &mut caller.data_mut().disk;
+    if quota.used_bytes.saturating_add(ENTRY_BYTES) > quota.max_bytes {
+        quota.hit = true;
+        return Err(wasmtime::Error::new(DiskLimitHit));
+    }
+    let errno = invoke(caller, call).await?;
+    if errno == 0 {
+        let quota = &mut caller.data_mut().disk;
+        quota.used_bytes = quota.used_bytes.saturating_add(ENTRY_BYTES);
+    }
+    Ok(errno)
+}
+
+/// Whether `path` names an entry under directory `fd` (following symlinks as `dirflags`
+/// say), as `path_open` would look it up.
+async fn exists(
+    caller: &mut Caller<'_, RunState>,
+    fd: i32,
+    dirflags: i32,
+    path: i32,
+    path_len: i32,
+) -> bool {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return false;
+    };
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    let mut memory = wiggle::GuestMemory::Unshared(data);
+    let fd = wasmtime_wasi::p1::types::Fd::from(fd as u32);
+    let flags = wasmtime_wasi::p1::types::Lookupflags::from_bits_truncate(dirflags as u32);
+    let path = wiggle::GuestPtr::<str>::new((path as u32, path_len as u32));
+    wasi(state)
+        .path_filestat_get(&mut memory, fd, flags, path)
+        .await
+        .is_ok()
 }
 
 type Call<'a> =
@@ -152,18 +294,7 @@ async fn guarded(
             return Err(wasmtime::Error::new(DiskLimitHit));
         }
     }
-    let errno = {
-        // As wasmtime-wasi's own linker entry does: the call's budget for copying arrays.
-        let fuel = caller.as_context_mut().hostcall_fuel();
-        let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-            return Err(wasmtime::format_err!("missing required memory export"));
-        };
-        let (data, state) = memory.data_and_store_mut(&mut *caller);
-        let ctx = wasi(state);
-        ctx.set_hostcall_fuel(fuel);
-        let mut memory = wiggle::GuestMemory::Unshared(data);
-        call(ctx, &mut memory).await?
-    };
+    let errno = invoke(caller, call).await?;
     if let Some(before) = before {
         let after = file_size(caller, fd).await.unwrap_or(before);
         let quota = &mut caller.data_mut().disk;
@@ -172,6 +303,26 @@ async fn guarded(
             .saturating_add(after.saturating_sub(before));
     }
     Ok(errno)
+}
+
+/// Runs `call`, one of wasmtime-wasi's own, on the guest's memory.
+async fn invoke(
+    caller: &mut Caller<'_, RunState>,
+    call: impl for<'a> FnOnce(
+        &'a mut wasmtime_wasi::p1::WasiP1Ctx,
+        &'a mut wiggle::GuestMemory<'a>,
+    ) -> Call<'a>,
+) -> wasmtime::Result<i32> {
+    // As wasmtime-wasi's own linker entry does: the call's budget for copying arrays.
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::format_err!("missing required memory export"));
+    };
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    let ctx = wasi(state);
+    ctx.set_hostcall_fuel(fuel);
+    let mut memory = wiggle::GuestMemory::Unshared(data);
+    call(ctx, &mut memory).await
 }
 
 /// The position of descriptor `fd`.

@@ -22,7 +22,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use super::execute::RunState;
 
 /// `poll_oneoff`'s import module.
-const MODULE: &str = "wasi_snapshot_preview1";
+use corral_admission::imports::WASI_MODULE as MODULE;
 
 /// Layout of preview1's `subscription` (48 bytes, 8-aligned): `userdata: u64` at 0, the
 /// union's tag (`u8`, 0 for a clock) at 8, and a `subscription_clock` at 16: `id: u32` at 16,

@@ -12,7 +12,7 @@ use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 use super::execute::RunState;
 use super::sleep::wasi;
 
-const MODULE: &str = "wasi_snapshot_preview1";
+use corral_admission::imports::WASI_MODULE as MODULE;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_NOTSOCK: i32 = 57;
 
