@@ -1408,8 +1408,9 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
     cluster.start_host();
     cluster.start_agent("a1", 2, "1GiB", &[]);
     cluster.wait_for_agents(&["a1"]);
-    let task = cluster.block_on(async {
+    let (task, trivial) = cluster.block_on(async {
         let mut client = cluster.client().await;
+        let trivial = fixtures_sha(&mut client).await;
         let sha = upload_wat(&mut client, &sleep_then_write(OUTPUT)).await;
         let mut writer = spec(&sha, "writer", 64 * MIB);
         writer.limits.as_mut().unwrap().max_output_bytes = 8 * MIB;
@@ -1418,7 +1419,7 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
             t.progress.is_some()
         })
         .await;
-        task
+        (task, trivial)
     });
     let state_file = std::fs::metadata(cluster.host_dir().join("state.redb")).unwrap();
     let filled = disk.fill();
@@ -1430,7 +1431,7 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
     cluster.block_on(async {
         let mut client = cluster.client().await;
         // A submit that needs more room than the disk has: refused, as unavailable.
-        let mut big = spec(&fixtures_sha(&mut client).await, "refused", 16 * MIB);
+        let mut big = spec(&trivial, "refused", 16 * MIB);
         big.stdin = vec![7u8; 12 << 20].into();
         let refused = client
             .submit_task(pb::SubmitTaskRequest {
@@ -1506,10 +1507,9 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
     cluster.block_on(async {
         // The refused submit's key was never kept: it names nothing, so another spec takes it.
         let mut client = cluster.client().await;
-        let sha = fixtures_sha(&mut client).await;
         let answer = client
             .submit_task(pb::SubmitTaskRequest {
-                spec: Some(spec(&sha, "after", 16 * MIB)),
+                spec: Some(spec(&trivial, "after", 16 * MIB)),
                 idempotency_key: "k".into(),
             })
             .await

@@ -997,11 +997,12 @@ fn files_grown_past_the_disk_quota_end_the_run_within_one_write() {
 }
 
 /// 10,000 times, in the first granted directory: makes a directory (`mkdir`) or creates and
-/// closes a file (`create`) of a new four-letter name, or opens `same` with `O_CREAT`
-/// (`reopen`). Exits 2 when a call fails.
+/// closes a file (`create`) of a new four-letter name, makes directory `same`
+/// (`mkdir-same`), or opens `same` with `O_CREAT` (`reopen`). Exits 2 when a call fails.
 fn entry_maker(call: &str) -> String {
     let make = match call {
         "mkdir" => "(call $mkdir (i32.const 3) (i32.const 200) (i32.const 4))",
+        "mkdir-same" => "(call $mkdir (i32.const 3) (i32.const 100) (i32.const 4))",
         "create" => {
             "(call $open (i32.const 3) (i32.const 0) (i32.const 200) (i32.const 4) (i32.const 1) \
              (i64.const 536870911) (i64.const 536870911) (i32.const 0) (i32.const 300))"
@@ -1048,23 +1049,28 @@ fn entry_maker(call: &str) -> String {
 
 #[test]
 fn every_entry_created_costs_quota_so_empty_files_cannot_exhaust_inodes() {
-    for call in ["mkdir", "create"] {
-        let dir = tempfile::tempdir().unwrap();
+    let writable = |dir: &tempfile::TempDir, quota: u64| {
         let mut spec = spec();
         spec.dirs = vec![DirGrant::read_write(dir.path(), "/out")];
-        spec.limits.max_disk_bytes = 1 << 20;
-        let report = run(&entry_maker(call), &spec);
+        spec.limits.max_disk_bytes = quota;
+        spec
+    };
+    let entries = |dir: &tempfile::TempDir| std::fs::read_dir(dir.path()).unwrap().count();
+    for call in ["mkdir", "create"] {
+        let dir = tempfile::tempdir().unwrap();
+        let report = run(&entry_maker(call), &writable(&dir, 1 << 20));
         assert_eq!(report.outcome, Outcome::DiskLimit, "{call}: {report:?}");
-        // 4 KiB each: exactly 256 fit in 1 MiB.
-        let made = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(made, 256, "{call}");
+        // 4 KiB each: 256 fit in 1 MiB, and the one that passes it ends the run.
+        assert_eq!(entries(&dir), 257, "{call}");
     }
+    // A creation that fails costs nothing and answers its errno, however little quota is
+    // left: making the same directory twice fails the second time (the guest exits 2).
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(&entry_maker("mkdir-same"), &writable(&dir, 4096));
+    assert_eq!(report.outcome, Outcome::Exit { code: 2 }, "{report:?}");
     // Opening an existing file with O_CREAT creates nothing: only the first open costs.
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = spec();
-    spec.dirs = vec![DirGrant::read_write(dir.path(), "/out")];
-    spec.limits.max_disk_bytes = 4096;
-    let report = run(&entry_maker("reopen"), &spec);
+    let report = run(&entry_maker("reopen"), &writable(&dir, 4096));
     assert_eq!(report.outcome, Outcome::Success, "{report:?}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(entries(&dir), 1);
 }

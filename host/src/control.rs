@@ -65,6 +65,10 @@ const QUEUE: usize = 65_536;
 /// Pauses between attempts to reopen a failed store: from the first to the last, doubling.
 pub const REOPEN_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(8));
+/// How long a reopened store must take writes before the pause between reopenings starts
+/// again from the first: a disk still nearly full may let the store open, and small writes
+/// pass, while one large write fails each time.
+pub const STEADY_AFTER_REOPEN: Duration = Duration::from_secs(60);
 
 /// One agent's command channel, for the session it attached with.
 struct Link {
@@ -79,7 +83,7 @@ type Commands = mpsc::UnboundedReceiver<AgentCommand>;
 enum Request {
     Submit(TaskSpec, Option<String>, Answer<(TaskId, bool)>),
     Kill(TaskId, Answer<Task>),
-    ModuleStored(String, oneshot::Sender<bool>),
+    ModuleStored(String, Bytes, Answer<bool>),
     Register(AgentInfo, Vec<Attempt>, Vec<Attempt>, Answer<u64>),
     Attach(String, u64, Answer<Commands>),
     Heartbeat(String, u64),
@@ -105,9 +109,8 @@ enum Reply {
     Kill(Answer<Task>, Box<Result<Task, HostError>>),
     Register(Answer<u64>, Result<u64, HostError>),
     Attach(Answer<Commands>, Result<Commands, HostError>),
-    /// Whether a stored module was new: its bytes were durable before it was asked, so the
-    /// answer stands whatever happens to the batch.
-    Module(oneshot::Sender<bool>, bool),
+    /// Whether the module was new (and written in this batch).
+    Module(Answer<bool>, Result<bool, HostError>),
     Get(Answer<Task>, Box<Result<Task, HostError>>),
     List(Answer<(Vec<Task>, bool)>, (Vec<Task>, bool)),
     Watch(
@@ -133,7 +136,7 @@ impl Reply {
             Reply::Kill(to, r) => drop(to.send(fail(*r, failure))),
             Reply::Register(to, r) => drop(to.send(fail(r, failure))),
             Reply::Attach(to, r) => drop(to.send(fail(r, failure))),
-            Reply::Module(to, new) => drop(to.send(new)),
+            Reply::Module(to, r) => drop(to.send(fail(r, failure))),
             Reply::Get(to, r) => drop(to.send(fail(*r, failure))),
             Reply::List(to, r) => drop(to.send(fail(Ok(r), failure))),
             // Subscribed now: the events of every batch up to this one are published.
@@ -194,6 +197,8 @@ impl ControlPlane {
             in_flight: VecDeque::new(),
             failed: None,
             reopen_pause: REOPEN_BACKOFF.0,
+            reopened_at: None,
+            last_session: 0,
         };
         let running = tokio::spawn(actor.run(inbox));
         // A panic in the actor (a broken invariant of the state machine) stops the host.
@@ -303,17 +308,12 @@ impl ControlPlane {
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
         let (sha, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
-        let store = self.store()?;
-        if !store.has_module(&sha)? {
-            store
-                .write(vec![Write::Module(sha.clone(), Bytes::from(binary))])
-                .durable()
-                .await?;
-        }
-        drop(store);
-        let (answer, answered) = oneshot::channel();
-        self.tell(Request::ModuleStored(sha.clone(), answer)).await;
-        let new = answered.await.map_err(|_| stopped())?;
+        // Written by the actor, in order with every other write: a module it removes and one
+        // uploaded again cannot pass each other on the way to the disk.
+        let bytes = Bytes::from(binary);
+        let new = self
+            .ask(|answer| Request::ModuleStored(sha.clone(), bytes, answer))
+            .await?;
         if new {
             tracing::info!(sha256 = %sha, size, "module stored");
         }
@@ -372,7 +372,11 @@ impl ControlPlane {
             )));
         }
         // The task's end, and its output, were durable before `get` answered.
-        Ok(self.store()?.output(id)?.unwrap_or_default())
+        match self.store()?.output(id)? {
+            Some(output) => Ok(output),
+            // Removed (past its retention) since `get` answered, or stored without one.
+            None => self.get(id).await.map(|_| TaskOutput::default()),
+        }
     }
 
     /// Subscribes to task changes (every task's, or one task's); with `id`, also answers that
@@ -488,9 +492,14 @@ struct Actor {
     /// Why the store failed, while it is being reopened: every request is refused.
     failed: Option<String>,
     /// The pause before the next attempt to reopen the store. It grows with each attempt and
-    /// with each failure after a reopening (a disk still full may let the store open but not
-    /// commit), and starts again once a commit succeeds.
+    /// with each failure after a reopening, and starts again once a commit succeeds
+    /// [`STEADY_AFTER_REOPEN`] after the last reopening.
     reopen_pause: Duration,
+    /// When the store was last reopened.
+    reopened_at: Option<std::time::Instant>,
+    /// The last agent session handed out before the store failed: sessions go on from it, so
+    /// that a stream of a session before the failure never passes for a new one.
+    last_session: u64,
 }
 
 /// An attempt to reopen the store, after a pause.
@@ -601,9 +610,12 @@ impl Actor {
                 let result = state.kill(id, now, fx);
                 replies.push(Reply::Kill(answer, Box::new(result)));
             }
-            Request::ModuleStored(sha, answer) => {
+            Request::ModuleStored(sha, bytes, answer) => {
                 let new = state.module_stored(&sha, now);
-                replies.push(Reply::Module(answer, new));
+                if new {
+                    fx.writes.push(Write::Module(sha, bytes));
+                }
+                replies.push(Reply::Module(answer, Ok(new)));
             }
             Request::Register(info, running, unacknowledged, answer) => {
                 let id = info.id.clone();
@@ -696,7 +708,10 @@ impl Actor {
 
     /// Sends a durable batch's commands, publishes its events, and answers its callers.
     fn finish(&mut self, batch: InFlight, failure: Option<&str>) {
-        if failure.is_none() && batch.commit.is_some() {
+        let steady = self
+            .reopened_at
+            .is_none_or(|at| at.elapsed() >= STEADY_AFTER_REOPEN);
+        if failure.is_none() && batch.commit.is_some() && steady {
             self.reopen_pause = REOPEN_BACKOFF.0;
         }
         if failure.is_none() {
@@ -732,18 +747,23 @@ impl Actor {
         while let Some(later) = self.in_flight.pop_front() {
             self.finish(later, Some(error));
         }
-        // The store is reopened once every handle on it is gone.
-        self.store = None;
-        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+        // The store is reopened once every handle on it is gone. Dropping the last one joins
+        // its writer thread, so it is dropped off the actor, and outside the slot's lock.
+        let shared = self.slot.write().unwrap_or_else(|e| e.into_inner()).take();
+        let own = self.store.take();
+        tokio::task::spawn_blocking(move || drop((shared, own)));
+        self.last_session = self.state.last_session();
         self.state = HostState::new(&self.config);
     }
 
     /// The store reopened: serve again from what it holds.
     fn recovered(&mut self, store: Store, loaded: Loaded) {
         self.state = restore(&self.config, loaded);
+        self.state.continue_sessions_after(self.last_session);
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
         self.store = Some(store);
         self.failed = None;
+        self.reopened_at = Some(std::time::Instant::now());
         tracing::warn!("the state store was reopened: the host serves again");
     }
 }
@@ -779,9 +799,7 @@ fn refuse(request: Request, reason: &str) {
         Request::Watch(_, answer) => drop(answer.send(Err(error()))),
         Request::Agents(answer) => drop(answer.send(Err(error()))),
         Request::Partitions(answer) => drop(answer.send(Err(error()))),
-        Request::ModuleStored(_, answer) => {
-            let _ = answer.send(false);
-        }
+        Request::ModuleStored(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Heartbeat(..) | Request::Detach(..) | Request::Report(..) | Request::Expire => {}
     }
 }
@@ -854,6 +872,8 @@ mod tests {
             in_flight: VecDeque::new(),
             failed: None,
             reopen_pause: REOPEN_BACKOFF.0,
+            reopened_at: None,
+            last_session: 0,
         };
         let (answer, answered) = oneshot::channel();
         let finished = StatusReport {

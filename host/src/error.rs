@@ -24,7 +24,7 @@ pub enum HostError {
     /// The state store failed; nothing of the request was kept.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The host is stopping, or stopped after its state store failed.
+    /// The host is stopping, or reopening its state store after a failure.
     #[error("{0}")]
     Unavailable(String),
 }

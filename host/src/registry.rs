@@ -85,6 +85,17 @@ impl Registry {
         session
     }
 
+    /// The last session handed out.
+    pub fn last_session(&self) -> u64 {
+        self.next_session
+    }
+
+    /// Hands out sessions after `last` from now on (a state restored in the same process as
+    /// one that handed them out).
+    pub fn continue_sessions_after(&mut self, last: u64) {
+        self.next_session = self.next_session.max(last);
+    }
+
     /// Restores an agent known from the store, as disconnected since `now`: it has one timeout
     /// to come back.
     pub fn restore(&mut self, info: AgentInfo, now: Instant, last_seen_ms: i64) {

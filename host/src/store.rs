@@ -225,7 +225,14 @@ impl Store {
             }
             Ok(_) => Database::open(&path),
         }
-        .map_err(|e| open_error(format!("not a Corral database, or damaged: {e}")))?;
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => open_error(
+                "it is open already (by another host on this data dir, or, while the host \
+                 reopens it, by this one)"
+                    .into(),
+            ),
+            e => open_error(format!("not a Corral database, or damaged: {e}")),
+        })?;
         // Create the tables, so that reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
         for table in [TASKS, OUTPUTS] {

@@ -494,7 +494,7 @@ async fn what_is_past_its_retention_is_removed_and_stays_removed() {
     let data = tempfile::tempdir().unwrap();
     let config = HostConfig {
         task_retention: Duration::from_secs(1),
-        module_retention: Duration::from_millis(300),
+        module_retention: Duration::from_secs(2),
         ..fast()
     };
     let plane = ControlPlane::start(config.clone(), data.path()).unwrap();

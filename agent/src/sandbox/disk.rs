@@ -16,8 +16,10 @@
 //! hard link) costs [`ENTRY_BYTES`] of the quota, about what one takes on disk (an inode and
 //! a directory block): so a guest creating empty files by the million runs out of quota, not
 //! the agent out of inodes. `path_open`, `path_create_directory`, `path_symlink` and
-//! `path_link` are shadowed for that: a creation that would pass the quota ends the run as a
-//! write would; one that succeeds is counted.
+//! `path_link` are shadowed for that. A creation is counted once it succeeded (one that
+//! fails, for an existing name or a read-only directory, answers its errno and costs
+//! nothing), and the run ends `disk_limit` when that takes it past its quota: so entries
+//! exceed it by at most one.
 
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
@@ -70,8 +72,8 @@ enum Asked {
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
-/// Defines the three calls over the ones `wasmtime_wasi::p1::add_to_linker_async` put in
-/// `linker`.
+/// Defines the three writing calls and the four creating ones over those
+/// `wasmtime_wasi::p1::add_to_linker_async` put in `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let defined = (|| {
@@ -216,8 +218,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
     defined
 }
 
-/// Runs `call`, which creates an entry, unless its cost would take the run past its quota;
-/// counts the cost when it succeeds.
+/// Runs `call`, which creates an entry; when it did, counts its cost, and ends the run if
+/// that took it past its quota.
 async fn creating(
     caller: &mut Caller<'_, RunState>,
     call: impl for<'a> FnOnce(
@@ -225,15 +227,14 @@ async fn creating(
         &'a mut wiggle::GuestMemory<'a>,
     ) -> Call<'a>,
 ) -> wasmtime::Result<i32> {
-    let quota = &mut caller.data_mut().disk;
-    if quota.used_bytes.saturating_add(ENTRY_BYTES) > quota.max_bytes {
-        quota.hit = true;
-        return Err(wasmtime::Error::new(DiskLimitHit));
-    }
     let errno = invoke(caller, call).await?;
     if errno == 0 {
         let quota = &mut caller.data_mut().disk;
         quota.used_bytes = quota.used_bytes.saturating_add(ENTRY_BYTES);
+        if quota.used_bytes > quota.max_bytes {
+            quota.hit = true;
+            return Err(wasmtime::Error::new(DiskLimitHit));
+        }
     }
     Ok(errno)
 }
@@ -247,6 +248,7 @@ async fn exists(
     path: i32,
     path_len: i32,
 ) -> bool {
+    let fuel = caller.as_context_mut().hostcall_fuel();
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return false;
     };
@@ -255,8 +257,9 @@ async fn exists(
     let fd = wasmtime_wasi::p1::types::Fd::from(fd as u32);
     let flags = wasmtime_wasi::p1::types::Lookupflags::from_bits_truncate(dirflags as u32);
     let path = wiggle::GuestPtr::<str>::new((path as u32, path_len as u32));
-    wasi(state)
-        .path_filestat_get(&mut memory, fd, flags, path)
+    let ctx = wasi(state);
+    ctx.set_hostcall_fuel(fuel);
+    ctx.path_filestat_get(&mut memory, fd, flags, path)
         .await
         .is_ok()
 }

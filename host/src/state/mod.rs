@@ -172,9 +172,13 @@ struct Rules {
     module_retention_ms: i64,
 }
 
-/// Who uses a stored module.
+/// A module, and who uses it.
 #[derive(Clone, Copy, Debug, Default)]
 struct ModuleUse {
+    /// Its binary is stored. A module that is not is listed only while kept tasks refer to it
+    /// (restored tasks of a module lost with a damaged store): so that their count is right
+    /// when it is uploaded again.
+    stored: bool,
     /// Kept tasks that run it.
     tasks: u64,
     /// When it was last uploaded, submitted or left by a removed task (ms since the epoch).
@@ -304,6 +308,7 @@ impl HostState {
         }
         for sha in loaded.modules {
             let used = ModuleUse {
+                stored: true,
                 tasks: 0,
                 last_used_ms: now.ms,
             };
@@ -322,9 +327,15 @@ impl HostState {
                 };
                 state.ended.insert((ended, task.id));
             }
-            if let Some(used) = state.modules.get_mut(&task.spec.module_sha256) {
-                used.tasks += 1;
-            }
+            let used = state
+                .modules
+                .entry(task.spec.module_sha256.clone())
+                .or_insert(ModuleUse {
+                    stored: false,
+                    tasks: 0,
+                    last_used_ms: now.ms,
+                });
+            used.tasks += 1;
             if task.state.holds_resources() {
                 if let Some(p) = task
                     .partition_id
@@ -337,6 +348,11 @@ impl HostState {
             state.tasks.insert(task.id, task);
         }
         for (key, id) in loaded.idempotency {
+            // A key whose task is not loaded (set aside as undecodable) names nothing that
+            // will end: it is kept for one retention from now, then removed.
+            if !state.tasks.contains_key(&id) {
+                state.ended.insert((now.ms, id));
+            }
             state.key_of.insert(id, key.clone());
             state.idempotency.insert(key, id);
         }
@@ -348,24 +364,16 @@ impl HostState {
 
     /// Whether a module with this sha256 is stored.
     pub fn has_module(&self, sha256: &str) -> bool {
-        self.modules.contains_key(sha256)
+        self.modules.get(sha256).is_some_and(|used| used.stored)
     }
 
-    /// Records that a module is stored (its bytes already durable), or was uploaded again:
-    /// either way it is used `now`. False when it was known.
+    /// Records an uploaded module: used `now`. True when it was not stored, so that its
+    /// binary is to be written with this change.
     pub fn module_stored(&mut self, sha256: &str, now: Now) -> bool {
-        let used = self.modules.get_mut(sha256);
-        let new = used.is_none();
-        match used {
-            Some(used) => used.last_used_ms = used.last_used_ms.max(now.ms),
-            None => {
-                let used = ModuleUse {
-                    tasks: 0,
-                    last_used_ms: now.ms,
-                };
-                self.modules.insert(sha256.to_string(), used);
-            }
-        }
+        let used = self.modules.entry(sha256.to_string()).or_default();
+        let new = !used.stored;
+        used.stored = true;
+        used.last_used_ms = used.last_used_ms.max(now.ms);
         new
     }
 
@@ -402,7 +410,7 @@ impl HostState {
                 }
             }
         }
-        if !self.modules.contains_key(&spec.module_sha256) {
+        if !self.has_module(&spec.module_sha256) {
             return Err(HostError::NotFound(format!(
                 "no module with sha256 {}: upload it first",
                 spec.module_sha256
@@ -462,12 +470,22 @@ impl HostState {
         })
     }
 
+    /// The last agent session handed out.
+    pub fn last_session(&self) -> u64 {
+        self.registry.last_session()
+    }
+
+    /// Hands out agent sessions after `last` (see [`Registry::continue_sessions_after`]).
+    pub fn continue_sessions_after(&mut self, last: u64) {
+        self.registry.continue_sessions_after(last);
+    }
+
     // ----- retention ----------------------------------------------------------------------
 
     /// Removes what is past its retention at `now`: tasks that ended more than
     /// `task_retention` ago (at most [`MAX_COLLECT`] at once), with their outputs and
     /// idempotency keys, then modules that no kept task refers to and that were not used for
-    /// `module_retention`. Called on every liveness tick.
+    /// `module_retention` (as many at most). Called on every liveness tick.
     pub fn collect(&mut self, now: Now, fx: &mut Effects) -> Collected {
         let mut collected = Collected::default();
         let cutoff = now.ms.saturating_sub(self.rules.task_retention_ms);
@@ -476,16 +494,20 @@ impl HostState {
                 break;
             }
             self.ended.pop_first();
-            let Some(task) = self.tasks.remove(&id) else {
-                continue;
-            };
             if let Some(key) = self.key_of.remove(&id) {
                 self.idempotency.remove(&key);
                 fx.writes.push(Write::ForgetIdempotency(key.0, key.1));
             }
-            if let Some(used) = self.modules.get_mut(&task.spec.module_sha256) {
+            let Some(task) = self.tasks.remove(&id) else {
+                continue;
+            };
+            let sha = &task.spec.module_sha256;
+            if let Some(used) = self.modules.get_mut(sha) {
                 used.tasks = used.tasks.saturating_sub(1);
                 used.last_used_ms = used.last_used_ms.max(now.ms);
+                if !used.stored && used.tasks == 0 {
+                    self.modules.remove(sha);
+                }
             }
             fx.writes.push(Write::ForgetTask(id));
             collected.tasks += 1;
@@ -494,8 +516,9 @@ impl HostState {
         let unused: Vec<String> = self
             .modules
             .iter()
-            .filter(|(_, used)| used.tasks == 0 && used.last_used_ms <= cutoff)
+            .filter(|(_, used)| used.stored && used.tasks == 0 && used.last_used_ms <= cutoff)
             .map(|(sha, _)| sha.clone())
+            .take(MAX_COLLECT)
             .collect();
         for sha in unused {
             self.modules.remove(&sha);

@@ -215,6 +215,40 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
             "queue {pending:?}, PENDING tasks {pending_tasks:?}"
         ));
     }
+    // Retention's books: every ended task is indexed, and nothing else but keys of tasks
+    // not loaded; each module counts the tasks that run it; `key_of` inverts the keys.
+    for t in state.tasks() {
+        let indexed = state.ended.iter().any(|(_, id)| *id == t.id);
+        if indexed != t.state.is_terminal() {
+            return Err(format!(
+                "{} ({}) indexed as ended: {indexed}",
+                t.id, t.state
+            ));
+        }
+        if !state.modules.contains_key(&t.spec.module_sha256) {
+            return Err(format!("{}'s module is not listed", t.id));
+        }
+    }
+    for (sha, used) in &state.modules {
+        let running = state
+            .tasks()
+            .filter(|t| &t.spec.module_sha256 == sha)
+            .count() as u64;
+        if used.tasks != running {
+            return Err(format!(
+                "module {sha} counts {} tasks, {running} run it",
+                used.tasks
+            ));
+        }
+    }
+    for (key, id) in &state.idempotency {
+        if state.key_of.get(id) != Some(key) {
+            return Err(format!("key {key:?} of {id} is not in key_of"));
+        }
+    }
+    if state.key_of.len() != state.idempotency.len() {
+        return Err("key_of and idempotency differ in size".into());
+    }
     for t in state.tasks().filter(|t| t.state.holds_resources()) {
         let partition = t
             .partition_id
@@ -982,10 +1016,16 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// Whatever happens in whatever order, no partition is over-allocated, allocations are the
-    /// sums of the placed tasks' requests, and the queue is the PENDING tasks.
+    /// sums of the placed tasks' requests, the queue is the PENDING tasks, and retention's
+    /// books (ended tasks, modules' users, keys) match the tasks.
     #[test]
     fn random_histories_keep_the_invariants(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut w = World::new();
+        // Short retentions, so that liveness ticks remove tasks and modules as histories go.
+        let mut w = World::with(&HostConfig {
+            task_retention: Duration::from_secs(30),
+            module_retention: Duration::from_secs(15),
+            ..HostConfig::default()
+        });
         let agents = ["a0", "a1", "a2"];
         for (i, a) in agents.iter().enumerate() {
             w.agent(a, 2 + i as u32, 1000 * MIB);
@@ -995,12 +1035,16 @@ proptest! {
             let mut fx = Effects::default();
             match step {
                 Step::Submit { memory, retries } => {
+                    // As `corral submit` does: upload (it may have been removed), then submit.
+                    w.state.module_stored(SHA, w.now);
                     if let Ok((id, _)) = w.state.submit(spec(memory * MIB, retries, false), None, w.now, &mut fx) {
                         ids.push(id);
                     }
                 }
                 Step::Schedule => w.state.schedule(w.now, &mut fx),
                 Step::Running(i) | Step::End(i, _) | Step::Kill(i) if ids.is_empty() => { let _ = i; }
+                // Removed past its retention.
+                Step::Running(i) | Step::End(i, _) if w.state.get(ids[i % ids.len()]).is_err() => {}
                 Step::Running(i) => {
                     let task = w.task(ids[i % ids.len()]).clone();
                     if let Some(agent) = task.agent_id.clone() {
@@ -1036,6 +1080,7 @@ proptest! {
                 Step::Expire(secs) => {
                     w.tick(Duration::from_secs(secs));
                     w.state.expire(w.now, &mut fx);
+                    w.state.collect(w.now, &mut fx);
                 }
             }
             if let Err(e) = check_invariants(&w.state) {
@@ -1252,5 +1297,39 @@ fn an_upload_or_a_submit_keeps_an_unreferenced_module() {
             .collect(w.now.after(Duration::from_secs(601)), &mut fx)
             .modules,
         1
+    );
+}
+
+#[test]
+fn a_removed_module_uploaded_again_is_written_again_and_counts_its_tasks() {
+    let config = HostConfig {
+        module_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    w.tick(Duration::from_secs(61));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).modules, 1);
+    // Uploaded again: new, so the actor writes its bytes in the same batch, after the removal.
+    assert!(w.state.module_stored(SHA, w.now));
+    assert!(!w.state.module_stored(SHA, w.now));
+
+    // A store that holds a task of a module it lost: listed, not stored, counted.
+    let id = w.submit(spec(MIB, 0, false));
+    let loaded = Loaded {
+        tasks: w.state.tasks().cloned().collect(),
+        modules: Vec::new(),
+        ..Default::default()
+    };
+    let mut restored = HostState::restore(&config, loaded, w.now);
+    assert!(!restored.has_module(SHA));
+    check_invariants(&restored).unwrap();
+    assert!(restored.module_stored(SHA, w.now));
+    let mut fx = Effects::default();
+    let later = w.now.after(Duration::from_secs(3600));
+    assert_eq!(
+        restored.collect(later, &mut fx).modules,
+        0,
+        "task {id} still runs it"
     );
 }
