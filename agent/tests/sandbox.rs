@@ -1073,4 +1073,8 @@ fn every_entry_created_costs_quota_so_empty_files_cannot_exhaust_inodes() {
     let report = run(&entry_maker("reopen"), &writable(&dir, 4096));
     assert_eq!(report.outcome, Outcome::Success, "{report:?}");
     assert_eq!(entries(&dir), 1);
+    // Nor does the first: the file was there before the run, and a quota of one byte is
+    // enough to open it 10,000 times with O_CREAT.
+    let report = run(&entry_maker("reopen"), &writable(&dir, 1));
+    assert_eq!(report.outcome, Outcome::Success, "{report:?}");
 }

@@ -7,8 +7,8 @@
 //! regular file (whatever its number), a call that could take the run past its quota (what it
 //! has grown files by so far, plus the most this call could grow the file by: the bytes asked,
 //! and any gap between the end of the file and where they go) ends the run with `disk_limit`,
-//! nothing of it written; after the call, what the file really grew by is added. So the quota
-//! is never exceeded, and a run is stopped at most one write short of it. Overwriting in place
+//! nothing of it written; after the call, what the file really grew by is added. So writes
+//! never take a run past its quota, and a run is stopped at most one write short of it. Overwriting in place
 //! grows nothing; deleting or truncating files gives nothing back (the quota is on growth, so
 //! a guest cannot churn the disk). Stdout and stderr are not files: the output caps hold them.
 //!

@@ -349,7 +349,9 @@ impl HostState {
         }
         for (key, id) in loaded.idempotency {
             // A key whose task is not loaded (set aside as undecodable) names nothing that
-            // will end: it is kept for one retention from now, then removed.
+            // will end: it is kept for one retention from this start, then removed. (Its
+            // quarantine time is not stored: a host restarted more often than its retention
+            // keeps such keys, a few bytes each, until a start lasts that long.)
             if !state.tasks.contains_key(&id) {
                 state.ended.insert((now.ms, id));
             }
@@ -489,11 +491,13 @@ impl HostState {
     pub fn collect(&mut self, now: Now, fx: &mut Effects) -> Collected {
         let mut collected = Collected::default();
         let cutoff = now.ms.saturating_sub(self.rules.task_retention_ms);
+        let mut popped = 0;
         while let Some(&(ended_ms, id)) = self.ended.first() {
-            if ended_ms > cutoff || collected.tasks == MAX_COLLECT {
+            if ended_ms > cutoff || popped == MAX_COLLECT {
                 break;
             }
             self.ended.pop_first();
+            popped += 1;
             if let Some(key) = self.key_of.remove(&id) {
                 self.idempotency.remove(&key);
                 fx.writes.push(Write::ForgetIdempotency(key.0, key.1));

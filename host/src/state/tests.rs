@@ -985,9 +985,13 @@ fn a_restored_state_rebuilds_allocations_and_the_queue_from_the_tasks() {
 /// One step of a random history.
 #[derive(Clone, Debug)]
 enum Step {
+    /// A submit, with an idempotency key `k<n>` when `key` is some, after uploading the
+    /// module unless `upload` is false.
     Submit {
         memory: u64,
         retries: u32,
+        key: Option<u8>,
+        upload: bool,
     },
     Schedule,
     Running(usize),
@@ -1001,7 +1005,18 @@ enum Step {
 
 fn step() -> impl Generator<Value = Step> {
     prop_oneof![
-        (1u64..600, 0u32..3).prop_map(|(memory, retries)| Step::Submit { memory, retries }),
+        (
+            1u64..600,
+            0u32..3,
+            proptest::option::of(0u8..4),
+            proptest::bool::weighted(0.9)
+        )
+            .prop_map(|(memory, retries, key, upload)| Step::Submit {
+                memory,
+                retries,
+                key,
+                upload
+            }),
         Just(Step::Schedule),
         (0usize..64).prop_map(Step::Running),
         (0usize..64, 0u8..5).prop_map(|(t, k)| Step::End(t, k)),
@@ -1034,10 +1049,14 @@ proptest! {
         for step in steps {
             let mut fx = Effects::default();
             match step {
-                Step::Submit { memory, retries } => {
-                    // As `corral submit` does: upload (it may have been removed), then submit.
-                    w.state.module_stored(SHA, w.now);
-                    if let Ok((id, _)) = w.state.submit(spec(memory * MIB, retries, false), None, w.now, &mut fx) {
+                Step::Submit { memory, retries, key, upload } => {
+                    // As `corral submit` does: upload (it may have been removed), then submit;
+                    // or submit only, which is refused if the module was removed.
+                    if upload {
+                        w.state.module_stored(SHA, w.now);
+                    }
+                    let key = key.map(|k| format!("k{k}"));
+                    if let Ok((id, false)) = w.state.submit(spec(memory * MIB, retries, false), key, w.now, &mut fx) {
                         ids.push(id);
                     }
                 }
