@@ -1402,7 +1402,8 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
     const OUTPUT: usize = 6 << 20;
     // Agents have long enough to come back (their reconnection backs off while the host
     // refuses them), so the result the agent re-sends is the one kept.
-    let config = "heartbeat_interval = \"200ms\"\nheartbeat_timeout = \"20s\"\n";
+    // No room kept (see the next test): the large submit reaches the store and fails there.
+    let config = "heartbeat_interval = \"200ms\"\nheartbeat_timeout = \"20s\"\nmin_free_disk = 0\n";
     let mut cluster = Cluster::new(config);
     let disk = Tmpfs::mount(&cluster.host_dir(), "16m");
     cluster.start_host();
@@ -1526,4 +1527,61 @@ fn a_full_disk_acknowledges_nothing_and_the_host_serves_again_once_space_returns
 /// The sha256 of the trivial WASI fixture, uploaded.
 async fn fixtures_sha(client: &mut corral_tests::server::Client) -> String {
     upload_wat(client, &fixtures::wat("trivial_wasi")).await
+}
+
+/// With little left on the host's disk, new tasks and modules are refused as
+/// `RESOURCE_EXHAUSTED`, naming `min_free_disk`, while the host goes on serving (its store
+/// never fails); once space is freed they are taken again.
+#[test]
+fn a_nearly_full_disk_refuses_new_work_and_keeps_serving() {
+    let config = format!("{FAST_CONFIG}\nmin_free_disk = \"8MiB\"\n");
+    let mut cluster = Cluster::new(&config);
+    let disk = Tmpfs::mount(&cluster.host_dir(), "32m");
+    cluster.start_host();
+    cluster.start_agent("a1", 2, "1GiB", &[]);
+    cluster.wait_for_agents(&["a1"]);
+    cluster.block_on(async {
+        let mut client = cluster.client().await;
+        let sha = fixtures_sha(&mut client).await;
+        let first = submit(&mut client, spec(&sha, "first", 16 * MIB)).await;
+
+        disk.fill_leaving(6 << 20);
+        // Read again past the 100 ms a reading stands.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = client
+            .submit_task(pb::SubmitTaskRequest {
+                spec: Some(spec(&sha, "refused", 16 * MIB)),
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("min_free_disk"), "{refused:?}");
+        let module = wat::parse_str(fixtures::wat("hello")).unwrap();
+        let upload = client
+            .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
+                chunk: module.into(),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(upload.code(), tonic::Code::ResourceExhausted, "{upload:?}");
+        // The host serves: the task it took runs to its end and is read back.
+        wait_until(&mut client, &first, Duration::from_secs(30), |t| {
+            t.state == state(pb::TaskState::Finished)
+        })
+        .await;
+
+        disk.free();
+        // Read again within 100 ms of the freeing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = submit(&mut client, spec(&sha, "after", 16 * MIB)).await;
+        wait_until(&mut client, &after, Duration::from_secs(30), |t| {
+            t.state == state(pb::TaskState::Finished)
+        })
+        .await;
+    });
 }

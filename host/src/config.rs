@@ -60,6 +60,11 @@ pub struct HostConfig {
     /// submit) before it is removed.
     #[serde(with = "humantime_serde_compat")]
     pub module_retention: Duration,
+    /// Free space kept on the data dir's filesystem: new submits and module uploads are
+    /// refused (`RESOURCE_EXHAUSTED`) while less than this would be left after them, so that
+    /// the results of tasks already accepted, and the host's own records, still fit. 0 turns
+    /// the check off.
+    pub min_free_disk: ByteSize,
     /// Named partitions carved from the agents they select; the rest of each agent is shared.
     pub partitions: Vec<PartitionTemplate>,
 }
@@ -83,6 +88,7 @@ impl Default for HostConfig {
             upload_idle_timeout: Duration::from_secs(30),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             module_retention: Duration::from_secs(24 * 3600),
+            min_free_disk: ByteSize::mib(128),
             partitions: Vec::new(),
         }
     }

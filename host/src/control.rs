@@ -48,6 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::events::{Events, Subscription};
+use crate::free_space::FreeSpace;
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::state::{
@@ -155,6 +156,8 @@ type StoreSlot = Arc<RwLock<Option<Store>>>;
 
 struct Shared {
     config: HostConfig,
+    /// The room kept on the data dir's disk.
+    free_space: FreeSpace,
     store: StoreSlot,
     /// Commits that failed since the host started.
     store_failures: Arc<AtomicU64>,
@@ -232,6 +235,7 @@ impl ControlPlane {
         });
         Ok(Self {
             shared: Arc::new(Shared {
+                free_space: FreeSpace::new(data_dir, config.min_free_disk.as_u64()),
                 config,
                 store: slot,
                 store_failures,
@@ -308,6 +312,7 @@ impl ControlPlane {
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
         let (sha, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
+        self.shared.free_space.take(size, "module")?;
         // Written by the actor, in order with every other write: a module it removes and one
         // uploaded again cannot pass each other on the way to the disk.
         let bytes = Bytes::from(binary);
@@ -336,6 +341,7 @@ impl ControlPlane {
         spec: TaskSpec,
         idempotency_key: Option<String>,
     ) -> Result<(TaskId, bool), HostError> {
+        self.shared.free_space.take(stored_size(&spec), "task")?;
         self.ask(|answer| Request::Submit(spec, idempotency_key, answer))
             .await
     }
@@ -372,7 +378,9 @@ impl ControlPlane {
             )));
         }
         // The task's end, and its output, were durable before `get` answered.
-        match self.store()?.output(id)? {
+        // Read before anything is awaited: no store handle is held across a wait.
+        let stored = self.store()?.output(id)?;
+        match stored {
             Some(output) => Ok(output),
             // Removed (past its retention) since `get` answered, or stored without one.
             None => self.get(id).await.map(|_| TaskOutput::default()),
@@ -467,6 +475,21 @@ impl ControlPlane {
     }
 }
 
+/// About what a task's record takes on disk: its stdin and the strings of its spec, and room
+/// for the rest.
+fn stored_size(spec: &TaskSpec) -> u64 {
+    let pairs = |map: &std::collections::BTreeMap<String, String>| {
+        map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let strings = spec.name.len()
+        + spec.tenant.len()
+        + spec.args.iter().map(String::len).sum::<usize>()
+        + pairs(&spec.env)
+        + pairs(&spec.labels)
+        + pairs(&spec.constraints);
+    (spec.stdin.len() + strings) as u64 + 1024
+}
+
 /// A batch applied to the state, waiting for its writes to be durable.
 struct InFlight {
     /// `None` when it wrote nothing.
@@ -492,8 +515,8 @@ struct Actor {
     /// Why the store failed, while it is being reopened: every request is refused.
     failed: Option<String>,
     /// The pause before the next attempt to reopen the store. It grows with each attempt and
-    /// with each failure after a reopening, and starts again once a commit succeeds
-    /// [`STEADY_AFTER_REOPEN`] after the last reopening.
+    /// with each failure soon after a reopening, and starts again once a commit succeeds, or
+    /// the store fails, [`STEADY_AFTER_REOPEN`] after the last reopening.
     reopen_pause: Duration,
     /// When the store was last reopened.
     reopened_at: Option<std::time::Instant>,
@@ -742,6 +765,13 @@ impl Actor {
         );
         tracing::error!("{reason}");
         self.store_failures.fetch_add(1, Ordering::SeqCst);
+        // A failure long after the last reopening starts a new outage: from the first pause.
+        if self
+            .reopened_at
+            .is_none_or(|at| at.elapsed() >= STEADY_AFTER_REOPEN)
+        {
+            self.reopen_pause = REOPEN_BACKOFF.0;
+        }
         self.failed = Some(reason);
         self.finish(failed, Some(error));
         while let Some(later) = self.in_flight.pop_front() {

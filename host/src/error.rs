@@ -21,6 +21,9 @@ pub enum HostError {
     /// The request cannot be done in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The host cannot take this now for want of a resource (its disk's free space).
+    #[error("{0}")]
+    Exhausted(String),
     /// The state store failed; nothing of the request was kept.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -36,6 +36,7 @@ pub mod control;
 pub mod convert;
 pub mod error;
 pub mod events;
+pub mod free_space;
 pub mod partition;
 pub mod registry;
 pub mod scheduler;

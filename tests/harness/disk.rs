@@ -52,7 +52,19 @@ impl Tmpfs {
         written
     }
 
-    /// Frees what [`Tmpfs::fill`] took.
+    /// Fills it with `<dir>/filler` until about `left` bytes are free (to the page).
+    pub fn fill_leaving(&self, left: u64) {
+        let stat = rustix::fs::statvfs(&self.mount_point).expect("statvfs of the tmpfs");
+        let free = stat.f_bavail * stat.f_frsize;
+        let size = free.saturating_sub(left) / 4096 * 4096;
+        let mut file = std::fs::File::create(self.filler()).expect("creating the filler");
+        let chunk = vec![0xa5u8; 4096];
+        for _ in 0..size / 4096 {
+            file.write_all(&chunk).expect("writing the filler");
+        }
+    }
+
+    /// Frees what [`Tmpfs::fill`] or [`Tmpfs::fill_leaving`] took.
     pub fn free(&self) {
         std::fs::remove_file(self.filler()).expect("removing the filler");
     }

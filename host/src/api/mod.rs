@@ -45,6 +45,7 @@ pub fn status(error: HostError) -> tonic::Status {
         HostError::NotFound(m) => tonic::Status::not_found(m),
         HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+        HostError::Exhausted(m) => tonic::Status::resource_exhausted(fit_header(m)),
         // The disk failed (and the host is recovering) or is gone: nothing of the request was
         // kept, and trying again later is safe.
         HostError::Store(e @ (StoreError::Io(_) | StoreError::Stopped)) => {
