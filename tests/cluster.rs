@@ -1576,7 +1576,7 @@ fn a_nearly_full_disk_refuses_new_work_and_keeps_serving() {
         .await;
 
         disk.free();
-        // Read again within 100 ms of the freeing.
+        // Past the 100 ms between readings.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let after = submit(&mut client, spec(&sha, "after", 16 * MIB)).await;
         wait_until(&mut client, &after, Duration::from_secs(30), |t| {

@@ -60,10 +60,9 @@ pub struct HostConfig {
     /// submit) before it is removed.
     #[serde(with = "humantime_serde_compat")]
     pub module_retention: Duration,
-    /// Free space kept on the data dir's filesystem: new submits and module uploads are
-    /// refused (`RESOURCE_EXHAUSTED`) while less than this would be left after them, so that
-    /// the results of tasks already accepted, and the host's own records, still fit. 0 turns
-    /// the check off.
+    /// Free space kept on the data dir's filesystem: a new task or module is refused
+    /// (`RESOURCE_EXHAUSTED`) while less than this would be left after it: headroom for the
+    /// results of tasks already accepted and the host's own records. 0 turns the check off.
     pub min_free_disk: ByteSize,
     /// Named partitions carved from the agents they select; the rest of each agent is shared.
     pub partitions: Vec<PartitionTemplate>,

@@ -66,9 +66,9 @@ const QUEUE: usize = 65_536;
 /// Pauses between attempts to reopen a failed store: from the first to the last, doubling.
 pub const REOPEN_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(8));
-/// How long a reopened store must take writes before the pause between reopenings starts
-/// again from the first: a disk still nearly full may let the store open, and small writes
-/// pass, while one large write fails each time.
+/// How long after a reopening a successful write, or a new failure, starts the pause between
+/// reopenings from the first again: a disk still nearly full may let the store open, and
+/// small writes pass, while one large write fails each time.
 pub const STEADY_AFTER_REOPEN: Duration = Duration::from_secs(60);
 
 /// One agent's command channel, for the session it attached with.
@@ -156,8 +156,6 @@ type StoreSlot = Arc<RwLock<Option<Store>>>;
 
 struct Shared {
     config: HostConfig,
-    /// The room kept on the data dir's disk.
-    free_space: FreeSpace,
     store: StoreSlot,
     /// Commits that failed since the host started.
     store_failures: Arc<AtomicU64>,
@@ -199,6 +197,9 @@ impl ControlPlane {
             links: HashMap::new(),
             in_flight: VecDeque::new(),
             failed: None,
+            free_space: FreeSpace::watch(data_dir, config.min_free_disk.as_u64()),
+            pending_bytes: 0,
+            batch_bytes: 0,
             reopen_pause: REOPEN_BACKOFF.0,
             reopened_at: None,
             last_session: 0,
@@ -235,7 +236,6 @@ impl ControlPlane {
         });
         Ok(Self {
             shared: Arc::new(Shared {
-                free_space: FreeSpace::new(data_dir, config.min_free_disk.as_u64()),
                 config,
                 store: slot,
                 store_failures,
@@ -312,7 +312,6 @@ impl ControlPlane {
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
         let (sha, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
-        self.shared.free_space.take(size, "module")?;
         // Written by the actor, in order with every other write: a module it removes and one
         // uploaded again cannot pass each other on the way to the disk.
         let bytes = Bytes::from(binary);
@@ -341,7 +340,6 @@ impl ControlPlane {
         spec: TaskSpec,
         idempotency_key: Option<String>,
     ) -> Result<(TaskId, bool), HostError> {
-        self.shared.free_space.take(stored_size(&spec), "task")?;
         self.ask(|answer| Request::Submit(spec, idempotency_key, answer))
             .await
     }
@@ -477,7 +475,7 @@ impl ControlPlane {
 
 /// About what a task's record takes on disk: its stdin and the strings of its spec, and room
 /// for the rest.
-fn stored_size(spec: &TaskSpec) -> u64 {
+fn stored_size(spec: &TaskSpec, key: Option<&str>) -> u64 {
     let pairs = |map: &std::collections::BTreeMap<String, String>| {
         map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     };
@@ -486,7 +484,8 @@ fn stored_size(spec: &TaskSpec) -> u64 {
         + spec.args.iter().map(String::len).sum::<usize>()
         + pairs(&spec.env)
         + pairs(&spec.labels)
-        + pairs(&spec.constraints);
+        + pairs(&spec.constraints)
+        + key.map_or(0, str::len);
     (spec.stdin.len() + strings) as u64 + 1024
 }
 
@@ -496,6 +495,8 @@ struct InFlight {
     commit: Option<Commit>,
     effects: Effects,
     replies: Vec<Reply>,
+    /// Bytes of new tasks and modules it accepted (see [`FreeSpace`]).
+    room: u64,
 }
 
 /// The task that owns the state and applies requests in batches; see the module
@@ -514,6 +515,12 @@ struct Actor {
     in_flight: VecDeque<InFlight>,
     /// Why the store failed, while it is being reopened: every request is refused.
     failed: Option<String>,
+    /// The room kept on the data dir's disk.
+    free_space: FreeSpace,
+    /// Bytes of new tasks and modules accepted in batches not yet durable.
+    pending_bytes: u64,
+    /// The same, in the batch being applied.
+    batch_bytes: u64,
     /// The pause before the next attempt to reopen the store. It grows with each attempt and
     /// with each failure soon after a reopening, and starts again once a commit succeeds, or
     /// the store fails, [`STEADY_AFTER_REOPEN`] after the last reopening.
@@ -599,6 +606,7 @@ impl Actor {
         }
         let mut effects = Effects::default();
         let mut replies = Vec::with_capacity(batch.len());
+        self.batch_bytes = 0;
         for Stamped { at, request } in batch.drain(..) {
             self.apply(request, at, &mut effects, &mut replies);
         }
@@ -618,7 +626,9 @@ impl Actor {
             commit,
             effects,
             replies,
+            room: self.batch_bytes,
         });
+        self.pending_bytes += self.batch_bytes;
     }
 
     /// Applies one request to the state, recording its effects and its answer.
@@ -626,7 +636,20 @@ impl Actor {
         let state = &mut self.state;
         match request {
             Request::Submit(spec, key, answer) => {
-                let result = state.submit(spec, key, now, fx);
+                // A retry of a task that exists writes nothing: never refused for room.
+                let retry = key
+                    .as_deref()
+                    .is_some_and(|k| state.names_task(&spec.tenant, k));
+                let size = stored_size(&spec, key.as_deref());
+                let pending = self.pending_bytes + self.batch_bytes;
+                let room = match retry {
+                    true => Ok(()),
+                    false => self.free_space.check(pending, size, "task"),
+                };
+                let result = room.and_then(|()| state.submit(spec, key, now, fx));
+                if matches!(result, Ok((_, false))) {
+                    self.batch_bytes += size;
+                }
                 replies.push(Reply::Submit(answer, result));
             }
             Request::Kill(id, answer) => {
@@ -634,11 +657,19 @@ impl Actor {
                 replies.push(Reply::Kill(answer, Box::new(result)));
             }
             Request::ModuleStored(sha, bytes, answer) => {
-                let new = state.module_stored(&sha, now);
-                if new {
+                // A module stored already writes nothing: never refused for room.
+                let size = bytes.len() as u64;
+                let pending = self.pending_bytes + self.batch_bytes;
+                let room = match state.has_module(&sha) {
+                    true => Ok(()),
+                    false => self.free_space.check(pending, size, "module"),
+                };
+                let result = room.map(|()| state.module_stored(&sha, now));
+                if let Ok(true) = result {
                     fx.writes.push(Write::Module(sha, bytes));
+                    self.batch_bytes += size;
                 }
-                replies.push(Reply::Module(answer, Ok(new)));
+                replies.push(Reply::Module(answer, result));
             }
             Request::Register(info, running, unacknowledged, answer) => {
                 let id = info.id.clone();
@@ -731,6 +762,7 @@ impl Actor {
 
     /// Sends a durable batch's commands, publishes its events, and answers its callers.
     fn finish(&mut self, batch: InFlight, failure: Option<&str>) {
+        self.pending_bytes = self.pending_bytes.saturating_sub(batch.room);
         let steady = self
             .reopened_at
             .is_none_or(|at| at.elapsed() >= STEADY_AFTER_REOPEN);
@@ -901,6 +933,9 @@ mod tests {
             links: HashMap::new(),
             in_flight: VecDeque::new(),
             failed: None,
+            free_space: FreeSpace::fixed(u64::MAX, 0),
+            pending_bytes: 0,
+            batch_bytes: 0,
             reopen_pause: REOPEN_BACKOFF.0,
             reopened_at: None,
             last_session: 0,

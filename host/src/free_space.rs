@@ -3,81 +3,127 @@
 //!
 //! A full disk fails the store's commits, and the host recovers by reopening the store (see
 //! [`crate::control`]); but a result the host could not keep costs an agent's work, and a
-//! tenant's large submits could fill the disk again and again. So the room is kept for what
-//! the host has already accepted (final reports, agents' records): a new task or module that
-//! would leave less than `min_free_disk` is refused as `RESOURCE_EXHAUSTED`, saying why.
+//! tenant's large submits could fill the disk again and again. So some headroom is kept for
+//! what the host has already accepted (final reports, agents' records): a new task or module
+//! that would leave less than `min_free_disk` is refused as `RESOURCE_EXHAUSTED`, saying why.
+//! It is headroom, not a reservation per task: results larger than it in all can still fill
+//! the disk, and then the store's recovery stands behind.
+//!
+//! The free space is read with `statvfs` every 100 ms on a blocking thread (a hung network
+//! filesystem stalls that thread, never the host), and the actor checks against the last
+//! reading less what it accepted that is not yet on disk.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytesize::ByteSize;
 
 use crate::error::HostError;
 
-/// How long a reading of the free space stands (less what was accepted since).
-const FRESH: Duration = Duration::from_millis(100);
+/// How often the free space is read.
+const PERIOD: Duration = Duration::from_millis(100);
+/// A reading that could not be taken: nothing is refused.
+const UNKNOWN: u64 = u64::MAX;
 
-/// The data dir's free space, read with `statvfs` at most every [`FRESH`].
+/// The room kept on the data dir's disk, as the actor checks it.
 #[derive(Debug)]
 pub struct FreeSpace {
-    dir: PathBuf,
     keep: u64,
-    /// The last reading, and the bytes free then less those accepted since.
-    last: Mutex<Option<(Instant, u64)>>,
-    /// A failed reading was reported (once).
-    warned: AtomicBool,
+    /// Bytes free at the last reading, or [`UNKNOWN`].
+    reading: Arc<AtomicU64>,
+    /// New work is being refused (logged when it starts and when it ends).
+    refusing: bool,
 }
 
 impl FreeSpace {
-    /// Keeps `keep` bytes free on the filesystem of `dir`; 0 checks nothing.
-    pub fn new(dir: &Path, keep: u64) -> Self {
+    /// Keeps `keep` bytes free on the filesystem of `dir` (0 checks nothing), reading it every
+    /// 100 ms until this is dropped. Must be called inside a tokio runtime.
+    pub fn watch(dir: &Path, keep: u64) -> Self {
+        let reading = Arc::new(AtomicU64::new(UNKNOWN));
+        if keep > 0 {
+            tokio::spawn(read_every_period(
+                dir.to_path_buf(),
+                Arc::downgrade(&reading),
+            ));
+        }
         Self {
-            dir: dir.to_path_buf(),
             keep,
-            last: Mutex::new(None),
-            warned: AtomicBool::new(false),
+            reading,
+            refusing: false,
         }
     }
 
-    /// Refuses a new `what` that would write about `bytes` when less than the room kept would
-    /// be left; otherwise counts the bytes as taken until the next reading. When the free
-    /// space cannot be read, takes it (the store's own failure handling stands behind).
-    pub fn take(&self, bytes: u64, what: &str) -> Result<(), HostError> {
-        if self.keep == 0 {
+    /// A check against a fixed reading: for tests.
+    pub fn fixed(free: u64, keep: u64) -> Self {
+        Self {
+            keep,
+            reading: Arc::new(AtomicU64::new(free)),
+            refusing: false,
+        }
+    }
+
+    /// Whether a new `what` that would write about `bytes`, with `pending` bytes accepted and
+    /// not yet on disk, leaves the room kept; refused, saying why, when it does not.
+    pub fn check(&mut self, pending: u64, bytes: u64, what: &str) -> Result<(), HostError> {
+        let free = self.reading.load(Ordering::Relaxed);
+        if self.keep == 0 || free == UNKNOWN {
             return Ok(());
         }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, free) = match *last {
-            Some((at, free)) if at.elapsed() < FRESH => (at, free),
-            _ => match rustix::fs::statvfs(&self.dir) {
-                Ok(stat) => (Instant::now(), stat.f_bavail.saturating_mul(stat.f_frsize)),
-                Err(e) => {
-                    if !self.warned.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            dir = %self.dir.display(),
-                            error = %e,
-                            "cannot read the data dir's free space: min_free_disk is not checked"
-                        );
-                    }
-                    return Ok(());
-                }
-            },
-        };
-        if free < self.keep.saturating_add(bytes) {
-            *last = Some((at, free));
-            return Err(HostError::Exhausted(format!(
-                "the host's disk is nearly full: {} free on its data dir, and it keeps {} \
-                 (min_free_disk) for the results of tasks already accepted, so it takes no new \
-                 {what} of {} until space is freed",
-                ByteSize::b(free),
-                ByteSize::b(self.keep),
-                ByteSize::b(bytes)
-            )));
+        let left = free.saturating_sub(pending);
+        if left >= self.keep.saturating_add(bytes) {
+            if std::mem::take(&mut self.refusing) {
+                tracing::info!(free = %ByteSize::b(left), "the data dir has room again: new work is taken");
+            }
+            return Ok(());
         }
-        *last = Some((at, free - bytes));
-        Ok(())
+        if !std::mem::replace(&mut self.refusing, true) {
+            tracing::warn!(
+                free = %ByteSize::b(left),
+                min_free_disk = %ByteSize::b(self.keep),
+                "the data dir's disk is nearly full: new tasks and modules are refused"
+            );
+        }
+        Err(HostError::Exhausted(format!(
+            "the host's disk is nearly full: {} free on its data dir, and it keeps {} \
+             (min_free_disk) for the results of tasks already accepted, so it takes no new \
+             {what} of {} until space is freed",
+            ByteSize::b(left),
+            ByteSize::b(self.keep),
+            ByteSize::b(bytes)
+        )))
+    }
+}
+
+/// Reads `dir`'s free space into `reading` every [`PERIOD`], until the reading is dropped.
+async fn read_every_period(dir: std::path::PathBuf, reading: Weak<AtomicU64>) {
+    let mut warned = false;
+    loop {
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || rustix::fs::statvfs(&dir)).await
+        };
+        let Some(reading) = reading.upgrade() else {
+            return;
+        };
+        let free = match read {
+            Ok(Ok(stat)) => stat.f_bavail.saturating_mul(stat.f_frsize).min(UNKNOWN - 1),
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = %e,
+                        "cannot read the data dir's free space: min_free_disk is not checked"
+                    );
+                }
+                UNKNOWN
+            }
+            Err(_) => UNKNOWN,
+        };
+        reading.store(free, Ordering::Relaxed);
+        drop(reading);
+        tokio::time::sleep(PERIOD).await;
     }
 }
 
@@ -87,23 +133,18 @@ mod tests {
 
     #[test]
     fn what_would_eat_into_the_room_kept_is_refused_naming_the_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        let free = {
-            let stat = rustix::fs::statvfs(dir.path()).unwrap();
-            stat.f_bavail * stat.f_frsize
-        };
-        // Keep all but 1 MiB: a 512 KiB task fits once, not twice within one reading.
-        let space = FreeSpace::new(dir.path(), free - (1 << 20));
-        space.take(512 << 10, "task").unwrap();
-        let e = space.take(768 << 10, "task").unwrap_err().to_string();
+        const MIB: u64 = 1 << 20;
+        let mut space = FreeSpace::fixed(10 * MIB, 8 * MIB);
+        space.check(0, 2 * MIB, "task").unwrap();
+        let e = space.check(0, 2 * MIB + 1, "task").unwrap_err().to_string();
         assert!(e.contains("min_free_disk") && e.contains("task"), "{e}");
-        // Nothing is kept: anything goes.
-        assert!(FreeSpace::new(dir.path(), 0)
-            .take(u64::MAX, "module")
+        // What was accepted and is not on disk yet counts as taken.
+        assert!(space.check(MIB, MIB + 1, "module").is_err());
+        assert!(space.check(MIB, MIB, "module").is_ok());
+        // Nothing kept, or nothing known: anything goes.
+        assert!(FreeSpace::fixed(0, 0).check(0, u64::MAX, "task").is_ok());
+        assert!(FreeSpace::fixed(UNKNOWN, 8 * MIB)
+            .check(u64::MAX, u64::MAX, "task")
             .is_ok());
-        // Keeping more than the disk has refuses even an empty task.
-        assert!(FreeSpace::new(dir.path(), u64::MAX)
-            .take(0, "task")
-            .is_err());
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use corral_host::config::HostConfig;
 use corral_host::control::ControlPlane;
 use corral_host::convert;
+use corral_host::error::HostError;
 use corral_host::events::Subscription;
 use corral_host::partition::Resources;
 use corral_host::registry::{AgentInfo, AgentState};
@@ -532,4 +533,44 @@ async fn what_is_past_its_retention_is_removed_and_stays_removed() {
     assert!(!existed);
     let next = submit(&plane, &sha, "next").await.unwrap();
     assert!(next > id, "{next} reuses an id");
+}
+
+/// With little room left on the data dir's disk, a new task or module is refused as exhausted,
+/// naming `min_free_disk`, and the store never fails; a retry of a task that exists and an
+/// upload of a module stored already write nothing and are answered as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_refuses_only_what_would_write() {
+    let data = tempfile::tempdir().unwrap();
+    let disk = corral_tests::disk::Tmpfs::mount(data.path(), "32m");
+    let config = HostConfig {
+        min_free_disk: bytesize::ByteSize::mib(8),
+        ..HostConfig::default()
+    };
+    let plane = ControlPlane::start(config, data.path()).unwrap();
+    let trivial = || fixtures::wat("trivial").into_bytes();
+    let (sha, _, _) = plane.upload_module(trivial()).await.unwrap();
+    let (kept, _) = submit_keyed(&plane, &sha, "kept", "k").await.unwrap();
+
+    disk.fill_leaving(6 << 20);
+    // Past the 100 ms between readings.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = submit_keyed(&plane, &sha, "new", "k2").await.unwrap_err();
+    assert!(refused.contains("min_free_disk"), "{refused}");
+    assert_eq!(
+        submit_keyed(&plane, &sha, "kept", "k").await.unwrap(),
+        (kept, true)
+    );
+    let (_, _, existed) = plane.upload_module(trivial()).await.unwrap();
+    assert!(existed);
+    let other = fixtures::wat("hello").into_bytes();
+    let refused = plane.upload_module(other.clone()).await.unwrap_err();
+    assert!(matches!(refused, HostError::Exhausted(_)), "{refused}");
+    assert_eq!(plane.store_failures(), 0);
+
+    disk.free();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    submit_keyed(&plane, &sha, "new", "k2").await.unwrap();
+    plane.upload_module(other).await.unwrap();
+    assert_eq!(plane.store_failures(), 0);
+    drop(plane);
 }

@@ -455,6 +455,12 @@ impl HostState {
         Ok((id, false))
     }
 
+    /// Whether idempotency key `key` of `tenant` names a task.
+    pub fn names_task(&self, tenant: &str, key: &str) -> bool {
+        self.idempotency
+            .contains_key(&(tenant.to_string(), key.to_string()))
+    }
+
     /// One task (with its stdin).
     pub fn get(&self, id: TaskId) -> Result<&Task, HostError> {
         self.tasks.get(&id).ok_or_else(|| {
