@@ -291,13 +291,6 @@ impl Store {
         Commit(answer)
     }
 
-    /// Whether a module is stored.
-    pub fn has_module(&self, sha256: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(MODULES).map_err(io)?;
-        Ok(table.get(sha256).map_err(io)?.is_some())
-    }
-
     /// A stored module's binary.
     pub fn module(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
@@ -731,7 +724,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.output(TaskId(3)).unwrap(), None);
-            assert!(!store.has_module("ab").unwrap());
+            assert!(store.module("ab").unwrap().is_none());
         }
         let (_, loaded) = Store::open(dir.path()).unwrap();
         let ids: Vec<TaskId> = loaded.tasks.iter().map(|t| t.id).collect();
