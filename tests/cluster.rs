@@ -413,14 +413,10 @@ fn the_cli_kills_a_running_task_and_refuses_what_no_agent_could_run() {
 
 #[test]
 fn an_agent_of_another_protocol_is_refused_by_name() {
-    let cluster = Cluster::start(FAST_CONFIG, &[]);
+    let mut cluster = Cluster::start(FAST_CONFIG, &[]);
+    let join = cluster.join_token();
     let refused = cluster.block_on(async {
-        let channel = corral_proto::endpoint(&cluster.url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut agents = pb::agent_api_client::AgentApiClient::new(channel);
+        let mut agents = cluster.agent_api(Some(&join)).await;
         agents
             .register(pb::RegisterRequest {
                 protocol: 0,
@@ -436,9 +432,11 @@ fn an_agent_of_another_protocol_is_refused_by_name() {
     });
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(
-        refused
-            .message()
-            .contains("agent old speaks agent protocol 0; this host speaks 4"),
+        refused.message().contains(&format!(
+            "speaks agent protocol 0; this host (Corral {}) speaks {}",
+            env!("CARGO_PKG_VERSION"),
+            corral_proto::AGENT_PROTOCOL
+        )),
         "{}",
         refused.message()
     );
@@ -1197,6 +1195,7 @@ fn output_caps_truncate_and_say_so_and_json_has_every_documented_field() {
     let mut piped = std::process::Command::new(corral_tests::corral())
         .args(["task", "get", &id])
         .env("CORRAL_HOST", &cluster.url)
+        .env("CORRAL_TOKEN", cluster.token())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

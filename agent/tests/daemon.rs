@@ -1,6 +1,8 @@
 //! The real agent daemon against a host played by the test: a `corral.v1.AgentApi` server on
 //! 127.0.0.1 that records what the agent says and sends what the test tells it to. The host
 //! can fail module fetches; the agent reaches it through a proxy the test cuts and restores.
+//! It plays the host's side of tokens too: a join token gets a credential at the first
+//! registration, and it can refuse the agent's token.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,9 +33,41 @@ enum Heard {
 /// The stream of what the host sends one session.
 type Downstream = mpsc::UnboundedSender<Result<pb::HostMessage, Status>>;
 
+/// A well-formed agent token of `fill` (a hex digit).
+fn agent_token(fill: &str) -> String {
+    corral_proto::token::compose(
+        corral_proto::token::Role::Agent,
+        &fill.repeat(corral_proto::token::ACCESSOR_HEX),
+        &fill.repeat(corral_proto::token::SECRET_HEX),
+    )
+}
+
+/// The agents' join token, and the credential the host gives at a first registration.
+fn join_token() -> String {
+    agent_token("1")
+}
+fn credential() -> String {
+    agent_token("2")
+}
+
+/// The token a call carried.
+fn bearer<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The host's side.
 #[derive(Clone)]
 struct Host {
+    /// The token each call carried, in order, with the call's name.
+    tokens: Arc<Mutex<Vec<(&'static str, String)>>>,
+    /// Refuse every registration as a revoked token would be.
+    refuse: Arc<std::sync::atomic::AtomicBool>,
     heard: mpsc::UnboundedSender<Heard>,
     /// Where the test's commands go: the attached session's stream.
     downstream: Arc<Mutex<Option<Downstream>>>,
@@ -49,11 +83,26 @@ impl pb::agent_api_server::AgentApi for Host {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let token = bearer(&request);
+        self.tokens
+            .lock()
+            .unwrap()
+            .push(("register", token.clone()));
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unauthenticated(
+                "token 2222222222222222 was revoked",
+            ));
+        }
         let _ = self.heard.send(Heard::Registered(request.into_inner()));
         Ok(Response::new(pb::RegisterResponse {
             session: 1,
             heartbeat_interval_ms: 100,
             max_module_bytes: 64 << 20,
+            credential: if token == join_token() {
+                credential()
+            } else {
+                String::new()
+            },
         }))
     }
 
@@ -63,6 +112,10 @@ impl pb::agent_api_server::AgentApi for Host {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Down>, Status> {
+        self.tokens
+            .lock()
+            .unwrap()
+            .push(("session", bearer(&request)));
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         *self.downstream.lock().unwrap() = Some(tx);
@@ -86,6 +139,10 @@ impl pb::agent_api_server::AgentApi for Host {
         &self,
         request: Request<pb::FetchModuleRequest>,
     ) -> Result<Response<Chunks>, Status> {
+        self.tokens
+            .lock()
+            .unwrap()
+            .push(("fetch", bearer(&request)));
         let sha = request.into_inner().sha256;
         match self.modules.lock().unwrap().get(&sha) {
             Some(bytes) => {
@@ -158,6 +215,8 @@ impl Rig {
     async fn start_with(resend: Duration, max_cache_bytes: u64) -> Rig {
         let (tx, heard) = mpsc::unbounded_channel();
         let host = Host {
+            tokens: Arc::default(),
+            refuse: Arc::default(),
             heard: tx,
             downstream: Arc::default(),
             modules: Arc::default(),
@@ -179,6 +238,8 @@ impl Rig {
             compiler: Default::default(),
             compile_budget: Default::default(),
             max_cache_bytes,
+            join_token: Some(join_token()),
+            tls: Default::default(),
         };
         tokio::spawn(daemon::run(config, std::future::pending()));
         let mut rig = Rig {
@@ -458,6 +519,8 @@ fn no_host_config(id: &str, data_dir: &std::path::Path) -> AgentConfig {
         compiler: Default::default(),
         compile_budget: Default::default(),
         max_cache_bytes: AgentConfig::DEFAULT_MAX_CACHE_BYTES,
+        join_token: Some(join_token()),
+        tls: Default::default(),
     }
 }
 
@@ -507,4 +570,82 @@ async fn what_an_earlier_run_of_the_agent_left_in_its_data_dir_is_removed_at_sta
     assert!(kept.exists(), "a kept module was removed");
     assert!(data.path().join("work").is_dir());
     agent.abort();
+}
+
+/// An agent registers with its join token once, keeps the credential the host gives (mode
+/// 0600) before using it, and carries it on every later call: its session, its fetches and
+/// its registrations after a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_the_credential_it_is_given_and_calls_with_it_from_then_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let kept = daemon::credential_path(rig.data.path());
+    assert_eq!(
+        corral_proto::token::read_secret(&kept).unwrap(),
+        credential()
+    );
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let sha = rig.add_module(&fixtures::spinner(1, "fine\n"));
+    rig.host.launch("t-1", spec(&sha));
+    rig.until(|h| matches!(h, Heard::Status(u) if u.state == pb::TaskState::Finished as i32))
+        .await;
+    // A reconnect registers with the credential, not the join token.
+    rig.link.cut().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.link.restore().await;
+    rig.until(|h| matches!(h, Heard::Attached)).await;
+    let tokens = rig.host.tokens.lock().unwrap().clone();
+    assert_eq!(tokens[0], ("register", join_token()), "{tokens:?}");
+    assert!(
+        tokens[1..].iter().all(|(_, t)| *t == credential()),
+        "a call after joining went without the credential: {tokens:?}"
+    );
+    for call in ["session", "fetch"] {
+        assert!(tokens.iter().any(|(c, _)| *c == call), "{call}: {tokens:?}");
+    }
+    assert!(tokens.iter().filter(|(c, _)| *c == "register").count() >= 2);
+}
+
+/// An agent whose token the host refuses (revoked, unknown) stops, saying what to do, instead
+/// of retrying forever; one with neither a credential nor a join token does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_the_host_refuses_stops_saying_why() {
+    let (tx, _heard) = mpsc::unbounded_channel();
+    let host = Host {
+        tokens: Arc::default(),
+        refuse: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        heard: tx,
+        downstream: Arc::default(),
+        modules: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    host.serve(listener);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = no_host_config("a1", data.path());
+    config.host = format!("http://{addr}");
+    let ran = tokio::time::timeout(WAIT, daemon::run(config, std::future::pending()))
+        .await
+        .expect("the refused agent kept trying");
+    let error = ran.unwrap_err().to_string();
+    assert!(error.contains("revoked"), "{error}");
+    assert!(error.contains("agent.token"), "{error}");
+
+    let mut config = no_host_config("a2", data.path());
+    config.join_token = None;
+    let error = daemon::run(config, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("join token"), "{error}");
+    let mut config = no_host_config("a3", data.path());
+    config.join_token = Some("corral_tenant_nonsense".into());
+    let error = daemon::run(config, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("malformed"), "{error}");
 }

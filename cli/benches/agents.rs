@@ -23,6 +23,7 @@ use corral_proto::pb;
 use corral_proto::pb::agent_api_client::AgentApiClient;
 use corral_proto::pb::agent_message::Message as Up;
 use corral_proto::pb::host_message::Message as Down;
+use corral_proto::token::Bearer;
 use corral_tests::bench;
 use corral_tests::bench::{arg, mib, ms, percentile};
 use corral_tests::server::Usage;
@@ -58,11 +59,14 @@ async fn agent(
     sim: Arc<Sim>,
     mut stop: watch::Receiver<bool>,
     n: usize,
+    join: String,
 ) -> Result<(), tonic::Status> {
     let id = format!("sim-{i:05}");
-    let mut api = AgentApiClient::new(channel);
+    let bearer = |token: &str| Bearer::new(Some(token)).expect("a token");
+    let mut api = AgentApiClient::with_interceptor(channel.clone(), bearer(&join));
     let registered = api
         .register(pb::RegisterRequest {
+            protocol: corral_proto::AGENT_PROTOCOL,
             agent_id: id.clone(),
             address: format!("sim:{i}"),
             capacity: Some(pb::Capacity {
@@ -75,6 +79,8 @@ async fn agent(
         })
         .await?
         .into_inner();
+    // Joined with the join token: from now on, the agent's own credential.
+    let mut api = AgentApiClient::with_interceptor(channel, bearer(&registered.credential));
     let (up, rx) = mpsc::channel(64);
     let send = |m: Up| {
         let up = up.clone();
@@ -146,7 +152,8 @@ async fn bench(args: Vec<String>) {
     let seconds: u64 = arg(&args, "--seconds", 30);
     let rate: u64 = arg(&args, "--rate", 500);
     let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
-    let mut client = server::connect(&host.url).await;
+    let mut client = server::connect(&host.url, &host.token).await;
+    let join = host.join_token();
     let sha = bench::upload_trivial(&mut client).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let empty = host.usage();
@@ -169,6 +176,7 @@ async fn bench(args: Vec<String>) {
                 sim.clone(),
                 stopped.clone(),
                 n,
+                join.clone(),
             )));
         }
     }

@@ -29,6 +29,7 @@ struct Setup {
     name: &'static str,
     servers: Vec<Server>,
     url: String,
+    token: String,
 }
 
 const AGENT_ARGS: [&str; 4] = ["--slots", "16", "--memory", "8GiB"];
@@ -40,28 +41,32 @@ fn dev() -> Setup {
     Setup {
         name: "corral dev",
         url: dev.url.clone(),
+        token: dev.token.clone(),
         servers: vec![dev],
     }
 }
 
 fn processes() -> Setup {
     let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
-    let url = host.url.clone();
-    let mut servers = vec![host];
+    let (url, token) = (host.url.clone(), host.token.clone());
+    let mut agents = Vec::new();
     for id in ["a1", "a2"] {
-        let mut args = vec!["agent", "--host", &url, "--id", id];
+        let mut args = vec!["--id", id];
         args.extend(AGENT_ARGS);
-        servers.push(Server::start(&args, false));
+        agents.push(host.agent(&args));
     }
+    let mut servers = vec![host];
+    servers.extend(agents);
     Setup {
         name: "host + 2 agents",
         servers,
         url,
+        token,
     }
 }
 
 async fn bench(setup: &Setup, quick: bool) {
-    let mut client = server::connect(&setup.url).await;
+    let mut client = server::connect(&setup.url, &setup.token).await;
     let sha = bench::upload_trivial(&mut client).await;
     server::wait_for_agents(&mut client, 2).await;
     let name = setup.name;
@@ -177,7 +182,7 @@ async fn linreg_array(setup: &Setup, runs: usize) {
     let bytes = std::fs::read(&module)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", module.display()));
     let iris = std::fs::read(root.join("examples/data/iris.csv")).expect("iris.csv");
-    let mut client = server::connect(&setup.url).await;
+    let mut client = server::connect(&setup.url, &setup.token).await;
     let sha = client
         .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
             chunk: bytes.into(),

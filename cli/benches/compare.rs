@@ -129,7 +129,7 @@ async fn bench(args: Vec<String>) {
         args.extend(["--slots", "16", "--memory", "8GiB"]);
         Server::start(&args, true)
     };
-    let mut client = server::connect(&dev.url).await;
+    let mut client = server::connect(&dev.url, &dev.token).await;
     server::wait_for_agents(&mut client, 2).await;
 
     for module in &modules {

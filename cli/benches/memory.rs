@@ -35,13 +35,8 @@ async fn bench(args: Vec<String>) {
     let tasks: usize = arg(&args, "--tasks", 1_000);
     let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
     let slots = tasks.to_string();
-    let agent = Server::start(
-        &[
-            "agent", "--host", &host.url, "--id", "a1", "--slots", &slots, "--memory", "64GiB",
-        ],
-        false,
-    );
-    let mut client = server::connect(&host.url).await;
+    let agent = host.agent(&["--id", "a1", "--slots", &slots, "--memory", "64GiB"]);
+    let mut client = server::connect(&host.url, &host.token).await;
     server::wait_for_agents(&mut client, 1).await;
     let trivial = bench::upload_trivial(&mut client).await;
     for _ in 0..20 {

@@ -12,15 +12,21 @@ use clap::{Args, ValueEnum};
 /// Where the host is.
 #[derive(Args, Debug, Clone)]
 pub struct HostArg {
-    /// The host's address.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "CORRAL_HOST",
-        default_value = "http://127.0.0.1:7700",
-        global = true
-    )]
-    pub host: String,
+    /// The host's address [default: the `corral login` profile's, else
+    /// http://127.0.0.1:7700].
+    #[arg(long, value_name = "URL", env = "CORRAL_HOST", global = true)]
+    pub host: Option<String>,
+    /// The token to call with [default: --token-file, else CORRAL_TOKEN, else the `corral
+    /// login` profile's].
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// A file holding the token (its first line).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The CA that signs the host's certificate, for an https:// host [default: the profile's,
+    /// else the system's roots].
+    #[arg(long, value_name = "FILE", env = "CORRAL_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Output format.

@@ -20,6 +20,7 @@
 //! | 136    | the task was LOST with no attempts left                         |
 //! | 137    | `compile_limit`: compiling went over the compile budget         |
 //! | 138    | `disk_limit`: the guest grew files past its disk quota          |
+//! | 139    | the host refused the token: none, malformed, unknown, revoked, expired, or not allowed this |
 
 use corral_proto::pb::OutcomeKind;
 
@@ -49,6 +50,8 @@ pub const LOST: u8 = 136;
 pub const COMPILE_LIMIT: u8 = 137;
 /// `disk_limit`.
 pub const DISK_LIMIT: u8 = 138;
+/// The host refused the caller's token (authentication or authorization).
+pub const ACCESS_DENIED: u8 = 139;
 
 /// The exit status for a run that ended with `kind` (and, for `exit`, the guest's code).
 pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {

@@ -4,7 +4,8 @@
 //!   how it ended and what it cost.
 //! - `corral dev` runs a host and agents in one process; `corral host` and `corral agent` run
 //!   them on separate machines.
-//! - `corral submit|tasks|task|agents|partitions` are the cluster's clients.
+//! - `corral submit|tasks|task|agents|partitions` are the cluster's clients; `corral
+//!   token|audit` manage tokens and read the audit log; `corral login` saves a profile.
 //!
 //! Logs go to stderr, filtered by `CORRAL_LOG` (e.g. `CORRAL_LOG=debug`).
 
@@ -48,6 +49,14 @@ enum Command {
     Agents(client::agents::ListArgs),
     /// List the partitions of the agents' capacity.
     Partitions(client::agents::ListArgs),
+    /// Make, list and revoke tokens (admin).
+    #[command(subcommand)]
+    Token(client::tokens::TokenCommand),
+    /// Show the audit log (admin): tokens made and revoked, kills, agent registrations,
+    /// refused calls.
+    Audit(client::tokens::AuditArgs),
+    /// Check a host and a token, and save them as the profile later commands use.
+    Login(client::profile::LoginArgs),
     /// Compile one module from stdin under a memory limit (run by Corral itself).
     #[command(name = "compile-worker", hide = true)]
     CompileWorker,
@@ -120,6 +129,9 @@ fn main() -> ExitCode {
         Command::Task(command) => cluster(|| client::task::task(command)),
         Command::Agents(args) => cluster(|| client::agents::agents(args)),
         Command::Partitions(args) => cluster(|| client::agents::partitions(args)),
+        Command::Token(command) => cluster(|| client::tokens::token(command)),
+        Command::Audit(args) => cluster(|| client::tokens::audit(args)),
+        Command::Login(args) => cluster(|| client::profile::login(args)),
         Command::CompileWorker => return corral_agent::sandbox::compile_worker_main(),
     };
     match result {

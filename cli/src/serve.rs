@@ -1,8 +1,14 @@
 //! The long-running commands: `corral host`, `corral agent`, and `corral dev` (a host and N
 //! agents in one process, the embedded default for one machine).
 //!
-//! `host` and `dev` print `listening on http://ADDR` as their first line of stdout once they
-//! accept connections (with `--listen 127.0.0.1:0`, ADDR has the port picked).
+//! `host` and `dev` print `listening on http://ADDR` (`https://` with TLS) as their first line
+//! of stdout once they accept connections (with `--listen 127.0.0.1:0`, ADDR has the port
+//! picked).
+//!
+//! On its first start a host makes the first admin token and writes it to
+//! `<data-dir>/admin.token` (mode 0600), saying so on stderr; `--reset-admin-token` revokes
+//! every admin token and writes a new one there. `corral dev` keeps it at the top of its data
+//! dir, with a join token for its agents beside it (`join.token`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +35,63 @@ pub struct HostArgs {
     /// A TOML config file (see host/host.sample.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Revoke every admin token and write a new one to DATA_DIR/admin.token, then serve.
+    #[arg(long)]
+    reset_admin_token: bool,
+    #[command(flatten)]
+    tls: ServerTls,
+}
+
+/// TLS of `corral host` and `corral dev`.
+#[derive(Args, Debug, Default)]
+pub struct ServerTls {
+    /// Serve over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require agents to present a client certificate signed by this CA (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS: tokens and tasks cross the network in
+    /// the clear.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+fn read_pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+impl ServerTls {
+    /// The TLS to serve `listen` with: none on a non-loopback address is refused unless
+    /// `--insecure-plaintext` (then warned about).
+    fn load(&self, listen: SocketAddr) -> anyhow::Result<Option<corral_host::api::Tls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if !listen.ip().is_loopback() {
+                if !self.insecure_plaintext {
+                    anyhow::bail!(
+                        "refusing to listen on {listen} without TLS: give --tls-cert and \
+                         --tls-key, or --insecure-plaintext to send tokens and tasks in the clear"
+                    );
+                }
+                eprintln!(
+                    "corral: warning: serving on {listen} without TLS (--insecure-plaintext): \
+                     tokens and tasks cross the network in the clear"
+                );
+            }
+            return Ok(None);
+        };
+        Ok(Some(corral_host::api::Tls {
+            cert: read_pem(cert, "TLS certificate")?,
+            key: read_pem(key, "TLS key")?,
+            client_ca: match &self.tls_client_ca {
+                Some(ca) => Some(read_pem(ca, "client CA")?),
+                None => None,
+            },
+        }))
+    }
 }
 
 /// What `corral agent` and `corral dev` share about agents.
@@ -71,6 +134,20 @@ pub struct AgentArgs {
     /// The agent's id [default: kept in DATA_DIR/agent-id, made from the hostname once].
     #[arg(long, value_name = "ID")]
     id: Option<String>,
+    /// A file holding the join token the agent registers with the first time (then it uses
+    /// its own credential, kept in DATA_DIR/agent.token) [default: CORRAL_JOIN_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The CA that signs the host's certificate, for an https:// host [default: the system's
+    /// roots].
+    #[arg(long, value_name = "FILE", env = "CORRAL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The agent's client certificate (PEM), for a host that requires mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Arguments of `corral dev`.
@@ -88,6 +165,9 @@ pub struct DevArgs {
     /// A TOML host config file (see host/host.sample.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Revoke every admin token and write a new one to DATA_DIR/admin.token.
+    #[arg(long)]
+    reset_admin_token: bool,
     #[command(flatten)]
     capacity: AgentCapacity,
 }
@@ -151,38 +231,73 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Starts the control plane and its API; answers the bound address and the serving task.
+/// A started host: its URL, its control plane and the serving task.
+struct Started {
+    url: String,
+    plane: ControlPlane,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the control plane and its API, the first admin token written to `admin_token` when
+/// there was none (or a new one with `reset`).
 async fn start_host(
     listen: SocketAddr,
     data_dir: &Path,
     config: HostConfig,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    tls: Option<corral_host::api::Tls>,
+    admin_token: &Path,
+    reset: bool,
+) -> anyhow::Result<Started> {
     let plane = ControlPlane::start(config, data_dir)
         .with_context(|| format!("cannot start the host with data dir {}", data_dir.display()))?;
+    if plane
+        .bootstrap_admin(admin_token, reset)
+        .await
+        .context("cannot make the admin token")?
+    {
+        eprintln!(
+            "corral: {} admin token written to {} (mode 0600); it is not shown anywhere else",
+            if reset { "a new" } else { "the first" },
+            admin_token.display()
+        );
+    }
     let listener = corral_host::api::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let serving = plane.clone();
     // On SIGINT or SIGTERM the host stops at once: agents' session streams never end by
     // themselves, so a graceful drain would wait forever, and everything acknowledged is
     // already durable.
     let server = tokio::spawn(async move {
         tokio::select! {
-            served = corral_host::api::serve(plane.clone(), listener, std::future::pending()) => {
+            served = corral_host::api::serve(serving.clone(), listener, tls, std::future::pending()) => {
                 served.context("the host's server failed")
             }
-            reason = plane.stopped() => Err(anyhow::anyhow!("the host stopped: {reason}")),
+            reason = serving.stopped() => Err(anyhow::anyhow!("the host stopped: {reason}")),
             () = shutdown_signal() => Ok(()),
         }
     });
-    println!("listening on http://{addr}");
-    Ok((addr, server))
+    let url = format!("{scheme}://{addr}");
+    println!("listening on {url}");
+    Ok(Started { url, plane, server })
 }
 
 pub async fn host(args: HostArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
-    let (_, server) = start_host(args.listen, &args.data_dir, config).await?;
-    server.await?
+    let tls = args.tls.load(args.listen)?;
+    let admin_token = args.data_dir.join("admin.token");
+    let started = start_host(
+        args.listen,
+        &args.data_dir,
+        config,
+        tls,
+        &admin_token,
+        args.reset_admin_token,
+    )
+    .await?;
+    started.server.await?
 }
 
 /// An agent's config; without `--memory` it offers its share of the machine among `sharing`
@@ -193,6 +308,8 @@ fn agent_config(
     capacity: &AgentCapacity,
     sharing: u32,
     data_dir: PathBuf,
+    join_token: Option<String>,
+    tls: corral_proto::TlsClient,
 ) -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig {
         address: hostname(),
@@ -207,6 +324,8 @@ fn agent_config(
         compiler: CompileArgs::compiler()?,
         compile_budget: capacity.compile.budget(),
         max_cache_bytes: capacity.cache_size,
+        join_token,
+        tls,
     })
 }
 
@@ -265,7 +384,27 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(problem) = corral_proto::agent_id_problem(&id) {
         anyhow::bail!("{problem}");
     }
-    let config = agent_config(id, args.host, &args.capacity, 1, data_dir)?;
+    let join_token = match (&args.join_token_file, std::env::var("CORRAL_JOIN_TOKEN")) {
+        (Some(file), _) => {
+            Some(corral_proto::token::read_secret(file).map_err(anyhow::Error::msg)?)
+        }
+        (None, Ok(token)) if !token.is_empty() => Some(token),
+        (None, _) => None,
+    };
+    let tls = corral_proto::TlsClient {
+        ca: match &args.tls_ca {
+            Some(ca) => Some(read_pem(ca, "CA")?),
+            None => None,
+        },
+        identity: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem(cert, "client certificate")?,
+                read_pem(key, "client key")?,
+            )),
+            _ => None,
+        },
+    };
+    let config = agent_config(id, args.host, &args.capacity, 1, data_dir, join_token, tls)?;
     eprintln!(
         "corral agent {} -> {} ({} slots, {})",
         config.id,
@@ -280,13 +419,35 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| data_home("dev"));
     let config = load_config(args.config.as_deref())?;
-    let (addr, server) = start_host(args.listen, &data_dir.join("host"), config).await?;
-    let host = format!("http://{addr}");
+    // Loopback only: `corral dev` is one machine's cluster.
+    let tls = ServerTls::default().load(args.listen)?;
+    let Started {
+        url: host,
+        plane,
+        server,
+    } = start_host(
+        args.listen,
+        &data_dir.join("host"),
+        config,
+        tls,
+        &data_dir.join("admin.token"),
+        args.reset_admin_token,
+    )
+    .await?;
+    let join_token = dev_join_token(&plane, &data_dir.join("join.token")).await?;
     let mut agents = tokio::task::JoinSet::new();
     for n in 1..=args.agents {
         let id = format!("dev-{n}");
         let dir = data_dir.join("agents").join(&id);
-        let config = agent_config(id, host.clone(), &args.capacity, args.agents, dir)?;
+        let config = agent_config(
+            id,
+            host.clone(),
+            &args.capacity,
+            args.agents,
+            dir,
+            Some(join_token.clone()),
+            Default::default(),
+        )?;
         agents.spawn(daemon::run(config, std::future::pending()));
     }
     eprintln!(
@@ -301,6 +462,39 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The join token of `corral dev`'s agents: kept in `path`, made once (a new one if the kept
+/// one no longer works).
+async fn dev_join_token(plane: &ControlPlane, path: &Path) -> anyhow::Result<String> {
+    if let Ok(token) = corral_proto::token::read_secret(path) {
+        let accessor = corral_proto::token::parse(&token)
+            .map(|p| p.accessor.to_string())
+            .unwrap_or_default();
+        let now = corral_host::state::Now::current().ms;
+        let live = plane
+            .tokens()
+            .await?
+            .iter()
+            .any(|t| t.accessor == accessor && t.live(now));
+        if live {
+            return Ok(token);
+        }
+    }
+    let minted = corral_host::auth::mint(
+        corral_proto::token::Role::Agent,
+        "",
+        "",
+        0,
+        corral_host::state::Now::current().ms,
+        "corral dev's join token",
+    );
+    let (_, token) = plane
+        .create_token(minted, &corral_host::auth::Caller::admin())
+        .await?;
+    corral_proto::token::write_secret(path, &token)
+        .with_context(|| format!("cannot keep the join token in {}", path.display()))?;
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -345,13 +539,31 @@ mod tests {
             },
             cache_size: 1 << 30,
         };
-        let dev = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new()).unwrap();
+        let dev = agent_config(
+            "a".into(),
+            "h".into(),
+            &capacity,
+            2,
+            PathBuf::new(),
+            None,
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(dev.memory_bytes * 2, whole / 2 * 2);
         let capacity = AgentCapacity {
             memory: Some(1 << 30),
             ..capacity
         };
-        let given = agent_config("a".into(), "h".into(), &capacity, 2, PathBuf::new()).unwrap();
+        let given = agent_config(
+            "a".into(),
+            "h".into(),
+            &capacity,
+            2,
+            PathBuf::new(),
+            None,
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(given.memory_bytes, 1 << 30, "--memory is each agent's own");
     }
 }

@@ -60,6 +60,10 @@ pub struct HostConfig {
     /// submit) before it is removed.
     #[serde(with = "humantime_serde_compat")]
     pub module_retention: Duration,
+    /// How long an entry of the audit log is kept (at most
+    /// [`MAX_AUDIT_ENTRIES`](crate::state::MAX_AUDIT_ENTRIES) are, whatever their age).
+    #[serde(with = "humantime_serde_compat")]
+    pub audit_retention: Duration,
     /// Free space kept on the data dir's filesystem: a new task or module is refused
     /// (`RESOURCE_EXHAUSTED`) while less than this would be left after it: headroom for the
     /// results of tasks already accepted and the host's own records. 0 turns the check off.
@@ -87,6 +91,7 @@ impl Default for HostConfig {
             upload_idle_timeout: Duration::from_secs(30),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             module_retention: Duration::from_secs(24 * 3600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
             min_free_disk: ByteSize::mib(128),
             partitions: Vec::new(),
         }
@@ -126,8 +131,13 @@ impl HostConfig {
         if self.default_timeout.is_zero() {
             return Err("default_timeout must be above zero".into());
         }
-        if self.task_retention.is_zero() || self.module_retention.is_zero() {
-            return Err("task_retention and module_retention must be above zero".into());
+        if self.task_retention.is_zero()
+            || self.module_retention.is_zero()
+            || self.audit_retention.is_zero()
+        {
+            return Err(
+                "task_retention, module_retention and audit_retention must be above zero".into(),
+            );
         }
         if self.max_concurrent_uploads == 0 || self.upload_idle_timeout.is_zero() {
             return Err("max_concurrent_uploads and upload_idle_timeout must be above zero".into());

@@ -45,6 +45,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::{Authenticator, Caller, Minted, Refusals, TokenRecord};
 use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::events::{Events, Subscription};
@@ -70,6 +71,8 @@ pub const REOPEN_BACKOFF: (Duration, Duration) =
 /// reopenings from the first again: a disk still nearly full may let the store open, and
 /// small writes pass, while one large write fails each time.
 pub const STEADY_AFTER_REOPEN: Duration = Duration::from_secs(60);
+/// How often tokens' last uses and the refused calls counted are written.
+const USED_FLUSH: Duration = Duration::from_secs(10);
 
 /// One agent's command channel, for the session it attached with.
 struct Link {
@@ -80,22 +83,47 @@ struct Link {
 type Answer<T> = oneshot::Sender<Result<T, HostError>>;
 type Commands = mpsc::UnboundedReceiver<AgentCommand>;
 
+/// Who registers an agent: the accessor of its token and, for a new agent that came with a
+/// join token, the credential to give it.
+struct Registrant {
+    by: String,
+    credential: Option<TokenRecord>,
+}
+
 /// Something asked of the actor.
 enum Request {
-    Submit(TaskSpec, Option<String>, Answer<(TaskId, bool)>),
-    Kill(TaskId, Answer<Task>),
-    ModuleStored(String, Bytes, Answer<bool>),
-    Register(AgentInfo, Vec<Attempt>, Vec<Attempt>, Answer<u64>),
+    Submit(TaskSpec, Option<String>, Caller, Answer<(TaskId, bool)>),
+    Kill(TaskId, Caller, Answer<Task>),
+    ModuleStored(String, Bytes, Option<String>, Answer<(bool, bool)>),
+    Register(
+        AgentInfo,
+        Vec<Attempt>,
+        Vec<Attempt>,
+        Registrant,
+        Answer<u64>,
+    ),
     Attach(String, u64, Answer<Commands>),
     Heartbeat(String, u64),
     Detach(String, u64),
     Report(String, u64, Attempt, StatusReport),
     Expire,
-    Get(TaskId, Answer<Task>),
+    Get(TaskId, Option<String>, Answer<Task>),
     List(TaskFilter, Option<TaskId>, usize, Answer<(Vec<Task>, bool)>),
-    Watch(Option<TaskId>, Answer<(Option<Task>, Subscription)>),
+    Watch(
+        Option<TaskId>,
+        Option<String>,
+        Answer<(Option<Task>, Subscription)>,
+    ),
     Agents(Answer<Vec<AgentView>>),
     Partitions(Answer<Vec<Partition>>),
+    CreateToken(TokenRecord, String, Answer<TokenRecord>),
+    RevokeToken(String, String, Answer<TokenRecord>),
+    ResetAdmin(TokenRecord, Answer<()>),
+    Tokens(Answer<Vec<TokenRecord>>),
+    /// Tokens' last uses, and the refusals counted, since the last flush.
+    Used(Vec<(String, i64)>, Refusals),
+    /// May this agent fetch this module?
+    MayFetch(String, String, Answer<bool>),
 }
 
 /// A request and when it was made.
@@ -110,43 +138,56 @@ enum Reply {
     Kill(Answer<Task>, Box<Result<Task, HostError>>),
     Register(Answer<u64>, Result<u64, HostError>),
     Attach(Answer<Commands>, Result<Commands, HostError>),
-    /// Whether the module was new (and written in this batch).
-    Module(Answer<bool>, Result<bool, HostError>),
     Get(Answer<Task>, Box<Result<Task, HostError>>),
     List(Answer<(Vec<Task>, bool)>, (Vec<Task>, bool)),
     Watch(
         Answer<(Option<Task>, Subscription)>,
         Option<TaskId>,
+        Option<String>,
         Box<Result<Option<Task>, HostError>>,
     ),
     Agents(Answer<Vec<AgentView>>, Vec<AgentView>),
     Partitions(Answer<Vec<Partition>>, Vec<Partition>),
+    /// Any other answer: sends it, or the store's error when the batch's commit failed.
+    Later(SendLater),
+}
+
+/// Sends an answer, given the batch's commit failure if any.
+type SendLater = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// An answer of [`Reply::Later`].
+fn later<T: Send + 'static>(to: Answer<T>, result: Result<T, HostError>) -> Reply {
+    Reply::Later(Box::new(move |failure| {
+        drop(to.send(fail(result, failure)));
+    }))
+}
+
+/// `r`, or the store's error when the batch's commit failed.
+fn fail<T>(r: Result<T, HostError>, failure: Option<&str>) -> Result<T, HostError> {
+    match failure {
+        Some(message) => Err(HostError::Store(StoreError::Io(message.to_string()))),
+        None => r,
+    }
 }
 
 impl Reply {
     /// Sends the answer; when the batch's commit failed, the store's error instead.
     fn send(self, failure: Option<&str>, events: &Arc<Events>) {
-        fn fail<T>(r: Result<T, HostError>, failure: Option<&str>) -> Result<T, HostError> {
-            match failure {
-                Some(message) => Err(HostError::Store(StoreError::Io(message.to_string()))),
-                None => r,
-            }
-        }
         match self {
             Reply::Submit(to, r) => drop(to.send(fail(r, failure))),
             Reply::Kill(to, r) => drop(to.send(fail(*r, failure))),
             Reply::Register(to, r) => drop(to.send(fail(r, failure))),
             Reply::Attach(to, r) => drop(to.send(fail(r, failure))),
-            Reply::Module(to, r) => drop(to.send(fail(r, failure))),
             Reply::Get(to, r) => drop(to.send(fail(*r, failure))),
             Reply::List(to, r) => drop(to.send(fail(Ok(r), failure))),
             // Subscribed now: the events of every batch up to this one are published.
-            Reply::Watch(to, id, r) => {
+            Reply::Watch(to, id, _, r) => {
                 let r = fail(*r, failure).map(|current| (current, events.subscribe(id)));
                 drop(to.send(r));
             }
             Reply::Agents(to, r) => drop(to.send(fail(Ok(r), failure))),
             Reply::Partitions(to, r) => drop(to.send(fail(Ok(r), failure))),
+            Reply::Later(send) => send(failure),
         }
     }
 }
@@ -156,6 +197,8 @@ type StoreSlot = Arc<RwLock<Option<Store>>>;
 
 struct Shared {
     config: HostConfig,
+    /// The tokens in force, as every call checks them.
+    auth: Arc<Authenticator>,
     store: StoreSlot,
     /// Commits that failed since the host started.
     store_failures: Arc<AtomicU64>,
@@ -182,6 +225,8 @@ impl ControlPlane {
         config.validate().map_err(HostError::InvalidArgument)?;
         let (store, loaded) = Store::open(data_dir)?;
         let state = restore(&config, loaded);
+        let auth = Arc::new(Authenticator::default());
+        auth.install(state.tokens());
         let slot: StoreSlot = Arc::new(RwLock::new(Some(store.clone())));
         let store_failures = Arc::new(AtomicU64::new(0));
         let (requests, inbox) = mpsc::channel(QUEUE);
@@ -203,6 +248,7 @@ impl ControlPlane {
             reopen_pause: REOPEN_BACKOFF.0,
             reopened_at: None,
             last_session: 0,
+            auth: auth.clone(),
         };
         let running = tokio::spawn(actor.run(inbox));
         // A panic in the actor (a broken invariant of the state machine) stops the host.
@@ -234,8 +280,34 @@ impl ControlPlane {
                 }
             }
         });
+        // Tokens' last uses and the refused calls go to the store every few seconds, in one
+        // write at most, however many calls there were.
+        let flusher = requests.downgrade();
+        let counted = auth.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(USED_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(requests) = flusher.upgrade() else {
+                    break;
+                };
+                let (used, refused) = (counted.used(), counted.take_refusals());
+                if used.is_empty() && refused.is_empty() {
+                    continue;
+                }
+                let flush = Stamped {
+                    at: Now::current(),
+                    request: Request::Used(used, refused),
+                };
+                if requests.send(flush).await.is_err() {
+                    break;
+                }
+            }
+        });
         Ok(Self {
             shared: Arc::new(Shared {
+                auth,
                 config,
                 store: slot,
                 store_failures,
@@ -264,6 +336,11 @@ impl ControlPlane {
     /// The configuration in force.
     pub fn config(&self) -> &HostConfig {
         &self.shared.config
+    }
+
+    /// The tokens in force, for the services' gates.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.shared.auth.clone()
     }
 
     /// Resolves, with the reason, once the host has stopped serving (see the module
@@ -301,6 +378,16 @@ impl ControlPlane {
     /// large module takes a while) and stores a module. Answers its sha256, size and whether
     /// it was already there.
     pub async fn upload_module(&self, bytes: Vec<u8>) -> Result<(String, u64, bool), HostError> {
+        self.upload_module_as(bytes, &Caller::admin()).await
+    }
+
+    /// [`ControlPlane::upload_module`] by `caller`: a tenant's upload makes the module its
+    /// own, and `existed` says whether that tenant had it (never whether another does).
+    pub async fn upload_module_as(
+        &self,
+        bytes: Vec<u8>,
+        caller: &Caller,
+    ) -> Result<(String, u64, bool), HostError> {
         let policy = corral_admission::Policy {
             max_module_bytes: self.shared.config.max_module_size.as_u64(),
         };
@@ -315,13 +402,28 @@ impl ControlPlane {
         // Written by the actor, in order with every other write: a module it removes and one
         // uploaded again cannot pass each other on the way to the disk.
         let bytes = Bytes::from(binary);
-        let new = self
-            .ask(|answer| Request::ModuleStored(sha.clone(), bytes, answer))
+        let tenant = caller.tenant.clone();
+        let (new, had) = self
+            .ask(|answer| Request::ModuleStored(sha.clone(), bytes, tenant, answer))
             .await?;
         if new {
             tracing::info!(sha256 = %sha, size, "module stored");
         }
-        Ok((sha, size, !new))
+        Ok((sha, size, had))
+    }
+
+    /// A module's binary for agent `agent_id`: only a module of a task placed on it.
+    pub async fn module_for(&self, agent_id: &str, sha256: &str) -> Result<Bytes, HostError> {
+        let launched = self
+            .ask(|answer| Request::MayFetch(agent_id.to_string(), sha256.to_string(), answer))
+            .await?;
+        if !launched {
+            return Err(HostError::PermissionDenied(format!(
+                "agent {agent_id} runs no task of module {sha256}: an agent fetches only the \
+                 modules of tasks launched to it"
+            )));
+        }
+        self.module(sha256)
     }
 
     /// A stored module's binary.
@@ -340,13 +442,33 @@ impl ControlPlane {
         spec: TaskSpec,
         idempotency_key: Option<String>,
     ) -> Result<(TaskId, bool), HostError> {
-        self.ask(|answer| Request::Submit(spec, idempotency_key, answer))
+        self.submit_as(spec, idempotency_key, &Caller::admin())
+            .await
+    }
+
+    /// [`ControlPlane::submit`] by `caller`: a tenant runs only modules it uploaded (the spec's
+    /// tenant is the caller's business, checked by the api).
+    pub async fn submit_as(
+        &self,
+        spec: TaskSpec,
+        idempotency_key: Option<String>,
+        caller: &Caller,
+    ) -> Result<(TaskId, bool), HostError> {
+        let caller = caller.clone();
+        self.ask(|answer| Request::Submit(spec, idempotency_key, caller, answer))
             .await
     }
 
     /// One task (with its stdin), as it is on disk.
     pub async fn get(&self, id: TaskId) -> Result<Task, HostError> {
-        self.ask(|answer| Request::Get(id, answer)).await
+        self.get_as(id, &Caller::admin()).await
+    }
+
+    /// [`ControlPlane::get`] by `caller`: another tenant's task is answered as one that does
+    /// not exist.
+    pub async fn get_as(&self, id: TaskId, caller: &Caller) -> Result<Task, HostError> {
+        let tenant = caller.tenant.clone();
+        self.ask(|answer| Request::Get(id, tenant, answer)).await
     }
 
     /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
@@ -363,12 +485,23 @@ impl ControlPlane {
 
     /// Kills a task (see [`HostState::kill`]); answers once the change is durable.
     pub async fn kill(&self, id: TaskId) -> Result<Task, HostError> {
-        self.ask(|answer| Request::Kill(id, answer)).await
+        self.kill_as(id, &Caller::admin()).await
+    }
+
+    /// [`ControlPlane::kill`] by `caller`, recorded in the audit log.
+    pub async fn kill_as(&self, id: TaskId, caller: &Caller) -> Result<Task, HostError> {
+        let caller = caller.clone();
+        self.ask(|answer| Request::Kill(id, caller, answer)).await
     }
 
     /// A task's stored output. Tasks that have not ended have none yet.
     pub async fn output(&self, id: TaskId) -> Result<TaskOutput, HostError> {
-        let task = self.get(id).await?;
+        self.output_as(id, &Caller::admin()).await
+    }
+
+    /// [`ControlPlane::output`] by `caller`.
+    pub async fn output_as(&self, id: TaskId, caller: &Caller) -> Result<TaskOutput, HostError> {
+        let task = self.get_as(id, caller).await?;
         if !task.state.is_terminal() {
             return Err(HostError::FailedPrecondition(format!(
                 "task {id} has not ended ({}): its output is kept when it does",
@@ -381,7 +514,7 @@ impl ControlPlane {
         match stored {
             Some(output) => Ok(output),
             // Removed (past its retention) since `get` answered, or stored without one.
-            None => self.get(id).await.map(|_| TaskOutput::default()),
+            None => self.get_as(id, caller).await.map(|_| TaskOutput::default()),
         }
     }
 
@@ -391,7 +524,92 @@ impl ControlPlane {
         &self,
         id: Option<TaskId>,
     ) -> Result<(Option<Task>, Subscription), HostError> {
-        self.ask(|answer| Request::Watch(id, answer)).await
+        self.watch_as(id, &Caller::admin()).await
+    }
+
+    /// [`ControlPlane::watch`] by `caller`: another tenant's task is answered as one that does
+    /// not exist. (A tenant's watch of every task is filtered by the api.)
+    pub async fn watch_as(
+        &self,
+        id: Option<TaskId>,
+        caller: &Caller,
+    ) -> Result<(Option<Task>, Subscription), HostError> {
+        let tenant = caller.tenant.clone();
+        self.ask(|answer| Request::Watch(id, tenant, answer)).await
+    }
+
+    // ----- tokens and the audit log -------------------------------------------------------
+
+    /// Makes a token (its record durable before it is answered, and usable from then on).
+    pub async fn create_token(
+        &self,
+        minted: Minted,
+        caller: &Caller,
+    ) -> Result<(TokenRecord, String), HostError> {
+        let by = caller.accessor.clone();
+        let record = self
+            .ask(|answer| Request::CreateToken(minted.record, by, answer))
+            .await?;
+        Ok((record, minted.text))
+    }
+
+    /// Revokes a token: its calls are refused and its streams end once this is durable.
+    pub async fn revoke_token(
+        &self,
+        accessor: &str,
+        caller: &Caller,
+    ) -> Result<TokenRecord, HostError> {
+        let by = caller.accessor.clone();
+        self.ask(|answer| Request::RevokeToken(accessor.to_string(), by, answer))
+            .await
+    }
+
+    /// Every token, by accessor.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, HostError> {
+        self.ask(Request::Tokens).await
+    }
+
+    /// The first admin token of a host that has none (none was ever made), or, with `reset`,
+    /// a new one that replaces every admin token: written to `path` (mode 0600; the file
+    /// first, then the record, so that a token recorded is never one nobody has). Answers
+    /// whether one was made.
+    pub async fn bootstrap_admin(&self, path: &Path, reset: bool) -> Result<bool, HostError> {
+        if !reset && !self.tokens().await?.is_empty() {
+            return Ok(false);
+        }
+        let now = Now::current();
+        let minted = crate::auth::mint(
+            corral_proto::token::Role::Admin,
+            "",
+            "",
+            0,
+            now.ms,
+            "the first admin token, made by the host",
+        );
+        corral_proto::token::write_secret(path, &minted.text).map_err(|e| {
+            HostError::Unavailable(format!(
+                "cannot write the admin token to {}: {e}",
+                path.display()
+            ))
+        })?;
+        let record = minted.record;
+        if reset {
+            self.ask(|answer| Request::ResetAdmin(record, answer))
+                .await?;
+        } else {
+            self.ask(|answer| Request::CreateToken(record, String::new(), answer))
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` entries of the audit log after `after`, oldest first.
+    pub fn audit(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::auth::AuditEntry>, HostError> {
+        Ok(self.store()?.audit(after, limit)?)
     }
 
     /// Every agent, by id.
@@ -414,8 +632,52 @@ impl ControlPlane {
         running: Vec<Attempt>,
         unacknowledged: Vec<Attempt>,
     ) -> Result<u64, HostError> {
-        self.ask(|answer| Request::Register(info, running, unacknowledged, answer))
+        self.register_as(info, running, unacknowledged, "").await
+    }
+
+    /// [`ControlPlane::register`] of an agent with its own credential, `by` (the api has
+    /// checked that the credential is that agent's).
+    pub async fn register_as(
+        &self,
+        info: AgentInfo,
+        running: Vec<Attempt>,
+        unacknowledged: Vec<Attempt>,
+        by: &str,
+    ) -> Result<u64, HostError> {
+        let registrant = Registrant {
+            by: by.to_string(),
+            credential: None,
+        };
+        self.ask(|answer| Request::Register(info, running, unacknowledged, registrant, answer))
             .await
+    }
+
+    /// Registers a new agent that came with join token `by`: refused when its id belongs to
+    /// an agent with a credential; otherwise answers its session and its own credential, both
+    /// durable.
+    pub async fn join(
+        &self,
+        info: AgentInfo,
+        running: Vec<Attempt>,
+        unacknowledged: Vec<Attempt>,
+        by: &str,
+    ) -> Result<(u64, String), HostError> {
+        let minted = crate::auth::mint(
+            corral_proto::token::Role::Agent,
+            "",
+            &info.id,
+            0,
+            Now::current().ms,
+            "an agent's credential, made when it joined",
+        );
+        let registrant = Registrant {
+            by: by.to_string(),
+            credential: Some(minted.record),
+        };
+        let session = self
+            .ask(|answer| Request::Register(info, running, unacknowledged, registrant, answer))
+            .await?;
+        Ok((session, minted.text))
     }
 
     /// Opens an agent's command channel for its registered session.
@@ -530,6 +792,8 @@ struct Actor {
     /// The last agent session handed out before the store failed: sessions go on from it, so
     /// that a stream of a session before the failure never passes for a new one.
     last_session: u64,
+    /// Told of token changes once they are durable.
+    auth: Arc<Authenticator>,
 }
 
 /// An attempt to reopen the store, after a pause.
@@ -615,8 +879,11 @@ impl Actor {
         // batch's events are published, so an event of this batch applied after the watch
         // must already show in what it answers.
         for reply in &mut replies {
-            if let Reply::Watch(_, Some(id), current) = reply {
-                **current = self.state.get(*id).map(|t| Some(public(t)));
+            if let Reply::Watch(_, Some(id), tenant, current) = reply {
+                **current = self
+                    .state
+                    .get_as(*id, tenant.as_deref())
+                    .map(|t| Some(public(t)));
             }
         }
         let store = self.store.as_ref().expect("a store while serving");
@@ -635,16 +902,20 @@ impl Actor {
     fn apply(&mut self, request: Request, now: Now, fx: &mut Effects, replies: &mut Vec<Reply>) {
         let state = &mut self.state;
         match request {
-            Request::Submit(spec, key, answer) => {
+            Request::Submit(spec, key, caller, answer) => {
                 // A retry of a task that exists writes nothing: never refused for room.
                 let retry = key
                     .as_deref()
                     .is_some_and(|k| state.names_task(&spec.tenant, k));
                 let size = stored_size(&spec, key.as_deref());
                 let pending = self.pending_bytes + self.batch_bytes;
-                let room = match retry {
-                    true => Ok(()),
-                    false => self.free_space.check(pending, size, "task"),
+                let room = if !retry && !state.may_use_module(&spec.module_sha256, caller.scope()) {
+                    // Another tenant's module is answered as one that is not stored.
+                    Err(crate::state::unknown_module(&spec.module_sha256))
+                } else if retry {
+                    Ok(())
+                } else {
+                    self.free_space.check(pending, size, "task")
                 };
                 let result = room.and_then(|()| state.submit(spec, key, now, fx));
                 if matches!(result, Ok((_, false))) {
@@ -652,11 +923,15 @@ impl Actor {
                 }
                 replies.push(Reply::Submit(answer, result));
             }
-            Request::Kill(id, answer) => {
-                let result = state.kill(id, now, fx);
+            Request::Kill(id, caller, answer) => {
+                let result = state.get_as(id, caller.scope()).map(|_| ()).and_then(|()| {
+                    let task = state.kill(id, now, fx)?;
+                    state.audit_kill(&task, &caller.accessor, now, fx);
+                    Ok(task)
+                });
                 replies.push(Reply::Kill(answer, Box::new(result)));
             }
-            Request::ModuleStored(sha, bytes, answer) => {
+            Request::ModuleStored(sha, bytes, tenant, answer) => {
                 // A module stored already writes nothing: never refused for room.
                 let size = bytes.len() as u64;
                 let pending = self.pending_bytes + self.batch_bytes;
@@ -664,20 +939,41 @@ impl Actor {
                     true => Ok(()),
                     false => self.free_space.check(pending, size, "module"),
                 };
-                let result = room.map(|()| state.module_stored(&sha, now));
-                if let Ok(true) = result {
+                let result = room.map(|()| state.module_uploaded(&sha, tenant.as_deref(), now, fx));
+                if let Ok((true, _)) = result {
                     fx.writes.push(Write::Module(sha, bytes));
                     self.batch_bytes += size;
                 }
-                replies.push(Reply::Module(answer, result));
+                replies.push(later(answer, result));
             }
-            Request::Register(info, running, unacknowledged, answer) => {
+            Request::Register(info, running, unacknowledged, registrant, answer) => {
                 let id = info.id.clone();
-                let result = state.register(info, &running, &unacknowledged, now, fx);
+                let joining = registrant.credential.is_some();
+                let refused = match joining {
+                    true => state.refuse_join(&id, &registrant.by, now, fx),
+                    false => None,
+                };
+                let result = match refused {
+                    Some(error) => Err(error),
+                    None => state.register(info, &running, &unacknowledged, now, fx),
+                };
                 if result.is_ok() {
                     // Its old stream, if any, ends.
                     self.links.remove(&id);
                     tracing::info!(agent_id = %id, "agent registered");
+                    match registrant.credential {
+                        Some(credential) => {
+                            state.claim_agent(&id, credential, &registrant.by, now, fx);
+                        }
+                        None => state.audit(
+                            "agent.register",
+                            &registrant.by,
+                            format!("agent {id}"),
+                            1,
+                            now,
+                            fx,
+                        ),
+                    }
                 }
                 replies.push(Reply::Register(answer, result));
             }
@@ -722,21 +1018,45 @@ impl Actor {
                     );
                 }
             }
-            Request::Get(id, answer) => {
-                let task = state.get(id).cloned();
+            Request::Get(id, tenant, answer) => {
+                let task = state.get_as(id, tenant.as_deref()).cloned();
                 replies.push(Reply::Get(answer, Box::new(task)));
             }
             Request::List(filter, after, limit, answer) => {
                 replies.push(Reply::List(answer, state.list(&filter, after, limit)));
             }
             // Its task is read once the whole batch is applied (`apply_batch`).
-            Request::Watch(id, answer) => {
-                replies.push(Reply::Watch(answer, id, Box::new(Ok(None))))
+            Request::Watch(id, tenant, answer) => {
+                replies.push(Reply::Watch(answer, id, tenant, Box::new(Ok(None))))
             }
             Request::Agents(answer) => replies.push(Reply::Agents(answer, state.agents())),
             Request::Partitions(answer) => {
                 let partitions = state.partitions().cloned().collect();
                 replies.push(Reply::Partitions(answer, partitions));
+            }
+            Request::CreateToken(record, by, answer) => {
+                state.create_token(record.clone(), &by, now, fx);
+                replies.push(later(answer, Ok(record)));
+            }
+            Request::RevokeToken(accessor, by, answer) => {
+                let result = state.revoke_token(&accessor, &by, now, fx);
+                replies.push(later(answer, result));
+            }
+            Request::ResetAdmin(record, answer) => {
+                state.reset_admin(record, now, fx);
+                replies.push(later(answer, Ok(())));
+            }
+            Request::Tokens(answer) => {
+                replies.push(later(answer, Ok(state.tokens().cloned().collect())));
+            }
+            Request::Used(used, refused) => {
+                state.tokens_used(&used, fx);
+                for ((kind, accessor), count) in refused {
+                    state.audit("auth.refused", &accessor, kind, count, now, fx);
+                }
+            }
+            Request::MayFetch(agent, sha, answer) => {
+                replies.push(later(answer, Ok(state.launched_module(&agent, &sha))));
             }
         }
     }
@@ -781,6 +1101,16 @@ impl Actor {
                 }
                 self.events.publish(event);
             }
+            for token in batch.effects.tokens {
+                // A revoked agent's stream ends now; it cannot register again.
+                if token.is_credential()
+                    && token.revoked_ms != 0
+                    && self.links.remove(&token.agent_id).is_some()
+                {
+                    tracing::warn!(agent_id = %token.agent_id, "agent's credential revoked: its session ends");
+                }
+                self.auth.put(token);
+            }
         }
         for reply in batch.replies {
             reply.send(failure, &self.events);
@@ -822,6 +1152,7 @@ impl Actor {
     fn recovered(&mut self, store: Store, loaded: Loaded) {
         self.state = restore(&self.config, loaded);
         self.state.continue_sessions_after(self.last_session);
+        self.auth.install(self.state.tokens());
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
         self.store = Some(store);
         self.failed = None;
@@ -853,16 +1184,26 @@ fn poll_now(commit: &mut Commit) -> Option<Result<(), StoreError>> {
 fn refuse(request: Request, reason: &str) {
     let error = || HostError::Unavailable(reason.to_string());
     match request {
-        Request::Submit(_, _, answer) => drop(answer.send(Err(error()))),
-        Request::Kill(_, answer) | Request::Get(_, answer) => drop(answer.send(Err(error()))),
-        Request::Register(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::Submit(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::Kill(_, _, answer) | Request::Get(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::Register(_, _, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Attach(_, _, answer) => drop(answer.send(Err(error()))),
         Request::List(_, _, _, answer) => drop(answer.send(Err(error()))),
-        Request::Watch(_, answer) => drop(answer.send(Err(error()))),
+        Request::Watch(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Agents(answer) => drop(answer.send(Err(error()))),
         Request::Partitions(answer) => drop(answer.send(Err(error()))),
-        Request::ModuleStored(_, _, answer) => drop(answer.send(Err(error()))),
-        Request::Heartbeat(..) | Request::Detach(..) | Request::Report(..) | Request::Expire => {}
+        Request::ModuleStored(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::CreateToken(_, _, answer) | Request::RevokeToken(_, _, answer) => {
+            drop(answer.send(Err(error())))
+        }
+        Request::ResetAdmin(_, answer) => drop(answer.send(Err(error()))),
+        Request::Tokens(answer) => drop(answer.send(Err(error()))),
+        Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::Heartbeat(..)
+        | Request::Detach(..)
+        | Request::Report(..)
+        | Request::Expire
+        | Request::Used(..) => {}
     }
 }
 
@@ -939,6 +1280,7 @@ mod tests {
             reopen_pause: REOPEN_BACKOFF.0,
             reopened_at: None,
             last_session: 0,
+            auth: Arc::new(Authenticator::default()),
         };
         let (answer, answered) = oneshot::channel();
         let finished = StatusReport {
@@ -953,7 +1295,7 @@ mod tests {
         let mut batch = vec![
             Stamped {
                 at: now,
-                request: Request::Watch(Some(id), answer),
+                request: Request::Watch(Some(id), None, answer),
             },
             Stamped {
                 at: now,

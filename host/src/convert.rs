@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use corral_proto::pb;
 
+use crate::auth::{AuditEntry, TokenRecord};
 use crate::config::HostConfig;
 use crate::partition::{Partition, PartitionState, Reservation, Resources};
 use crate::registry::{AgentInfo, AgentState};
@@ -519,6 +521,7 @@ pub fn partition_to_pb(p: &Partition) -> pb::Partition {
         } as i32,
         tenant: p.reservation.tenant.clone().unwrap_or_default(),
         labels: p.reservation.labels.clone(),
+        reserved_for_other: false,
     }
 }
 
@@ -537,6 +540,85 @@ pub fn partition_from_pb(p: pb::Partition) -> Partition {
         },
         agent_labels: Default::default(),
         draining: p.state == pb::PartitionState::Draining as i32,
+    }
+}
+
+/// A time (ms since the epoch) as people read it: RFC 3339, to the second, UTC.
+pub fn time_text(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// A token as listed: never its digest.
+pub fn token_info_to_pb(r: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        accessor: r.accessor.clone(),
+        role: r.role.to_pb() as i32,
+        tenant: r.tenant.clone(),
+        agent_id: r.agent_id.clone(),
+        created_at_ms: r.created_ms,
+        expires_at_ms: r.expires_ms,
+        last_used_ms: r.last_used_ms,
+        revoked_at_ms: r.revoked_ms,
+        description: r.description.clone(),
+    }
+}
+
+/// A token as stored.
+pub fn token_to_stored_pb(r: &TokenRecord) -> pb::StoredToken {
+    pb::StoredToken {
+        info: Some(token_info_to_pb(r)),
+        digest: Bytes::copy_from_slice(&r.digest),
+    }
+}
+
+/// A stored token, or why it is not one.
+pub fn token_from_stored_pb(stored: pb::StoredToken) -> Result<TokenRecord, String> {
+    let info = stored.info.ok_or("a stored token has no info")?;
+    let role = corral_proto::token::Role::from_pb(info.role)
+        .ok_or_else(|| format!("token {} has no known role ({})", info.accessor, info.role))?;
+    let digest: [u8; 32] = stored.digest.as_ref().try_into().map_err(|_| {
+        format!(
+            "token {} has a digest of {} bytes, not 32",
+            info.accessor,
+            stored.digest.len()
+        )
+    })?;
+    Ok(TokenRecord {
+        accessor: info.accessor,
+        role,
+        tenant: info.tenant,
+        agent_id: info.agent_id,
+        digest,
+        created_ms: info.created_at_ms,
+        expires_ms: info.expires_at_ms,
+        last_used_ms: info.last_used_ms,
+        revoked_ms: info.revoked_at_ms,
+        description: info.description,
+    })
+}
+
+/// An audit entry to its protobuf form (also how it is stored).
+pub fn audit_to_pb(e: &AuditEntry) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        accessor: e.accessor.clone(),
+        action: e.action.clone(),
+        detail: e.detail.clone(),
+        count: e.count,
+    }
+}
+
+/// A stored audit entry.
+pub fn audit_from_pb(e: pb::AuditEvent) -> AuditEntry {
+    AuditEntry {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        accessor: e.accessor,
+        action: e.action,
+        detail: e.detail,
+        count: e.count,
     }
 }
 

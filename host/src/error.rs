@@ -9,6 +9,9 @@ pub enum HostError {
     /// No such task, agent or module.
     #[error("{0}")]
     NotFound(String),
+    /// The caller's token does not allow this (another tenant named, another agent's id).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),

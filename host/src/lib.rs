@@ -6,6 +6,8 @@
 //! [`corral_admission::admit`], the check the sandbox makes before compiling, and stored.
 //!
 //! # Map
+//! - Who may do what: [`auth`] (tokens, their check before any call is read, the principal
+//!   a call is from).
 //! - Pure decisions: [`state`] (the state machine: every change to tasks, agents and
 //!   partitions, with the writes, commands and events it requires), [`partition`] (capacity,
 //!   reservations, carving), [`allocator`] (may this partition hold this task; which one is
@@ -25,12 +27,15 @@
 //! let plane = ControlPlane::start(HostConfig::default(), data.path())?;
 //! let listener = api::bind("127.0.0.1:0".parse()?).await?;
 //! println!("host on http://{}", listener.local_addr()?);
-//! api::serve(plane, listener, std::future::pending()).await?;
+//! // Clients need a token: the host's first admin token, kept in a file of its own.
+//! plane.bootstrap_admin(&data.path().join("admin.token"), false).await?;
+//! api::serve(plane, listener, None, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
 pub mod allocator;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod convert;

@@ -21,6 +21,7 @@ use corral_proto::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::auth::{AuditEntry, TokenRecord};
 use crate::convert;
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
@@ -33,8 +34,14 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Tokens by accessor (`StoredToken`: never a token's text, only its digest).
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Which tenants uploaded each module: `<sha256>\0<tenant>`.
+const MODULE_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("module_owners");
+/// The audit log by seq (`AuditEvent`).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Records that could not be decoded, set aside when the store was opened: `tasks/<id>`,
-/// `agents/<id>`, `partitions/<id>`, with their bytes as they were.
+/// `agents/<id>`, `partitions/<id>`, `tokens/<accessor>`, with their bytes as they were.
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 /// The schema this code writes:
@@ -113,8 +120,16 @@ pub enum Write {
     ForgetTask(TaskId),
     /// Remove an idempotency key (`tenant`, `key`).
     ForgetIdempotency(String, String),
-    /// Remove a module's binary.
+    /// Remove a module's binary, and who uploaded it.
     ForgetModule(String),
+    /// Insert or replace a token.
+    Token(TokenRecord),
+    /// Tenant `.1` uploaded module `.0`.
+    ModuleOwner(String, String),
+    /// Append to the audit log.
+    Audit(AuditEntry),
+    /// Remove the audit log's entries up to this seq, included.
+    ForgetAudit(u64),
 }
 
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
@@ -133,6 +148,12 @@ pub struct Loaded {
     pub idempotency: Vec<((String, String), TaskId)>,
     /// Sha256 of every stored module.
     pub modules: Vec<String>,
+    /// (sha256, tenant) of every module a tenant uploaded.
+    pub module_owners: Vec<(String, String)>,
+    /// Every token.
+    pub tokens: Vec<TokenRecord>,
+    /// The audit log's entries kept: (seq, when), oldest first.
+    pub audit: Vec<(u64, i64)>,
     /// The highest task id ever stored, quarantined and removed tasks included: ids are never
     /// reused.
     pub highest_task_id: u64,
@@ -239,11 +260,15 @@ impl Store {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
-        for table in [MODULES, AGENTS, PARTITIONS] {
+        for table in [MODULES, AGENTS, PARTITIONS, TOKENS] {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
         txn.open_table(IDEMPOTENCY)
+            .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(MODULE_OWNERS)
+            .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(AUDIT)
             .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         // Records that do not decode are set aside first, so that one cannot stop a migration.
@@ -301,6 +326,24 @@ impl Store {
             .map(|v| Bytes::copy_from_slice(v.value())))
     }
 
+    /// Up to `limit` entries of the audit log after `after`, oldest first.
+    pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(AUDIT).map_err(io)?;
+        let mut entries = Vec::new();
+        for row in table
+            .range(after.saturating_add(1)..)
+            .map_err(io)?
+            .take(limit)
+        {
+            let (key, value) = row.map_err(io)?;
+            let event = pb::AuditEvent::decode(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("audit entry {}: {e}", key.value())))?;
+            entries.push(convert::audit_from_pb(event));
+        }
+        Ok(entries)
+    }
+
     /// A task's stored output.
     pub fn output(&self, id: TaskId) -> Result<Option<TaskOutput>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
@@ -353,6 +396,17 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 ));
             }
         }
+        // A token that does not decode works for no one: set aside, it refuses as unknown.
+        let tokens = txn.open_table(TOKENS).map_err(io)?;
+        for row in tokens.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            let decoded = pb::StoredToken::decode(value.value())
+                .map_err(|e| e.to_string())
+                .and_then(convert::token_from_stored_pb);
+            if let Err(e) = decoded {
+                bad.push((format!("tokens/{}", key.value()), value.value().to_vec(), e));
+            }
+        }
     }
     if bad.is_empty() {
         return Ok(());
@@ -362,6 +416,7 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
+        let mut tokens = txn.open_table(TOKENS).map_err(io)?;
         for (key, bytes, error) in &bad {
             tracing::error!(
                 record = key,
@@ -387,6 +442,9 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 }
                 Some(("agents", id)) => {
                     agents.remove(id).map_err(io)?;
+                }
+                Some(("tokens", id)) => {
+                    tokens.remove(id).map_err(io)?;
                 }
                 Some((_, id)) => {
                     partitions.remove(id).map_err(io)?;
@@ -468,6 +526,33 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     for row in txn.open_table(MODULES).map_err(io)?.iter().map_err(io)? {
         let (key, _) = row.map_err(io)?;
         loaded.modules.push(key.value().to_string());
+    }
+    for row in txn
+        .open_table(MODULE_OWNERS)
+        .map_err(io)?
+        .iter()
+        .map_err(io)?
+    {
+        let (key, _) = row.map_err(io)?;
+        if let Some((sha, tenant)) = key.value().split_once('\0') {
+            loaded
+                .module_owners
+                .push((sha.to_string(), tenant.to_string()));
+        }
+    }
+    for row in txn.open_table(TOKENS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let token = pb::StoredToken::decode(value.value())
+            .map_err(|e| e.to_string())
+            .and_then(convert::token_from_stored_pb)
+            .map_err(|e| StoreError::Corrupt(format!("token {}: {e}", key.value())))?;
+        loaded.tokens.push(token);
+    }
+    for row in txn.open_table(AUDIT).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        // Only when it was is needed, for its retention; a damaged entry counts from now.
+        let at = pb::AuditEvent::decode(value.value()).map_or(i64::MAX, |e| e.at_ms);
+        loaded.audit.push((key.value(), at));
     }
     Ok(loaded)
 }
@@ -614,6 +699,9 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
         let mut meta = txn.open_table(META).map_err(io)?;
+        let mut tokens = txn.open_table(TOKENS).map_err(io)?;
+        let mut owners = txn.open_table(MODULE_OWNERS).map_err(io)?;
+        let mut audit = txn.open_table(AUDIT).map_err(io)?;
         let mut highest_forgotten = None;
         for (i, write) in writes.into_iter().enumerate() {
             match write {
@@ -671,6 +759,36 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 }
                 Write::ForgetModule(sha) => {
                     modules.remove(sha.as_str()).map_err(io)?;
+                    let prefix = format!("{sha}\0");
+                    let old: Vec<String> = owners
+                        .range(prefix.as_str()..)
+                        .map_err(io)?
+                        .map_while(|row| {
+                            let key = row.ok()?.0.value().to_string();
+                            key.starts_with(&prefix).then_some(key)
+                        })
+                        .collect();
+                    for key in old {
+                        owners.remove(key.as_str()).map_err(io)?;
+                    }
+                }
+                Write::Token(record) => {
+                    let bytes = convert::token_to_stored_pb(record).encode_to_vec();
+                    tokens
+                        .insert(record.accessor.as_str(), bytes.as_slice())
+                        .map_err(io)?;
+                }
+                Write::ModuleOwner(sha, tenant) => {
+                    owners
+                        .insert(format!("{sha}\0{tenant}").as_str(), ())
+                        .map_err(io)?;
+                }
+                Write::Audit(entry) => {
+                    let bytes = convert::audit_to_pb(entry).encode_to_vec();
+                    audit.insert(entry.seq, bytes.as_slice()).map_err(io)?;
+                }
+                Write::ForgetAudit(upto) => {
+                    audit.retain_in(..=*upto, |_, _| false).map_err(io)?;
                 }
             }
         }

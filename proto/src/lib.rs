@@ -26,6 +26,8 @@
 //! assert_eq!(request.spec.unwrap().tenant, "");
 //! ```
 
+pub mod token;
+
 /// The generated messages, clients and servers of `corral.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
@@ -63,8 +65,9 @@ pub fn agent_id_problem(id: &str) -> Option<String> {
 
 /// The agent protocol this contract defines (`RegisterRequest.protocol`); a host refuses an
 /// agent that speaks another. 3: outcome `compile_limit`, and an attempt's timeout counts its
-/// compile. 4: `Limits.max_disk_bytes`, outcome `disk_limit`, `guest_warnings`.
-pub const AGENT_PROTOCOL: u32 = 4;
+/// compile. 4: `Limits.max_disk_bytes`, outcome `disk_limit`, `guest_warnings`. 5: every call
+/// carries a token; `RegisterResponse.credential`.
+pub const AGENT_PROTOCOL: u32 = 5;
 
 /// The metadata key under which a refused `UploadModule` (`INVALID_ARGUMENT`) names the
 /// outcome a run of the module would have, by its name in the contract
@@ -74,21 +77,126 @@ pub const OUTCOME_METADATA: &str = "corral-outcome";
 /// Chunk size for streamed module bytes.
 pub const MODULE_CHUNK_BYTES: usize = 1 << 20;
 
-/// How to reach a Corral host at `url` (`http://host:7700`; a bare `host:port` gets `http://`):
-/// the connection settings clients and agents share (a 5 s connect timeout, `TCP_NODELAY`,
-/// HTTP/2 keep-alives every 10 s). The error says why the URL is not one.
-pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
+/// What a client or an agent trusts, and shows, when it reaches a host over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct TlsClient {
+    /// The CA that signs the host's certificate (PEM); `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// For mutual TLS: this side's certificate chain and key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsClient {
+    /// Whether anything of TLS was asked for.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some()
+    }
+}
+
+/// How to reach a Corral host at `url` (`http://host:7700`, `https://host:7700`; a bare
+/// `host:port` gets `http://`): the connection settings clients and agents share (a 5 s
+/// connect timeout, `TCP_NODELAY`, HTTP/2 keep-alives every 10 s). An `https://` URL is reached
+/// over TLS only, verifying the host against `tls.ca` or the system's roots, never in
+/// plaintext; TLS settings with an `http://` URL are refused, so that a mistyped scheme does
+/// not send tokens in the clear. The error says why the URL is not one.
+pub fn endpoint(url: &str, tls: &TlsClient) -> Result<tonic::transport::Endpoint, String> {
     let url = if url.contains("://") {
         url.to_string()
     } else {
         format!("http://{url}")
     };
-    tonic::transport::Endpoint::from_shared(url.clone())
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Err("the URL must start with http:// or https://".into());
+    }
+    if !https && tls.is_set() {
+        return Err(
+            "TLS settings were given (a CA or a certificate) but the URL is http://: use \
+             https://"
+                .into(),
+        );
+    }
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map(|e| {
             e.connect_timeout(std::time::Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(std::time::Duration::from_secs(10))
                 .keep_alive_timeout(std::time::Duration::from_secs(20))
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if https {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        config = match &tls.ca {
+            Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+    }
+    Ok(endpoint)
+}
+
+/// An error and its sources, `: `-separated, each said once (tonic's transport error repeats
+/// its source's text in its own).
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Why a connection to a host failed, with a hint when a plaintext URL met a TLS host.
+pub fn unreachable_hint(url: &str, error: &str) -> &'static str {
+    let plaintext = !url.starts_with("https://");
+    let broken = [
+        "connection reset",
+        "broken pipe",
+        "frame",
+        "h2 protocol",
+        "connection closed",
+    ]
+    .iter()
+    .any(|sign| error.to_ascii_lowercase().contains(sign));
+    if plaintext && broken {
+        " (the host closed a plaintext connection: if it serves TLS, use an https:// URL)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_said_twice_is_shown_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "tcp connect error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            source_chain(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }

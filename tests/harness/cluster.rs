@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 
 use corral_proto::pb;
 
-use crate::server::{connect, listening_on, Client, WAIT};
+use crate::server::{admin_token, connect, create_token, listening_on, Client, WAIT};
+
+/// A client of the agent API, calling with a token.
+pub type AgentApi = pb::agent_api_client::AgentApiClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        corral_proto::token::Bearer,
+    >,
+>;
 
 /// Host config for tests: quick heartbeats so that a dead agent is noticed in about a second.
 pub const FAST_CONFIG: &str = r#"
@@ -26,6 +34,8 @@ pub struct Cluster {
     listen: String,
     host: Option<Child>,
     agents: Vec<(String, Child)>,
+    /// The agents' join token, made at the first agent's start.
+    join: Option<String>,
 }
 
 impl Cluster {
@@ -51,7 +61,25 @@ impl Cluster {
             listen: "127.0.0.1:0".into(),
             host: None,
             agents: Vec::new(),
+            join: None,
         }
+    }
+
+    /// The admin token the host wrote at its first start.
+    pub fn token(&self) -> String {
+        admin_token(&self.host_dir())
+    }
+
+    /// The agents' join token (made once).
+    pub fn join_token(&mut self) -> String {
+        if self.join.is_none() {
+            let made = self.block_on(async {
+                let mut admin = self.client().await;
+                create_token(&mut admin, corral_proto::token::Role::Agent, "").await
+            });
+            self.join = Some(made.1);
+        }
+        self.join.clone().expect("made above")
     }
 
     /// The host's data dir.
@@ -90,7 +118,9 @@ impl Cluster {
 
     /// Starts an agent of `slots` and `memory` with more flags of `corral agent`.
     pub fn start_agent_with(&mut self, id: &str, slots: u32, memory: &str, flags: &[&str]) {
+        let join = self.join_token();
         let mut command = Command::new(crate::corral());
+        command.env("CORRAL_JOIN_TOKEN", join);
         command
             .args(["agent", "--host", &self.url, "--id", id, "--slots"])
             .arg(slots.to_string())
@@ -172,19 +202,39 @@ impl Cluster {
             .block_on(f)
     }
 
-    /// A client of the host, retried until it answers.
+    /// An admin's client of the host, retried until it answers.
     pub async fn client(&self) -> Client {
-        connect(&self.url).await
+        connect(&self.url, &self.token()).await
     }
 
-    /// Runs the corral CLI against this cluster (killed, failing the test, after
+    /// A client of the agent API calling with `token`, or none.
+    pub async fn agent_api(&self, token: Option<&str>) -> AgentApi {
+        let channel = corral_proto::endpoint(&self.url, &Default::default())
+            .expect("a host URL")
+            .connect()
+            .await
+            .expect("reaching the host");
+        let bearer = corral_proto::token::Bearer::new(token).expect("a token");
+        pb::agent_api_client::AgentApiClient::with_interceptor(channel, bearer)
+    }
+
+    /// Runs the corral CLI against this cluster as its admin (killed, failing the test, after
     /// [`crate::COMMAND_LIMIT`]).
     pub fn corral(&self, args: &[&str]) -> Output {
+        self.corral_as(Some(&self.token()), args)
+    }
+
+    /// Runs the corral CLI against this cluster with `token` in `CORRAL_TOKEN`, or none.
+    pub fn corral_as(&self, token: Option<&str>, args: &[&str]) -> Output {
         let mut command = Command::new(crate::corral());
         command
             .args(args)
             .env("CORRAL_HOST", &self.url)
+            .env_remove("CORRAL_TOKEN")
             .current_dir(crate::repo_root());
+        if let Some(token) = token {
+            command.env("CORRAL_TOKEN", token);
+        }
         crate::output_within(command, None, crate::COMMAND_LIMIT)
     }
 }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use corral_proto::pb;
 use corral_proto::pb::corral_client::CorralClient;
+use corral_proto::token::Bearer;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// A client of a host's API.
-pub type Client = CorralClient<Channel>;
+/// A client of a host's API, calling with a token.
+pub type Client = CorralClient<InterceptedService<Channel, Bearer>>;
 
 /// How long a test waits for a host to answer, for agents to attach, for a task to get
 /// somewhere: a hang fails the test with what was seen instead of blocking CI.
@@ -27,6 +29,8 @@ pub struct Server {
     pub url: String,
     /// Its data dir.
     pub dir: tempfile::TempDir,
+    /// A listening server's admin token (agents: empty).
+    pub token: String,
 }
 
 impl Drop for Server {
@@ -40,21 +44,62 @@ impl Server {
     /// Starts `corral ARGS... --data-dir <temp dir>`; for a server that listens (`listening`
     /// true), waits for the address it prints first. Its logs are dropped.
     pub fn start(args: &[&str], listening: bool) -> Server {
+        Self::start_with_env(args, listening, &[])
+    }
+
+    /// [`Server::start`] with more environment variables (an agent's `CORRAL_JOIN_TOKEN`).
+    pub fn start_with_env(args: &[&str], listening: bool, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(crate::corral())
             .args(args)
             .arg("--data-dir")
             .arg(dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting corral");
-        let url = if listening {
-            listening_on(&mut child)
+        let (url, token) = if listening {
+            let url = listening_on(&mut child);
+            // Written before the server listens.
+            (url, admin_token(dir.path()))
         } else {
-            String::new()
+            (String::new(), String::new())
         };
-        Server { child, url, dir }
+        Server {
+            child,
+            url,
+            dir,
+            token,
+        }
+    }
+
+    /// A join token for agents of this host (made with its admin token, on a thread of its
+    /// own: callers may be inside a runtime).
+    pub fn join_token(&self) -> String {
+        let (url, token) = (self.url.clone(), self.token.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(async {
+                    let mut admin = connect(&url, &token).await;
+                    create_token(&mut admin, corral_proto::token::Role::Agent, "")
+                        .await
+                        .1
+                })
+        })
+        .join()
+        .expect("making a join token")
+    }
+
+    /// Starts an agent of this host: `corral agent --host URL ARGS...` with a join token.
+    pub fn agent(&self, args: &[&str]) -> Server {
+        let join = self.join_token();
+        let mut all = vec!["agent", "--host", &self.url];
+        all.extend(args);
+        Server::start_with_env(&all, false, &[("CORRAL_JOIN_TOKEN", &join)])
     }
 
     /// Its CPU time and RSS now.
@@ -76,15 +121,28 @@ pub fn listening_on(child: &mut Child) -> String {
         .to_string()
 }
 
-/// A client of the host at `url`, retried until it answers (at most [`WAIT`]).
-pub async fn connect(url: &str) -> Client {
+/// The admin token a host wrote to the top of its data dir (`corral dev`'s too).
+pub fn admin_token(data_dir: &Path) -> String {
+    corral_proto::token::read_secret(&data_dir.join("admin.token")).expect("the admin token")
+}
+
+/// A client of the host at `url` calling with `token`, retried until it answers (at most
+/// [`WAIT`]).
+pub async fn connect(url: &str, token: &str) -> Client {
+    connect_as(url, Some(token)).await
+}
+
+/// A client of the host at `url` calling with `token`, or with none.
+pub async fn connect_as(url: &str, token: Option<&str>) -> Client {
     let deadline = Instant::now() + WAIT;
+    let endpoint = corral_proto::endpoint(url, &Default::default()).expect("a host URL");
     loop {
-        match CorralClient::connect(url.to_string()).await {
-            Ok(c) => {
-                return c
+        match endpoint.connect().await {
+            Ok(channel) => {
+                let bearer = Bearer::new(token).expect("a token a header can carry");
+                return CorralClient::with_interceptor(channel, bearer)
                     .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES);
             }
             Err(e) => {
                 assert!(
@@ -95,6 +153,25 @@ pub async fn connect(url: &str) -> Client {
             }
         }
     }
+}
+
+/// Makes a token of `role` (`tenant` for tenant tokens) with an admin's client; answers its
+/// accessor and text.
+pub async fn create_token(
+    admin: &mut Client,
+    role: corral_proto::token::Role,
+    tenant: &str,
+) -> (String, String) {
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            role: role.to_pb() as i32,
+            tenant: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("making a token")
+        .into_inner();
+    (created.info.expect("its info").accessor, created.token)
 }
 
 /// Uploads a module file; answers its sha256.

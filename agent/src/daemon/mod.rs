@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corral_proto::pb;
+use corral_proto::token::Bearer;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::sandbox::{
@@ -56,6 +58,11 @@ pub struct AgentConfig {
     pub compiler: Compiler,
     /// What compiling one module may take.
     pub compile_budget: CompileBudget,
+    /// The join token it registers with the first time (afterwards it uses the credential the
+    /// host gave it, kept in `<data_dir>/agent.token`).
+    pub join_token: Option<String>,
+    /// What it trusts and shows when the host's URL is `https://`.
+    pub tls: corral_proto::TlsClient,
 }
 
 impl AgentConfig {
@@ -74,6 +81,14 @@ pub enum AgentError {
     /// The data dir or sandbox could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The host refused this agent's token: only its operator can fix that.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where an agent keeps the credential the host gave it.
+pub fn credential_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("agent.token")
 }
 
 /// One attempt, as the agent keys it.
@@ -94,6 +109,8 @@ struct Agent {
     config: AgentConfig,
     sandbox: Sandbox,
     endpoint: Endpoint,
+    /// The token calls carry: the agent's credential once it has one, its join token before.
+    bearer: Mutex<Bearer>,
     running: Mutex<HashMap<Key, Running>>,
     /// Final reports not yet acknowledged, with when they were last sent.
     unacked: Mutex<BTreeMap<Key, (pb::StatusUpdate, Instant)>>,
@@ -116,7 +133,7 @@ pub async fn run(
     if let Some(problem) = corral_proto::agent_id_problem(&config.id) {
         return Err(AgentError::Setup(problem));
     }
-    let endpoint = corral_proto::endpoint(&config.host)
+    let endpoint = corral_proto::endpoint(&config.host, &config.tls)
         .map_err(|e| AgentError::HostUrl(config.host.clone(), e))?;
     crate::sandbox::private_dir(&config.data_dir)
         .and_then(|()| std::fs::create_dir_all(config.data_dir.join("modules")))
@@ -128,6 +145,7 @@ pub async fn run(
             ))
         })?;
     clear_leftovers(&config.data_dir);
+    let bearer = first_token(&config)?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.data_dir.join("cache")),
         max_cache_bytes: config.max_cache_bytes,
@@ -141,6 +159,7 @@ pub async fn run(
         config,
         sandbox,
         endpoint,
+        bearer: Mutex::new(bearer),
         running: Mutex::new(HashMap::new()),
         unacked: Mutex::new(BTreeMap::new()),
         outbound: Mutex::new(None),
@@ -151,14 +170,46 @@ pub async fn run(
         ),
     });
     let sessions = agent.clone().sessions();
-    tokio::select! {
-        () = sessions => {}
-        () = shutdown => {}
-    }
+    let result = tokio::select! {
+        refused = sessions => Err(refused),
+        () = shutdown => Ok(()),
+    };
     for running in lock(&agent.running).values() {
         running.control.kill();
     }
-    Ok(())
+    result
+}
+
+/// The token an agent starts with: its kept credential, or else its join token. Either must
+/// be an agent token, well formed; none is an error saying where to put one.
+fn first_token(config: &AgentConfig) -> Result<Bearer, AgentError> {
+    let path = credential_path(&config.data_dir);
+    let (token, from) = if path.exists() {
+        let token = corral_proto::token::read_secret(&path).map_err(AgentError::Setup)?;
+        (token, path.display().to_string())
+    } else {
+        let token = config.join_token.clone().ok_or_else(|| {
+            AgentError::Setup(format!(
+                "agent {} has no credential ({} does not exist) and no join token: give it one \
+                 with --join-token-file or CORRAL_JOIN_TOKEN (`corral token create --role \
+                 agent` makes one)",
+                config.id,
+                path.display()
+            ))
+        })?;
+        (token, "the join token".to_string())
+    };
+    match corral_proto::token::parse(&token) {
+        Ok(parsed) if parsed.role == corral_proto::token::Role::Agent => {}
+        Ok(parsed) => {
+            return Err(AgentError::Setup(format!(
+                "{from} holds a {} token, not an agent token",
+                parsed.role.name()
+            )))
+        }
+        Err(problem) => return Err(AgentError::Setup(format!("{from}: {problem}"))),
+    }
+    Bearer::new(Some(&token)).map_err(AgentError::Setup)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,14 +217,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    /// Connects, serves a session until it ends, and reconnects with backoff, forever.
-    async fn sessions(self: Arc<Self>) {
+    /// Connects, serves a session until it ends, and reconnects with backoff, until the host
+    /// refuses the agent's token (answered).
+    async fn sessions(self: Arc<Self>) -> AgentError {
         let base = Duration::from_millis(100);
         let mut backoff = base;
         loop {
             let attached = Arc::new(std::sync::atomic::AtomicBool::new(false));
             match self.clone().session(attached.clone()).await {
                 Ok(()) => tracing::warn!(agent_id = %self.config.id, "host closed the session"),
+                Err(e) if refused(&e) => {
+                    return AgentError::Refused(format!(
+                        "the host refused agent {}: {} (a revoked or unknown credential: remove \
+                         {} and start the agent again with a join token)",
+                        self.config.id,
+                        e.message(),
+                        credential_path(&self.config.data_dir).display()
+                    ))
+                }
                 Err(e) => {
                     tracing::warn!(agent_id = %self.config.id, error = %e, "session with the host failed")
                 }
@@ -195,9 +256,14 @@ impl Agent {
         attached: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), tonic::Status> {
         let channel = self.endpoint.connect().await.map_err(|e| {
-            tonic::Status::unavailable(format!("cannot reach host {}: {e}", self.config.host))
+            let text = corral_proto::source_chain(&e);
+            let hint = corral_proto::unreachable_hint(&self.config.host, &text);
+            tonic::Status::unavailable(format!(
+                "cannot reach host {}: {text}{hint}",
+                self.config.host
+            ))
         })?;
-        let mut client = client(channel);
+        let mut client = client(channel.clone(), lock(&self.bearer).clone());
         let running: Vec<pb::TaskRef> = lock(&self.running).keys().map(convert::task_ref).collect();
         let unacknowledged: Vec<pb::TaskRef> =
             lock(&self.unacked).keys().map(convert::task_ref).collect();
@@ -217,6 +283,22 @@ impl Agent {
             })
             .await?
             .into_inner();
+        if !registered.credential.is_empty() {
+            // Kept before it is used: an agent that used a credential it then lost could
+            // never register again.
+            let path = credential_path(&self.config.data_dir);
+            corral_proto::token::write_secret(&path, &registered.credential).map_err(|e| {
+                tonic::Status::permission_denied(format!(
+                    "cannot keep the credential the host gave in {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let bearer = Bearer::new(Some(&registered.credential))
+                .map_err(tonic::Status::permission_denied)?;
+            *lock(&self.bearer) = bearer.clone();
+            client = client_of(channel, bearer);
+            tracing::info!(agent_id = %self.config.id, path = %path.display(), "joined the cluster: credential kept");
+        }
         if registered.max_module_bytes > 0 {
             self.max_module_bytes.store(
                 registered.max_module_bytes,
@@ -614,12 +696,24 @@ fn keep(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-type Client = pb::agent_api_client::AgentApiClient<Channel>;
+type Client = pb::agent_api_client::AgentApiClient<InterceptedService<Channel, Bearer>>;
 
-fn client(channel: Channel) -> Client {
-    pb::agent_api_client::AgentApiClient::new(channel)
+fn client(channel: Channel, bearer: Bearer) -> Client {
+    client_of(channel, bearer)
+}
+
+fn client_of(channel: Channel, bearer: Bearer) -> Client {
+    pb::agent_api_client::AgentApiClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Whether the host refused the agent's token (rather than failing for a while).
+fn refused(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
 }
 
 /// 0..100, different from call to call and from agent to agent.

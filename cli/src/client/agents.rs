@@ -83,6 +83,9 @@ pub async fn partitions(args: ListArgs) -> anyhow::Result<ExitCode> {
                     if let Some(tenant) = &p.tenant {
                         reserved.insert(0, format!("tenant={tenant}"));
                     }
+                    if p.reserved_for_other {
+                        reserved.insert(0, "another tenant".into());
+                    }
                     vec![
                         p.id.clone(),
                         p.state.clone(),

@@ -194,6 +194,8 @@ pub struct Partition {
     pub allocated_memory_bytes: u64,
     /// The tenant it is reserved for.
     pub tenant: Option<String>,
+    /// Reserved for a tenant other than the caller's (never named to a tenant).
+    pub reserved_for_other: bool,
     /// The labels it is reserved for.
     pub labels: BTreeMap<String, String>,
 }
@@ -214,6 +216,7 @@ impl From<&pb::Partition> for Partition {
             allocated_slots: a.slots,
             allocated_memory_bytes: a.memory_bytes,
             tenant: (!p.tenant.is_empty()).then(|| p.tenant.clone()),
+            reserved_for_other: p.reserved_for_other,
             labels: p.labels.clone(),
         }
     }
@@ -223,4 +226,70 @@ impl From<&pb::Partition> for Partition {
 pub fn partition_state(state: i32) -> String {
     let state = pb::PartitionState::try_from(state).unwrap_or(pb::PartitionState::Unspecified);
     lower_name(state.as_str_name(), "PARTITION_STATE_")
+}
+
+/// A token (`token list -o json`): never its secret.
+#[derive(Serialize)]
+pub struct Token {
+    pub accessor: String,
+    pub role: String,
+    pub tenant: Option<String>,
+    pub agent_id: Option<String>,
+    pub description: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
+impl From<&pb::TokenInfo> for Token {
+    fn from(t: &pb::TokenInfo) -> Self {
+        let some = |ms: i64| (ms != 0).then_some(ms);
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Token {
+            accessor: t.accessor.clone(),
+            role: corral_proto::token::Role::from_pb(t.role)
+                .map_or("unknown", corral_proto::token::Role::name)
+                .to_string(),
+            tenant: text(&t.tenant),
+            agent_id: text(&t.agent_id),
+            description: t.description.clone(),
+            created_ms: t.created_at_ms,
+            expires_ms: some(t.expires_at_ms),
+            last_used_ms: some(t.last_used_ms),
+            revoked_ms: some(t.revoked_at_ms),
+        }
+    }
+}
+
+/// A token just made (`token create -o json`): the only time its secret is shown.
+#[derive(Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    pub info: Token,
+    pub token: String,
+}
+
+/// An entry of the audit log (`audit -o json`).
+#[derive(Serialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub accessor: String,
+    pub action: String,
+    pub detail: String,
+    pub count: u64,
+}
+
+impl From<&pb::AuditEvent> for AuditEvent {
+    fn from(e: &pb::AuditEvent) -> Self {
+        AuditEvent {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            accessor: e.accessor.clone(),
+            action: e.action.clone(),
+            detail: e.detail.clone(),
+            count: e.count,
+        }
+    }
 }

@@ -5,19 +5,24 @@
 
 pub mod agents;
 pub mod json;
+pub mod profile;
 pub mod submit;
 pub mod task;
 pub mod tasks;
+pub mod tokens;
 
 use anyhow::anyhow;
 use corral_proto::pb;
 use corral_proto::pb::corral_client::CorralClient;
+use corral_proto::token::Bearer;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::args::HostArg;
+use profile::Target;
 
 /// A client of the host.
-pub type Client = CorralClient<Channel>;
+pub type Client = CorralClient<InterceptedService<Channel, Bearer>>;
 
 /// A failure that maps to an exit status other than "corral failed".
 #[derive(Debug, thiserror::Error)]
@@ -29,41 +34,58 @@ pub struct Failure {
     pub status: u8,
 }
 
-/// Connects to the host `--host` names.
+/// Connects to the host `--host` names, with the token the flags, the environment or the
+/// profile give ([`profile`]).
 pub async fn connect(host: &HostArg) -> anyhow::Result<Client> {
-    let endpoint = corral_proto::endpoint(&host.host)
-        .map_err(|e| anyhow!("invalid host address {:?}: {e}", host.host))?;
+    let target = profile::resolve(host, std::env::var("CORRAL_TOKEN").ok(), profile::load()?)?;
+    connect_to(&target).await
+}
+
+/// Connects to `target`.
+pub async fn connect_to(target: &Target) -> anyhow::Result<Client> {
+    let ca = match &target.tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow!("cannot read the CA file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tls = corral_proto::TlsClient { ca, identity: None };
+    let endpoint = corral_proto::endpoint(&target.host, &tls)
+        .map_err(|e| anyhow!("invalid host address {:?}: {e}", target.host))?;
+    if let Some(token) = &target.token {
+        corral_proto::token::parse(token).map_err(access_denied)?;
+    }
+    let bearer = Bearer::new(target.token.as_deref()).map_err(access_denied)?;
     let channel = endpoint.connect().await.map_err(|e| {
+        let text = corral_proto::source_chain(&e);
         anyhow!(
-            "cannot reach the Corral host at {}: {} (is `corral host` or `corral dev` running there? set --host or CORRAL_HOST)",
-            host.host,
-            source_chain(&e)
+            "cannot reach the Corral host at {}: {text}{} (is `corral host` or `corral dev` running there? set --host or CORRAL_HOST)",
+            target.host,
+            corral_proto::unreachable_hint(&target.host, &text),
         )
     })?;
-    Ok(CorralClient::new(channel)
+    Ok(CorralClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES))
 }
 
-/// An error and its sources, `: `-separated, each said once (tonic's transport error repeats
-/// its source's text in its own).
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
+/// A refusal of the caller's token, which exits with [`crate::exit::ACCESS_DENIED`].
+fn access_denied(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        message: message.into(),
+        status: crate::exit::ACCESS_DENIED,
     }
-    parts.join(": ")
+    .into()
 }
 
 /// A gRPC error as the CLI reports it: the host's message, or why the host was unreachable.
 pub fn rpc(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow!("the host is unreachable: {}", status.message()),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            access_denied(status.message())
+        }
         _ => anyhow!("{}", status.message()),
     }
 }
@@ -172,29 +194,5 @@ mod tests {
             assert_eq!(outcome_name(outcome_kind(&pb)), outcome.kind());
         }
         assert_eq!(outcome_name(pb::OutcomeKind::AgentError), "agent_error");
-    }
-
-    #[test]
-    fn a_source_said_twice_is_shown_once() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "tcp connect error: {}", self.0)
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        ));
-        assert_eq!(
-            source_chain(&e),
-            "tcp connect error: Connection refused (os error 111)"
-        );
     }
 }

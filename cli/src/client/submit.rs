@@ -29,9 +29,10 @@ pub struct SubmitArgs {
     /// A name for the task (default: the module's file name).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// The tenant that owns the task.
-    #[arg(long, value_name = "TENANT", default_value = "default")]
-    tenant: String,
+    /// The tenant that owns the task [default: the token's tenant; for an admin's token,
+    /// `default`]. Only an admin's token names another.
+    #[arg(long, value_name = "TENANT")]
+    tenant: Option<String>,
     /// A label on the task (`sweep=lr`); repeatable.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -127,7 +128,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     });
     let spec = pb::TaskSpec {
         name,
-        tenant: args.tenant,
+        tenant: args.tenant.unwrap_or_default(),
         module_sha256: uploaded.sha256,
         args: args.guest.args,
         env,

@@ -8,6 +8,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
+use crate::auth::{self, Principal};
 use crate::control::ControlPlane;
 use crate::convert;
 use crate::registry::AgentInfo;
@@ -76,6 +77,19 @@ fn report_from_pb(update: pb::StatusUpdate) -> StatusReport {
     }
 }
 
+/// The agent a credential proves, or why the call needs one: a join token registers, and
+/// nothing else.
+fn credential_agent(principal: &Principal) -> Result<&str, Status> {
+    match principal.agent_id.as_str() {
+        "" => Err(Status::permission_denied(format!(
+            "token {} is a join token: it only registers new agents, which then use the \
+             credential the host gives them",
+            principal.accessor
+        ))),
+        id => Ok(id),
+    }
+}
+
 type HostStream = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ModuleChunk, Status>> + Send>>;
 
@@ -85,14 +99,25 @@ impl pb::agent_api_server::AgentApi for AgentService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let r = request.into_inner();
         if r.protocol != corral_proto::AGENT_PROTOCOL {
             return Err(Status::failed_precondition(format!(
-                "agent {} speaks agent protocol {}; this host speaks {}: run the same Corral on \
-                 the host and its agents",
-                r.agent_id,
+                "agent {} (Corral {}) speaks agent protocol {}; this host (Corral {}) speaks {}: \
+                 run the same Corral on the host and its agents",
+                crate::convert::shown(&r.agent_id),
+                crate::convert::shown(&r.version),
                 r.protocol,
+                env!("CARGO_PKG_VERSION"),
                 corral_proto::AGENT_PROTOCOL
+            )));
+        }
+        if !principal.agent_id.is_empty() && principal.agent_id != r.agent_id {
+            return Err(Status::permission_denied(format!(
+                "credential {} is agent {}'s: it cannot register as agent {}",
+                principal.accessor,
+                principal.agent_id,
+                crate::convert::shown(&r.agent_id)
             )));
         }
         let info = AgentInfo {
@@ -104,16 +129,27 @@ impl pb::agent_api_server::AgentApi for AgentService {
         };
         let running = attempts(r.running)?;
         let unacknowledged = attempts(r.unacknowledged)?;
-        let session = self
-            .plane
-            .register(info, running, unacknowledged)
-            .await
-            .map_err(status)?;
+        let (session, credential) = match principal.agent_id.as_str() {
+            "" => self
+                .plane
+                .join(info, running, unacknowledged, &principal.accessor)
+                .await
+                .map_err(status)?,
+            _ => {
+                let session = self
+                    .plane
+                    .register_as(info, running, unacknowledged, &principal.accessor)
+                    .await
+                    .map_err(status)?;
+                (session, String::new())
+            }
+        };
         let interval = self.plane.config().heartbeat_interval;
         Ok(Response::new(pb::RegisterResponse {
             session,
             heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             max_module_bytes: self.plane.config().max_module_size.as_u64(),
+            credential,
         }))
     }
 
@@ -124,6 +160,8 @@ impl pb::agent_api_server::AgentApi for AgentService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         use pb::agent_message::Message;
+        let principal = auth::principal(&request)?;
+        let own = credential_agent(&principal)?.to_string();
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -136,6 +174,13 @@ impl pb::agent_api_server::AgentApi for AgentService {
             ));
         };
         let (agent_id, session) = (attach.agent_id, attach.session);
+        if agent_id != own {
+            return Err(Status::permission_denied(format!(
+                "credential {} is agent {own}'s: it cannot attach as agent {}",
+                principal.accessor,
+                crate::convert::shown(&agent_id)
+            )));
+        }
         let commands = self
             .plane
             .attach(&agent_id, session)
@@ -143,8 +188,16 @@ impl pb::agent_api_server::AgentApi for AgentService {
             .map_err(status)?;
         let plane = self.plane.clone();
         tokio::spawn(async move {
+            let gone = principal.gone();
+            tokio::pin!(gone);
             loop {
-                let message = match inbound.message().await {
+                let received = tokio::select! {
+                    received = inbound.message() => received,
+                    // Its credential was revoked: the session ends (the host ends its
+                    // command stream too).
+                    () = &mut gone => break,
+                };
+                let message = match received {
                     Ok(Some(m)) => m.message,
                     Ok(None) => break,
                     Err(e) => {
@@ -187,8 +240,14 @@ impl pb::agent_api_server::AgentApi for AgentService {
         &self,
         request: Request<pb::FetchModuleRequest>,
     ) -> Result<Response<Self::FetchModuleStream>, Status> {
+        let principal = auth::principal(&request)?;
+        let agent_id = credential_agent(&principal)?;
         let sha = request.into_inner().sha256;
-        let bytes = self.plane.module(&sha).map_err(status)?;
+        let bytes = self
+            .plane
+            .module_for(agent_id, &sha)
+            .await
+            .map_err(status)?;
         let chunks: Vec<Result<pb::ModuleChunk, Status>> = (0..bytes.len().max(1))
             .step_by(corral_proto::MODULE_CHUNK_BYTES)
             .map(|start| {

@@ -7,6 +7,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
+use crate::auth::{self, Caller, Principal};
 use crate::control::ControlPlane;
 use crate::convert;
 use crate::state::TaskFilter;
@@ -53,6 +54,38 @@ fn page(tasks: &[crate::task::Task], max_bytes: usize) -> (Vec<pb::Task>, bool) 
     (page, false)
 }
 
+/// The tenant a request acts for: the one it names, or the token's. A tenant's token naming
+/// another tenant is refused; an admin's names any (none: `default`).
+fn acting_tenant(named: &str, principal: &Principal) -> Result<String, Status> {
+    match principal.tenant() {
+        None if named.is_empty() => Ok(auth::DEFAULT_TENANT.to_string()),
+        None => Ok(named.to_string()),
+        Some(own) if named.is_empty() || named == own => Ok(own.to_string()),
+        Some(own) => Err(Status::permission_denied(format!(
+            "token {} acts for tenant {own}: it cannot act for tenant {} (only an admin's token \
+             can)",
+            principal.accessor,
+            crate::convert::shown(named)
+        ))),
+    }
+}
+
+/// Refuses a tenant's token: `what` takes an admin's.
+fn admin_only(principal: &Principal, what: &str) -> Result<(), Status> {
+    match principal.tenant() {
+        None => Ok(()),
+        Some(_) => Err(Status::permission_denied(format!(
+            "token {} is a tenant token: {what} takes an admin token",
+            principal.accessor
+        ))),
+    }
+}
+
+/// Longest description of a token, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 256;
+/// Longest life of a token: ten years.
+const MAX_EXPIRY_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+
 fn task_id(text: &str) -> Result<TaskId, Status> {
     text.parse()
         .map_err(|m| Status::invalid_argument(super::fit_header(m)))
@@ -66,6 +99,7 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<Streaming<pb::UploadModuleRequest>>,
     ) -> Result<Response<pb::UploadModuleResponse>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
         let cap = self.plane.config().max_module_size.as_u64();
         let idle = self.plane.config().upload_idle_timeout;
         let mut stream = request.into_inner();
@@ -106,8 +140,11 @@ impl pb::corral_server::Corral for ClientService {
                 )));
             }
         }
-        let (sha256, size_bytes, existed) =
-            self.plane.upload_module(bytes).await.map_err(status)?;
+        let (sha256, size_bytes, existed) = self
+            .plane
+            .upload_module_as(bytes, &caller)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::UploadModuleResponse {
             sha256,
             size_bytes,
@@ -119,16 +156,22 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let request = request.into_inner();
-        let spec = request
+        let mut spec = request
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
+        spec.tenant = acting_tenant(&spec.tenant, &principal)?;
         let spec = convert::spec_from_pb(spec, self.plane.config())
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         convert::check_idempotency_key(&request.idempotency_key)
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
-        let (id, existed) = self.plane.submit(spec, key).await.map_err(status)?;
+        let (id, existed) = self
+            .plane
+            .submit_as(spec, key, &Caller::from(&principal))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::SubmitTaskResponse {
             task_id: id.to_string(),
             existed,
@@ -139,8 +182,9 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
         let id = task_id(&request.into_inner().task_id)?;
-        let task = self.plane.get(id).await.map_err(status)?;
+        let task = self.plane.get_as(id, &caller).await.map_err(status)?;
         Ok(Response::new(convert::task_to_pb(&task, false)))
     }
 
@@ -148,7 +192,12 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let request = request.into_inner();
+        let tenant = match (principal.tenant(), request.tenant.is_empty()) {
+            (None, true) => None,
+            _ => Some(acting_tenant(&request.tenant, &principal)?),
+        };
         let state = match request.state {
             0 => None,
             n => Some(
@@ -159,7 +208,7 @@ impl pb::corral_server::Corral for ClientService {
         let filter = TaskFilter {
             state,
             name: (!request.name.is_empty()).then_some(request.name),
-            tenant: (!request.tenant.is_empty()).then_some(request.tenant),
+            tenant,
             labels: request.labels,
         };
         let after = match request.page_token.as_str() {
@@ -190,8 +239,9 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::KillTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
         let id = task_id(&request.into_inner().task_id)?;
-        let task = self.plane.kill(id).await.map_err(status)?;
+        let task = self.plane.kill_as(id, &caller).await.map_err(status)?;
         Ok(Response::new(convert::task_to_pb(&task, false)))
     }
 
@@ -201,16 +251,20 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let principal = auth::principal(&request)?;
+        let caller = Caller::from(&principal);
         let request = request.into_inner();
         let only = match request.task_id.as_str() {
             "" => None,
             id => Some(task_id(id)?),
         };
-        let (current, receiver) = self.plane.watch(only).await.map_err(status)?;
+        let (current, receiver) = self.plane.watch_as(only, &caller).await.map_err(status)?;
         let plane = self.plane.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let mut receiver = receiver;
+            let gone = principal.gone();
+            tokio::pin!(gone);
             let event = |t: &crate::task::Task| {
                 Ok(pb::TaskEvent {
                     task: Some(convert::task_to_pb(t, false)),
@@ -222,11 +276,20 @@ impl pb::corral_server::Corral for ClientService {
                 }
             }
             loop {
-                let task = match receiver.recv().await {
+                let received = tokio::select! {
+                    received = receiver.recv() => received,
+                    () = &mut gone => {
+                        // The token was revoked, or expired: the stream ends, saying why.
+                        let why = format!("token {} was revoked or expired", principal.accessor);
+                        let _ = tx.send(Err(Status::unauthenticated(why))).await;
+                        return;
+                    }
+                };
+                let task = match received {
                     Ok(task) => task,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match only {
                         // Missed some changes: the task's state now says where it is.
-                        Some(id) => match plane.get(id).await {
+                        Some(id) => match plane.get_as(id, &caller).await {
                             Ok(task) => std::sync::Arc::new(task),
                             Err(_) => return,
                         },
@@ -234,7 +297,9 @@ impl pb::corral_server::Corral for ClientService {
                     },
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                if only.is_some_and(|id| id != task.id) {
+                if only.is_some_and(|id| id != task.id)
+                    || caller.scope().is_some_and(|t| t != task.spec.tenant)
+                {
                     continue;
                 }
                 // A LOST or FAILED attempt that is retried is followed by PENDING: the watch
@@ -252,8 +317,9 @@ impl pb::corral_server::Corral for ClientService {
         &self,
         request: Request<pb::GetTaskOutputRequest>,
     ) -> Result<Response<pb::TaskOutput>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
         let id = task_id(&request.into_inner().task_id)?;
-        let output = self.plane.output(id).await.map_err(status)?;
+        let output = self.plane.output_as(id, &caller).await.map_err(status)?;
         Ok(Response::new(convert::output_to_pb(&output)))
     }
 
@@ -274,17 +340,129 @@ impl pb::corral_server::Corral for ClientService {
 
     async fn list_partitions(
         &self,
-        _request: Request<pb::ListPartitionsRequest>,
+        request: Request<pb::ListPartitionsRequest>,
     ) -> Result<Response<pb::ListPartitionsResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let partitions = self
             .plane
             .partitions()
             .await
             .map_err(status)?
             .iter()
-            .map(convert::partition_to_pb)
+            .map(|p| {
+                let mut p = convert::partition_to_pb(p);
+                // A tenant sees that a partition is reserved for another, never for whom.
+                if principal
+                    .tenant()
+                    .is_some_and(|own| !p.tenant.is_empty() && p.tenant != own)
+                {
+                    p.tenant.clear();
+                    p.reserved_for_other = true;
+                }
+                p
+            })
             .collect();
         Ok(Response::new(pb::ListPartitionsResponse { partitions }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        admin_only(&principal, "making tokens")?;
+        let r = request.into_inner();
+        let role = corral_proto::token::Role::from_pb(r.role).ok_or_else(|| {
+            Status::invalid_argument("a token needs a role: admin, tenant or agent")
+        })?;
+        match role {
+            corral_proto::token::Role::Tenant => {
+                if let Some(problem) = auth::tenant_problem(&r.tenant) {
+                    return Err(Status::invalid_argument(problem));
+                }
+            }
+            _ if !r.tenant.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "only tenant tokens name a tenant; an {} token acts for every tenant",
+                    role.name()
+                )))
+            }
+            _ => {}
+        }
+        if r.description.len() > MAX_DESCRIPTION_BYTES
+            || r.description.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(format!(
+                "a token's description is at most {MAX_DESCRIPTION_BYTES} bytes, without \
+                 control characters"
+            )));
+        }
+        if r.expires_in_ms > MAX_EXPIRY_MS {
+            return Err(Status::invalid_argument(
+                "a token expires within ten years at most",
+            ));
+        }
+        let now = crate::state::Now::current().ms;
+        let expires = match r.expires_in_ms {
+            0 => 0,
+            ms => now + i64::try_from(ms).unwrap_or(i64::MAX / 2),
+        };
+        let minted = auth::mint(role, &r.tenant, "", expires, now, &r.description);
+        let (record, token) = self
+            .plane
+            .create_token(minted, &Caller::from(&principal))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            info: Some(convert::token_info_to_pb(&record)),
+            token,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        admin_only(&auth::principal(&request)?, "listing tokens")?;
+        let tokens = self.plane.tokens().await.map_err(status)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token_info_to_pb).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let principal = auth::principal(&request)?;
+        admin_only(&principal, "revoking tokens")?;
+        let accessor = request.into_inner().accessor;
+        let record = self
+            .plane
+            .revoke_token(&accessor, &Caller::from(&principal))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::token_info_to_pb(&record)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        admin_only(&auth::principal(&request)?, "reading the audit log")?;
+        let r = request.into_inner();
+        let limit = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let events = self
+            .plane
+            .audit(r.after, limit)
+            .map_err(status)?
+            .iter()
+            .map(convert::audit_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { events }))
     }
 }
 

@@ -23,6 +23,7 @@ pub fn status(error: HostError) -> tonic::Status {
     let error = match error {
         HostError::NotFound(m) => HostError::NotFound(fit_header(m)),
         HostError::InvalidArgument(m) => HostError::InvalidArgument(fit_header(m)),
+        HostError::PermissionDenied(m) => HostError::PermissionDenied(fit_header(m)),
         HostError::FailedPrecondition(m) => HostError::FailedPrecondition(fit_header(m)),
         HostError::Unavailable(m) => HostError::Unavailable(fit_header(m)),
         other => other,
@@ -44,6 +45,7 @@ pub fn status(error: HostError) -> tonic::Status {
         }
         HostError::NotFound(m) => tonic::Status::not_found(m),
         HostError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        HostError::PermissionDenied(m) => tonic::Status::permission_denied(m),
         HostError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
         HostError::Exhausted(m) => tonic::Status::resource_exhausted(fit_header(m)),
         // The disk failed (and the host is recovering) or is gone: nothing of the request was
@@ -73,19 +75,41 @@ pub fn fit_header(mut message: String) -> String {
     message
 }
 
-/// Serves both services on `listener` until `shutdown` resolves.
+/// TLS for both services: the host's certificate chain and key (PEM) and, for mutual TLS, the
+/// CA whose certificates agents must present.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The host's certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// Its private key, PEM.
+    pub key: Vec<u8>,
+    /// With mutual TLS: the CA that signs agents' certificates, PEM.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// Serves both services on `listener` until `shutdown` resolves; over TLS with `tls`. Every
+/// call passes its service's gate ([`auth::Gate`](crate::auth::Gate)) before its body is
+/// read.
 pub async fn serve(
     plane: ControlPlane,
     listener: TcpListener,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    use crate::auth::{Api, Gate};
+    use tonic::service::interceptor::InterceptedService;
     let max = corral_proto::MAX_MESSAGE_BYTES;
+    let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let authenticator = plane.authenticator();
     let client = pb::corral_server::CorralServer::new(ClientService::new(plane.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let client =
+        InterceptedService::new(client, Gate::new(authenticator.clone(), Api::Client, false));
     let agent = pb::agent_api_server::AgentApiServer::new(AgentService::new(plane))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let agent = InterceptedService::new(agent, Gate::new(authenticator, Api::Agent, mutual));
     // tonic applies its own TCP_NODELAY only to listeners it binds itself; without it, a
     // small response written right after another waits for the peer's delayed ACK (~40 ms).
     let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -93,7 +117,20 @@ pub async fn serve(
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(tls.cert, tls.key));
+        if let Some(ca) = tls.client_ca {
+            // Clients and agents share the listener: a certificate is asked for, and checked
+            // against the CA when given; the agent API's gate requires one.
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
+    }
+    builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(client)
         .add_service(agent)

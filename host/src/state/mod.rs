@@ -33,16 +33,20 @@
 //!   module no kept task refers to is removed once unused for `module_retention`. Ids of
 //!   removed tasks are never given again.
 
+mod access;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub use access::MAX_AUDIT_ENTRIES;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::allocator::{never_fits, Candidate, Request, Strategy};
+use crate::auth::TokenRecord;
 use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::partition::{self, Partition, PartitionState, PartitionTemplate};
@@ -112,6 +116,8 @@ pub struct Effects {
     pub commands: Vec<(String, AgentCommand)>,
     /// Tasks as watchers see them after each change (without stdin), in order.
     pub events: Vec<Arc<Task>>,
+    /// Tokens made or changed, for the authenticator once durable.
+    pub tokens: Vec<TokenRecord>,
 }
 
 /// A status report from an agent on one attempt.
@@ -170,6 +176,7 @@ struct Rules {
     max_output_bytes: u64,
     task_retention_ms: i64,
     module_retention_ms: i64,
+    audit_retention_ms: i64,
 }
 
 /// A module, and who uses it.
@@ -192,6 +199,8 @@ pub struct Collected {
     pub tasks: usize,
     /// Modules.
     pub modules: usize,
+    /// Entries of the audit log.
+    pub audit: usize,
 }
 
 /// Everything the host knows, and every change to it. See the module documentation.
@@ -218,6 +227,14 @@ pub struct HostState {
     /// Agents whose partitions are to be carved again once no task holds resources there,
     /// with the carving they wait for.
     stale_carving: BTreeMap<String, Vec<Partition>>,
+    /// Every token, by accessor.
+    tokens: BTreeMap<String, TokenRecord>,
+    /// (sha256, tenant) of each module a tenant uploaded.
+    module_owners: HashSet<(String, String)>,
+    /// The last audit entry's seq.
+    audit_seq: u64,
+    /// The audit log's entries kept: (seq, when), oldest first.
+    audit_kept: VecDeque<(u64, i64)>,
 }
 
 /// A task as clients see it in events and listings: without its stdin bytes.
@@ -225,6 +242,11 @@ pub fn public(task: &Task) -> Task {
     let mut task = task.clone();
     task.spec.stdin = Bytes::new();
     task
+}
+
+/// What a submit of a module that is not stored (or, for a tenant, not its own) answers.
+pub fn unknown_module(sha256: &str) -> HostError {
+    HostError::NotFound(format!("no module with sha256 {sha256}: upload it first"))
 }
 
 fn unknown_task(id: TaskId) -> HostError {
@@ -271,6 +293,7 @@ impl HostState {
                 max_output_bytes: config.max_output_size.as_u64(),
                 task_retention_ms: millis(config.task_retention),
                 module_retention_ms: millis(config.module_retention),
+                audit_retention_ms: millis(config.audit_retention),
             },
             tasks: BTreeMap::new(),
             pending: BTreeSet::new(),
@@ -285,6 +308,10 @@ impl HostState {
             next_id: 0,
             dirty: false,
             stale_carving: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            module_owners: HashSet::new(),
+            audit_seq: 0,
+            audit_kept: VecDeque::new(),
         }
     }
 
@@ -358,6 +385,17 @@ impl HostState {
             state.key_of.insert(id, key.clone());
             state.idempotency.insert(key, id);
         }
+        for token in loaded.tokens {
+            state.tokens.insert(token.accessor.clone(), token);
+        }
+        state.module_owners = loaded.module_owners.into_iter().collect();
+        state.audit_seq = loaded.audit.last().map_or(0, |(seq, _)| *seq);
+        // A damaged entry (no time) counts from this start.
+        state.audit_kept = loaded
+            .audit
+            .into_iter()
+            .map(|(seq, at)| (seq, at.min(now.ms)))
+            .collect();
         state.dirty = !state.pending.is_empty();
         state
     }
@@ -413,10 +451,7 @@ impl HostState {
             }
         }
         if !self.has_module(&spec.module_sha256) {
-            return Err(HostError::NotFound(format!(
-                "no module with sha256 {}: upload it first",
-                spec.module_sha256
-            )));
+            return Err(unknown_module(&spec.module_sha256));
         }
         let request = request(&spec);
         // Usually the first partition could hold it; the reason is worked out only when none
@@ -463,19 +498,22 @@ impl HostState {
 
     /// One task (with its stdin).
     pub fn get(&self, id: TaskId) -> Result<&Task, HostError> {
-        self.tasks.get(&id).ok_or_else(|| {
-            if id.0 <= self.next_id {
-                HostError::NotFound(format!(
-                    "no task {id}: it ended more than {} ago and was removed (the host's \
-                     task_retention)",
-                    humantime::format_duration(Duration::from_millis(
-                        self.rules.task_retention_ms.unsigned_abs()
-                    ))
+        self.tasks.get(&id).ok_or_else(|| self.missing(id))
+    }
+
+    /// What a lookup of task `id` that is not here answers.
+    fn missing(&self, id: TaskId) -> HostError {
+        if id.0 <= self.next_id {
+            HostError::NotFound(format!(
+                "no task {id}: it ended more than {} ago and was removed (the host's \
+                 task_retention)",
+                humantime::format_duration(Duration::from_millis(
+                    self.rules.task_retention_ms.unsigned_abs()
                 ))
-            } else {
-                unknown_task(id)
-            }
-        })
+            ))
+        } else {
+            unknown_task(id)
+        }
     }
 
     /// The last agent session handed out.
@@ -532,9 +570,12 @@ impl HostState {
             .collect();
         for sha in unused {
             self.modules.remove(&sha);
+            self.module_owners
+                .retain(|(owner_sha, _)| *owner_sha != sha);
             fx.writes.push(Write::ForgetModule(sha));
             collected.modules += 1;
         }
+        collected.audit = self.collect_audit(now, fx);
         collected
     }
 

@@ -1219,7 +1219,8 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
         collected,
         Collected {
             tasks: 1,
-            modules: 0
+            modules: 0,
+            audit: 0
         }
     );
     assert!(
@@ -1260,7 +1261,8 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
         w.state.collect(w.now, &mut fx),
         Collected {
             tasks: 0,
-            modules: 1
+            modules: 1,
+            audit: 0
         }
     );
     assert!(matches!(fx.writes.as_slice(), [Write::ForgetModule(sha)] if sha == SHA));
