@@ -162,6 +162,8 @@ pub fn unreachable_hint(url: &str, error: &str) -> &'static str {
         "frame",
         "h2 protocol",
         "connection closed",
+        "operation was canceled",
+        "transport error",
     ]
     .iter()
     .any(|sign| error.to_ascii_lowercase().contains(sign));

@@ -128,12 +128,19 @@ pub fn parse(text: &str) -> Result<Parsed<'_>, String> {
         && rest.as_bytes()[ACCESSOR_HEX] == b'_'
         && is_hex(&rest[..ACCESSOR_HEX])
         && is_hex(&rest[ACCESSOR_HEX + 1..]);
-    if !shape_ok {
+    if rest.len() != want {
         return Err(format!(
-            "malformed {} token: after its prefix it has {} characters, not {want} lowercase \
-             hex digits and one '_' (cut short, or mistyped?)",
+            "malformed {} token: after its prefix it has {} characters, not {want} (cut short, \
+             or extra characters?)",
             role.name(),
             rest.len()
+        ));
+    }
+    if !shape_ok {
+        return Err(format!(
+            "malformed {} token: after its prefix it must be 16 lowercase hex digits, '_', and \
+             72 more (mistyped?)",
+            role.name()
         ));
     }
     let (body, check) = text.split_at(text.len() - CHECK_HEX);

@@ -151,6 +151,16 @@ impl Cluster {
             .id()
     }
 
+    /// Whether agent `id`'s process is still running (it is reaped if it has ended).
+    pub fn agent_running(&mut self, id: &str) -> bool {
+        let (_, child) = self
+            .agents
+            .iter_mut()
+            .find(|(a, _)| a == id)
+            .expect("a known agent");
+        matches!(child.try_wait(), Ok(None))
+    }
+
     /// SIGKILLs an agent (it is reaped when the cluster is dropped).
     pub fn sigkill_agent(&self, id: &str) {
         let (_, child) = self

@@ -236,7 +236,8 @@ impl Agent {
                     ))
                 }
                 Err(e) => {
-                    tracing::warn!(agent_id = %self.config.id, error = %e, "session with the host failed")
+                    let hint = corral_proto::unreachable_hint(&self.config.host, e.message());
+                    tracing::warn!(agent_id = %self.config.id, error = %e, hint, "session with the host failed")
                 }
             }
             *lock(&self.outbound) = None;

@@ -41,8 +41,12 @@ pub async fn connect(host: &HostArg) -> anyhow::Result<Client> {
     connect_to(&target).await
 }
 
+/// The URL this process's client reached, for [`rpc`]'s hint.
+static CONNECTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Connects to `target`.
 pub async fn connect_to(target: &Target) -> anyhow::Result<Client> {
+    let _ = CONNECTED.set(target.host.clone());
     let ca = match &target.tls_ca {
         Some(path) => Some(
             std::fs::read(path)
@@ -81,6 +85,13 @@ fn access_denied(message: impl Into<String>) -> anyhow::Error {
 
 /// A gRPC error as the CLI reports it: the host's message, or why the host was unreachable.
 pub fn rpc(status: tonic::Status) -> anyhow::Error {
+    // A plaintext call to a TLS host breaks at its first request, not at connect.
+    let hint = CONNECTED.get().map_or("", |url| {
+        corral_proto::unreachable_hint(url, status.message())
+    });
+    if !hint.is_empty() {
+        return anyhow!("the host is unreachable: {}{hint}", status.message());
+    }
     match status.code() {
         tonic::Code::Unavailable => anyhow!("the host is unreachable: {}", status.message()),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
