@@ -26,6 +26,8 @@ pub mod fixtures;
 pub mod proxy;
 #[path = "harness/server.rs"]
 pub mod server;
+#[path = "harness/tls.rs"]
+pub mod tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,6 @@
 //! audit log; `corral login`; TLS and mutual TLS with certificates made by the README's steps.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -827,33 +826,10 @@ fn token_commands_print_the_secret_once_and_login_saves_a_private_profile() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
 }
 
-/// The README's "Securing a cluster" certificate steps, as written there, run in `dir`.
-fn make_certificates(dir: &Path) {
-    let readme = std::fs::read_to_string(corral_tests::repo_root().join("README.md")).unwrap();
-    let section = readme
-        .split("## Securing a cluster")
-        .nth(1)
-        .expect("the README has a Securing a cluster section");
-    let script = section
-        .split("```bash\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("its first bash block makes the certificates");
-    let status = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("running bash");
-    assert!(status.success(), "the README's certificate steps failed");
-}
-
 #[test]
 fn tls_and_mutual_tls_serve_clients_and_agents_and_plaintext_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    make_certificates(dir.path());
-    let pki = dir.path().join("pki");
+    let pki = corral_tests::tls::make_certificates(dir.path());
     let path = |name: &str| pki.join(name).to_str().unwrap().to_string();
     let data = dir.path().join("host");
     let mut host = Command::new(corral_tests::corral())

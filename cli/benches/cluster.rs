@@ -1,6 +1,7 @@
-//! End to end, twice: through a real `corral dev` process (a host and two agents in one
-//! process), then through a `corral host` and two `corral agent` processes; 16 slots per agent,
-//! state in a temp dir on disk, trivial tasks submitted over gRPC on loopback.
+//! End to end, three times: through a real `corral dev` process (a host and two agents in one
+//! process), then through a `corral host` and two `corral agent` processes, then the same over
+//! mutual TLS (certificates made by the README's steps); 16 slots per agent, state in a temp
+//! dir on disk, trivial tasks submitted over gRPC on loopback with an admin token.
 //!
 //! - RSS of each process, idle after a warm-up;
 //! - idle latency: one task at a time, submit to FINISHED seen on a watch; median and p99;
@@ -10,7 +11,8 @@
 //!   load generator (on 2 cores the two share, the sum bounds the rate);
 //! - through `corral dev`: an array of 10,000 runs of the linreg example on iris.
 //!
-//! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks;
+//! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks, `-- --tls` for
+//! the TLS setup alone;
 //! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
 
 // A bench binary, not a library.
@@ -30,6 +32,10 @@ struct Setup {
     servers: Vec<Server>,
     url: String,
     token: String,
+    /// How clients reach an https:// host.
+    tls: corral_proto::TlsClient,
+    /// Holds the certificates of a TLS setup.
+    _pki: Option<tempfile::TempDir>,
 }
 
 const AGENT_ARGS: [&str; 4] = ["--slots", "16", "--memory", "8GiB"];
@@ -43,30 +49,85 @@ fn dev() -> Setup {
         url: dev.url.clone(),
         token: dev.token.clone(),
         servers: vec![dev],
+        tls: Default::default(),
+        _pki: None,
     }
 }
 
-fn processes() -> Setup {
-    let host = Server::start(&["host", "--listen", "127.0.0.1:0"], true);
+fn processes(tls: bool) -> Setup {
+    let pki_dir = tls.then(|| tempfile::tempdir().expect("a temp dir"));
+    let pki = pki_dir
+        .as_ref()
+        .map(|d| corral_tests::tls::make_certificates(d.path()));
+    let file = |name: &str| {
+        pki.as_ref()
+            .expect("certificates")
+            .join(name)
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_string()
+    };
+    let mut host_args = vec!["host", "--listen", "127.0.0.1:0"];
+    let tls_args;
+    if tls {
+        tls_args = [
+            "--tls-cert".to_string(),
+            file("host.pem"),
+            "--tls-key".into(),
+            file("host.key"),
+            "--tls-client-ca".into(),
+            file("ca.pem"),
+        ];
+        host_args.extend(tls_args.iter().map(String::as_str));
+    }
+    let host = Server::start(&host_args, true);
     let (url, token) = (host.url.clone(), host.token.clone());
+    let client_tls = corral_proto::TlsClient {
+        ca: tls.then(|| std::fs::read(file("ca.pem")).expect("the CA")),
+        identity: None,
+    };
+    let join = host.join_token_with(&client_tls);
     let mut agents = Vec::new();
+    let agent_tls: Vec<String> = if tls {
+        vec![
+            "--tls-ca".to_string(),
+            file("ca.pem"),
+            "--tls-cert".into(),
+            file("agent.pem"),
+            "--tls-key".into(),
+            file("agent.key"),
+        ]
+    } else {
+        Vec::new()
+    };
     for id in ["a1", "a2"] {
-        let mut args = vec!["--id", id];
+        let mut args = vec!["agent", "--host", &url, "--id", id];
         args.extend(AGENT_ARGS);
-        agents.push(host.agent(&args));
+        args.extend(agent_tls.iter().map(String::as_str));
+        agents.push(Server::start_with_env(
+            &args,
+            false,
+            &[("CORRAL_JOIN_TOKEN", &join)],
+        ));
     }
     let mut servers = vec![host];
     servers.extend(agents);
     Setup {
-        name: "host + 2 agents",
+        name: if tls {
+            "host + 2 agents, mutual TLS"
+        } else {
+            "host + 2 agents"
+        },
         servers,
         url,
         token,
+        tls: client_tls,
+        _pki: pki_dir,
     }
 }
 
 async fn bench(setup: &Setup, quick: bool) {
-    let mut client = server::connect(&setup.url, &setup.token).await;
+    let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
     let sha = bench::upload_trivial(&mut client).await;
     server::wait_for_agents(&mut client, 2).await;
     let name = setup.name;
@@ -182,7 +243,7 @@ async fn linreg_array(setup: &Setup, runs: usize) {
     let bytes = std::fs::read(&module)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", module.display()));
     let iris = std::fs::read(root.join("examples/data/iris.csv")).expect("iris.csv");
-    let mut client = server::connect(&setup.url, &setup.token).await;
+    let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
     let sha = client
         .upload_module(tokio_stream::iter(vec![pb::UploadModuleRequest {
             chunk: bytes.into(),
@@ -241,10 +302,13 @@ async fn linreg_array(setup: &Setup, runs: usize) {
 fn main() {
     bench::main_with(env!("CARGO_BIN_EXE_corral"), |args| async move {
         let quick = args.iter().any(|a| a == "--quick");
-        let dev = dev();
-        bench(&dev, quick).await;
-        linreg_array(&dev, if quick { 1_024 } else { 10_000 }).await;
-        drop(dev);
-        bench(&processes(), quick).await;
+        if !args.iter().any(|a| a == "--tls") {
+            let dev = dev();
+            bench(&dev, quick).await;
+            linreg_array(&dev, if quick { 1_024 } else { 10_000 }).await;
+            drop(dev);
+            bench(&processes(false), quick).await;
+        }
+        bench(&processes(true), quick).await;
     });
 }

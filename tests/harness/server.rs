@@ -77,14 +77,19 @@ impl Server {
     /// A join token for agents of this host (made with its admin token, on a thread of its
     /// own: callers may be inside a runtime).
     pub fn join_token(&self) -> String {
-        let (url, token) = (self.url.clone(), self.token.clone());
+        self.join_token_with(&Default::default())
+    }
+
+    /// [`Server::join_token`] of an https:// host reached with `tls`.
+    pub fn join_token_with(&self, tls: &corral_proto::TlsClient) -> String {
+        let (url, token, tls) = (self.url.clone(), self.token.clone(), tls.clone());
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime")
                 .block_on(async {
-                    let mut admin = connect(&url, &token).await;
+                    let mut admin = connect_with(&url, Some(&token), &tls).await;
                     create_token(&mut admin, corral_proto::token::Role::Agent, "")
                         .await
                         .1
@@ -134,8 +139,13 @@ pub async fn connect(url: &str, token: &str) -> Client {
 
 /// A client of the host at `url` calling with `token`, or with none.
 pub async fn connect_as(url: &str, token: Option<&str>) -> Client {
+    connect_with(url, token, &Default::default()).await
+}
+
+/// A client of the host at `url` (`https://` with `tls`) calling with `token`, or with none.
+pub async fn connect_with(url: &str, token: Option<&str>, tls: &corral_proto::TlsClient) -> Client {
     let deadline = Instant::now() + WAIT;
-    let endpoint = corral_proto::endpoint(url, &Default::default()).expect("a host URL");
+    let endpoint = corral_proto::endpoint(url, tls).expect("a host URL");
     loop {
         match endpoint.connect().await {
             Ok(channel) => {
