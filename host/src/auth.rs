@@ -70,6 +70,8 @@ pub struct TokenRecord {
     pub revoked_ms: i64,
     /// What it is for, as its maker said.
     pub description: String,
+    /// An agent's credential: the join token it was given for.
+    pub issued_by: String,
 }
 
 impl TokenRecord {
@@ -149,6 +151,7 @@ pub fn mint(
             last_used_ms: 0,
             revoked_ms: 0,
             description: description.to_string(),
+            issued_by: String::new(),
         },
         text,
     }
@@ -339,18 +342,29 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Authenticator {
     /// Replaces every token with `records` (the store's, as restored).
+    /// Streams opened with a token that is still there go on (a store reopened after a
+    /// failure installs what it holds, which is everything published before).
     pub fn install<'a>(&self, records: impl IntoIterator<Item = &'a TokenRecord>) {
         let mut tokens = write(&self.tokens);
-        let old = std::mem::take(&mut *tokens);
+        let mut old = std::mem::take(&mut *tokens);
         for record in records {
+            // The entry it had keeps its streams' signal.
+            if let Some(entry) = old.remove(&record.accessor) {
+                tokens.insert(record.accessor.clone(), entry);
+            }
             self.put_into(&mut tokens, record.clone());
         }
         // Tokens gone from the store end their streams as revoked ones do.
-        for (accessor, entry) in old {
-            if !tokens.contains_key(&accessor) {
-                entry.revoked.send_replace(true);
-            }
+        for entry in old.into_values() {
+            entry.revoked.send_replace(true);
         }
+    }
+
+    /// When a token was last used, as calls have shown it (0: never).
+    pub fn last_used(&self, accessor: &str) -> i64 {
+        read(&self.tokens)
+            .get(accessor)
+            .map_or(0, |e| e.last_used_ms.load(Ordering::Relaxed))
     }
 
     /// Adds or replaces one token, as a durable change made it. A revoked one ends the streams
@@ -400,11 +414,18 @@ impl Authenticator {
     ) -> Result<Principal, AuthError> {
         let result = self.check(metadata, api, now_ms);
         if let Err((accessor, error)) = &result {
+            // A caller can make up accessors at will: only a token the host made (revoked,
+            // expired, of the wrong role) is counted by name, so that refusals make at most a
+            // few entries per kind and known token however they are sent.
+            let accessor = match error {
+                AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown(_) => "",
+                _ => accessor.as_str(),
+            };
             let mut refused = self
                 .refused
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut key = (error.kind().to_string(), accessor.clone());
+            let mut key = (error.kind().to_string(), accessor.to_string());
             if refused.len() >= MAX_REFUSAL_KEYS && !refused.contains_key(&key) {
                 key = ("other".into(), String::new());
             }
@@ -670,6 +691,31 @@ mod tests {
             .await
             .expect("the principal saw its revocation")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn installing_what_the_store_holds_keeps_the_streams_of_tokens_still_there() {
+        let auth = Authenticator::default();
+        let kept = mint(Role::Tenant, "acme", "", 0, 0, "");
+        let dropped = mint(Role::Tenant, "acme", "", 0, 0, "");
+        auth.install([&kept.record, &dropped.record]);
+        let watch = |t: &Minted| {
+            let p = auth.authenticate(&with(&t.text), Api::Client, 1).unwrap();
+            tokio::spawn(async move { p.gone().await })
+        };
+        let (stays, ends) = (watch(&kept), watch(&dropped));
+        // A store reopened after a failure: the same token comes back, the other does not.
+        auth.install([&kept.record]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ends)
+            .await
+            .expect("a token gone from the store ended its stream")
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !stays.is_finished(),
+            "a reopened store ended a live token's stream"
+        );
+        stays.abort();
     }
 
     #[test]

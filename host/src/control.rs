@@ -662,7 +662,7 @@ impl ControlPlane {
         unacknowledged: Vec<Attempt>,
         by: &str,
     ) -> Result<(u64, String), HostError> {
-        let minted = crate::auth::mint(
+        let mut minted = crate::auth::mint(
             corral_proto::token::Role::Agent,
             "",
             &info.id,
@@ -670,6 +670,7 @@ impl ControlPlane {
             Now::current().ms,
             "an agent's credential, made when it joined",
         );
+        minted.record.issued_by = by.to_string();
         let registrant = Registrant {
             by: by.to_string(),
             credential: Some(minted.record),
@@ -949,8 +950,11 @@ impl Actor {
             Request::Register(info, running, unacknowledged, registrant, answer) => {
                 let id = info.id.clone();
                 let joining = registrant.credential.is_some();
+                let auth = &self.auth;
                 let refused = match joining {
-                    true => state.refuse_join(&id, &registrant.by, now, fx),
+                    true => {
+                        state.refuse_join(&id, &registrant.by, |t| auth.last_used(t) != 0, now, fx)
+                    }
                     false => None,
                 };
                 let result = match refused {

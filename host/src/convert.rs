@@ -561,6 +561,7 @@ pub fn token_info_to_pb(r: &TokenRecord) -> pb::TokenInfo {
         last_used_ms: r.last_used_ms,
         revoked_at_ms: r.revoked_ms,
         description: r.description.clone(),
+        issued_by: r.issued_by.clone(),
     }
 }
 
@@ -595,6 +596,7 @@ pub fn token_from_stored_pb(stored: pb::StoredToken) -> Result<TokenRecord, Stri
         last_used_ms: info.last_used_ms,
         revoked_ms: info.revoked_at_ms,
         description: info.description,
+        issued_by: info.issued_by,
     })
 }
 

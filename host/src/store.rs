@@ -128,12 +128,14 @@ pub enum Write {
     ModuleOwner(String, String),
     /// Append to the audit log.
     Audit(AuditEntry),
-    /// Remove the audit log's entries up to this seq, included.
-    ForgetAudit(u64),
+    /// Remove these entries of the audit log.
+    ForgetAudit(Vec<u64>),
 }
 
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
 const HIGHEST_FORGOTTEN: &str = "highest_forgotten_task";
+/// The `meta` row holding the highest seq of a removed audit entry: seqs are never reused.
+const HIGHEST_FORGOTTEN_AUDIT: &str = "highest_forgotten_audit";
 
 /// What the store held when opened.
 #[derive(Debug, Default)]
@@ -152,8 +154,10 @@ pub struct Loaded {
     pub module_owners: Vec<(String, String)>,
     /// Every token.
     pub tokens: Vec<TokenRecord>,
-    /// The audit log's entries kept: (seq, when), oldest first.
-    pub audit: Vec<(u64, i64)>,
+    /// The audit log's entries kept: (seq, when, whether a refusal), oldest first.
+    pub audit: Vec<(u64, i64, bool)>,
+    /// The highest audit seq ever written, removed entries included.
+    pub highest_audit_seq: u64,
     /// The highest task id ever stored, quarantined and removed tasks included: ids are never
     /// reused.
     pub highest_task_id: u64,
@@ -551,8 +555,18 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     for row in txn.open_table(AUDIT).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
         // Only when it was is needed, for its retention; a damaged entry counts from now.
-        let at = pb::AuditEvent::decode(value.value()).map_or(i64::MAX, |e| e.at_ms);
-        loaded.audit.push((key.value(), at));
+        let (at, refusal) = pb::AuditEvent::decode(value.value())
+            .map_or((i64::MAX, false), |e| (e.at_ms, e.action == "auth.refused"));
+        loaded.audit.push((key.value(), at, refusal));
+        loaded.highest_audit_seq = loaded.highest_audit_seq.max(key.value());
+    }
+    if let Some(highest) = txn
+        .open_table(META)
+        .map_err(io)?
+        .get(HIGHEST_FORGOTTEN_AUDIT)
+        .map_err(io)?
+    {
+        loaded.highest_audit_seq = loaded.highest_audit_seq.max(highest.value());
     }
     Ok(loaded)
 }
@@ -787,8 +801,19 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     let bytes = convert::audit_to_pb(entry).encode_to_vec();
                     audit.insert(entry.seq, bytes.as_slice()).map_err(io)?;
                 }
-                Write::ForgetAudit(upto) => {
-                    audit.retain_in(..=*upto, |_, _| false).map_err(io)?;
+                Write::ForgetAudit(seqs) => {
+                    for seq in seqs {
+                        audit.remove(*seq).map_err(io)?;
+                    }
+                    if let Some(&top) = seqs.iter().max() {
+                        let stored = meta
+                            .get(HIGHEST_FORGOTTEN_AUDIT)
+                            .map_err(io)?
+                            .map(|v| v.value());
+                        if stored.is_none_or(|stored| stored < top) {
+                            meta.insert(HIGHEST_FORGOTTEN_AUDIT, top).map_err(io)?;
+                        }
+                    }
                 }
             }
         }

@@ -5,13 +5,14 @@
 
 use corral_proto::token::Role;
 
-use super::{Effects, HostState, Now};
+use super::{Effects, HostState, Now, MAX_COLLECT};
 use crate::auth::{AuditEntry, TokenRecord};
 use crate::error::HostError;
 use crate::store::Write;
 use crate::task::{Task, TaskId};
 
-/// Most entries of the audit log kept, whatever their age: the oldest go first.
+/// Most entries of the audit log kept, whatever their age: the oldest go first. Entries of
+/// refused calls count apart, against as many again, so that they never push out the rest.
 pub const MAX_AUDIT_ENTRIES: usize = 100_000;
 
 impl HostState {
@@ -106,23 +107,73 @@ impl HostState {
             .find(|t| t.is_credential() && t.agent_id == agent_id && t.live(now.ms))
     }
 
-    /// Why a new agent registering with join token `by` may not have id `agent_id`: the id is
-    /// another agent's (a live credential is bound to it). Recorded in the audit log.
+    /// Why a new agent registering with join token `by` may not have id `agent_id`, recorded
+    /// in the audit log. An id is another agent's when a credential was ever bound to it (a
+    /// revoked one retires the id), or, for an agent registered before tokens, while it is
+    /// attached or holds tasks. One exception: the same join token may ask again for an id
+    /// whose credential was never used (`used` tells, from the calls seen), as an agent does
+    /// whose answer was lost; that credential is revoked and a new one given.
     pub fn refuse_join(
         &mut self,
         agent_id: &str,
         by: &str,
+        used: impl Fn(&str) -> bool,
         now: Now,
         fx: &mut Effects,
     ) -> Option<HostError> {
-        let held = self.credential_of(agent_id, now)?.accessor.clone();
-        let detail = format!("refused: agent id {agent_id} is held by credential {held}");
-        self.audit("agent.register", by, detail, 1, now, fx);
-        Some(HostError::PermissionDenied(format!(
-            "agent id {agent_id} belongs to a registered agent: a join token cannot claim it \
-             (that agent registers with its own credential; to replace it, revoke that \
-             credential with `corral token revoke {held}`)"
-        )))
+        let held = self
+            .tokens
+            .values()
+            .filter(|t| t.is_credential() && t.agent_id == agent_id)
+            // The live one, if any (there is at most one), else the last revoked.
+            .max_by_key(|t| (t.live(now.ms), t.created_ms))
+            .cloned();
+        let reason = match held {
+            Some(held)
+                if held.live(now.ms)
+                    && !held.issued_by.is_empty()
+                    && held.issued_by == by
+                    && !used(&held.accessor) =>
+            {
+                // Asked again by the same join token before the credential was ever used.
+                let mut retired = held;
+                retired.revoked_ms = now.ms;
+                self.put_token(retired, fx);
+                return None;
+            }
+            Some(held) if held.revoked_ms != 0 => format!(
+                "agent id {agent_id} was retired when its credential {} was revoked: start \
+                 the agent under a new --id",
+                held.accessor
+            ),
+            Some(held) => format!(
+                "agent id {agent_id} belongs to a registered agent: a join token cannot claim \
+                 it (that agent registers with its own credential; to retire it, revoke that \
+                 credential with `corral token revoke {}`)",
+                held.accessor
+            ),
+            None if self.attached.contains_key(agent_id)
+                || self.tasks.values().any(|t| {
+                    t.state.holds_resources() && t.agent_id.as_deref() == Some(agent_id)
+                }) =>
+            {
+                format!(
+                    "agent id {agent_id} is in use by an agent that registered without a \
+                     credential: a join token cannot claim it while that agent is attached or \
+                     holds tasks"
+                )
+            }
+            None => return None,
+        };
+        self.audit(
+            "agent.register",
+            by,
+            format!("refused: {reason}"),
+            1,
+            now,
+            fx,
+        );
+        Some(HostError::PermissionDenied(reason))
     }
 
     /// Gives agent `agent_id`, registered with join token `by`, its own credential.
@@ -163,7 +214,11 @@ impl HostState {
             detail,
             count,
         };
-        self.audit_kept.push_back((entry.seq, entry.at_ms));
+        let kept = match action {
+            "auth.refused" => &mut self.refusals_kept,
+            _ => &mut self.audit_kept,
+        };
+        kept.push_back((entry.seq, entry.at_ms));
         fx.writes.push(Write::Audit(entry));
     }
 
@@ -171,18 +226,19 @@ impl HostState {
     /// answers how many.
     pub(super) fn collect_audit(&mut self, now: Now, fx: &mut Effects) -> usize {
         let cutoff = now.ms.saturating_sub(self.rules.audit_retention_ms);
-        let mut upto = None;
-        let mut removed = 0;
-        while let Some(&(seq, at)) = self.audit_kept.front() {
-            if at > cutoff && self.audit_kept.len() <= MAX_AUDIT_ENTRIES {
-                break;
+        let mut gone = Vec::new();
+        for kept in [&mut self.audit_kept, &mut self.refusals_kept] {
+            while let Some(&(seq, at)) = kept.front() {
+                if (at > cutoff && kept.len() <= MAX_AUDIT_ENTRIES) || gone.len() >= MAX_COLLECT {
+                    break;
+                }
+                kept.pop_front();
+                gone.push(seq);
             }
-            self.audit_kept.pop_front();
-            upto = Some(seq);
-            removed += 1;
         }
-        if let Some(upto) = upto {
-            fx.writes.push(Write::ForgetAudit(upto));
+        let removed = gone.len();
+        if !gone.is_empty() {
+            fx.writes.push(Write::ForgetAudit(gone));
         }
         removed
     }

@@ -233,8 +233,11 @@ pub struct HostState {
     module_owners: HashSet<(String, String)>,
     /// The last audit entry's seq.
     audit_seq: u64,
-    /// The audit log's entries kept: (seq, when), oldest first.
+    /// The audit log's entries kept: (seq, when), oldest first; refused calls apart, so that
+    /// a flood of them never pushes out the rest.
     audit_kept: VecDeque<(u64, i64)>,
+    /// The same, of `auth.refused` entries.
+    refusals_kept: VecDeque<(u64, i64)>,
 }
 
 /// A task as clients see it in events and listings: without its stdin bytes.
@@ -312,6 +315,7 @@ impl HostState {
             module_owners: HashSet::new(),
             audit_seq: 0,
             audit_kept: VecDeque::new(),
+            refusals_kept: VecDeque::new(),
         }
     }
 
@@ -389,13 +393,15 @@ impl HostState {
             state.tokens.insert(token.accessor.clone(), token);
         }
         state.module_owners = loaded.module_owners.into_iter().collect();
-        state.audit_seq = loaded.audit.last().map_or(0, |(seq, _)| *seq);
+        state.audit_seq = loaded.highest_audit_seq;
         // A damaged entry (no time) counts from this start.
-        state.audit_kept = loaded
-            .audit
-            .into_iter()
-            .map(|(seq, at)| (seq, at.min(now.ms)))
-            .collect();
+        for (seq, at, refusal) in loaded.audit {
+            let kept = match refusal {
+                true => &mut state.refusals_kept,
+                false => &mut state.audit_kept,
+            };
+            kept.push_back((seq, at.min(now.ms)));
+        }
         state.dirty = !state.pending.is_empty();
         state
     }

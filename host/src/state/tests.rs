@@ -1354,3 +1354,121 @@ fn a_removed_module_uploaded_again_is_written_again_and_counts_its_tasks() {
         "task {id} still runs it"
     );
 }
+
+// ----- tokens, joins and the audit log ----------------------------------------------------
+
+fn credential(agent: &str, join: &str, now: Now) -> crate::auth::TokenRecord {
+    let mut minted = crate::auth::mint(corral_proto::token::Role::Agent, "", agent, 0, now.ms, "");
+    minted.record.issued_by = join.into();
+    minted.record
+}
+
+#[test]
+fn a_join_takes_only_an_id_no_agent_holds_and_may_be_asked_again_until_first_use() {
+    let mut w = World::new();
+    let mut fx = Effects::default();
+    let never_used = |_: &str| false;
+    // A new id: joined, its credential recorded.
+    assert!(w
+        .state
+        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
+        .is_none());
+    let first = credential("a1", "join-1", w.now);
+    w.state
+        .claim_agent("a1", first.clone(), "join-1", w.now, &mut fx);
+    // The same join token asks again before the credential was used (its answer was lost):
+    // the first credential is revoked, a new one may be given.
+    assert!(w
+        .state
+        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
+        .is_none());
+    let revoked = w
+        .state
+        .tokens()
+        .find(|t| t.accessor == first.accessor)
+        .unwrap();
+    assert_ne!(
+        revoked.revoked_ms, 0,
+        "the unused credential was not revoked"
+    );
+    let second = credential("a1", "join-1", w.now);
+    w.state
+        .claim_agent("a1", second.clone(), "join-1", w.now, &mut fx);
+    // Once used, or from another join token, the id is the agent's.
+    let used = |t: &str| t == second.accessor;
+    let e = w
+        .state
+        .refuse_join("a1", "join-1", used, w.now, &mut fx)
+        .unwrap();
+    assert!(e.to_string().contains("cannot claim"), "{e}");
+    assert!(w
+        .state
+        .refuse_join("a1", "join-2", never_used, w.now, &mut fx)
+        .is_some());
+    // A revoked credential retires its id.
+    w.state
+        .revoke_token(&second.accessor, "", w.now, &mut fx)
+        .unwrap();
+    let e = w
+        .state
+        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
+        .unwrap();
+    assert!(e.to_string().contains("retired"), "{e}");
+    // An agent of a host before tokens (no credential) is claimable only while it is away
+    // and holds nothing.
+    w.agent("old", 2, 1024 * MIB);
+    let e = w
+        .state
+        .refuse_join("old", "join-1", never_used, w.now, &mut fx)
+        .unwrap();
+    assert!(e.to_string().contains("in use"), "{e}");
+    w.state.detach("old", w.sessions["old"]);
+    assert!(w
+        .state
+        .refuse_join("old", "join-1", never_used, w.now, &mut fx)
+        .is_none());
+    // Refusals are in the audit log.
+    let refused = fx
+        .writes
+        .iter()
+        .filter(|w| matches!(w, Write::Audit(e) if e.detail.starts_with("refused")))
+        .count();
+    assert_eq!(refused, 4);
+}
+
+#[test]
+fn refused_calls_never_push_the_rest_of_the_audit_log_out() {
+    let mut w = World::new();
+    let mut fx = Effects::default();
+    w.state
+        .audit("task.kill", "admin", "task t-1".into(), 1, w.now, &mut fx);
+    for _ in 0..MAX_AUDIT_ENTRIES + 10 {
+        w.state
+            .audit("auth.refused", "", "unknown".into(), 1, w.now, &mut fx);
+    }
+    let mut fx = Effects::default();
+    let collected = w.state.collect(w.now, &mut fx);
+    assert_eq!(collected.audit, 10);
+    let forgotten: Vec<u64> = fx
+        .writes
+        .iter()
+        .flat_map(|w| match w {
+            Write::ForgetAudit(seqs) => seqs.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(!forgotten.contains(&1), "the kill's entry was pushed out");
+    assert_eq!(forgotten, (2..12).collect::<Vec<u64>>());
+    // Past the retention, everything goes.
+    w.tick(HostConfig::default().audit_retention + Duration::from_secs(1));
+    let mut removed = 0;
+    loop {
+        let collected = w.state.collect(w.now, &mut Effects::default()).audit;
+        assert!(collected <= MAX_COLLECT, "one tick removed {collected}");
+        if collected == 0 {
+            break;
+        }
+        removed += collected;
+    }
+    assert_eq!(removed, MAX_AUDIT_ENTRIES + 1);
+}
