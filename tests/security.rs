@@ -170,6 +170,28 @@ fn register(agent_id: &str) -> pb::RegisterRequest {
     }
 }
 
+/// Waits until agent `id`'s state passes `pred` (at most [`WAIT`]).
+async fn until_agent(admin: &mut Client, id: &str, pred: impl Fn(pb::AgentState) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let agents = admin
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let state = agents
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| pb::AgentState::try_from(a.state).unwrap_or_default());
+        if state.is_some_and(&pred) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {id}: {agents:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every RPC of the agent API, once, as agent `agent_id`.
 async fn agent_calls(a: &mut AgentApi, agent_id: &str, sha: &str) -> Vec<Called> {
     vec![
@@ -573,23 +595,7 @@ fn the_fake_agent_attack_fails_at_every_step() {
             .await
             .unwrap();
         // Its session is attached (so its reports are read) before it forges one.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let agents = admin
-                .list_agents(pb::ListAgentsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .agents;
-            if agents
-                .iter()
-                .any(|a| a.id == "evil" && a.state == pb::AgentState::Active as i32)
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "evil never attached: {agents:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_agent(&mut admin, "evil", |state| state == pb::AgentState::Active).await;
         up.send(forged).unwrap();
         // What is under test is that nothing happens: give the report time to be applied.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -665,21 +671,7 @@ fn revoking_a_token_ends_its_watch_and_its_agents_session_at_once() {
             })
             .await
             .unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let agents = admin
-                .list_agents(pb::ListAgentsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .agents;
-            let a2 = agents.iter().find(|a| a.id == "a2").unwrap();
-            if a2.state != pb::AgentState::Active as i32 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a2 is still attached");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_agent(&mut admin, "a2", |state| state != pb::AgentState::Active).await;
     });
     let deadline = Instant::now() + WAIT;
     while cluster.agent_running("a2") {
@@ -990,4 +982,70 @@ fn a_host_refuses_to_listen_beyond_loopback_without_tls() {
         stderr.contains("without TLS") && stderr.contains("--insecure-plaintext"),
         "{stderr}"
     );
+}
+
+/// The first start writes the first admin token (0600); a restart keeps it; a start with
+/// `--reset-admin-token` revokes it and writes a new one.
+#[test]
+fn a_host_writes_its_first_admin_token_and_a_reset_replaces_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |reset: bool| {
+        let mut command = Command::new(corral_tests::corral());
+        command
+            .args(["host", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if reset {
+            command.arg("--reset-admin-token");
+        }
+        let mut child = command.spawn().unwrap();
+        let url = listening_on(&mut child);
+        (child, url)
+    };
+    let file = dir.path().join("admin.token");
+    let (mut host, _) = start(false);
+    let first = corral_tests::server::admin_token(dir.path());
+    assert!(first.starts_with("corral_admin_"));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let (mut host, _) = start(false);
+    assert_eq!(
+        corral_tests::server::admin_token(dir.path()),
+        first,
+        "a restart made a new one"
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let (mut host, url) = start(true);
+    let second = corral_tests::server::admin_token(dir.path());
+    assert_ne!(second, first);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut old = connect_as(&url, Some(&first)).await;
+        let e = old.list_tokens(pb::ListTokensRequest {}).await.unwrap_err();
+        assert!(e.message().contains("was revoked"), "{e:?}");
+        let mut new = connect_as(&url, Some(&second)).await;
+        let tokens = new
+            .list_tokens(pb::ListTokensRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens;
+        let live = tokens
+            .iter()
+            .filter(|t| t.role == pb::Role::Admin as i32 && t.revoked_at_ms == 0)
+            .count();
+        assert_eq!(live, 1, "{tokens:?}");
+    });
+    host.kill().unwrap();
+    host.wait().unwrap();
 }

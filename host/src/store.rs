@@ -693,6 +693,21 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults
     }
 }
 
+/// The keys of `table` that start with `prefix`, in order.
+fn keys_under<V: redb::Value + 'static>(
+    table: &redb::Table<'_, &'static str, V>,
+    prefix: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(table
+        .range(prefix..)
+        .map_err(io)?
+        .map_while(|row| {
+            let key = row.ok()?.0.value().to_string();
+            key.starts_with(prefix).then_some(key)
+        })
+        .collect())
+}
+
 fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     // A task written several times in one commit (assigned, running and ended, under load)
     // is stored once, as its last write leaves it: the same state after the commit, with
@@ -739,16 +754,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                         .map_err(io)?;
                 }
                 Write::Partitions(agent_id, list) => {
-                    let prefix = format!("{agent_id}/");
-                    let old: Vec<String> = partitions
-                        .range(prefix.as_str()..)
-                        .map_err(io)?
-                        .map_while(|row| {
-                            let key = row.ok()?.0.value().to_string();
-                            key.starts_with(&prefix).then_some(key)
-                        })
-                        .collect();
-                    for key in old {
+                    for key in keys_under(&partitions, &format!("{agent_id}/"))? {
                         partitions.remove(key.as_str()).map_err(io)?;
                     }
                     for p in list {
@@ -773,16 +779,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 }
                 Write::ForgetModule(sha) => {
                     modules.remove(sha.as_str()).map_err(io)?;
-                    let prefix = format!("{sha}\0");
-                    let old: Vec<String> = owners
-                        .range(prefix.as_str()..)
-                        .map_err(io)?
-                        .map_while(|row| {
-                            let key = row.ok()?.0.value().to_string();
-                            key.starts_with(&prefix).then_some(key)
-                        })
-                        .collect();
-                    for key in old {
+                    for key in keys_under(&owners, &format!("{sha}\0"))? {
                         owners.remove(key.as_str()).map_err(io)?;
                     }
                 }
