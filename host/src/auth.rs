@@ -421,15 +421,7 @@ impl Authenticator {
                 AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown(_) => "",
                 _ => accessor.as_str(),
             };
-            let mut refused = self
-                .refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut key = (error.kind().to_string(), accessor.to_string());
-            if refused.len() >= MAX_REFUSAL_KEYS && !refused.contains_key(&key) {
-                key = ("other".into(), String::new());
-            }
-            *refused.entry(key).or_default() += 1;
+            self.count_refusal(error.kind(), accessor);
         }
         result.map_err(|(_, e)| e)
     }
@@ -500,6 +492,20 @@ impl Authenticator {
             expires_ms: record.expires_ms,
             revoked: entry.revoked.subscribe(),
         })
+    }
+
+    /// Counts one refused call of `kind` by `accessor` (a token the host made, or ""), for the
+    /// audit log's next flush.
+    pub fn count_refusal(&self, kind: &str, accessor: &str) {
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut key = (kind.to_string(), accessor.to_string());
+        if refused.len() >= MAX_REFUSAL_KEYS && !refused.contains_key(&key) {
+            key = ("other".into(), String::new());
+        }
+        *refused.entry(key).or_default() += 1;
     }
 
     /// Tokens used since their record was written: (accessor, last used), for the actor to
