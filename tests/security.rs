@@ -914,6 +914,8 @@ fn tls_and_mutual_tls_serve_clients_and_agents_and_plaintext_fails_cleanly() {
             .unwrap()
             .to_string()
     };
+    let join_file = dir.path().join("join.token");
+    std::fs::write(&join_file, format!("{join}\n")).unwrap();
     let agent = |id: &str, certificate: bool| {
         let mut command = Command::new(corral_tests::corral());
         command
@@ -923,7 +925,7 @@ fn tls_and_mutual_tls_serve_clients_and_agents_and_plaintext_fails_cleanly() {
             .arg("--data-dir")
             .arg(dir.path().join(id))
             .args(["--tls-ca", &ca])
-            .env("CORRAL_JOIN_TOKEN", &join);
+            .args(["--join-token-file", join_file.to_str().unwrap()]);
         if certificate {
             command.args([
                 "--tls-cert",

@@ -700,6 +700,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_that_expires_ends_the_streams_opened_with_it() {
+        let auth = Authenticator::default();
+        let now = crate::state::Now::current().ms;
+        let t = mint(Role::Tenant, "acme", "", now + 200, now, "");
+        auth.install([&t.record]);
+        let p = auth.authenticate(&with(&t.text), Api::Client, now).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), p.gone())
+            .await
+            .expect("the stream outlived its token's expiry");
+        let e = auth
+            .authenticate(&with(&t.text), Api::Client, now + 200)
+            .unwrap_err();
+        assert!(matches!(e, AuthError::Expired(..)), "{e:?}");
+    }
+
+    #[tokio::test]
     async fn installing_what_the_store_holds_keeps_the_streams_of_tokens_still_there() {
         let auth = Authenticator::default();
         let kept = mint(Role::Tenant, "acme", "", 0, 0, "");
