@@ -480,6 +480,10 @@ fn a_tenant_sees_nothing_of_another_tenants_work() {
             .find(|p| p.name == "alpha-only")
             .expect("the reserved partition");
         assert!(reserved.reserved_for_other && reserved.tenant.is_empty());
+        assert!(
+            reserved.allocated.is_none(),
+            "beta sees alpha's usage: {reserved:?}"
+        );
         let seen_by_alpha = partitions(&mut alpha).await;
         let own = seen_by_alpha
             .iter()

@@ -102,7 +102,8 @@ enum Request {
         Registrant,
         Answer<u64>,
     ),
-    Attach(String, u64, Answer<Commands>),
+    /// An agent's session stream, with the accessor of the credential it came with.
+    Attach(String, u64, String, Answer<Commands>),
     Heartbeat(String, u64),
     Detach(String, u64),
     Report(String, u64, Attempt, StatusReport),
@@ -683,7 +684,18 @@ impl ControlPlane {
 
     /// Opens an agent's command channel for its registered session.
     pub async fn attach(&self, agent_id: &str, session: u64) -> Result<Commands, HostError> {
-        self.ask(|answer| Request::Attach(agent_id.to_string(), session, answer))
+        self.attach_as(agent_id, session, "").await
+    }
+
+    /// [`ControlPlane::attach`] with credential `by`, whose first use is recorded.
+    pub async fn attach_as(
+        &self,
+        agent_id: &str,
+        session: u64,
+        by: &str,
+    ) -> Result<Commands, HostError> {
+        let by = by.to_string();
+        self.ask(|answer| Request::Attach(agent_id.to_string(), session, by, answer))
             .await
     }
 
@@ -951,15 +963,20 @@ impl Actor {
                 let id = info.id.clone();
                 let joining = registrant.credential.is_some();
                 let auth = &self.auth;
-                let refused = match joining {
-                    true => {
-                        state.refuse_join(&id, &registrant.by, |t| auth.last_used(t) != 0, now, fx)
-                    }
-                    false => None,
+                let joined = match joining {
+                    true => state.may_join(&id, &registrant.by, |t| auth.last_used(t) != 0, now),
+                    false => Ok(None),
                 };
-                let result = match refused {
-                    Some(error) => Err(error),
-                    None => state.register(info, &running, &unacknowledged, now, fx),
+                let (result, retire) = match joined {
+                    Err(error) => {
+                        // Counted like the gate's refusals: never a write per refused call.
+                        self.auth.count_refusal("join refused", &registrant.by);
+                        (Err(error), None)
+                    }
+                    Ok(retire) => (
+                        state.register(info, &running, &unacknowledged, now, fx),
+                        retire,
+                    ),
                 };
                 if result.is_ok() {
                     // Its old stream, if any, ends.
@@ -967,7 +984,7 @@ impl Actor {
                     tracing::info!(agent_id = %id, "agent registered");
                     match registrant.credential {
                         Some(credential) => {
-                            state.claim_agent(&id, credential, &registrant.by, now, fx);
+                            state.claim_agent(&id, credential, retire, &registrant.by, now, fx);
                         }
                         None => state.audit(
                             "agent.register",
@@ -981,8 +998,9 @@ impl Actor {
                 }
                 replies.push(Reply::Register(answer, result));
             }
-            Request::Attach(agent, session, answer) => {
+            Request::Attach(agent, session, by, answer) => {
                 let result = state.attach(&agent, session, now, fx).map(|()| {
+                    state.credential_used(&by, now, fx);
                     let (commands, receiver) = mpsc::unbounded_channel();
                     self.links.insert(agent.clone(), Link { session, commands });
                     tracing::info!(agent_id = %agent, session, "agent attached");
@@ -1191,7 +1209,7 @@ fn refuse(request: Request, reason: &str) {
         Request::Submit(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Kill(_, _, answer) | Request::Get(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Register(_, _, _, _, answer) => drop(answer.send(Err(error()))),
-        Request::Attach(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::Attach(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::List(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Watch(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Agents(answer) => drop(answer.send(Err(error()))),

@@ -288,8 +288,10 @@ impl Agent {
             // Kept before it is used: an agent that used a credential it then lost could
             // never register again.
             let path = credential_path(&self.config.data_dir);
+            // Not kept: tried again later (the host gives a new one to the same join token
+            // while the first was never used).
             corral_proto::token::write_secret(&path, &registered.credential).map_err(|e| {
-                tonic::Status::permission_denied(format!(
+                tonic::Status::unavailable(format!(
                     "cannot keep the credential the host gave in {}: {e}",
                     path.display()
                 ))

@@ -68,21 +68,27 @@ pub fn resolve(
     env_token: Option<String>,
     profile: Profile,
 ) -> anyhow::Result<Target> {
+    let host = args
+        .host
+        .clone()
+        .or(profile.host.clone())
+        .unwrap_or_else(|| DEFAULT_HOST.to_string());
+    // The profile's token and CA go only to the profile's host: never to another one named by
+    // --host or CORRAL_HOST.
+    let own_host = profile.host.as_deref() == Some(host.as_str());
     let token = match (&args.token, &args.token_file) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(file)) => {
             Some(corral_proto::token::read_secret(file).map_err(anyhow::Error::msg)?)
         }
-        (None, None) => env_token.filter(|t| !t.is_empty()).or(profile.token),
+        (None, None) => env_token
+            .filter(|t| !t.is_empty())
+            .or(profile.token.filter(|_| own_host)),
     };
     Ok(Target {
-        host: args
-            .host
-            .clone()
-            .or(profile.host)
-            .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+        host,
         token,
-        tls_ca: args.tls_ca.clone().or(profile.tls_ca),
+        tls_ca: args.tls_ca.clone().or(profile.tls_ca.filter(|_| own_host)),
     })
 }
 
@@ -183,6 +189,13 @@ mod tests {
         assert_eq!(t.tls_ca.as_deref(), Some(Path::new("/ca.pem")));
         let t = resolve(&args(None, None), None, Profile::default()).unwrap();
         assert_eq!((t.host.as_str(), t.token), (DEFAULT_HOST, None));
+        // Another host named: the profile's token and CA stay home.
+        let elsewhere = HostArg {
+            host: Some("https://other:1".into()),
+            ..args(None, None)
+        };
+        let t = resolve(&elsewhere, None, profile.clone()).unwrap();
+        assert_eq!((t.token, t.tls_ca), (None, None));
         let missing = resolve(
             &args(None, Some(dir.path().join("none"))),
             None,

@@ -183,7 +183,7 @@ impl pb::agent_api_server::AgentApi for AgentService {
         }
         let commands = self
             .plane
-            .attach(&agent_id, session)
+            .attach_as(&agent_id, session, &principal.accessor)
             .await
             .map_err(status)?;
         let plane = self.plane.clone();

@@ -351,13 +351,19 @@ impl pb::corral_server::Corral for ClientService {
             .iter()
             .map(|p| {
                 let mut p = convert::partition_to_pb(p);
-                // A tenant sees that a partition is reserved for another, never for whom.
+                // A tenant sees that a partition is reserved for another, never for whom, nor
+                // how much of it that tenant uses.
                 if principal
                     .tenant()
                     .is_some_and(|own| !p.tenant.is_empty() && p.tenant != own)
                 {
                     p.tenant.clear();
                     p.reserved_for_other = true;
+                    p.allocated = None;
+                    p.labels.clear();
+                    if p.state == pb::PartitionState::Allocated as i32 {
+                        p.state = pb::PartitionState::Available as i32;
+                    }
                 }
                 p
             })

@@ -86,6 +86,19 @@ impl HostState {
         self.audit("token.reset_admin", "", detail, 1, now, fx);
     }
 
+    /// Records a credential's first use (its agent attached with it), durably with the attach:
+    /// from then on its join token cannot ask for the id again.
+    pub fn credential_used(&mut self, accessor: &str, now: Now, fx: &mut Effects) {
+        if self
+            .tokens
+            .get(accessor)
+            .is_some_and(|t| t.last_used_ms == 0)
+        {
+            let minute = now.ms - now.ms.rem_euclid(60_000);
+            self.tokens_used(&[(accessor.to_string(), minute.max(1))], fx);
+        }
+    }
+
     /// Records when tokens were last used (each to the minute, as the authenticator saw it).
     pub fn tokens_used(&mut self, used: &[(String, i64)], fx: &mut Effects) {
         for (accessor, at) in used {
@@ -107,39 +120,36 @@ impl HostState {
             .find(|t| t.is_credential() && t.agent_id == agent_id && t.live(now.ms))
     }
 
-    /// Why a new agent registering with join token `by` may not have id `agent_id`, recorded
-    /// in the audit log. An id is another agent's when a credential was ever bound to it (a
-    /// revoked one retires the id), or, for an agent registered before tokens, while it is
-    /// attached or holds tasks. One exception: the same join token may ask again for an id
-    /// whose credential was never used (`used` tells, from the calls seen), as an agent does
-    /// whose answer was lost; that credential is revoked and a new one given.
-    pub fn refuse_join(
-        &mut self,
+    /// Whether a new agent registering with join token `by` may have id `agent_id`: `Ok` with
+    /// the credential to retire when it is given its own, or why not (the caller counts the
+    /// refusal, as the gate counts its own: never a write per refused call). An id is another
+    /// agent's when a credential was ever bound to it (a revoked one retires the id), or, for
+    /// an agent registered before tokens, while it is attached or holds tasks. One exception:
+    /// the same join token may ask again for an id whose credential was never used (neither
+    /// on record nor, as `used` tells, in the calls seen since), as an agent does whose answer
+    /// was lost; that credential is retired when the new one is given ([`Self::claim_agent`]).
+    pub fn may_join(
+        &self,
         agent_id: &str,
         by: &str,
         used: impl Fn(&str) -> bool,
         now: Now,
-        fx: &mut Effects,
-    ) -> Option<HostError> {
+    ) -> Result<Option<String>, HostError> {
         let held = self
             .tokens
             .values()
             .filter(|t| t.is_credential() && t.agent_id == agent_id)
             // The live one, if any (there is at most one), else the last revoked.
-            .max_by_key(|t| (t.live(now.ms), t.created_ms))
-            .cloned();
+            .max_by_key(|t| (t.live(now.ms), t.created_ms));
         let reason = match held {
             Some(held)
                 if held.live(now.ms)
                     && !held.issued_by.is_empty()
                     && held.issued_by == by
+                    && held.last_used_ms == 0
                     && !used(&held.accessor) =>
             {
-                // Asked again by the same join token before the credential was ever used.
-                let mut retired = held;
-                retired.revoked_ms = now.ms;
-                self.put_token(retired, fx);
-                return None;
+                return Ok(Some(held.accessor.clone()));
             }
             Some(held) if held.revoked_ms != 0 => format!(
                 "agent id {agent_id} was retired when its credential {} was revoked: start \
@@ -163,28 +173,27 @@ impl HostState {
                      holds tasks"
                 )
             }
-            None => return None,
+            None => return Ok(None),
         };
-        self.audit(
-            "agent.register",
-            by,
-            format!("refused: {reason}"),
-            1,
-            now,
-            fx,
-        );
-        Some(HostError::PermissionDenied(reason))
+        Err(HostError::PermissionDenied(reason))
     }
 
-    /// Gives agent `agent_id`, registered with join token `by`, its own credential.
+    /// Gives agent `agent_id`, registered with join token `by`, its own credential, retiring
+    /// the unused one it was given before, if any ([`Self::may_join`]).
     pub fn claim_agent(
         &mut self,
         agent_id: &str,
         credential: TokenRecord,
+        retire: Option<String>,
         by: &str,
         now: Now,
         fx: &mut Effects,
     ) {
+        if let Some(old) = retire.and_then(|a| self.tokens.get(&a).cloned()) {
+            let mut old = old;
+            old.revoked_ms = now.ms;
+            self.put_token(old, fx);
+        }
         let detail = format!(
             "agent {agent_id} joined; its credential is {}",
             credential.accessor

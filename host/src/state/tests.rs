@@ -1369,71 +1369,62 @@ fn a_join_takes_only_an_id_no_agent_holds_and_may_be_asked_again_until_first_use
     let mut fx = Effects::default();
     let never_used = |_: &str| false;
     // A new id: joined, its credential recorded.
-    assert!(w
-        .state
-        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
-        .is_none());
+    assert_eq!(
+        w.state.may_join("a1", "join-1", never_used, w.now).unwrap(),
+        None
+    );
     let first = credential("a1", "join-1", w.now);
     w.state
-        .claim_agent("a1", first.clone(), "join-1", w.now, &mut fx);
+        .claim_agent("a1", first.clone(), None, "join-1", w.now, &mut fx);
     // The same join token asks again before the credential was used (its answer was lost):
-    // the first credential is revoked, a new one may be given.
-    assert!(w
-        .state
-        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
-        .is_none());
-    let revoked = w
-        .state
-        .tokens()
-        .find(|t| t.accessor == first.accessor)
-        .unwrap();
-    assert_ne!(
-        revoked.revoked_ms, 0,
-        "the unused credential was not revoked"
+    // a new one may be given, and the first is retired only then.
+    let retire = w.state.may_join("a1", "join-1", never_used, w.now).unwrap();
+    assert_eq!(retire.as_deref(), Some(first.accessor.as_str()));
+    let live = |w: &World, a: &str| {
+        w.state
+            .tokens()
+            .any(|t| t.accessor == a && t.live(w.now.ms))
+    };
+    assert!(
+        live(&w, &first.accessor),
+        "asking alone retired the credential"
     );
     let second = credential("a1", "join-1", w.now);
     w.state
-        .claim_agent("a1", second.clone(), "join-1", w.now, &mut fx);
-    // Once used, or from another join token, the id is the agent's.
+        .claim_agent("a1", second.clone(), retire, "join-1", w.now, &mut fx);
+    assert!(!live(&w, &first.accessor) && live(&w, &second.accessor));
+    // Once used (seen in calls, or on record), or from another join token, the id is the
+    // agent's.
     let used = |t: &str| t == second.accessor;
-    let e = w
-        .state
-        .refuse_join("a1", "join-1", used, w.now, &mut fx)
-        .unwrap();
+    let e = w.state.may_join("a1", "join-1", used, w.now).unwrap_err();
     assert!(e.to_string().contains("cannot claim"), "{e}");
-    assert!(w
-        .state
-        .refuse_join("a1", "join-2", never_used, w.now, &mut fx)
-        .is_some());
+    assert!(w.state.may_join("a1", "join-2", never_used, w.now).is_err());
+    w.state.credential_used(&second.accessor, w.now, &mut fx);
+    assert!(w.state.may_join("a1", "join-1", never_used, w.now).is_err());
     // A revoked credential retires its id.
     w.state
         .revoke_token(&second.accessor, "", w.now, &mut fx)
         .unwrap();
     let e = w
         .state
-        .refuse_join("a1", "join-1", never_used, w.now, &mut fx)
-        .unwrap();
+        .may_join("a1", "join-1", never_used, w.now)
+        .unwrap_err();
     assert!(e.to_string().contains("retired"), "{e}");
     // An agent of a host before tokens (no credential) is claimable only while it is away
     // and holds nothing.
     w.agent("old", 2, 1024 * MIB);
     let e = w
         .state
-        .refuse_join("old", "join-1", never_used, w.now, &mut fx)
-        .unwrap();
+        .may_join("old", "join-1", never_used, w.now)
+        .unwrap_err();
     assert!(e.to_string().contains("in use"), "{e}");
     w.state.detach("old", w.sessions["old"]);
-    assert!(w
-        .state
-        .refuse_join("old", "join-1", never_used, w.now, &mut fx)
-        .is_none());
-    // Refusals are in the audit log.
-    let refused = fx
-        .writes
-        .iter()
-        .filter(|w| matches!(w, Write::Audit(e) if e.detail.starts_with("refused")))
-        .count();
-    assert_eq!(refused, 4);
+    assert_eq!(
+        w.state
+            .may_join("old", "join-1", never_used, w.now)
+            .unwrap(),
+        None
+    );
 }
 
 #[test]
