@@ -254,19 +254,6 @@ impl Principal {
             () = expiry => {}
         }
     }
-
-    /// A principal for tests of the state and the control plane, which take it as proven.
-    #[doc(hidden)]
-    pub fn for_tests(role: Role, tenant: &str, agent_id: &str) -> Principal {
-        Principal {
-            accessor: "test".into(),
-            role,
-            tenant: tenant.into(),
-            agent_id: agent_id.into(),
-            expires_ms: 0,
-            revoked: watch::channel(false).1,
-        }
-    }
 }
 
 /// Who asks the control plane, as far as it decides: an admin (every tenant) or one tenant, and
@@ -283,14 +270,6 @@ impl Caller {
     /// The host itself, or a test: an admin.
     pub fn admin() -> Caller {
         Caller::default()
-    }
-
-    /// A tenant's caller, for tests.
-    pub fn tenant(name: &str) -> Caller {
-        Caller {
-            accessor: String::new(),
-            tenant: Some(name.to_string()),
-        }
     }
 
     /// The tenant it acts as; `None` for an admin.

@@ -264,7 +264,7 @@ impl Agent {
                 self.config.host
             ))
         })?;
-        let mut client = client(channel.clone(), lock(&self.bearer).clone());
+        let mut client = api_client(channel.clone(), lock(&self.bearer).clone());
         let running: Vec<pb::TaskRef> = lock(&self.running).keys().map(convert::task_ref).collect();
         let unacknowledged: Vec<pb::TaskRef> =
             lock(&self.unacked).keys().map(convert::task_ref).collect();
@@ -299,7 +299,7 @@ impl Agent {
             let bearer = Bearer::new(Some(&registered.credential))
                 .map_err(tonic::Status::permission_denied)?;
             *lock(&self.bearer) = bearer.clone();
-            client = client_of(channel, bearer);
+            client = api_client(channel, bearer);
             tracing::info!(agent_id = %self.config.id, path = %path.display(), "joined the cluster: credential kept");
         }
         if registered.max_module_bytes > 0 {
@@ -701,11 +701,7 @@ fn keep(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 
 type Client = pb::agent_api_client::AgentApiClient<InterceptedService<Channel, Bearer>>;
 
-fn client(channel: Channel, bearer: Bearer) -> Client {
-    client_of(channel, bearer)
-}
-
-fn client_of(channel: Channel, bearer: Bearer) -> Client {
+fn api_client(channel: Channel, bearer: Bearer) -> Client {
     pb::agent_api_client::AgentApiClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES)

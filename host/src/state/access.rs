@@ -23,11 +23,6 @@ impl HostState {
         self.tokens.values()
     }
 
-    /// Whether no token was ever made: the host's first start.
-    pub fn has_no_tokens(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
     fn put_token(&mut self, record: TokenRecord, fx: &mut Effects) {
         fx.writes.push(Write::Token(record.clone()));
         fx.tokens.push(record.clone());
