@@ -145,6 +145,19 @@ async fn client_calls(c: &mut Client, task: &str, sha: &str) -> Vec<Called> {
             "ListAudit",
             c.list_audit(pb::ListAuditRequest::default()).await,
         ),
+        done(
+            "SetTenant",
+            c.set_tenant(pb::SetTenantRequest {
+                tenant: "probe".into(),
+                weight: Some(100.0),
+                ..Default::default()
+            })
+            .await,
+        ),
+        done(
+            "ListTenants",
+            c.list_tenants(pb::ListTenantsRequest {}).await,
+        ),
     ]
 }
 
@@ -306,14 +319,23 @@ fn every_rpc_refuses_every_bad_token_with_its_own_status_and_message() {
             .into_inner()
             .tokens;
         assert!(tokens.iter().all(|t| t.tenant != "probe"), "{tokens:?}");
-        // A tenant's token does not manage tokens or read the audit log.
+        let tenants = admin
+            .list_tenants(pb::ListTenantsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tenants;
+        assert!(tenants.iter().all(|t| t.tenant != "probe"), "{tenants:?}");
+        // A tenant's token does not manage tokens or tenants, or read the audit log.
         let mut alpha = world.client(Some(&world.alpha)).await;
         let calls: Vec<Called> = client_calls(&mut alpha, &id, &sha)
             .await
             .into_iter()
-            .filter(|(name, _)| name.contains("Token") || name.contains("Audit"))
+            .filter(|(name, _)| {
+                name.contains("Token") || name.contains("Audit") || *name == "SetTenant"
+            })
             .collect();
-        assert_eq!(calls.len(), 4);
+        assert_eq!(calls.len(), 5);
         assert_all(
             &calls,
             Code::PermissionDenied,
@@ -405,6 +427,15 @@ fn a_tenant_sees_nothing_of_another_tenants_work() {
             .into_inner()
             .tasks;
         assert!(listed.is_empty(), "{listed:?}");
+        // Tenants: beta sees its own row, not alpha's.
+        let tenants = beta
+            .list_tenants(pb::ListTenantsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tenants;
+        let names: Vec<&str> = tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(names, ["beta"], "{tenants:?}");
         let named = beta
             .list_tasks(pb::ListTasksRequest {
                 tenant: "alpha".into(),

@@ -52,6 +52,9 @@ enum Command {
     /// Make, list and revoke tokens (admin).
     #[command(subcommand)]
     Token(client::tokens::TokenCommand),
+    /// Set and list tenants' weights, guarantees, limits and usage.
+    #[command(subcommand)]
+    Tenant(client::tenants::TenantCommand),
     /// Show the audit log (admin): tokens made and revoked, kills, agent registrations,
     /// refused calls.
     Audit(client::tokens::AuditArgs),
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
         Command::Partitions(args) => cluster(|| client::agents::partitions(args)),
         Command::Token(command) => cluster(|| client::tokens::token(command)),
         Command::Audit(args) => cluster(|| client::tokens::audit(args)),
+        Command::Tenant(command) => cluster(|| client::tenants::tenant(command)),
         Command::Login(args) => cluster(|| client::profile::login(args)),
         Command::CompileWorker => return corral_agent::sandbox::compile_worker_main(),
     };

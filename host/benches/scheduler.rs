@@ -1,6 +1,7 @@
 //! The scheduler alone: one plan for 100,000 pending tasks over 100, 1,000 and 10,000 agents
-//! (one partition each, room for every task), binpack and spread. Throughput is placements per
-//! second.
+//! (one partition each, room for every task), binpack and spread, all of one tenant; then the
+//! same tasks spread over 100 tenants (1,000 each, in turn), ordered by weighted dominant
+//! resource fairness and first come first served. Throughput is placements per second.
 //!
 //! Run: `cargo bench -p corral-host --bench scheduler`
 
@@ -12,7 +13,7 @@ use std::hint::black_box;
 
 use corral_host::allocator::{Candidate, Request, Strategy};
 use corral_host::partition::{Reservation, Resources};
-use corral_host::scheduler::{plan, PendingTask};
+use corral_host::scheduler::{plan, Order, PendingTask, Share, TenantQueue};
 use corral_host::task::TaskId;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -62,25 +63,47 @@ fn partitions(agents: &Agents) -> Vec<Candidate<'_>> {
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
-fn pending() -> Vec<PendingTask<'static>> {
-    (0..TASKS)
-        .map(|i| PendingTask {
+/// `TASKS` tasks of `tenants` tenants, submitted in turn: each tenant's queue, in id order.
+fn pending(tenants: &[String]) -> Vec<Vec<PendingTask<'_>>> {
+    let mut queues = vec![Vec::new(); tenants.len()];
+    for i in 0..TASKS {
+        let t = (i % tenants.len() as u64) as usize;
+        queues[t].push(PendingTask {
             task_id: TaskId(i),
             request: Request {
                 resources: Resources {
                     slots: 1,
                     memory_bytes: 64 << 20,
                 },
-                tenant: "default",
+                tenant: &tenants[t],
                 labels: &NO_LABELS,
                 constraints: &NO_LABELS,
             },
+        });
+    }
+    queues
+}
+
+/// The tenants' queues as the scheduler reads them.
+fn queues<'a>(
+    tenants: &'a [String],
+    pending: &'a [Vec<PendingTask<'a>>],
+) -> Vec<TenantQueue<'a, std::iter::Copied<std::slice::Iter<'a, PendingTask<'a>>>>> {
+    tenants
+        .iter()
+        .zip(pending)
+        .map(|(tenant, tasks)| TenantQueue {
+            tenant,
+            share: Share::default(),
+            held: Resources::default(),
+            tasks: tasks.iter().copied(),
         })
         .collect()
 }
 
 fn scheduler(c: &mut Criterion) {
-    let tasks = pending();
+    let one = vec!["default".to_string()];
+    let tasks = pending(&one);
     let mut group = c.benchmark_group("scheduler/100k_tasks");
     group.sample_size(10);
     group.throughput(Throughput::Elements(TASKS));
@@ -92,8 +115,36 @@ fn scheduler(c: &mut Criterion) {
                 b.iter(|| {
                     let plan = plan(
                         black_box(parts),
-                        black_box(&tasks).iter().copied(),
+                        queues(&one, black_box(&tasks)),
                         strategy,
+                        Order::Fair,
+                        usize::MAX,
+                    );
+                    assert_eq!(plan.placements.len() as u64, TASKS);
+                    plan
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let hundred: Vec<String> = (0..100).map(|i| format!("tenant-{i:03}")).collect();
+    let tasks = pending(&hundred);
+    let mut group = c.benchmark_group("scheduler/100k_tasks_100_tenants");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(TASKS));
+    for n in [100, 1_000, 10_000] {
+        let agents = agents(n);
+        let parts = partitions(&agents);
+        for (name, order) in [("fair", Order::Fair), ("fifo", Order::Fifo)] {
+            group.bench_with_input(BenchmarkId::new(name, n), &parts, |b, parts| {
+                b.iter(|| {
+                    let plan = plan(
+                        black_box(parts),
+                        queues(&hundred, black_box(&tasks)),
+                        Strategy::Binpack,
+                        order,
+                        usize::MAX,
                     );
                     assert_eq!(plan.placements.len() as u64, TASKS);
                     plan

@@ -2,6 +2,7 @@
 //! unknown keys refused, checked by [`HostConfig::validate`]. `host.sample.toml` at the crate
 //! root is a commented sample.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,16 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::allocator::Strategy;
 use crate::partition::PartitionTemplate;
+use crate::scheduler::Order;
+use crate::tenant::TenantSettings;
 
 /// Room left in a message for what is not stdin or output (spec, names, figures).
 const MESSAGE_OVERHEAD_BYTES: u64 = 1 << 20;
 
 /// Everything `corral host` can be told in its config file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
     /// How tasks are spread over partitions.
     pub strategy: Strategy,
+    /// Which tenant's task goes next: `fair` (weighted dominant resource fairness) or `fifo`
+    /// (the oldest waiting task, whatever its tenant).
+    pub order: Order,
     /// How often agents are told to heartbeat.
     #[serde(with = "humantime_serde_compat")]
     pub heartbeat_interval: Duration,
@@ -70,12 +76,15 @@ pub struct HostConfig {
     pub min_free_disk: ByteSize,
     /// Named partitions carved from the agents they select; the rest of each agent is shared.
     pub partitions: Vec<PartitionTemplate>,
+    /// Tenants' settings, by name; `corral tenant set` overrides a tenant's.
+    pub tenants: BTreeMap<String, TenantSettings>,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
             strategy: Strategy::Binpack,
+            order: Order::Fair,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             max_module_size: ByteSize::mib(64),
@@ -94,6 +103,7 @@ impl Default for HostConfig {
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             min_free_disk: ByteSize::mib(128),
             partitions: Vec::new(),
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -164,6 +174,9 @@ impl HostConfig {
                 ByteSize::b(message - room)
             ));
         }
+        for (name, settings) in &self.tenants {
+            settings.validate(name)?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.partitions {
             if p.name.is_empty() || p.name.contains('/') {
@@ -216,6 +229,8 @@ mod tests {
         let text = include_str!("../host.sample.toml");
         let config = HostConfig::parse(text).unwrap();
         assert_eq!(config.partitions.len(), 1);
+        assert_eq!(config.tenants["acme"].weight, 2.0);
+        assert_eq!(config.tenants["acme"].limit_slots, Some(16));
         assert_eq!(config.heartbeat_timeout, Duration::from_secs(15));
     }
 
@@ -244,5 +259,9 @@ mod tests {
         assert!(HostConfig::parse("max_output_size = \"31MiB\"").is_ok());
         let dup = "[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n[[partitions]]\nname=\"a\"\nslots=1\nmemory=\"1GiB\"\n";
         assert!(HostConfig::parse(dup).unwrap_err().contains("twice"));
+        let e = HostConfig::parse("[tenants.acme]\nweight = -1\n").unwrap_err();
+        assert!(e.contains("acme") && e.contains("weight"), "{e}");
+        let e = HostConfig::parse("[tenants.acme]\nwieght = 2\n").unwrap_err();
+        assert!(e.contains("wieght"), "{e}");
     }
 }

@@ -53,10 +53,11 @@ use crate::free_space::FreeSpace;
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::state::{
-    public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter,
+    public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter, TenantView,
 };
 use crate::store::{Commit, Loaded, Store, StoreError, Write};
 use crate::task::{Attempt, Task, TaskId, TaskOutput, TaskSpec, TaskState};
+use crate::tenant::TenantChange;
 
 /// Most requests applied in one batch.
 pub const MAX_BATCH: usize = 4096;
@@ -121,6 +122,10 @@ enum Request {
     RevokeToken(String, String, Answer<TokenRecord>),
     ResetAdmin(TokenRecord, Answer<()>),
     Tokens(Answer<Vec<TokenRecord>>),
+    /// A tenant's settings changed (`None`: reset) by the accessor.
+    SetTenant(String, Option<TenantChange>, String, Answer<TenantView>),
+    /// Tenants, or the one named.
+    Tenants(Option<String>, Answer<Vec<TenantView>>),
     /// Tokens' last uses, and the refusals counted, since the last flush.
     Used(Vec<(String, i64)>, Refusals),
     /// May this agent fetch this module?
@@ -568,6 +573,27 @@ impl ControlPlane {
     /// Every token, by accessor.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, HostError> {
         self.ask(Request::Tokens).await
+    }
+
+    // ----- tenants ------------------------------------------------------------------------
+
+    /// Changes a tenant's settings (`None`: forgets what was set), recorded in the audit log;
+    /// answers once durable, and the next scheduling round follows them.
+    pub async fn set_tenant(
+        &self,
+        tenant: &str,
+        change: Option<TenantChange>,
+        caller: &Caller,
+    ) -> Result<TenantView, HostError> {
+        let (tenant, by) = (tenant.to_string(), caller.accessor.clone());
+        self.ask(|answer| Request::SetTenant(tenant, change, by, answer))
+            .await
+    }
+
+    /// Every tenant known (see [`HostState::tenants`]), or only `only`.
+    pub async fn tenants(&self, only: Option<&str>) -> Result<Vec<TenantView>, HostError> {
+        let only = only.map(str::to_string);
+        self.ask(|answer| Request::Tenants(only, answer)).await
     }
 
     /// The first admin token of a host that has none (none was ever made), or, with `reset`,
@@ -1041,7 +1067,13 @@ impl Actor {
                 }
             }
             Request::Get(id, tenant, answer) => {
-                let task = state.get_as(id, tenant.as_deref()).cloned();
+                let task = state
+                    .get_as(id, tenant.as_deref())
+                    .cloned()
+                    .map(|mut task| {
+                        state.explain(std::slice::from_mut(&mut task));
+                        task
+                    });
                 replies.push(Reply::Get(answer, Box::new(task)));
             }
             Request::List(filter, after, limit, answer) => {
@@ -1070,6 +1102,20 @@ impl Actor {
             }
             Request::Tokens(answer) => {
                 replies.push(later(answer, Ok(state.tokens().cloned().collect())));
+            }
+            Request::SetTenant(tenant, change, by, answer) => {
+                let detail = match &change {
+                    Some(change) => format!("{tenant}: {}", change.describe()),
+                    None => format!("{tenant}: reset"),
+                };
+                let result = state.set_tenant(&tenant, change, fx);
+                if result.is_ok() {
+                    state.audit("tenant.set", &by, detail, 1, now, fx);
+                }
+                replies.push(later(answer, result));
+            }
+            Request::Tenants(only, answer) => {
+                replies.push(later(answer, Ok(state.tenants(only.as_deref()))));
             }
             Request::Used(used, refused) => {
                 state.tokens_used(&used, fx);
@@ -1220,6 +1266,8 @@ fn refuse(request: Request, reason: &str) {
         }
         Request::ResetAdmin(_, answer) => drop(answer.send(Err(error()))),
         Request::Tokens(answer) => drop(answer.send(Err(error()))),
+        Request::SetTenant(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::Tenants(_, answer) => drop(answer.send(Err(error()))),
         Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Heartbeat(..)
         | Request::Detach(..)

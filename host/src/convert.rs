@@ -11,10 +11,12 @@ use crate::auth::{AuditEntry, TokenRecord};
 use crate::config::HostConfig;
 use crate::partition::{Partition, PartitionState, Reservation, Resources};
 use crate::registry::{AgentInfo, AgentState};
+use crate::state::TenantView;
 use crate::task::{
     OutcomeKind, OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits,
     TaskOutput, TaskSpec, TaskState,
 };
+use crate::tenant::{TenantChange, TenantSettings};
 
 /// A task state to its protobuf form.
 pub fn state_to_pb(state: TaskState) -> pb::TaskState {
@@ -598,6 +600,63 @@ pub fn token_from_stored_pb(stored: pb::StoredToken) -> Result<TokenRecord, Stri
         description: info.description,
         issued_by: info.issued_by,
     })
+}
+
+/// A tenant's settings to their protobuf form (also how they are stored).
+pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
+    pb::TenantSettings {
+        weight: t.weight,
+        guarantee_slots: t.guarantee_slots,
+        guarantee_memory_bytes: t.guarantee_memory.as_u64(),
+        limit_slots: t.limit_slots,
+        limit_memory_bytes: t.limit_memory.map(|m| m.as_u64()),
+        max_queued: t.max_queued,
+    }
+}
+
+/// Stored tenant settings (check them with [`TenantSettings::validate`]).
+pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> TenantSettings {
+    TenantSettings {
+        weight: t.weight,
+        guarantee_slots: t.guarantee_slots,
+        guarantee_memory: bytesize::ByteSize::b(t.guarantee_memory_bytes),
+        limit_slots: t.limit_slots,
+        limit_memory: t.limit_memory_bytes.map(bytesize::ByteSize::b),
+        max_queued: t.max_queued,
+    }
+}
+
+/// A tenant as listed.
+pub fn tenant_view_to_pb(v: &TenantView) -> pb::TenantView {
+    pb::TenantView {
+        tenant: v.tenant.clone(),
+        settings: Some(tenant_settings_to_pb(&v.settings)),
+        source: v.source.as_str().to_string(),
+        held_slots: v.held.slots,
+        held_memory_bytes: v.held.memory_bytes,
+        queued: v.queued,
+        dominant_share: v.dominant_share,
+    }
+}
+
+/// A `SetTenant` request's change: `None` for a reset.
+pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantChange>, String> {
+    let change = TenantChange {
+        weight: r.weight,
+        guarantee_slots: r.guarantee_slots,
+        guarantee_memory: r.guarantee_memory_bytes,
+        limit_slots: r.set_limit_slots.then_some(r.limit_slots),
+        limit_memory: r.set_limit_memory.then_some(r.limit_memory_bytes),
+        max_queued: r.max_queued,
+    };
+    match r.reset {
+        true if change != TenantChange::default() => {
+            Err("a reset takes no other setting: reset first, then set".into())
+        }
+        true => Ok(None),
+        false if change == TenantChange::default() => Err("nothing to set".into()),
+        false => Ok(Some(change)),
+    }
 }
 
 /// An audit entry to its protobuf form (also how it is stored).

@@ -48,3 +48,4 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod tenant;

@@ -15,6 +15,12 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// No limit.
+    pub const UNLIMITED: Resources = Resources {
+        slots: u32::MAX,
+        memory_bytes: u64::MAX,
+    };
+
     /// True when `other` fits within `self`.
     pub fn covers(&self, other: &Resources) -> bool {
         self.slots >= other.slots && self.memory_bytes >= other.memory_bytes

@@ -1,28 +1,49 @@
-//! The scheduler: places pending tasks into partitions. A pure function: a snapshot in, a plan
-//! out; no I/O, no clock, no async.
+//! The scheduler: places pending tasks into partitions, choosing among tenants by weighted
+//! dominant resource fairness. A pure function: a snapshot in, a plan out; no I/O, no clock,
+//! no async.
 //!
 //! # Properties
 //! - **Never over-allocates**: the plan's placements, added to what each partition already
 //!   holds, stay within every partition's capacity.
-//! - **Every placeable task is placed**: a task left out of the plan fits in no partition given
-//!   the placements made before it (tasks are taken in queue order, and a task that does not fit
-//!   does not block those behind it).
+//! - **Never exceeds a tenant's limit**: what a tenant holds, with the plan's placements,
+//!   stays within its [`Share::limit`].
+//! - **Fair**: each placement goes to the tenant first in [`Order`] among those with a waiting
+//!   task that fits (in a partition it may use, within its limit): under [`Order::Fair`], a
+//!   tenant holding less than its guarantee first, then the lowest weighted dominant share
+//!   (below), then the tenant whose oldest waiting task is oldest. Within a tenant, tasks go in
+//!   queue order, and one that does not fit does not block those behind it.
+//! - **Work-conserving**: a task left waiting fits nowhere given the placements made before it
+//!   (unless the round's read budget ran out).
 //! - **Deterministic**: the same snapshot gives the same plan.
-//! - Infeasibility is data: a task no partition could ever hold is listed with the reason,
-//!   not raised as an error.
+//!
+//! # Weighted dominant resource fairness
+//! A tenant's dominant share is the largest of the fractions it holds of the cluster's slots
+//! and of its memory (the capacity of partitions that take tasks); its weighted dominant share
+//! is that divided by its weight (Ghodsi et al., "Dominant Resource Fairness", NSDI 2011, with
+//! weights as in Mesos's DRF allocator). Giving each slot to the tenant with the lowest one
+//! equalises dominant shares: a tenant of small tasks gets more of them than a tenant of big
+//! ones, and no tenant gains by asking for more than it uses. A **guarantee** is honoured as
+//! capacity frees: while a tenant with waiting work holds less than its guarantee, it comes
+//! before every tenant that holds its own. Nothing is preempted: a guarantee is not a
+//! reservation (others use that capacity while the tenant is idle) and a tenant that comes back
+//! gets what frees, not what others hold.
 //!
 //! # Algorithm
-//! Tasks are grouped by their placement class (tenant, labels, constraints); for each class the
-//! eligible partitions (not draining, reservation and constraints met) are found once. Each task
-//! then scans its class's eligible partitions for the best fit under the [`Strategy`]
-//! (see [`crate::allocator`]), and the chosen partition's free capacity shrinks. Partitions
-//! with no free slot leave the class's list. The queue is read lazily and only until every
-//! slot is taken, so a round on a full cluster costs nothing however long the queue. Cost:
-//! O(tasks read x eligible partitions), linear in the number of agents.
+//! Tenants wait in a heap keyed by their order; each step pops the first, reads the next task
+//! of its queue and places it where the [`Strategy`] says (see [`crate::allocator`]) among the
+//! partitions of its placement class (tenant, labels, constraints; found once per class), or
+//! leaves it waiting; the tenant goes back with its new key while it has tasks. A tenant at its
+//! slot limit is not read at all. The plan stops once no partition has a free slot, so a round
+//! on a full cluster costs nothing however long the queues, and once `max_read` tasks were
+//! read. Cost: O(tasks read x (eligible partitions + log tenants)).
 
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::iter::Peekable;
 
-use crate::allocator::{better, never_fits, Candidate, Request, Strategy};
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::{better, Candidate, Request, Strategy};
 use crate::partition::Resources;
 use crate::task::TaskId;
 
@@ -35,6 +56,67 @@ pub struct PendingTask<'a> {
     pub request: Request<'a>,
 }
 
+/// How the next slot is chosen among tenants with waiting tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Guarantees first, then the lowest weighted dominant share.
+    #[default]
+    Fair,
+    /// First come, first served: the oldest waiting task first, whatever its tenant (Corral's
+    /// order before fair sharing; limits still hold).
+    Fifo,
+}
+
+/// What a tenant is entitled to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share {
+    /// Its weight: twice the weight, twice the dominant share at equilibrium. Above zero.
+    pub weight: f64,
+    /// What it gets first while it has work.
+    pub guarantee: Resources,
+    /// The most it may hold at once.
+    pub limit: Resources,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            guarantee: Resources::default(),
+            limit: Resources::UNLIMITED,
+        }
+    }
+}
+
+impl Share {
+    /// Its weighted dominant share of `total` when it holds `held`.
+    pub fn dominant(&self, held: &Resources, total: &Resources) -> f64 {
+        let fraction = |part: f64, whole: f64| if whole > 0.0 { part / whole } else { 0.0 };
+        let slots = fraction(f64::from(held.slots), f64::from(total.slots));
+        let memory = fraction(held.memory_bytes as f64, total.memory_bytes as f64);
+        slots.max(memory) / self.weight
+    }
+
+    /// Whether a tenant holding `held` may take `more` without exceeding its limit.
+    pub fn allows(&self, held: &Resources, more: &Resources) -> bool {
+        self.limit.covers(&held.plus(more))
+    }
+}
+
+/// A tenant with waiting tasks, as the scheduler sees it.
+#[derive(Debug)]
+pub struct TenantQueue<'a, I> {
+    /// Its name.
+    pub tenant: &'a str,
+    /// What it is entitled to.
+    pub share: Share,
+    /// What it holds now (tasks placed and running).
+    pub held: Resources,
+    /// Its waiting tasks, in queue order; read lazily.
+    pub tasks: I,
+}
+
 /// One placement of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -44,112 +126,227 @@ pub struct Placement {
     pub partition: usize,
 }
 
-/// A task the plan leaves pending, and why.
+/// Why a task read by the plan was left waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Its tenant would exceed its limit.
+    Limit,
+    /// No partition it may use has room for it now.
+    Room,
+}
+
+/// A task the plan read and left pending.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unplaced {
     /// The task.
     pub task_id: TaskId,
     /// Why it waits.
-    pub reason: String,
-    /// True when no partition could hold it even with all its capacity free.
-    pub never: bool,
+    pub wait: Wait,
 }
 
 /// What to do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Tasks to place, in queue order.
+    /// Tasks to place, in the order they were chosen.
     pub placements: Vec<Placement>,
-    /// Tasks left pending.
+    /// Tasks read and left pending.
     pub unplaced: Vec<Unplaced>,
 }
 
-/// Places `pending` (in queue order) into `partitions` under `strategy`: each task goes where
-/// [`allocator::choose`](crate::allocator::choose) would put it given the placements before it.
-///
-/// The queue is read lazily and no further than needed: once no partition that takes tasks has
-/// a free slot, the tasks left are in neither list (they wait, keeping their reason), so a
-/// round over a long queue on a full cluster costs as much as the placements it makes.
-pub fn plan<'a>(
+/// The capacity fair shares are fractions of: that of every partition taking tasks.
+pub fn total_capacity(partitions: &[Candidate<'_>]) -> Resources {
+    partitions
+        .iter()
+        .filter(|p| !p.draining)
+        .fold(Resources::default(), |sum, p| sum.plus(&p.capacity))
+}
+
+/// A tenant's place in the order: lower goes first.
+#[derive(Clone, Copy, Debug)]
+struct Key {
+    /// 0 while it holds less than its guarantee, else 1.
+    holds_guarantee: u8,
+    /// Its weighted dominant share (0 under FIFO).
+    share: f64,
+    /// Its next task.
+    next: TaskId,
+    /// Its index, which breaks no tie two tenants can share (their next tasks differ).
+    index: usize,
+}
+
+impl Key {
+    fn rank(&self) -> (u8, TaskId, usize) {
+        (self.holds_guarantee, self.next, self.index)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.holds_guarantee
+            .cmp(&other.holds_guarantee)
+            .then(self.share.total_cmp(&other.share))
+            .then(self.rank().cmp(&other.rank()))
+    }
+}
+
+/// A tenant's key under `order`, or `None` when it has no task left or may take none.
+fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
+    index: usize,
+    tenant: &mut Peekable<I>,
+    share: &Share,
+    held: &Resources,
+    total: &Resources,
+    order: Order,
+) -> Option<Key> {
+    // Every task takes a slot: a tenant at its slot limit can take none.
+    if held.slots >= share.limit.slots {
+        return None;
+    }
+    let next = tenant.peek()?.task_id;
+    Some(match order {
+        Order::Fair => Key {
+            holds_guarantee: u8::from(held.covers(&share.guarantee)),
+            share: share.dominant(held, total),
+            next,
+            index,
+        },
+        Order::Fifo => Key {
+            holds_guarantee: 0,
+            share: 0.0,
+            next,
+            index,
+        },
+    })
+}
+
+/// Places the tenants' waiting tasks into `partitions`: tenants in `order`, each task where
+/// the `strategy` puts it (see [`crate::allocator::choose`]), given the placements before it.
+/// Reads at most `max_read` tasks. See the module documentation for the properties.
+pub fn plan<'a, I>(
     partitions: &[Candidate<'_>],
-    pending: impl IntoIterator<Item = PendingTask<'a>>,
+    tenants: Vec<TenantQueue<'a, I>>,
     strategy: Strategy,
-) -> Plan {
+    order: Order,
+    max_read: usize,
+) -> Plan
+where
+    I: Iterator<Item = PendingTask<'a>>,
+{
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
     let mut free_slots: u64 = partitions
         .iter()
         .filter(|p| !p.draining)
         .map(|p| u64::from(p.free.slots))
         .sum();
+    let mut plan = Plan::default();
+    if free_slots == 0 || max_read == 0 {
+        return plan;
+    }
+    let total = total_capacity(partitions);
     let reserved: Vec<bool> = partitions
         .iter()
         .map(|p| p.reservation.is_reserved())
         .collect();
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'a>, Vec<usize>> = HashMap::new();
-    let mut reasons: HashMap<(ClassKey<'a>, Resources), (String, bool)> = HashMap::new();
-    let mut plan = Plan::default();
-    if free_slots == 0 {
-        return plan;
-    }
-    for task in pending {
-        let request = &task.request;
-        let eligible = classes.entry(ClassKey::of(request)).or_insert_with(|| {
-            (0..partitions.len())
-                .filter(|&i| partitions[i].eligible(request))
-                .collect()
-        });
-        let mut best: Option<usize> = None;
-        let mut k = 0;
-        while k < eligible.len() {
-            let i = eligible[k];
-            if free[i].slots == 0 {
-                // Full: no task of any class fits until the next snapshot.
-                eligible.swap_remove(k);
-                continue;
-            }
-            if free[i].covers(&request.resources)
-                && best.is_none_or(|b| {
-                    let (ri, rb) = (reserved[i], reserved[b]);
-                    better(strategy, (ri, &free[i]), (rb, &free[b]))
-                        || (ri == rb && free[i] == free[b] && i < b)
-                })
-            {
-                best = Some(i);
-            }
-            k += 1;
+    let mut queues: Vec<(Share, Resources, Peekable<I>)> = Vec::with_capacity(tenants.len());
+    let mut heap = BinaryHeap::with_capacity(tenants.len());
+    for (index, t) in tenants.into_iter().enumerate() {
+        let mut tasks = t.tasks.peekable();
+        if let Some(k) = key(index, &mut tasks, &t.share, &t.held, &total, order) {
+            heap.push(Reverse(k));
         }
-        match best {
-            Some(i) => {
-                free[i] = free[i].minus(&request.resources);
-                free_slots = free_slots.saturating_sub(u64::from(request.resources.slots));
-                plan.placements.push(Placement {
-                    task_id: task.task_id,
-                    partition: i,
-                });
-                if free_slots == 0 {
-                    break;
+        queues.push((t.share, t.held, tasks));
+    }
+    let mut read = 0;
+    while let Some(Reverse(Key { index, .. })) = heap.pop() {
+        let (share, held, tasks) = &mut queues[index];
+        let Some(task) = tasks.next() else {
+            continue;
+        };
+        read += 1;
+        let request = &task.request;
+        let wait = if !share.allows(held, &request.resources) {
+            Some(Wait::Limit)
+        } else {
+            let eligible = classes.entry(ClassKey::of(request)).or_insert_with(|| {
+                (0..partitions.len())
+                    .filter(|&i| partitions[i].eligible(request))
+                    .collect()
+            });
+            match best_fit(eligible, &free, &reserved, request, strategy) {
+                Some(i) => {
+                    free[i] = free[i].minus(&request.resources);
+                    free_slots = free_slots.saturating_sub(u64::from(request.resources.slots));
+                    *held = held.plus(&request.resources);
+                    plan.placements.push(Placement {
+                        task_id: task.task_id,
+                        partition: i,
+                    });
+                    None
                 }
+                None => Some(Wait::Room),
             }
-            None => {
-                // The same for every task of one class and size: worked out once per plan.
-                let key = (ClassKey::of(request), request.resources);
-                let (reason, never) = reasons
-                    .entry(key)
-                    .or_insert_with(|| match never_fits(partitions, request) {
-                        Some(reason) => (reason, true),
-                        None => ("waiting for a partition with room".to_string(), false),
-                    })
-                    .clone();
-                plan.unplaced.push(Unplaced {
-                    task_id: task.task_id,
-                    reason,
-                    never,
-                });
-            }
+        };
+        if let Some(wait) = wait {
+            plan.unplaced.push(Unplaced {
+                task_id: task.task_id,
+                wait,
+            });
+        }
+        if free_slots == 0 || read >= max_read {
+            break;
+        }
+        if let Some(k) = key(index, tasks, share, held, &total, order) {
+            heap.push(Reverse(k));
         }
     }
     plan
+}
+
+/// The best partition of `eligible` for `request` given `free`, dropping full ones from the
+/// list (no task of any class fits there until the next snapshot).
+fn best_fit(
+    eligible: &mut Vec<usize>,
+    free: &[Resources],
+    reserved: &[bool],
+    request: &Request<'_>,
+    strategy: Strategy,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut k = 0;
+    while k < eligible.len() {
+        let i = eligible[k];
+        if free[i].slots == 0 {
+            eligible.swap_remove(k);
+            continue;
+        }
+        if free[i].covers(&request.resources)
+            && best.is_none_or(|b| {
+                let (ri, rb) = (reserved[i], reserved[b]);
+                better(strategy, (ri, &free[i]), (rb, &free[b]))
+                    || (ri == rb && free[i] == free[b] && i < b)
+            })
+        {
+            best = Some(i);
+        }
+        k += 1;
+    }
+    best
 }
 
 /// What decides which partitions a task may use, capacity aside.
@@ -186,6 +383,7 @@ mod tests {
         labels: BTreeMap::new(),
     };
     const IDS: [&str; 8] = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+    const TENANTS: [&str; 4] = ["tenant0", "tenant1", "tenant2", "default"];
 
     fn candidate(i: usize, slots: u32, memory: u64) -> Candidate<'static> {
         let capacity = Resources {
@@ -203,26 +401,159 @@ mod tests {
         }
     }
 
-    fn pending(id: u64, memory: u64) -> PendingTask<'static> {
+    fn task(id: u64, tenant: &'static str, slots: u32, memory: u64) -> PendingTask<'static> {
         PendingTask {
             task_id: TaskId(id),
             request: Request {
                 resources: Resources {
-                    slots: 1,
+                    slots,
                     memory_bytes: memory,
                 },
-                tenant: "default",
+                tenant,
                 labels: &NO_LABELS,
                 constraints: &NO_LABELS,
             },
         }
     }
 
+    fn pending(id: u64, memory: u64) -> PendingTask<'static> {
+        task(id, "default", 1, memory)
+    }
+
+    type Tasks = std::vec::IntoIter<PendingTask<'static>>;
+
+    /// One queue per tenant named in `tasks`, default shares, nothing held.
+    fn queues(tasks: &[PendingTask<'static>]) -> Vec<TenantQueue<'static, Tasks>> {
+        let mut by_tenant: BTreeMap<&'static str, Vec<PendingTask<'static>>> = BTreeMap::new();
+        for t in tasks {
+            by_tenant.entry(t.request.tenant).or_default().push(*t);
+        }
+        by_tenant
+            .into_iter()
+            .map(|(tenant, tasks)| TenantQueue {
+                tenant,
+                share: Share::default(),
+                held: Resources::default(),
+                tasks: tasks.into_iter(),
+            })
+            .collect()
+    }
+
+    fn fifo(parts: &[Candidate<'_>], tasks: &[PendingTask<'static>], strategy: Strategy) -> Plan {
+        plan(parts, queues(tasks), strategy, Order::Fifo, usize::MAX)
+    }
+
+    fn placed_per_tenant(
+        plan: &Plan,
+        tasks: &[PendingTask<'static>],
+    ) -> BTreeMap<&'static str, usize> {
+        let mut count = BTreeMap::new();
+        for p in &plan.placements {
+            let t = tasks.iter().find(|t| t.task_id == p.task_id).unwrap();
+            *count.entry(t.request.tenant).or_default() += 1;
+        }
+        count
+    }
+
+    /// Ghodsi et al., NSDI 2011, section 4: 9 CPUs and 18 GB; A's tasks need <1 CPU, 4 GB>,
+    /// B's <3 CPUs, 1 GB>. DRF gives A three tasks and B two (both dominant shares 2/3).
+    #[test]
+    fn drf_reproduces_the_papers_example() {
+        let parts = vec![candidate(0, 9, 18)];
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            tasks.push(task(2 * i, "A", 1, 4));
+            tasks.push(task(2 * i + 1, "B", 3, 1));
+        }
+        let plan = plan(
+            &parts,
+            queues(&tasks),
+            Strategy::Binpack,
+            Order::Fair,
+            usize::MAX,
+        );
+        assert_eq!(
+            placed_per_tenant(&plan, &tasks),
+            BTreeMap::from([("A", 3), ("B", 2)])
+        );
+    }
+
+    /// One agent of 10 slots and 20 GiB; A's tasks take <1 slot, 4 GiB>, B's <1 slot, 1 GiB>,
+    /// A's all submitted first. DRF: A 3, B 7. First come, first served: A 5, B none.
+    #[test]
+    fn drf_with_corrals_resources_and_fifo_against_it() {
+        const GIB: u64 = 1 << 30;
+        let parts = vec![candidate(0, 10, 20 * GIB)];
+        let mut tasks: Vec<_> = (0..20).map(|i| task(i, "A", 1, 4 * GIB)).collect();
+        tasks.extend((20..40).map(|i| task(i, "B", 1, GIB)));
+        let fair = plan(
+            &parts,
+            queues(&tasks),
+            Strategy::Binpack,
+            Order::Fair,
+            usize::MAX,
+        );
+        assert_eq!(
+            placed_per_tenant(&fair, &tasks),
+            BTreeMap::from([("A", 3), ("B", 7)])
+        );
+        let old = fifo(&parts, &tasks, Strategy::Binpack);
+        assert_eq!(placed_per_tenant(&old, &tasks), BTreeMap::from([("A", 5)]));
+    }
+
+    #[test]
+    fn weights_scale_the_share() {
+        let parts = vec![candidate(0, 9, 100)];
+        let tasks: Vec<_> = (0..30)
+            .map(|i| task(i, ["heavy", "light"][(i % 2) as usize], 1, 1))
+            .collect();
+        let mut q = queues(&tasks);
+        q[0].share.weight = 2.0;
+        assert_eq!(q[0].tenant, "heavy");
+        let plan = plan(&parts, q, Strategy::Binpack, Order::Fair, usize::MAX);
+        assert_eq!(
+            placed_per_tenant(&plan, &tasks),
+            BTreeMap::from([("heavy", 6), ("light", 3)])
+        );
+    }
+
+    #[test]
+    fn a_tenant_below_its_guarantee_goes_first_and_no_tenant_passes_its_limit() {
+        let parts = vec![candidate(0, 10, 100)];
+        let tasks: Vec<_> = (0..60)
+            .map(|i| task(i, ["big", "capped", "guaranteed"][(i % 3) as usize], 1, 1))
+            .collect();
+        let mut q = queues(&tasks);
+        // `big` already holds 4 slots elsewhere in the cluster's accounting.
+        q[0].held = Resources {
+            slots: 4,
+            memory_bytes: 4,
+        };
+        q[1].share.limit = Resources {
+            slots: 1,
+            memory_bytes: u64::MAX,
+        };
+        q[2].share.guarantee = Resources {
+            slots: 5,
+            memory_bytes: 0,
+        };
+        let plan = plan(&parts, q, Strategy::Binpack, Order::Fair, usize::MAX);
+        let first: Vec<_> = plan.placements[..5]
+            .iter()
+            .map(|p| tasks[p.task_id.0 as usize].request.tenant)
+            .collect();
+        assert_eq!(first, ["guaranteed"; 5], "the guarantee is served first");
+        assert_eq!(
+            placed_per_tenant(&plan, &tasks),
+            BTreeMap::from([("big", 3), ("capped", 1), ("guaranteed", 6)])
+        );
+    }
+
     #[test]
     fn binpack_fills_one_agent_before_the_next() {
         let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
         let tasks: Vec<_> = (0..3).map(|i| pending(i, 10)).collect();
-        let plan = plan(&parts, tasks.iter().copied(), Strategy::Binpack);
+        let plan = fifo(&parts, &tasks, Strategy::Binpack);
         let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
         assert_eq!(chosen, [0, 0, 1]);
         assert!(plan.unplaced.is_empty());
@@ -232,7 +563,7 @@ mod tests {
     fn spread_alternates_between_agents() {
         let parts = vec![candidate(0, 2, 100), candidate(1, 2, 100)];
         let tasks: Vec<_> = (0..4).map(|i| pending(i, 10)).collect();
-        let plan = plan(&parts, tasks.iter().copied(), Strategy::Spread);
+        let plan = fifo(&parts, &tasks, Strategy::Spread);
         let chosen: Vec<_> = plan.placements.iter().map(|p| p.partition).collect();
         assert_eq!(chosen, [0, 1, 0, 1]);
     }
@@ -241,45 +572,62 @@ mod tests {
     fn a_big_task_does_not_block_small_ones_behind_it() {
         let parts = vec![candidate(0, 4, 100)];
         let tasks = [pending(1, 60), pending(2, 60), pending(3, 30)];
-        let plan = plan(&parts, tasks.iter().copied(), Strategy::Binpack);
+        let plan = fifo(&parts, &tasks, Strategy::Binpack);
         let placed: Vec<_> = plan.placements.iter().map(|p| p.task_id.0).collect();
         assert_eq!(placed, [1, 3]);
-        assert_eq!(plan.unplaced.len(), 1);
-        assert_eq!(plan.unplaced[0].task_id, TaskId(2));
-        assert!(!plan.unplaced[0].never);
-    }
-
-    #[test]
-    fn an_impossible_task_is_data_with_a_reason() {
-        let parts = vec![candidate(0, 4, 100)];
-        let plan = plan(&parts, [pending(1, 1000)], Strategy::Binpack);
-        assert!(plan.placements.is_empty());
-        assert!(plan.unplaced[0].never);
-        assert!(plan.unplaced[0].reason.contains("largest partition"));
+        assert_eq!(
+            plan.unplaced,
+            [Unplaced {
+                task_id: TaskId(2),
+                wait: Wait::Room
+            }]
+        );
     }
 
     #[test]
     fn nothing_is_placed_on_draining_partitions() {
         let mut parts = vec![candidate(0, 4, 100)];
         parts[0].draining = true;
-        let plan = plan(&parts, [pending(1, 1)], Strategy::Spread);
+        let plan = fifo(&parts, &[pending(1, 1)], Strategy::Spread);
         assert!(plan.placements.is_empty());
         // No partition takes tasks: the queue is not even read.
         assert!(plan.unplaced.is_empty());
     }
 
     #[test]
-    fn the_queue_is_read_only_until_every_slot_is_taken() {
+    fn the_queues_are_read_only_until_every_slot_is_taken_or_the_budget_is_spent() {
         let parts = vec![candidate(0, 2, 100)];
         let read = std::cell::Cell::new(0);
-        let tasks = (0..1_000).map(|i| {
-            read.set(read.get() + 1);
-            pending(i, 1)
-        });
-        let plan = plan(&parts, tasks, Strategy::Binpack);
+        let counted = |tenant: &'static str, base: u64| {
+            let read = &read;
+            (0..1_000).map(move |i| {
+                read.set(read.get() + 1);
+                task(base + i, tenant, 1, 1)
+            })
+        };
+        let tenants = vec![
+            TenantQueue {
+                tenant: "a",
+                share: Share::default(),
+                held: Resources::default(),
+                tasks: counted("a", 0),
+            },
+            TenantQueue {
+                tenant: "b",
+                share: Share::default(),
+                held: Resources::default(),
+                tasks: counted("b", 1_000),
+            },
+        ];
+        let plan = plan(&parts, tenants, Strategy::Binpack, Order::Fair, usize::MAX);
         assert_eq!(plan.placements.len(), 2);
-        assert!(plan.unplaced.is_empty());
-        assert_eq!(read.get(), 2, "tasks past the last free slot were read");
+        // Each queue's head is peeked, and the one behind a placed task.
+        assert!(read.get() <= 4, "{} tasks read", read.get());
+
+        // A tenant whose tasks never fit costs the round at most its budget.
+        let tasks: Vec<_> = (0..100).map(|i| pending(i, 1_000)).collect();
+        let plan = super::plan(&parts, queues(&tasks), Strategy::Binpack, Order::Fair, 10);
+        assert_eq!(plan.unplaced.len(), 10);
     }
 
     /// A partition as generated: capacity, used, draining, reserved tenant, reserved label,
@@ -299,15 +647,31 @@ mod tests {
         )
     }
 
-    /// A task as generated: memory, tenant (2 is `default`), label `kind`, constraint `zone`.
-    type RawTask = (u64, u8, Option<u8>, Option<u8>);
+    /// A task as generated: memory, tenant (an index of `TENANTS`), label `kind`, constraint
+    /// `zone`.
+    type RawTask = (u64, usize, Option<u8>, Option<u8>);
 
     fn arb_task() -> impl Generator<Value = RawTask> {
         (
             0u64..600,
-            0u8..3,
+            0usize..4,
             proptest::option::of(0u8..2),
             proptest::option::of(0u8..2),
+        )
+    }
+
+    /// A tenant's share and holdings as generated: weight, guaranteed slots, slot limit,
+    /// memory limit, slots held, memory held.
+    type RawTenant = (u8, u32, Option<u32>, Option<u64>, u32, u64);
+
+    fn arb_tenant() -> impl Generator<Value = RawTenant> {
+        (
+            1u8..4,
+            0u32..4,
+            proptest::option::of(0u32..6),
+            proptest::option::of(0u64..1500),
+            0u32..4,
+            0u64..800,
         )
     }
 
@@ -362,22 +726,32 @@ mod tests {
         })
     }
 
+    /// A tenant's weighted dominant share, from the paper's definition.
+    fn drf(held: (u64, u64), total: (u64, u64), weight: f64) -> f64 {
+        let part = |h: u64, t: u64| if t == 0 { 0.0 } else { h as f64 / t as f64 };
+        part(held.0, total.0).max(part(held.1, total.1)) / weight
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
 
-        /// The module's properties as stated: each placement is where the oracle puts the task
-        /// given the placements before it (so no partition is over-allocated); a task left out
-        /// fits nowhere given the placements made before it; tasks are left out of both lists
-        /// only once every slot is taken; the same snapshot gives the same plan.
+        /// The module's properties as stated, replayed placement by placement: each goes to a
+        /// tenant first in the order (guarantee, then weighted dominant share; under FIFO, the
+        /// oldest task) among those with a waiting task that fits, to that tenant's first
+        /// fitting task, in the partition the oracle picks (so no partition is
+        /// over-allocated); no placement takes a tenant past its limit; once the plan ends,
+        /// no waiting task fits (work-conserving); the same snapshot gives the same plan.
         #[test]
         fn plans_keep_the_documented_properties(
             raw_parts in proptest::collection::vec(arb_partition(), 0..8),
             raw_tasks in proptest::collection::vec(arb_task(), 0..40),
+            raw_tenants in proptest::collection::vec(arb_tenant(), 4),
             spread in any::<bool>(),
+            fair in any::<bool>(),
         ) {
             let reservations: Vec<Reservation> = raw_parts
                 .iter()
-                .map(|p| Reservation { tenant: p.5.map(|t| format!("tenant{t}")), labels: kv("kind", p.6, "k") })
+                .map(|p| Reservation { tenant: p.5.map(|t| TENANTS[usize::from(t)].to_string()), labels: kv("kind", p.6, "k") })
                 .collect();
             let zones: Vec<BTreeMap<String, String>> = raw_parts.iter().map(|p| kv("zone", p.7, "z")).collect();
             let parts: Vec<Candidate> = raw_parts.iter().enumerate().map(|(i, &(cap_s, cap_m, used_s, used_m, draining, ..))| {
@@ -388,48 +762,91 @@ mod tests {
                 c.agent_labels = &zones[i];
                 c
             }).collect();
-            let tenants: Vec<String> = raw_tasks.iter().map(|t| if t.1 == 2 { "default".into() } else { format!("tenant{}", t.1) }).collect();
             let labels: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| kv("kind", t.2, "k")).collect();
             let constraints: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| kv("zone", t.3, "z")).collect();
             let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, t)| {
-                let mut task = pending(i as u64, t.0);
-                task.request.tenant = &tenants[i];
+                let mut task = task(i as u64, TENANTS[t.1], 1, t.0);
                 task.request.labels = &labels[i];
                 task.request.constraints = &constraints[i];
                 task
             }).collect();
+            let shares: Vec<(Share, Resources)> = raw_tenants.iter().map(|&(w, g, ls, lm, hs, hm)| (
+                Share {
+                    weight: f64::from(w),
+                    guarantee: Resources { slots: g, memory_bytes: 0 },
+                    limit: Resources { slots: ls.unwrap_or(u32::MAX), memory_bytes: lm.unwrap_or(u64::MAX) },
+                },
+                Resources { slots: hs, memory_bytes: hm },
+            )).collect();
+            let make = || -> Vec<TenantQueue<'_, std::vec::IntoIter<PendingTask<'_>>>> {
+                (0..4).map(|t| TenantQueue {
+                    tenant: TENANTS[t],
+                    share: shares[t].0,
+                    held: shares[t].1,
+                    tasks: tasks.iter().copied().filter(|x| x.request.tenant == TENANTS[t]).collect::<Vec<_>>().into_iter(),
+                }).collect()
+            };
             let strategy = if spread { Strategy::Spread } else { Strategy::Binpack };
-            let plan = plan(&parts, tasks.iter().copied(), strategy);
-            prop_assert_eq!(&plan, &super::plan(&parts, tasks.iter().copied(), strategy), "not deterministic");
+            let order = if fair { Order::Fair } else { Order::Fifo };
+            let plan = plan(&parts, make(), strategy, order, usize::MAX);
+            prop_assert_eq!(&plan, &super::plan(&parts, make(), strategy, order, usize::MAX), "not deterministic");
 
-            // Replay the queue in order against the oracle.
+            let total = parts.iter().filter(|p| !p.draining).fold((0u64, 0u64), |(s, m), p| (s + u64::from(p.capacity.slots), m + p.capacity.memory_bytes));
             let mut free: Vec<Resources> = parts.iter().map(|p| p.free).collect();
-            let placed: HashMap<TaskId, usize> = plan.placements.iter().map(|p| (p.task_id, p.partition)).collect();
-            let unplaced: HashMap<TaskId, &Unplaced> = plan.unplaced.iter().map(|u| (u.task_id, u)).collect();
-            let mut read = 0;
-            for task in &tasks {
-                let expected = oracle(&parts, &free, &task.request, strategy);
-                match (placed.get(&task.task_id), unplaced.get(&task.task_id)) {
-                    (Some(&chosen), None) => {
-                        prop_assert_eq!(Some(chosen), expected, "task {} placed elsewhere than the oracle says", task.task_id);
-                        let f = &mut free[chosen];
-                        prop_assert!(f.covers(&task.request.resources), "over-allocated {}", parts[chosen].partition_id);
-                        *f = f.minus(&task.request.resources);
+            let mut held: Vec<Resources> = shares.iter().map(|s| s.1).collect();
+            let mut waiting: Vec<PendingTask> = tasks.clone();
+            let tenant_of = |t: &PendingTask| TENANTS.iter().position(|&n| n == t.request.tenant).unwrap();
+            // A waiting task fits when some partition takes it and its tenant's limit allows.
+            let fits = |t: &PendingTask, free: &[Resources], held: &[Resources]| {
+                let i = tenant_of(t);
+                let after = held[i].plus(&t.request.resources);
+                shares[i].0.limit.slots >= after.slots && shares[i].0.limit.memory_bytes >= after.memory_bytes
+                    && oracle(&parts, free, &t.request, strategy).is_some()
+            };
+            for placement in &plan.placements {
+                let at = waiting.iter().position(|t| t.task_id == placement.task_id);
+                prop_assert!(at.is_some(), "task {} placed twice or unknown", placement.task_id);
+                let chosen = waiting[at.unwrap()];
+                let tenant = tenant_of(&chosen);
+                // Every tenant's first fitting task, and its rank.
+                let rank = |i: usize| -> (u8, f64) {
+                    let below = u8::from(held[i].slots >= shares[i].0.guarantee.slots);
+                    (below, drf((u64::from(held[i].slots), held[i].memory_bytes), total, shares[i].0.weight))
+                };
+                let mut candidates: Vec<(usize, TaskId)> = Vec::new();
+                for t in &waiting {
+                    let i = tenant_of(t);
+                    if fits(t, &free, &held) && !candidates.iter().any(|c| c.0 == i) {
+                        candidates.push((i, t.task_id));
                     }
-                    (None, Some(left)) => {
-                        prop_assert_eq!(expected, None, "task {} fits but was left out", task.task_id);
-                        prop_assert!(!left.reason.is_empty());
-                    }
-                    (None, None) => break,
-                    (Some(_), Some(_)) => prop_assert!(false, "task {} both placed and left out", task.task_id),
                 }
-                read += 1;
+                waiting.remove(at.unwrap());
+                prop_assert!(candidates.iter().any(|c| c == &(tenant, chosen.task_id)), "task {} is not its tenant's first fitting task", chosen.task_id);
+                match order {
+                    Order::Fair => {
+                        let best = candidates.iter().map(|c| rank(c.0)).min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))).unwrap();
+                        let mine = rank(tenant);
+                        prop_assert!(mine.0 == best.0 && mine.1.total_cmp(&best.1).is_eq(), "tenant {} went at rank {:?}, best {:?}", tenant, mine, best);
+                    }
+                    Order::Fifo => {
+                        let oldest = candidates.iter().map(|c| c.1).min().unwrap();
+                        prop_assert_eq!(chosen.task_id, oldest, "not the oldest fitting task");
+                    }
+                }
+                let expected = oracle(&parts, &free, &chosen.request, strategy);
+                prop_assert_eq!(Some(placement.partition), expected, "task {} placed elsewhere than the oracle says", chosen.task_id);
+                free[placement.partition] = free[placement.partition].minus(&chosen.request.resources);
+                held[tenant] = held[tenant].plus(&chosen.request.resources);
+                let limit = shares[tenant].0.limit;
+                prop_assert!(limit.covers(&held[tenant]), "tenant {} past its limit", tenant);
             }
-            // What follows the tasks read was not read: only once every slot was taken.
-            if read < tasks.len() {
-                let left: u32 = parts.iter().zip(&free).filter(|(p, _)| !p.draining).map(|(_, f)| f.slots).sum();
-                prop_assert_eq!(left, 0);
-                prop_assert!(tasks[read..].iter().all(|t| !placed.contains_key(&t.task_id) && !unplaced.contains_key(&t.task_id)));
+            // Work-conserving: nothing left fits.
+            for t in &waiting {
+                prop_assert!(!fits(t, &free, &held), "task {} fits but waits", t.task_id);
+            }
+            // Every task read and left has a true reason.
+            for u in &plan.unplaced {
+                prop_assert!(waiting.iter().any(|t| t.task_id == u.task_id));
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::convert;
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::task::{Task, TaskId, TaskOutput};
+use crate::tenant::TenantSettings;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
@@ -38,10 +39,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Which tenants uploaded each module: `<sha256>\0<tenant>`.
 const MODULE_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("module_owners");
+/// Tenants' settings set by `corral tenant set`, by tenant (`TenantSettings`).
+const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 /// The audit log by seq (`AuditEvent`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Records that could not be decoded, set aside when the store was opened: `tasks/<id>`,
-/// `agents/<id>`, `partitions/<id>`, `tokens/<accessor>`, with their bytes as they were.
+/// `agents/<id>`, `partitions/<id>`, `tokens/<accessor>`, `tenants/<name>`, with their bytes as
+/// they were.
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 /// The schema this code writes:
@@ -130,6 +134,8 @@ pub enum Write {
     Audit(AuditEntry),
     /// Remove these entries of the audit log.
     ForgetAudit(Vec<u64>),
+    /// A tenant's settings as set, or none (the config file's apply again).
+    Tenant(String, Option<TenantSettings>),
 }
 
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
@@ -154,6 +160,8 @@ pub struct Loaded {
     pub module_owners: Vec<(String, String)>,
     /// Every token.
     pub tokens: Vec<TokenRecord>,
+    /// Tenants' settings as set.
+    pub tenants: Vec<(String, TenantSettings)>,
     /// The audit log's entries kept: (seq, when, whether a refusal), oldest first.
     pub audit: Vec<(u64, i64, bool)>,
     /// The highest audit seq ever written, removed entries included.
@@ -264,7 +272,7 @@ impl Store {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
-        for table in [MODULES, AGENTS, PARTITIONS, TOKENS] {
+        for table in [MODULES, AGENTS, PARTITIONS, TOKENS, TENANTS] {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
@@ -411,6 +419,18 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 bad.push((format!("tokens/{}", key.value()), value.value().to_vec(), e));
             }
         }
+        // Settings that do not decode are set aside: the config file's apply to that tenant.
+        let tenants = txn.open_table(TENANTS).map_err(io)?;
+        for row in tenants.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            if let Err(e) = decode_tenant(key.value(), value.value()) {
+                bad.push((
+                    format!("tenants/{}", key.value()),
+                    value.value().to_vec(),
+                    e,
+                ));
+            }
+        }
     }
     if bad.is_empty() {
         return Ok(());
@@ -421,6 +441,7 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut tokens = txn.open_table(TOKENS).map_err(io)?;
+        let mut tenants = txn.open_table(TENANTS).map_err(io)?;
         for (key, bytes, error) in &bad {
             tracing::error!(
                 record = key,
@@ -450,6 +471,9 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 Some(("tokens", id)) => {
                     tokens.remove(id).map_err(io)?;
                 }
+                Some(("tenants", name)) => {
+                    tenants.remove(name).map_err(io)?;
+                }
                 Some((_, id)) => {
                     partitions.remove(id).map_err(io)?;
                 }
@@ -463,6 +487,15 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
         bad.len()
     );
     Ok(())
+}
+
+/// Stored tenant settings, checked as `corral tenant set` checks them.
+fn decode_tenant(name: &str, bytes: &[u8]) -> Result<TenantSettings, String> {
+    let settings = pb::TenantSettings::decode(bytes)
+        .map(convert::tenant_settings_from_pb)
+        .map_err(|e| e.to_string())?;
+    settings.validate(name)?;
+    Ok(settings)
 }
 
 fn load(db: &Database) -> Result<Loaded, StoreError> {
@@ -551,6 +584,12 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .and_then(convert::token_from_stored_pb)
             .map_err(|e| StoreError::Corrupt(format!("token {}: {e}", key.value())))?;
         loaded.tokens.push(token);
+    }
+    for row in txn.open_table(TENANTS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let settings = decode_tenant(key.value(), value.value())
+            .map_err(|e| StoreError::Corrupt(format!("tenant {}: {e}", key.value())))?;
+        loaded.tenants.push((key.value().to_string(), settings));
     }
     for row in txn.open_table(AUDIT).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
@@ -731,6 +770,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut tokens = txn.open_table(TOKENS).map_err(io)?;
         let mut owners = txn.open_table(MODULE_OWNERS).map_err(io)?;
         let mut audit = txn.open_table(AUDIT).map_err(io)?;
+        let mut tenants = txn.open_table(TENANTS).map_err(io)?;
         let mut highest_forgotten = None;
         for (i, write) in writes.into_iter().enumerate() {
             match write {
@@ -788,6 +828,15 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     tokens
                         .insert(record.accessor.as_str(), bytes.as_slice())
                         .map_err(io)?;
+                }
+                Write::Tenant(name, Some(settings)) => {
+                    let bytes = convert::tenant_settings_to_pb(settings).encode_to_vec();
+                    tenants
+                        .insert(name.as_str(), bytes.as_slice())
+                        .map_err(io)?;
+                }
+                Write::Tenant(name, None) => {
+                    tenants.remove(name.as_str()).map_err(io)?;
                 }
                 Write::ModuleOwner(sha, tenant) => {
                     owners
@@ -1170,5 +1219,48 @@ mod tests {
         let (_, loaded) = Store::open(dir.path()).unwrap();
         let ids: Vec<_> = loaded.partitions.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["a1/default", "a10/default"]);
+    }
+
+    #[tokio::test]
+    async fn tenant_settings_survive_a_reopen_and_a_damaged_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = TenantSettings {
+            weight: 2.5,
+            guarantee_slots: 3,
+            limit_memory: Some(bytesize::ByteSize::gib(8)),
+            ..TenantSettings::default()
+        };
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store
+                .write(vec![
+                    Write::Tenant("acme".into(), Some(acme.clone())),
+                    Write::Tenant("gone".into(), Some(TenantSettings::default())),
+                    Write::Tenant("gone".into(), None),
+                ])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.tenants, vec![("acme".to_string(), acme)]);
+        drop(store);
+        // Settings that decode but make no sense (a weight of zero) are set aside, not obeyed.
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            let bad = pb::TenantSettings::default().encode_to_vec();
+            txn.open_table(TENANTS)
+                .unwrap()
+                .insert("acme", bad.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.tenants.is_empty(), "{:?}", loaded.tenants);
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let quarantine = txn.open_table(QUARANTINE).unwrap();
+        assert!(quarantine.get("tenants/acme").unwrap().is_some());
     }
 }

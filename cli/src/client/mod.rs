@@ -9,6 +9,7 @@ pub mod profile;
 pub mod submit;
 pub mod task;
 pub mod tasks;
+pub mod tenants;
 pub mod tokens;
 
 use anyhow::anyhow;

@@ -470,6 +470,39 @@ impl pb::corral_server::Corral for ClientService {
             .collect();
         Ok(Response::new(pb::ListAuditResponse { events }))
     }
+
+    async fn set_tenant(
+        &self,
+        request: Request<pb::SetTenantRequest>,
+    ) -> Result<Response<pb::TenantView>, Status> {
+        let principal = auth::principal(&request)?;
+        admin_only(&principal, "setting a tenant's share")?;
+        let r = request.into_inner();
+        let change = convert::tenant_change_from_pb(&r).map_err(Status::invalid_argument)?;
+        let view = self
+            .plane
+            .set_tenant(&r.tenant, change, &Caller::from(&principal))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::tenant_view_to_pb(&view)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        // A tenant sees its own row only: another's settings and usage are not its business.
+        let principal = auth::principal(&request)?;
+        let tenants = self
+            .plane
+            .tenants(principal.tenant())
+            .await
+            .map_err(status)?
+            .iter()
+            .map(convert::tenant_view_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListTenantsResponse { tenants }))
+    }
 }
 
 #[cfg(test)]

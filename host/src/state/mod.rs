@@ -34,10 +34,12 @@
 //!   removed tasks are never given again.
 
 mod access;
+mod tenants;
 #[cfg(test)]
 mod tests;
 
 pub use access::MAX_AUDIT_ENTRIES;
+pub use tenants::TenantView;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -51,11 +53,13 @@ use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::partition::{self, Partition, PartitionState, PartitionTemplate};
 use crate::registry::{AgentInfo, AgentState, Registry};
-use crate::scheduler::{self, PendingTask};
+use crate::scheduler::{self, Order, PendingTask, TenantQueue};
 use crate::store::{Loaded, Write};
 use crate::task::{
     Attempt, OutcomeKind, OutcomeRecord, Progress, Task, TaskId, TaskOutput, TaskSpec, TaskState,
 };
+use crate::tenant::TenantSettings;
+use tenants::Queues;
 
 /// Most pending tasks considered in one scheduling round.
 const MAX_ROUND: usize = 50_000;
@@ -171,6 +175,8 @@ pub struct AgentView {
 #[derive(Clone, Debug)]
 struct Rules {
     strategy: Strategy,
+    order: Order,
+    tenants: BTreeMap<String, TenantSettings>,
     heartbeat_timeout: Duration,
     templates: Vec<PartitionTemplate>,
     max_output_bytes: u64,
@@ -208,7 +214,14 @@ pub struct Collected {
 pub struct HostState {
     rules: Rules,
     tasks: BTreeMap<TaskId, Task>,
-    pending: BTreeSet<TaskId>,
+    /// The PENDING tasks, by tenant.
+    queues: Queues,
+    /// What each tenant's tasks hold (ASSIGNED or RUNNING); tenants holding nothing absent.
+    held: HashMap<String, crate::partition::Resources>,
+    /// Tenants' settings set by `corral tenant set`, preferred to the config file's.
+    tenant_set: BTreeMap<String, TenantSettings>,
+    /// The settings of a tenant named nowhere.
+    default_tenant: TenantSettings,
     idempotency: HashMap<(String, String), TaskId>,
     /// The idempotency key of each task submitted with one.
     key_of: HashMap<TaskId, (String, String)>,
@@ -291,6 +304,8 @@ impl HostState {
         Self {
             rules: Rules {
                 strategy: config.strategy,
+                order: config.order,
+                tenants: config.tenants.clone(),
                 heartbeat_timeout: config.heartbeat_timeout,
                 templates: config.partitions.clone(),
                 max_output_bytes: config.max_output_size.as_u64(),
@@ -299,7 +314,10 @@ impl HostState {
                 audit_retention_ms: millis(config.audit_retention),
             },
             tasks: BTreeMap::new(),
-            pending: BTreeSet::new(),
+            queues: Queues::default(),
+            held: HashMap::new(),
+            tenant_set: BTreeMap::new(),
+            default_tenant: TenantSettings::default(),
             idempotency: HashMap::new(),
             key_of: HashMap::new(),
             ended: BTreeSet::new(),
@@ -348,7 +366,7 @@ impl HostState {
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
-                state.pending.insert(task.id);
+                state.queues.insert(&task.spec.tenant, task.id);
             }
             if task.state.is_terminal() {
                 // A record without its end time (none should be) counts from its last change.
@@ -368,6 +386,7 @@ impl HostState {
                 });
             used.tasks += 1;
             if task.state.holds_resources() {
+                tenants::hold(&mut state.held, &task.spec.tenant, &task.spec.resources());
                 if let Some(p) = task
                     .partition_id
                     .as_ref()
@@ -393,6 +412,7 @@ impl HostState {
             state.tokens.insert(token.accessor.clone(), token);
         }
         state.module_owners = loaded.module_owners.into_iter().collect();
+        state.tenant_set = loaded.tenants.into_iter().collect();
         state.audit_seq = loaded.highest_audit_seq;
         // A damaged entry (no time) counts from this start.
         for (seq, at, refusal) in loaded.audit {
@@ -402,7 +422,7 @@ impl HostState {
             };
             kept.push_back((seq, at.min(now.ms)));
         }
-        state.dirty = !state.pending.is_empty();
+        state.dirty = !state.queues.is_empty();
         state
     }
 
@@ -474,6 +494,7 @@ impl HostState {
                 )));
             }
         }
+        self.admit_for_tenant(&spec.tenant, &request.resources)?;
         self.next_id += 1;
         let id = TaskId(self.next_id);
         let used = self
@@ -490,8 +511,8 @@ impl HostState {
         }
         fx.writes.push(Write::Task(task.clone()));
         fx.events.push(Arc::new(public(&task)));
+        self.queues.insert(&task.spec.tenant, id);
         self.tasks.insert(id, task);
-        self.pending.insert(id);
         self.dirty = true;
         Ok((id, false))
     }
@@ -613,6 +634,7 @@ impl HostState {
             }
             out.push(public(task));
         }
+        self.explain(&mut out);
         (out, more)
     }
 
@@ -666,7 +688,7 @@ impl HostState {
     /// task be placed: plans the pending tasks over the partitions and applies the plan
     /// (ASSIGNED, allocation taken, a launch for each placement's agent).
     pub fn schedule(&mut self, now: Now, fx: &mut Effects) {
-        if !std::mem::take(&mut self.dirty) || self.pending.is_empty() {
+        if !std::mem::take(&mut self.dirty) || self.queues.is_empty() {
             return;
         }
         let candidates: Vec<Candidate<'_>> = self.partitions.values().map(candidate).collect();
@@ -675,16 +697,30 @@ impl HostState {
             return;
         }
         // Read lazily: the plan stops once every slot is taken.
-        let pending = self
-            .pending
-            .iter()
-            .take(MAX_ROUND)
-            .filter_map(|id| self.tasks.get(id))
-            .map(|t| PendingTask {
-                task_id: t.id,
-                request: request(&t.spec),
-            });
-        let plan = scheduler::plan(&candidates, pending, self.rules.strategy);
+        let tasks = &self.tasks;
+        let tenants = self
+            .queues
+            .tenants()
+            .map(|(tenant, queue)| TenantQueue {
+                tenant,
+                share: self.tenant_settings(tenant).0.share(),
+                held: self.held_by(tenant),
+                tasks: queue
+                    .iter()
+                    .filter_map(|id| tasks.get(id))
+                    .map(|t| PendingTask {
+                        task_id: t.id,
+                        request: request(&t.spec),
+                    }),
+            })
+            .collect();
+        let plan = scheduler::plan(
+            &candidates,
+            tenants,
+            self.rules.strategy,
+            self.rules.order,
+            MAX_ROUND,
+        );
         let placements: Vec<(TaskId, String)> = plan
             .placements
             .iter()
@@ -699,6 +735,7 @@ impl HostState {
                 continue;
             };
             p.allocated = p.allocated.plus(&task.spec.resources());
+            tenants::hold(&mut self.held, &task.spec.tenant, &task.spec.resources());
             task.state = TaskState::Assigned;
             task.attempts += 1;
             task.agent_id = Some(p.agent_id.clone());
@@ -712,18 +749,13 @@ impl HostState {
             task.progress = None;
             // The new attempt has no outcome yet; the last one's is in the task's reason.
             task.outcome = None;
-            self.pending.remove(&task_id);
+            self.queues.remove(&task.spec.tenant, task_id);
             if self.attached.contains_key(&p.agent_id) {
                 let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
                 fx.commands.push((p.agent_id.clone(), launch));
             }
             fx.events.push(Arc::new(public(task)));
             fx.writes.push(Write::Task(task.clone()));
-        }
-        for unplaced in plan.unplaced {
-            if let Some(task) = self.tasks.get_mut(&unplaced.task_id) {
-                task.reason = unplaced.reason;
-            }
         }
     }
 
@@ -1080,9 +1112,9 @@ impl HostState {
         self.partitions.values()
     }
 
-    /// Tasks in the pending queue, in queue order.
+    /// Tasks in the pending queues, tenant by tenant, each in queue order.
     pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.pending.iter().copied()
+        self.queues.ids()
     }
 
     /// Every task, by id.
@@ -1129,9 +1161,10 @@ impl HostState {
             {
                 p.allocated = p.allocated.minus(&task.spec.resources());
             }
+            tenants::release(&mut self.held, &task.spec.tenant, &task.spec.resources());
             self.dirty = true;
         }
-        self.pending.remove(&id);
+        self.queues.remove(&task.spec.tenant, id);
         task.state = ended;
         task.updated_at_ms = now.ms;
         let retry = !task.kill_requested && task.may_retry_after(ended);
@@ -1145,7 +1178,7 @@ impl HostState {
             task.state = TaskState::Pending;
             task.reason = format!("retrying after {}: {reason}", ended.as_str());
             fx.events.push(Arc::new(public(task)));
-            self.pending.insert(id);
+            self.queues.insert(&task.spec.tenant, id);
             self.dirty = true;
         }
         let ended = task.clone();

@@ -10,6 +10,7 @@ use proptest::strategy::Strategy as Generator;
 use super::*;
 use crate::partition::Resources;
 use crate::task::{RetryPolicy, TaskLimits};
+use crate::tenant::TenantChange;
 
 const MIB: u64 = 1 << 20;
 const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -214,6 +215,24 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
         return Err(format!(
             "queue {pending:?}, PENDING tasks {pending_tasks:?}"
         ));
+    }
+    // Each tenant's queue holds its own tasks, and what each tenant holds is what its placed
+    // tasks request.
+    for (tenant, queue) in state.queues.tenants() {
+        if let Some(id) = queue
+            .iter()
+            .find(|id| state.tasks[id].spec.tenant != *tenant)
+        {
+            return Err(format!("{id} is queued as tenant {tenant}'s"));
+        }
+    }
+    let mut held: HashMap<String, Resources> = HashMap::new();
+    for t in state.tasks().filter(|t| t.state.holds_resources()) {
+        let sum = held.entry(t.spec.tenant.clone()).or_default();
+        *sum = sum.plus(&t.spec.resources());
+    }
+    if held != state.held {
+        return Err(format!("tenants hold {:?}, tasks {held:?}", state.held));
     }
     // Retention's books: every ended task is indexed, and nothing else but keys of tasks
     // not loaded; each module counts the tasks that run it; `key_of` inverts the keys.
@@ -1462,4 +1481,253 @@ fn refused_calls_never_push_the_rest_of_the_audit_log_out() {
         removed += collected;
     }
     assert_eq!(removed, MAX_AUDIT_ENTRIES + 1);
+}
+
+// ----- tenants: fair share, limits, guarantees, queue caps, reasons ---------------------------
+
+const GIB: u64 = 1 << 30;
+
+fn spec_of(tenant: &str, memory: u64) -> TaskSpec {
+    TaskSpec {
+        tenant: tenant.into(),
+        ..spec(memory, 0, false)
+    }
+}
+
+fn holding(w: &World, tenant: &str) -> usize {
+    w.state
+        .tasks()
+        .filter(|t| t.spec.tenant == tenant && t.state.holds_resources())
+        .count()
+}
+
+fn set(w: &mut World, tenant: &str, change: TenantChange) -> Effects {
+    let mut fx = Effects::default();
+    w.state.set_tenant(tenant, Some(change), &mut fx).unwrap();
+    fx
+}
+
+/// The example through the state machine: one agent of 10 slots and 20 GiB; tenant
+/// A's tasks take 4 GiB, B's 1 GiB, A's all submitted first. Fair: A 3, B 7; FIFO: A 5.
+#[test]
+fn tenants_share_an_agent_by_dominant_resource_fairness() {
+    for (order, a, b) in [(Order::Fair, 3, 7), (Order::Fifo, 5, 0)] {
+        let mut w = World::with(&HostConfig {
+            order,
+            ..HostConfig::default()
+        });
+        w.agent("a1", 10, 20 * GIB);
+        for _ in 0..20 {
+            w.submit(spec_of("A", 4 * GIB));
+        }
+        for _ in 0..20 {
+            w.submit(spec_of("B", GIB));
+        }
+        w.schedule();
+        w.check();
+        assert_eq!((holding(&w, "A"), holding(&w, "B")), (a, b), "{order:?}");
+        let view = w.state.tenants(Some("B")).remove(0);
+        assert_eq!(view.held.slots, b as u32);
+        assert_eq!(view.queued, 20 - b as u64);
+    }
+}
+
+#[test]
+fn a_limit_caps_a_tenant_and_a_guarantee_is_served_first_as_slots_free() {
+    let mut w = World::new();
+    w.agent("a1", 4, 4 * GIB);
+    let mut fx = set(
+        &mut w,
+        "capped",
+        TenantChange {
+            limit_slots: Some(Some(1)),
+            ..TenantChange::default()
+        },
+    );
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Tenant(t, Some(_)) if t == "capped")));
+    let capped: Vec<TaskId> = (0..3).map(|_| w.submit(spec_of("capped", MIB))).collect();
+    let flood: Vec<TaskId> = (0..10).map(|_| w.submit(spec_of("flood", MIB))).collect();
+    w.schedule();
+    w.check();
+    assert_eq!((holding(&w, "capped"), holding(&w, "flood")), (1, 3));
+    let reason = w.state.list(&TaskFilter::default(), None, 100).0;
+    let waiting = reason.iter().find(|t| t.id == capped[1]).unwrap();
+    assert!(
+        waiting.reason.contains("limit") && waiting.reason.contains("1 slot(s)"),
+        "{}",
+        waiting.reason
+    );
+
+    // A guaranteed tenant arrives with the cluster full: each slot that frees is its own until
+    // it holds its guarantee, ahead of the flood with its lower share.
+    fx = set(
+        &mut w,
+        "vip",
+        TenantChange {
+            guarantee_slots: Some(2),
+            ..TenantChange::default()
+        },
+    );
+    drop(fx);
+    let vip: Vec<TaskId> = (0..3).map(|_| w.submit(spec_of("vip", MIB))).collect();
+    w.schedule();
+    assert_eq!(holding(&w, "vip"), 0, "nothing is preempted");
+    let placed: Vec<TaskId> = flood
+        .iter()
+        .copied()
+        .filter(|id| w.task(*id).state == TaskState::Assigned)
+        .collect();
+    for (i, id) in placed.iter().take(2).enumerate() {
+        let agent = w.task(*id).agent_id.clone().unwrap();
+        w.report(&agent, *id, ended(OutcomeKind::Success));
+        w.schedule();
+        w.check();
+        assert_eq!(holding(&w, "vip"), i + 1);
+    }
+    // Guarantee held: the next slot goes by share; vip holds 2 of 4, flood none: flood's turn.
+    let agent = w.task(placed[2]).agent_id.clone().unwrap();
+    w.report(&agent, placed[2], ended(OutcomeKind::Success));
+    w.schedule();
+    assert_eq!((holding(&w, "vip"), holding(&w, "flood")), (2, 1));
+    assert_eq!(w.task(vip[2]).state, TaskState::Pending);
+}
+
+#[test]
+fn a_tenant_past_its_queue_cap_or_limit_is_refused_at_submit() {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        "small".into(),
+        crate::tenant::TenantSettings {
+            max_queued: 2,
+            limit_memory: Some(bytesize::ByteSize::mib(64)),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with(&config);
+    w.submit(spec_of("small", MIB));
+    w.submit(spec_of("small", MIB));
+    let mut fx = Effects::default();
+    let e = w
+        .state
+        .submit(spec_of("small", MIB), None, w.now, &mut fx)
+        .unwrap_err();
+    assert!(matches!(e, HostError::Exhausted(_)), "{e:?}");
+    assert!(e.to_string().contains("max_queued 2"), "{e}");
+    // Another tenant is not affected.
+    w.submit(spec_of("other", MIB));
+    // A task bigger than the tenant's whole limit could never run.
+    let mut w = World::with(&config);
+    let e = w
+        .state
+        .submit(spec_of("small", 128 * MIB), None, w.now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("limit"), "{e}");
+    // Once what was set is forgotten, the config applies again; the view says which.
+    assert_eq!(
+        w.state.tenants(Some("small"))[0].source,
+        crate::tenant::Source::Config
+    );
+    set(
+        &mut w,
+        "small",
+        TenantChange {
+            limit_memory: Some(None),
+            ..TenantChange::default()
+        },
+    );
+    let view = &w.state.tenants(Some("small"))[0];
+    assert_eq!(
+        (view.source, view.settings.max_queued),
+        (crate::tenant::Source::Set, 2)
+    );
+    w.submit(spec_of("small", 128 * MIB));
+    let mut fx = Effects::default();
+    w.state.set_tenant("small", None, &mut fx).unwrap();
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Tenant(t, None) if t == "small")));
+    assert_eq!(
+        w.state.tenants(Some("small"))[0].source,
+        crate::tenant::Source::Config
+    );
+}
+
+#[test]
+fn a_pending_task_says_why_it_waits_when_read_and_nothing_is_stored_each_round() {
+    let mut w = World::new();
+    w.agent("a1", 2, 4 * GIB);
+    let mut zoned = spec_of("z", MIB);
+    zoned.constraints.insert("zone".into(), "x".into());
+    let first = w.submit(spec_of("hog", MIB));
+    let second = w.submit(spec_of("hog", MIB));
+    let third = w.submit(spec_of("hog", MIB));
+    let newcomer = w.submit(spec_of("new", MIB));
+    let fx = w.schedule();
+    // The round wrote only the placements: no reason was stored on a waiting task.
+    let written: Vec<TaskId> = fx
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Task(t) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(written.contains(&first) && written.contains(&newcomer));
+    assert_eq!(w.task(third).reason, "", "stored");
+    // hog holds 1, new holds 1: equal shares, so hog's next waits for capacity; once new
+    // holds nothing and has work, hog's waits for its fair share.
+    let read = |w: &World, id: TaskId| {
+        w.state
+            .list(&TaskFilter::default(), None, 100)
+            .0
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap()
+            .reason
+    };
+    assert!(
+        read(&w, second).starts_with("waiting for capacity"),
+        "{}",
+        read(&w, second)
+    );
+    let another = w.submit(spec_of("new", MIB));
+    let agent = "a1".to_string();
+    w.report(&agent, newcomer, ended(OutcomeKind::Success));
+    // Before the round: a partition has room.
+    assert!(
+        read(&w, another).contains("has room"),
+        "{}",
+        read(&w, another)
+    );
+    w.schedule();
+    assert_eq!(
+        w.task(another).state,
+        TaskState::Assigned,
+        "new went before hog's second"
+    );
+    w.report(&agent, another, ended(OutcomeKind::Success));
+    w.submit(spec_of("new", MIB));
+    w.submit(spec_of("new2", MIB));
+    assert!(read(&w, second).contains("has room"));
+    w.schedule();
+    // new (share 0, the older task) got the slot; new2 (share 0) waits ahead of hog.
+    assert!(
+        read(&w, second).starts_with("waiting for its fair share"),
+        "{}",
+        read(&w, second)
+    );
+    // The get path explains the same way.
+    let mut got = vec![w.task(second).clone()];
+    w.state.explain(&mut got);
+    assert!(got[0].reason.starts_with("waiting for its fair share"));
+    // A constraint no agent meets (submitted before any agent registered).
+    let mut w = World::new();
+    let z = w.submit(zoned);
+    w.agent("a1", 2, 4 * GIB);
+    assert!(read(&w, z).contains("zone=x"), "{}", read(&w, z));
 }

@@ -1,0 +1,233 @@
+//! `corral tenant set|reset|list`: tenants' weights, guarantees, limits and usage.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use corral_proto::pb;
+use serde::Serialize;
+
+use super::{connect, rpc};
+use crate::args::{parse_size, Format, FormatArg, HostArg};
+use crate::show;
+
+/// `corral tenant ...`.
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Change a tenant's settings (admin): the flags given; the rest are kept. Stored, effective
+    /// at once, and preferred to the config file's for that tenant.
+    Set(SetArgs),
+    /// Forget what `tenant set` stored for a tenant (admin): the config file's settings, or
+    /// the defaults, apply again.
+    Reset(ResetArgs),
+    /// List tenants: settings, where they come from, and what each holds and has waiting (a
+    /// tenant token sees its own tenant only).
+    List(ListArgs),
+}
+
+/// Arguments of `corral tenant set`.
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The tenant.
+    name: String,
+    /// Its weight in fair sharing (above 0): twice the weight, twice the share.
+    #[arg(long, value_name = "W")]
+    weight: Option<f64>,
+    /// Slots it gets first, as they free, while it has work.
+    #[arg(long, value_name = "N")]
+    guarantee_slots: Option<u32>,
+    /// Memory it gets first while it has work (`8GiB`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    guarantee_memory: Option<u64>,
+    /// The most slots it may hold at once, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit_slots)]
+    limit_slots: Option<Limit<u32>>,
+    /// The most memory it may hold at once (`64GiB`), or `none`.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_limit_memory)]
+    limit_memory: Option<Limit<u64>>,
+    /// The most tasks it may have waiting; a submit past it is refused.
+    #[arg(long, value_name = "N")]
+    max_queued: Option<u64>,
+    #[command(flatten)]
+    host: HostArg,
+    #[command(flatten)]
+    format: FormatArg,
+}
+
+/// A limit as given: a value, or `none`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit<T>(Option<T>);
+
+fn parse_limit_slots(arg: &str) -> Result<Limit<u32>, String> {
+    match arg {
+        "none" => Ok(Limit(None)),
+        n => n
+            .parse()
+            .map(|n| Limit(Some(n)))
+            .map_err(|_| format!("{n:?} is neither a number of slots nor \"none\"")),
+    }
+}
+
+fn parse_limit_memory(arg: &str) -> Result<Limit<u64>, String> {
+    match arg {
+        "none" => Ok(Limit(None)),
+        size => parse_size(size).map(|m| Limit(Some(m))),
+    }
+}
+
+/// Arguments of `corral tenant reset`.
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// The tenant.
+    name: String,
+    #[command(flatten)]
+    host: HostArg,
+    #[command(flatten)]
+    format: FormatArg,
+}
+
+/// Arguments of `corral tenant list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    host: HostArg,
+    #[command(flatten)]
+    format: FormatArg,
+}
+
+/// A tenant (`tenant list -o json`).
+#[derive(Serialize)]
+struct Tenant {
+    tenant: String,
+    source: String,
+    weight: f64,
+    guarantee_slots: u32,
+    guarantee_memory_bytes: u64,
+    limit_slots: Option<u32>,
+    limit_memory_bytes: Option<u64>,
+    max_queued: u64,
+    held_slots: u32,
+    held_memory_bytes: u64,
+    queued: u64,
+    dominant_share: f64,
+}
+
+impl From<&pb::TenantView> for Tenant {
+    fn from(v: &pb::TenantView) -> Self {
+        let s = v.settings.unwrap_or_default();
+        Tenant {
+            tenant: v.tenant.clone(),
+            source: v.source.clone(),
+            weight: s.weight,
+            guarantee_slots: s.guarantee_slots,
+            guarantee_memory_bytes: s.guarantee_memory_bytes,
+            limit_slots: s.limit_slots,
+            limit_memory_bytes: s.limit_memory_bytes,
+            max_queued: s.max_queued,
+            held_slots: v.held_slots,
+            held_memory_bytes: v.held_memory_bytes,
+            queued: v.queued,
+            dominant_share: v.dominant_share,
+        }
+    }
+}
+
+pub async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TenantCommand::Set(args) => {
+            let request = pb::SetTenantRequest {
+                tenant: args.name,
+                weight: args.weight,
+                guarantee_slots: args.guarantee_slots,
+                guarantee_memory_bytes: args.guarantee_memory,
+                set_limit_slots: args.limit_slots.is_some(),
+                limit_slots: args.limit_slots.and_then(|l| l.0),
+                set_limit_memory: args.limit_memory.is_some(),
+                limit_memory_bytes: args.limit_memory.and_then(|l| l.0),
+                max_queued: args.max_queued,
+                reset: false,
+            };
+            set(request, &args.host, args.format.format).await
+        }
+        TenantCommand::Reset(args) => {
+            let request = pb::SetTenantRequest {
+                tenant: args.name,
+                reset: true,
+                ..Default::default()
+            };
+            set(request, &args.host, args.format.format).await
+        }
+        TenantCommand::List(args) => {
+            let mut client = connect(&args.host).await?;
+            let tenants = client
+                .list_tenants(pb::ListTenantsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .tenants;
+            show_tenants(
+                &tenants.iter().map(Tenant::from).collect::<Vec<_>>(),
+                args.format.format,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn set(
+    request: pb::SetTenantRequest,
+    host: &HostArg,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(host).await?;
+    let view = client.set_tenant(request).await.map_err(rpc)?.into_inner();
+    show_tenants(&[Tenant::from(&view)], format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
+    match format {
+        Format::Json => show::json(&tenants),
+        Format::Text => {
+            let limit = |slots: Option<u32>, memory: Option<u64>| match (slots, memory) {
+                (None, None) => "-".to_string(),
+                (s, m) => format!(
+                    "{}/{}",
+                    s.map_or("-".into(), |s| s.to_string()),
+                    m.map_or("-".into(), show::size)
+                ),
+            };
+            let rows: Vec<Vec<String>> = tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.tenant.clone(),
+                        t.source.clone(),
+                        format!("{}", t.weight),
+                        format!(
+                            "{}/{}",
+                            t.guarantee_slots,
+                            show::size(t.guarantee_memory_bytes)
+                        ),
+                        limit(t.limit_slots, t.limit_memory_bytes),
+                        format!("{}/{}", t.held_slots, show::size(t.held_memory_bytes)),
+                        format!("{}/{}", t.queued, t.max_queued),
+                        format!("{:.3}", t.dominant_share),
+                    ]
+                })
+                .collect();
+            show::table(
+                &[
+                    "TENANT",
+                    "SOURCE",
+                    "WEIGHT",
+                    "GUARANTEE",
+                    "LIMIT",
+                    "HOLDS",
+                    "QUEUED",
+                    "SHARE",
+                ],
+                &rows,
+            )
+        }
+    }
+}

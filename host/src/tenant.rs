@@ -1,0 +1,223 @@
+//! Tenants as configuration: what each is entitled to (weight, guarantee) and allowed (limit,
+//! queued tasks), from the config file's `[tenants.NAME]` tables or set by an admin with
+//! `corral tenant set` (stored, and then preferred to the file for that tenant).
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::partition::Resources;
+use crate::scheduler::Share;
+
+/// Largest weight accepted: shares are compared as floating point, and weights beyond this
+/// say nothing a smaller one would not.
+pub const MAX_WEIGHT: f64 = 1e6;
+/// Queued tasks a tenant may have when nothing says otherwise.
+pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
+
+/// One tenant's settings. Every field is optional in the file; the defaults are a tenant not
+/// named at all: weight 1, no guarantee, no limit, 100,000 queued tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    /// Its weight in fair sharing: twice the weight, twice the share when both have work.
+    pub weight: f64,
+    /// Slots it gets first while it has work (others use them while it is idle).
+    pub guarantee_slots: u32,
+    /// Memory it gets first while it has work.
+    pub guarantee_memory: ByteSize,
+    /// The most slots it may hold at once; none when absent.
+    pub limit_slots: Option<u32>,
+    /// The most memory it may hold at once; none when absent.
+    pub limit_memory: Option<ByteSize>,
+    /// The most tasks it may have waiting; a submit past it is refused.
+    pub max_queued: u64,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            guarantee_slots: 0,
+            guarantee_memory: ByteSize::b(0),
+            limit_slots: None,
+            limit_memory: None,
+            max_queued: DEFAULT_MAX_QUEUED,
+        }
+    }
+}
+
+impl TenantSettings {
+    /// Checks values that parse but make no sense; `name` is the tenant's.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        crate::auth::tenant_problem(name).map_or(Ok(()), Err)?;
+        if !(self.weight.is_finite() && self.weight > 0.0 && self.weight <= MAX_WEIGHT) {
+            return Err(format!(
+                "tenant {name:?}: weight {} must be above 0 and at most {MAX_WEIGHT}",
+                self.weight
+            ));
+        }
+        let share = self.share();
+        if !share.limit.covers(&share.guarantee) {
+            return Err(format!(
+                "tenant {name:?}: its guarantee ({} slot(s), {}) exceeds its limit",
+                self.guarantee_slots,
+                self.guarantee_memory.display().iec()
+            ));
+        }
+        if self.max_queued == 0 {
+            return Err(format!("tenant {name:?}: max_queued must be above zero"));
+        }
+        Ok(())
+    }
+
+    /// What the scheduler decides by.
+    pub fn share(&self) -> Share {
+        Share {
+            weight: self.weight,
+            guarantee: Resources {
+                slots: self.guarantee_slots,
+                memory_bytes: self.guarantee_memory.as_u64(),
+            },
+            limit: Resources {
+                slots: self.limit_slots.unwrap_or(u32::MAX),
+                memory_bytes: self.limit_memory.map_or(u64::MAX, |m| m.as_u64()),
+            },
+        }
+    }
+}
+
+/// Where a tenant's settings come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Not named anywhere: the defaults.
+    Default,
+    /// The config file's `[tenants.NAME]`.
+    Config,
+    /// `corral tenant set`, stored by the host.
+    Set,
+}
+
+impl Source {
+    /// As `corral tenant list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Config => "config",
+            Source::Set => "set",
+        }
+    }
+}
+
+/// A change asked by `corral tenant set`: each field given replaces the tenant's current
+/// value (a limit of `None` inside `Some` removes the limit); the rest are kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantChange {
+    /// New weight.
+    pub weight: Option<f64>,
+    /// New guaranteed slots.
+    pub guarantee_slots: Option<u32>,
+    /// New guaranteed memory.
+    pub guarantee_memory: Option<u64>,
+    /// New slot limit, or none.
+    pub limit_slots: Option<Option<u32>>,
+    /// New memory limit, or none.
+    pub limit_memory: Option<Option<u64>>,
+    /// New cap on queued tasks.
+    pub max_queued: Option<u64>,
+}
+
+impl TenantChange {
+    /// The fields it sets, as `key=value` words (for the audit log).
+    pub fn describe(&self) -> String {
+        let limit = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        let mut words = Vec::new();
+        if let Some(w) = self.weight {
+            words.push(format!("weight={w}"));
+        }
+        if let Some(n) = self.guarantee_slots {
+            words.push(format!("guarantee_slots={n}"));
+        }
+        if let Some(m) = self.guarantee_memory {
+            words.push(format!(
+                "guarantee_memory={}",
+                ByteSize::b(m).display().iec()
+            ));
+        }
+        if let Some(n) = self.limit_slots {
+            words.push(format!("limit_slots={}", limit(n.map(|n| n.to_string()))));
+        }
+        if let Some(m) = self.limit_memory {
+            let shown = m.map(|m| ByteSize::b(m).display().iec().to_string());
+            words.push(format!("limit_memory={}", limit(shown)));
+        }
+        if let Some(n) = self.max_queued {
+            words.push(format!("max_queued={n}"));
+        }
+        words.join(" ")
+    }
+
+    /// `current` with the change applied.
+    pub fn apply(&self, current: &TenantSettings) -> TenantSettings {
+        TenantSettings {
+            weight: self.weight.unwrap_or(current.weight),
+            guarantee_slots: self.guarantee_slots.unwrap_or(current.guarantee_slots),
+            guarantee_memory: self
+                .guarantee_memory
+                .map_or(current.guarantee_memory, ByteSize::b),
+            limit_slots: self.limit_slots.unwrap_or(current.limit_slots),
+            limit_memory: self
+                .limit_memory
+                .map_or(current.limit_memory, |m| m.map(ByteSize::b)),
+            max_queued: self.max_queued.unwrap_or(current.max_queued),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonsense_is_refused_by_name() {
+        let mut s = TenantSettings::default();
+        assert_eq!(s.validate("acme"), Ok(()));
+        s.weight = 0.0;
+        assert!(s.validate("acme").unwrap_err().contains("weight"));
+        s.weight = f64::NAN;
+        assert!(s.validate("acme").unwrap_err().contains("weight"));
+        s.weight = 2.0;
+        s.guarantee_slots = 4;
+        s.limit_slots = Some(2);
+        assert!(s
+            .validate("acme")
+            .unwrap_err()
+            .contains("exceeds its limit"));
+        s.limit_slots = Some(4);
+        assert_eq!(s.validate("acme"), Ok(()));
+        assert!(s.validate("").is_err());
+    }
+
+    #[test]
+    fn a_change_keeps_what_it_does_not_name() {
+        let current = TenantSettings {
+            weight: 3.0,
+            limit_slots: Some(8),
+            ..TenantSettings::default()
+        };
+        let change = TenantChange {
+            guarantee_slots: Some(2),
+            limit_memory: Some(Some(1 << 30)),
+            ..TenantChange::default()
+        };
+        let next = change.apply(&current);
+        assert_eq!(next.weight, 3.0);
+        assert_eq!(next.limit_slots, Some(8));
+        assert_eq!(next.guarantee_slots, 2);
+        assert_eq!(next.limit_memory, Some(ByteSize::gib(1)));
+        let unlimited = TenantChange {
+            limit_slots: Some(None),
+            ..TenantChange::default()
+        };
+        assert_eq!(unlimited.apply(&next).limit_slots, None);
+    }
+}
