@@ -69,6 +69,7 @@ fn pending(tenants: &[String]) -> Vec<Vec<PendingTask<'_>>> {
     for i in 0..TASKS {
         let t = (i % tenants.len() as u64) as usize;
         queues[t].push(PendingTask {
+            fuel: 1_000_000,
             task_id: TaskId(i),
             request: Request {
                 resources: Resources {
@@ -96,7 +97,9 @@ fn queues<'a>(
             tenant,
             share: Share::default(),
             held: Resources::default(),
-            tasks: tasks.iter().copied(),
+            fuel_left: u64::MAX,
+            smallest: (64 << 20, 1_000_000),
+            groups: vec![tasks.iter().copied()],
         })
         .collect()
 }

@@ -70,6 +70,10 @@ pub struct HostConfig {
     /// [`MAX_AUDIT_ENTRIES`](crate::state::MAX_AUDIT_ENTRIES) are, whatever their age).
     #[serde(with = "humantime_serde_compat")]
     pub audit_retention: Duration,
+    /// The window over which `corral tenant list` reports the fuel of a tenant without a
+    /// budget (one with a budget is reported over its budget's period).
+    #[serde(with = "humantime_serde_compat")]
+    pub fuel_window: Duration,
     /// Free space kept on the data dir's filesystem: a new task or module is refused
     /// (`RESOURCE_EXHAUSTED`) while less than this would be left after it: headroom for the
     /// results of tasks already accepted and the host's own records. 0 turns the check off.
@@ -101,6 +105,7 @@ impl Default for HostConfig {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             module_retention: Duration::from_secs(24 * 3600),
             audit_retention: Duration::from_secs(90 * 24 * 3600),
+            fuel_window: Duration::from_secs(3600),
             min_free_disk: ByteSize::mib(128),
             partitions: Vec::new(),
             tenants: BTreeMap::new(),
@@ -148,6 +153,11 @@ impl HostConfig {
             return Err(
                 "task_retention, module_retention and audit_retention must be above zero".into(),
             );
+        }
+        if self.fuel_window < crate::tenant::MIN_BUDGET_PERIOD
+            || self.fuel_window > crate::tenant::MAX_BUDGET_PERIOD
+        {
+            return Err("fuel_window must be 1 minute to 31 days".into());
         }
         if self.max_concurrent_uploads == 0 || self.upload_idle_timeout.is_zero() {
             return Err("max_concurrent_uploads and upload_idle_timeout must be above zero".into());

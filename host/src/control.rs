@@ -1071,13 +1071,13 @@ impl Actor {
                     .get_as(id, tenant.as_deref())
                     .cloned()
                     .map(|mut task| {
-                        state.explain(std::slice::from_mut(&mut task));
+                        state.explain(std::slice::from_mut(&mut task), now);
                         task
                     });
                 replies.push(Reply::Get(answer, Box::new(task)));
             }
             Request::List(filter, after, limit, answer) => {
-                replies.push(Reply::List(answer, state.list(&filter, after, limit)));
+                replies.push(Reply::List(answer, state.list(&filter, after, limit, now)));
             }
             // Its task is read once the whole batch is applied (`apply_batch`).
             Request::Watch(id, tenant, answer) => {
@@ -1108,14 +1108,14 @@ impl Actor {
                     Some(change) => format!("{tenant}: {}", change.describe()),
                     None => format!("{tenant}: reset"),
                 };
-                let result = state.set_tenant(&tenant, change, fx);
+                let result = state.set_tenant(&tenant, change, now, fx);
                 if result.is_ok() {
                     state.audit("tenant.set", &by, detail, 1, now, fx);
                 }
                 replies.push(later(answer, result));
             }
             Request::Tenants(only, answer) => {
-                replies.push(later(answer, Ok(state.tenants(only.as_deref()))));
+                replies.push(later(answer, Ok(state.tenants(only.as_deref(), now))));
             }
             Request::Used(used, refused) => {
                 state.tokens_used(&used, fx);

@@ -16,7 +16,7 @@ use crate::task::{
     OutcomeKind, OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits,
     TaskOutput, TaskSpec, TaskState,
 };
-use crate::tenant::{TenantChange, TenantSettings};
+use crate::tenant::{FuelBudget, TenantChange, TenantSettings};
 
 /// A task state to its protobuf form.
 pub fn state_to_pb(state: TaskState) -> pb::TaskState {
@@ -611,6 +611,10 @@ pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
         limit_slots: t.limit_slots,
         limit_memory_bytes: t.limit_memory.map(|m| m.as_u64()),
         max_queued: t.max_queued,
+        fuel_budget: t.fuel_budget.map(|b| b.fuel),
+        fuel_budget_period_ms: t.fuel_budget.map_or(0, |b| {
+            u64::try_from(b.period.as_millis()).unwrap_or(u64::MAX)
+        }),
     }
 }
 
@@ -623,6 +627,10 @@ pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> TenantSettings {
         limit_slots: t.limit_slots,
         limit_memory: t.limit_memory_bytes.map(bytesize::ByteSize::b),
         max_queued: t.max_queued,
+        fuel_budget: t.fuel_budget.map(|fuel| FuelBudget {
+            fuel,
+            period: Duration::from_millis(t.fuel_budget_period_ms),
+        }),
     }
 }
 
@@ -636,11 +644,22 @@ pub fn tenant_view_to_pb(v: &TenantView) -> pb::TenantView {
         held_memory_bytes: v.held.memory_bytes,
         queued: v.queued,
         dominant_share: v.dominant_share,
+        fuel_used_in_window: v.fuel_used_in_window,
+        fuel_window_ms: u64::try_from(v.fuel_window_ms).unwrap_or(0),
+        fuel_held: v.fuel_held,
+        fuel_left: v.fuel_left,
+        fuel_used_total: v.fuel_used_total,
     }
 }
 
 /// A `SetTenant` request's change: `None` for a reset.
 pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantChange>, String> {
+    if (r.limit_slots.is_some() && !r.set_limit_slots)
+        || (r.limit_memory_bytes.is_some() && !r.set_limit_memory)
+        || ((r.fuel_budget.is_some() || r.fuel_budget_period_ms != 0) && !r.set_fuel_budget)
+    {
+        return Err("a limit or budget is changed only with its set_* flag".into());
+    }
     let change = TenantChange {
         weight: r.weight,
         guarantee_slots: r.guarantee_slots,
@@ -648,6 +667,12 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
         limit_slots: r.set_limit_slots.then_some(r.limit_slots),
         limit_memory: r.set_limit_memory.then_some(r.limit_memory_bytes),
         max_queued: r.max_queued,
+        fuel_budget: r
+            .set_fuel_budget
+            .then_some(r.fuel_budget.map(|fuel| FuelBudget {
+                fuel,
+                period: Duration::from_millis(r.fuel_budget_period_ms),
+            })),
     };
     match r.reset {
         true if change != TenantChange::default() => {

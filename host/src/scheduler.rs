@@ -5,12 +5,14 @@
 //! # Properties
 //! - **Never over-allocates**: the plan's placements, added to what each partition already
 //!   holds, stay within every partition's capacity.
-//! - **Never exceeds a tenant's limit**: what a tenant holds, with the plan's placements,
-//!   stays within its [`Share::limit`].
+//! - **Never exceeds a tenant's limit or budget**: what a tenant holds, with the plan's
+//!   placements, stays within its [`Share::limit`], and the fuel limits of the tasks placed
+//!   within what is left of its fuel budget ([`TenantQueue::fuel_left`]).
 //! - **Fair**: each placement goes to the tenant first in [`Order`] among those with a waiting
-//!   task that fits (in a partition it may use, within its limit): under [`Order::Fair`], a
-//!   tenant holding less than its guarantee first, then the lowest weighted dominant share
-//!   (below), then the tenant whose oldest waiting task is oldest. Within a tenant, tasks go in
+//!   task that fits (in a partition it may use, within its limit and budget): under
+//!   [`Order::Fair`], a tenant holding less than its guarantee first, then the lowest weighted
+//!   dominant share (below), then the tenant whose oldest waiting task is oldest; under
+//!   [`Order::Fifo`], the oldest task (guarantees play no part). Within a tenant, tasks go in
 //!   queue order, and one that does not fit does not block those behind it.
 //! - **Work-conserving**: a task left waiting fits nowhere given the placements made before it
 //!   (unless the round's read budget ran out).
@@ -22,24 +24,25 @@
 //! is that divided by its weight (Ghodsi et al., "Dominant Resource Fairness", NSDI 2011, with
 //! weights as in Mesos's DRF allocator). Giving each slot to the tenant with the lowest one
 //! equalises dominant shares: a tenant of small tasks gets more of them than a tenant of big
-//! ones, and no tenant gains by asking for more than it uses. A **guarantee** is honoured as
-//! capacity frees: while a tenant with waiting work holds less than its guarantee, it comes
-//! before every tenant that holds its own. Nothing is preempted: a guarantee is not a
-//! reservation (others use that capacity while the tenant is idle) and a tenant that comes back
-//! gets what frees, not what others hold.
+//! ones. A **guarantee** is honoured as capacity frees: while a tenant with waiting work holds
+//! less than its guarantee in every dimension the guarantee sets, it comes before every tenant
+//! that does not (its last task may take it past the guarantee by that task's size). Nothing
+//! is preempted: a guarantee is not a reservation (others use that capacity while the tenant
+//! is idle) and a tenant that comes back gets what frees, not what others hold.
 //!
 //! # Algorithm
-//! Tenants wait in a heap keyed by their order; each step pops the first, reads the next task
-//! of its queue and places it where the [`Strategy`] says (see [`crate::allocator`]) among the
-//! partitions of its placement class (tenant, labels, constraints; found once per class), or
-//! leaves it waiting; the tenant goes back with its new key while it has tasks. A tenant at its
-//! slot limit is not read at all. The plan stops once no partition has a free slot, so a round
-//! on a full cluster costs nothing however long the queues, and once `max_read` tasks were
-//! read. Cost: O(tasks read x (eligible partitions + log tenants)).
+//! Tenants wait in a heap keyed by their order; each step pops the first, takes the earliest
+//! of the heads of its groups (tasks of one shape: see [`TenantQueue::groups`]) and places it
+//! where the [`Strategy`] says (see [`crate::allocator`]) among the partitions of its
+//! placement class (tenant, labels, constraints; found once per class), or leaves it waiting
+//! and drops its group from the plan, since none of its tasks could fit either; the tenant
+//! goes back with its new key while it has tasks. A tenant whose smallest waiting task would
+//! pass its limit or budget is not read at all. The plan stops once no partition has a free
+//! slot or `max_read` tasks were read. Cost: O((placements + groups tried) x (eligible
+//! partitions + log tenants)), whatever the length of the queues.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::iter::Peekable;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +55,10 @@ use crate::task::TaskId;
 pub struct PendingTask<'a> {
     /// The task.
     pub task_id: TaskId,
-    /// What it asks for.
+    /// What it asks of a partition.
     pub request: Request<'a>,
+    /// Its fuel limit, held against its tenant's budget while it is placed.
+    pub fuel: u64,
 }
 
 /// How the next slot is chosen among tenants with waiting tasks.
@@ -102,6 +107,16 @@ impl Share {
     pub fn allows(&self, held: &Resources, more: &Resources) -> bool {
         self.limit.covers(&held.plus(more))
     }
+
+    /// Whether a tenant holding `held` holds less than its guarantee in every dimension the
+    /// guarantee sets (a tenant without one never does): it has not reached it yet. Its next
+    /// task may take it past the guarantee by that task's size, never further.
+    pub fn below_guarantee(&self, held: &Resources) -> bool {
+        let g = self.guarantee;
+        g != Resources::default()
+            && (g.slots == 0 || held.slots < g.slots)
+            && (g.memory_bytes == 0 || held.memory_bytes < g.memory_bytes)
+    }
 }
 
 /// A tenant with waiting tasks, as the scheduler sees it.
@@ -113,8 +128,17 @@ pub struct TenantQueue<'a, I> {
     pub share: Share,
     /// What it holds now (tasks placed and running).
     pub held: Resources,
-    /// Its waiting tasks, in queue order; read lazily.
-    pub tasks: I,
+    /// What is left of its fuel budget for new tasks (`u64::MAX` without a budget).
+    pub fuel_left: u64,
+    /// The least memory and the least fuel any of its waiting tasks asks for (0 when not
+    /// known): when even those do not fit its limit or budget, its queue is not read.
+    pub smallest: (u64, u64),
+    /// Its waiting tasks in groups of one shape (the same request and fuel), each group in
+    /// queue order; read lazily. Once one task of a group cannot be placed, no other can in
+    /// the same plan (capacity, limits and budgets only shrink as it goes), so the rest of
+    /// the group is not read: a round costs what it places and the shapes it tries, however
+    /// long the queues.
+    pub groups: Vec<I>,
 }
 
 /// One placement of the plan.
@@ -131,6 +155,8 @@ pub struct Placement {
 pub enum Wait {
     /// Its tenant would exceed its limit.
     Limit,
+    /// Its fuel limit exceeds what is left of its tenant's budget.
+    Budget,
     /// No partition it may use has room for it now.
     Room,
 }
@@ -165,7 +191,7 @@ pub fn total_capacity(partitions: &[Candidate<'_>]) -> Resources {
 #[derive(Clone, Copy, Debug)]
 struct Key {
     /// 0 while it holds less than its guarantee, else 1.
-    holds_guarantee: u8,
+    beyond_guarantee: u8,
     /// Its weighted dominant share (0 under FIFO).
     share: f64,
     /// Its next task.
@@ -176,7 +202,7 @@ struct Key {
 
 impl Key {
     fn rank(&self) -> (u8, TaskId, usize) {
-        (self.holds_guarantee, self.next, self.index)
+        (self.beyond_guarantee, self.next, self.index)
     }
 }
 
@@ -196,36 +222,69 @@ impl PartialOrd for Key {
 
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.holds_guarantee
-            .cmp(&other.holds_guarantee)
+        self.beyond_guarantee
+            .cmp(&other.beyond_guarantee)
             .then(self.share.total_cmp(&other.share))
             .then(self.rank().cmp(&other.rank()))
+    }
+}
+
+/// A tenant as the plan goes: its share, what it holds and has left, and the head of each of
+/// its groups still read.
+struct Tenant<'a, I> {
+    share: Share,
+    held: Resources,
+    fuel_left: u64,
+    smallest: (u64, u64),
+    groups: Vec<I>,
+    /// (task id, group) of each group's next task, earliest first.
+    heads: BinaryHeap<Reverse<(TaskId, usize)>>,
+    /// Each group's next task.
+    next: Vec<Option<PendingTask<'a>>>,
+}
+
+impl<'a, I: Iterator<Item = PendingTask<'a>>> Tenant<'a, I> {
+    /// Reads group `g`'s next task into the heads.
+    fn advance(&mut self, g: usize) {
+        self.next[g] = self.groups[g].next();
+        if let Some(task) = &self.next[g] {
+            self.heads.push(Reverse((task.task_id, g)));
+        }
+    }
+
+    /// Its next task, earliest of its groups' heads.
+    fn peek(&self) -> Option<&PendingTask<'a>> {
+        let Reverse((_, g)) = self.heads.peek()?;
+        self.next[*g].as_ref()
     }
 }
 
 /// A tenant's key under `order`, or `None` when it has no task left or may take none.
 fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
     index: usize,
-    tenant: &mut Peekable<I>,
-    share: &Share,
-    held: &Resources,
+    tenant: &Tenant<'a, I>,
     total: &Resources,
     order: Order,
 ) -> Option<Key> {
-    // Every task takes a slot: a tenant at its slot limit can take none.
-    if held.slots >= share.limit.slots {
+    // Every task takes a slot and at least the smallest memory and fuel asked: a tenant that
+    // cannot take that much takes nothing.
+    let least = Resources {
+        slots: 1,
+        memory_bytes: tenant.smallest.0,
+    };
+    if !tenant.share.allows(&tenant.held, &least) || tenant.smallest.1 > tenant.fuel_left {
         return None;
     }
     let next = tenant.peek()?.task_id;
     Some(match order {
         Order::Fair => Key {
-            holds_guarantee: u8::from(held.covers(&share.guarantee)),
-            share: share.dominant(held, total),
+            beyond_guarantee: u8::from(!tenant.share.below_guarantee(&tenant.held)),
+            share: tenant.share.dominant(&tenant.held, total),
             next,
             index,
         },
         Order::Fifo => Key {
-            holds_guarantee: 0,
+            beyond_guarantee: 0,
             share: 0.0,
             next,
             index,
@@ -263,25 +322,42 @@ where
         .collect();
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'a>, Vec<usize>> = HashMap::new();
-    let mut queues: Vec<(Share, Resources, Peekable<I>)> = Vec::with_capacity(tenants.len());
+    let mut queues: Vec<Tenant<'a, I>> = Vec::with_capacity(tenants.len());
     let mut heap = BinaryHeap::with_capacity(tenants.len());
     for (index, t) in tenants.into_iter().enumerate() {
-        let mut tasks = t.tasks.peekable();
-        if let Some(k) = key(index, &mut tasks, &t.share, &t.held, &total, order) {
+        let n = t.groups.len();
+        let mut tenant = Tenant {
+            share: t.share,
+            held: t.held,
+            fuel_left: t.fuel_left,
+            smallest: t.smallest,
+            groups: t.groups,
+            heads: BinaryHeap::with_capacity(n),
+            next: vec![None; n],
+        };
+        for g in 0..n {
+            tenant.advance(g);
+        }
+        if let Some(k) = key(index, &tenant, &total, order) {
             heap.push(Reverse(k));
         }
-        queues.push((t.share, t.held, tasks));
+        queues.push(tenant);
     }
     let mut read = 0;
     while let Some(Reverse(Key { index, .. })) = heap.pop() {
-        let (share, held, tasks) = &mut queues[index];
-        let Some(task) = tasks.next() else {
+        let tenant = &mut queues[index];
+        let Some(Reverse((_, g))) = tenant.heads.pop() else {
+            continue;
+        };
+        let Some(task) = tenant.next[g].take() else {
             continue;
         };
         read += 1;
         let request = &task.request;
-        let wait = if !share.allows(held, &request.resources) {
+        let wait = if !tenant.share.allows(&tenant.held, &request.resources) {
             Some(Wait::Limit)
+        } else if task.fuel > tenant.fuel_left {
+            Some(Wait::Budget)
         } else {
             let eligible = classes.entry(ClassKey::of(request)).or_insert_with(|| {
                 (0..partitions.len())
@@ -292,7 +368,8 @@ where
                 Some(i) => {
                     free[i] = free[i].minus(&request.resources);
                     free_slots = free_slots.saturating_sub(u64::from(request.resources.slots));
-                    *held = held.plus(&request.resources);
+                    tenant.held = tenant.held.plus(&request.resources);
+                    tenant.fuel_left -= task.fuel;
                     plan.placements.push(Placement {
                         task_id: task.task_id,
                         partition: i,
@@ -302,16 +379,18 @@ where
                 None => Some(Wait::Room),
             }
         };
-        if let Some(wait) = wait {
-            plan.unplaced.push(Unplaced {
+        match wait {
+            // The group's next task is like this one: it fits as well, or not at all.
+            None => tenant.advance(g),
+            Some(wait) => plan.unplaced.push(Unplaced {
                 task_id: task.task_id,
                 wait,
-            });
+            }),
         }
         if free_slots == 0 || read >= max_read {
             break;
         }
-        if let Some(k) = key(index, tasks, share, held, &total, order) {
+        if let Some(k) = key(index, tenant, &total, order) {
             heap.push(Reverse(k));
         }
     }
@@ -403,6 +482,7 @@ mod tests {
 
     fn task(id: u64, tenant: &'static str, slots: u32, memory: u64) -> PendingTask<'static> {
         PendingTask {
+            fuel: 1,
             task_id: TaskId(id),
             request: Request {
                 resources: Resources {
@@ -420,10 +500,30 @@ mod tests {
         task(id, "default", 1, memory)
     }
 
-    type Tasks = std::vec::IntoIter<PendingTask<'static>>;
+    type Tasks<'a> = std::vec::IntoIter<PendingTask<'a>>;
+
+    /// `tasks` in groups of one shape (request and fuel), each in the order given.
+    fn groups<'a>(tasks: impl Iterator<Item = PendingTask<'a>>) -> Vec<Tasks<'a>> {
+        type Shape = (
+            Resources,
+            u64,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+        );
+        let mut by_shape: Vec<(Shape, Vec<PendingTask<'a>>)> = Vec::new();
+        for t in tasks {
+            let r = &t.request;
+            let shape = (r.resources, t.fuel, r.labels.clone(), r.constraints.clone());
+            match by_shape.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, group)) => group.push(t),
+                None => by_shape.push((shape, vec![t])),
+            }
+        }
+        by_shape.into_iter().map(|(_, g)| g.into_iter()).collect()
+    }
 
     /// One queue per tenant named in `tasks`, default shares, nothing held.
-    fn queues(tasks: &[PendingTask<'static>]) -> Vec<TenantQueue<'static, Tasks>> {
+    fn queues(tasks: &[PendingTask<'static>]) -> Vec<TenantQueue<'static, Tasks<'static>>> {
         let mut by_tenant: BTreeMap<&'static str, Vec<PendingTask<'static>>> = BTreeMap::new();
         for t in tasks {
             by_tenant.entry(t.request.tenant).or_default().push(*t);
@@ -434,7 +534,9 @@ mod tests {
                 tenant,
                 share: Share::default(),
                 held: Resources::default(),
-                tasks: tasks.into_iter(),
+                fuel_left: u64::MAX,
+                smallest: (0, 0),
+                groups: groups(tasks.into_iter()),
             })
             .collect()
     }
@@ -610,13 +712,17 @@ mod tests {
                 tenant: "a",
                 share: Share::default(),
                 held: Resources::default(),
-                tasks: counted("a", 0),
+                fuel_left: u64::MAX,
+                smallest: (0, 0),
+                groups: vec![counted("a", 0)],
             },
             TenantQueue {
                 tenant: "b",
                 share: Share::default(),
                 held: Resources::default(),
-                tasks: counted("b", 1_000),
+                fuel_left: u64::MAX,
+                smallest: (0, 0),
+                groups: vec![counted("b", 1_000)],
             },
         ];
         let plan = plan(&parts, tenants, Strategy::Binpack, Order::Fair, usize::MAX);
@@ -624,8 +730,12 @@ mod tests {
         // Each queue's head is peeked, and the one behind a placed task.
         assert!(read.get() <= 4, "{} tasks read", read.get());
 
-        // A tenant whose tasks never fit costs the round at most its budget.
+        // Tasks of one shape that do not fit cost one read, however many wait.
         let tasks: Vec<_> = (0..100).map(|i| pending(i, 1_000)).collect();
+        let plan = super::plan(&parts, queues(&tasks), Strategy::Binpack, Order::Fair, 10);
+        assert_eq!(plan.unplaced.len(), 1);
+        // Tasks of many shapes that do not fit cost the round at most its budget.
+        let tasks: Vec<_> = (0..100).map(|i| pending(i, 1_000 + i)).collect();
         let plan = super::plan(&parts, queues(&tasks), Strategy::Binpack, Order::Fair, 10);
         assert_eq!(plan.unplaced.len(), 10);
     }
@@ -648,8 +758,8 @@ mod tests {
     }
 
     /// A task as generated: memory, tenant (an index of `TENANTS`), label `kind`, constraint
-    /// `zone`.
-    type RawTask = (u64, usize, Option<u8>, Option<u8>);
+    /// `zone`, fuel.
+    type RawTask = (u64, usize, Option<u8>, Option<u8>, u64);
 
     fn arb_task() -> impl Generator<Value = RawTask> {
         (
@@ -657,12 +767,24 @@ mod tests {
             0usize..4,
             proptest::option::of(0u8..2),
             proptest::option::of(0u8..2),
+            1u64..50,
         )
     }
 
     /// A tenant's share and holdings as generated: weight, guaranteed slots, slot limit,
-    /// memory limit, slots held, memory held.
-    type RawTenant = (u8, u32, Option<u32>, Option<u64>, u32, u64);
+    /// memory limit, slots held, memory held, fuel budget left, whether the plan is told its
+    /// smallest task, guaranteed memory.
+    type RawTenant = (
+        u8,
+        u32,
+        Option<u32>,
+        Option<u64>,
+        u32,
+        u64,
+        Option<u64>,
+        bool,
+        Option<u64>,
+    );
 
     fn arb_tenant() -> impl Generator<Value = RawTenant> {
         (
@@ -672,6 +794,9 @@ mod tests {
             proptest::option::of(0u64..1500),
             0u32..4,
             0u64..800,
+            proptest::option::of(0u64..150),
+            any::<bool>(),
+            proptest::option::of(0u64..1200),
         )
     }
 
@@ -739,7 +864,8 @@ mod tests {
         /// tenant first in the order (guarantee, then weighted dominant share; under FIFO, the
         /// oldest task) among those with a waiting task that fits, to that tenant's first
         /// fitting task, in the partition the oracle picks (so no partition is
-        /// over-allocated); no placement takes a tenant past its limit; once the plan ends,
+        /// over-allocated); no placement takes a tenant past its limit or budget, even when the
+        /// plan is told each tenant's smallest task; once the plan ends,
         /// no waiting task fits (work-conserving); the same snapshot gives the same plan.
         #[test]
         fn plans_keep_the_documented_properties(
@@ -766,14 +892,23 @@ mod tests {
             let constraints: Vec<BTreeMap<String, String>> = raw_tasks.iter().map(|t| kv("zone", t.3, "z")).collect();
             let tasks: Vec<PendingTask> = raw_tasks.iter().enumerate().map(|(i, t)| {
                 let mut task = task(i as u64, TENANTS[t.1], 1, t.0);
+                task.fuel = t.4;
                 task.request.labels = &labels[i];
                 task.request.constraints = &constraints[i];
                 task
             }).collect();
-            let shares: Vec<(Share, Resources)> = raw_tenants.iter().map(|&(w, g, ls, lm, hs, hm)| (
+            let budgets: Vec<u64> = raw_tenants.iter().map(|t| t.6.unwrap_or(u64::MAX)).collect();
+            let smallest: Vec<(u64, u64)> = (0..4).map(|t| {
+                let mine = || tasks.iter().filter(|x| x.request.tenant == TENANTS[t]);
+                match raw_tenants[t].7 {
+                    true => (mine().map(|x| x.request.resources.memory_bytes).min().unwrap_or(0), mine().map(|x| x.fuel).min().unwrap_or(0)),
+                    false => (0, 0),
+                }
+            }).collect();
+            let shares: Vec<(Share, Resources)> = raw_tenants.iter().map(|&(w, g, ls, lm, hs, hm, _, _, gm)| (
                 Share {
                     weight: f64::from(w),
-                    guarantee: Resources { slots: g, memory_bytes: 0 },
+                    guarantee: Resources { slots: g, memory_bytes: gm.unwrap_or(0) },
                     limit: Resources { slots: ls.unwrap_or(u32::MAX), memory_bytes: lm.unwrap_or(u64::MAX) },
                 },
                 Resources { slots: hs, memory_bytes: hm },
@@ -783,7 +918,9 @@ mod tests {
                     tenant: TENANTS[t],
                     share: shares[t].0,
                     held: shares[t].1,
-                    tasks: tasks.iter().copied().filter(|x| x.request.tenant == TENANTS[t]).collect::<Vec<_>>().into_iter(),
+                    fuel_left: budgets[t],
+                    smallest: smallest[t],
+                    groups: groups(tasks.iter().copied().filter(|x| x.request.tenant == TENANTS[t])),
                 }).collect()
             };
             let strategy = if spread { Strategy::Spread } else { Strategy::Binpack };
@@ -794,13 +931,16 @@ mod tests {
             let total = parts.iter().filter(|p| !p.draining).fold((0u64, 0u64), |(s, m), p| (s + u64::from(p.capacity.slots), m + p.capacity.memory_bytes));
             let mut free: Vec<Resources> = parts.iter().map(|p| p.free).collect();
             let mut held: Vec<Resources> = shares.iter().map(|s| s.1).collect();
+            let mut left = budgets.clone();
             let mut waiting: Vec<PendingTask> = tasks.clone();
             let tenant_of = |t: &PendingTask| TENANTS.iter().position(|&n| n == t.request.tenant).unwrap();
-            // A waiting task fits when some partition takes it and its tenant's limit allows.
-            let fits = |t: &PendingTask, free: &[Resources], held: &[Resources]| {
+            // A waiting task fits when some partition takes it and its tenant's limit and
+            // budget allow.
+            let fits = |t: &PendingTask, free: &[Resources], held: &[Resources], left: &[u64]| {
                 let i = tenant_of(t);
                 let after = held[i].plus(&t.request.resources);
                 shares[i].0.limit.slots >= after.slots && shares[i].0.limit.memory_bytes >= after.memory_bytes
+                    && t.fuel <= left[i]
                     && oracle(&parts, free, &t.request, strategy).is_some()
             };
             for placement in &plan.placements {
@@ -808,15 +948,19 @@ mod tests {
                 prop_assert!(at.is_some(), "task {} placed twice or unknown", placement.task_id);
                 let chosen = waiting[at.unwrap()];
                 let tenant = tenant_of(&chosen);
-                // Every tenant's first fitting task, and its rank.
+                // Every tenant's first fitting task, and its rank: first while it holds less
+                // than its guarantee in each dimension the guarantee sets.
                 let rank = |i: usize| -> (u8, f64) {
-                    let below = u8::from(held[i].slots >= shares[i].0.guarantee.slots);
-                    (below, drf((u64::from(held[i].slots), held[i].memory_bytes), total, shares[i].0.weight))
+                    let g = shares[i].0.guarantee;
+                    let below = (g.slots, g.memory_bytes) != (0, 0)
+                        && (g.slots == 0 || held[i].slots < g.slots)
+                        && (g.memory_bytes == 0 || held[i].memory_bytes < g.memory_bytes);
+                    (u8::from(!below), drf((u64::from(held[i].slots), held[i].memory_bytes), total, shares[i].0.weight))
                 };
                 let mut candidates: Vec<(usize, TaskId)> = Vec::new();
                 for t in &waiting {
                     let i = tenant_of(t);
-                    if fits(t, &free, &held) && !candidates.iter().any(|c| c.0 == i) {
+                    if fits(t, &free, &held, &left) && !candidates.iter().any(|c| c.0 == i) {
                         candidates.push((i, t.task_id));
                     }
                 }
@@ -839,10 +983,12 @@ mod tests {
                 held[tenant] = held[tenant].plus(&chosen.request.resources);
                 let limit = shares[tenant].0.limit;
                 prop_assert!(limit.covers(&held[tenant]), "tenant {} past its limit", tenant);
+                prop_assert!(chosen.fuel <= left[tenant], "tenant {} past its budget", tenant);
+                left[tenant] -= chosen.fuel;
             }
             // Work-conserving: nothing left fits.
             for t in &waiting {
-                prop_assert!(!fits(t, &free, &held), "task {} fits but waits", t.task_id);
+                prop_assert!(!fits(t, &free, &held, &left), "task {} fits but waits", t.task_id);
             }
             // Every task read and left has a true reason.
             for u in &plan.unplaced {

@@ -41,6 +41,10 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const MODULE_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("module_owners");
 /// Tenants' settings set by `corral tenant set`, by tenant (`TenantSettings`).
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+/// Fuel charged to each tenant per minute: (tenant, the minute's start in ms) -> fuel.
+const FUEL_MINUTES: TableDefinition<(&str, i64), u64> = TableDefinition::new("fuel_minutes");
+/// Fuel charged to each tenant since the cluster began.
+const FUEL_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("fuel_totals");
 /// The audit log by seq (`AuditEvent`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Records that could not be decoded, set aside when the store was opened: `tasks/<id>`,
@@ -136,6 +140,19 @@ pub enum Write {
     ForgetAudit(Vec<u64>),
     /// A tenant's settings as set, or none (the config file's apply again).
     Tenant(String, Option<TenantSettings>),
+    /// A tenant's fuel charged in one minute, and since the cluster began.
+    Fuel {
+        /// The tenant.
+        tenant: String,
+        /// The minute's start (ms since the epoch).
+        minute: i64,
+        /// Fuel charged in that minute.
+        fuel: u64,
+        /// Fuel charged in all.
+        total: u64,
+    },
+    /// Remove these minutes of a tenant's fuel ledger.
+    ForgetFuel(String, Vec<i64>),
 }
 
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
@@ -162,6 +179,10 @@ pub struct Loaded {
     pub tokens: Vec<TokenRecord>,
     /// Tenants' settings as set.
     pub tenants: Vec<(String, TenantSettings)>,
+    /// The fuel ledger's minutes: (tenant, minute, fuel).
+    pub fuel_minutes: Vec<(String, i64, u64)>,
+    /// Fuel charged to each tenant in all.
+    pub fuel_totals: Vec<(String, u64)>,
     /// The audit log's entries kept: (seq, when, whether a refusal), oldest first.
     pub audit: Vec<(u64, i64, bool)>,
     /// The highest audit seq ever written, removed entries included.
@@ -281,6 +302,10 @@ impl Store {
         txn.open_table(MODULE_OWNERS)
             .map_err(|e| open_error(e.to_string()))?;
         txn.open_table(AUDIT)
+            .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(FUEL_MINUTES)
+            .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(FUEL_TOTALS)
             .map_err(|e| open_error(e.to_string()))?;
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         // Records that do not decode are set aside first, so that one cannot stop a migration.
@@ -591,6 +616,29 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("tenant {}: {e}", key.value())))?;
         loaded.tenants.push((key.value().to_string(), settings));
     }
+    for row in txn
+        .open_table(FUEL_MINUTES)
+        .map_err(io)?
+        .iter()
+        .map_err(io)?
+    {
+        let (key, value) = row.map_err(io)?;
+        let (tenant, minute) = key.value();
+        loaded
+            .fuel_minutes
+            .push((tenant.to_string(), minute, value.value()));
+    }
+    for row in txn
+        .open_table(FUEL_TOTALS)
+        .map_err(io)?
+        .iter()
+        .map_err(io)?
+    {
+        let (key, value) = row.map_err(io)?;
+        loaded
+            .fuel_totals
+            .push((key.value().to_string(), value.value()));
+    }
     for row in txn.open_table(AUDIT).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
         // Only when it was is needed, for its retention; a damaged entry counts from now.
@@ -771,6 +819,8 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut owners = txn.open_table(MODULE_OWNERS).map_err(io)?;
         let mut audit = txn.open_table(AUDIT).map_err(io)?;
         let mut tenants = txn.open_table(TENANTS).map_err(io)?;
+        let mut fuel_minutes = txn.open_table(FUEL_MINUTES).map_err(io)?;
+        let mut fuel_totals = txn.open_table(FUEL_TOTALS).map_err(io)?;
         let mut highest_forgotten = None;
         for (i, write) in writes.into_iter().enumerate() {
             match write {
@@ -837,6 +887,24 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 }
                 Write::Tenant(name, None) => {
                     tenants.remove(name.as_str()).map_err(io)?;
+                }
+                Write::Fuel {
+                    tenant,
+                    minute,
+                    fuel,
+                    total,
+                } => {
+                    fuel_minutes
+                        .insert((tenant.as_str(), *minute), *fuel)
+                        .map_err(io)?;
+                    fuel_totals.insert(tenant.as_str(), *total).map_err(io)?;
+                }
+                Write::ForgetFuel(tenant, minutes) => {
+                    for minute in minutes {
+                        fuel_minutes
+                            .remove((tenant.as_str(), *minute))
+                            .map_err(io)?;
+                    }
                 }
                 Write::ModuleOwner(sha, tenant) => {
                     owners
@@ -1262,5 +1330,36 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let quarantine = txn.open_table(QUARANTINE).unwrap();
         assert!(quarantine.get("tenants/acme").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_fuel_ledger_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let fuel = |minute: i64, fuel: u64, total: u64| Write::Fuel {
+                tenant: "acme".into(),
+                minute,
+                fuel,
+                total,
+            };
+            store
+                .write(vec![
+                    fuel(60_000, 5, 5),
+                    fuel(120_000, 7, 12),
+                    fuel(120_000, 9, 14),
+                ])
+                .durable()
+                .await
+                .unwrap();
+            store
+                .write(vec![Write::ForgetFuel("acme".into(), vec![60_000])])
+                .durable()
+                .await
+                .unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.fuel_minutes, vec![("acme".to_string(), 120_000, 9)]);
+        assert_eq!(loaded.fuel_totals, vec![("acme".to_string(), 14)]);
     }
 }

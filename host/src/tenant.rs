@@ -2,8 +2,12 @@
 //! queued tasks), from the config file's `[tenants.NAME]` tables or set by an admin with
 //! `corral tenant set` (stored, and then preferred to the file for that tenant).
 
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
 use bytesize::ByteSize;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::partition::Resources;
 use crate::scheduler::Share;
@@ -11,8 +15,75 @@ use crate::scheduler::Share;
 /// Largest weight accepted: shares are compared as floating point, and weights beyond this
 /// say nothing a smaller one would not.
 pub const MAX_WEIGHT: f64 = 1e6;
+/// Smallest weight accepted (a share divided by a tinier one is infinite).
+pub const MIN_WEIGHT: f64 = 1e-3;
+/// Most queued tasks a tenant may be allowed: the queue cap protects the host.
+pub const MAX_QUEUED: u64 = 10_000_000;
 /// Queued tasks a tenant may have when nothing says otherwise.
 pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
+/// Shortest period of a fuel budget: the ledger counts fuel by the minute.
+pub const MIN_BUDGET_PERIOD: Duration = Duration::from_secs(60);
+/// Longest period of a fuel budget (the ledger keeps a minute's row per minute of it).
+pub const MAX_BUDGET_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// A fuel budget: at most `fuel` spent in any `period` (a rolling window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuelBudget {
+    /// Fuel per period.
+    pub fuel: u64,
+    /// The window's length.
+    pub period: Duration,
+}
+
+impl FuelBudget {
+    /// The period in milliseconds.
+    pub fn period_ms(&self) -> i64 {
+        i64::try_from(self.period.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl fmt::Display for FuelBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.fuel,
+            humantime::format_duration(self.period)
+        )
+    }
+}
+
+impl FromStr for FuelBudget {
+    type Err = String;
+
+    /// `FUEL/PERIOD`, as `10000000000000/1h`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{text:?} is not a fuel budget like \"10000000000000/1h\" (fuel/period)");
+        let (fuel, period) = text.split_once('/').ok_or_else(bad)?;
+        let fuel = fuel
+            .trim()
+            .replace('_', "")
+            .parse::<u64>()
+            .map_err(|_| bad())?;
+        let period = humantime::parse_duration(period.trim()).map_err(|_| bad())?;
+        Ok(Self { fuel, period })
+    }
+}
+
+impl Serialize for FuelBudget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for FuelBudget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// One tenant's settings. Every field is optional in the file; the defaults are a tenant not
 /// named at all: weight 1, no guarantee, no limit, 100,000 queued tasks.
@@ -31,6 +102,9 @@ pub struct TenantSettings {
     pub limit_memory: Option<ByteSize>,
     /// The most tasks it may have waiting; a submit past it is refused.
     pub max_queued: u64,
+    /// The most fuel its tasks may spend in any window of the budget's period; none when
+    /// absent.
+    pub fuel_budget: Option<FuelBudget>,
 }
 
 impl Default for TenantSettings {
@@ -42,6 +116,7 @@ impl Default for TenantSettings {
             limit_slots: None,
             limit_memory: None,
             max_queued: DEFAULT_MAX_QUEUED,
+            fuel_budget: None,
         }
     }
 }
@@ -50,9 +125,9 @@ impl TenantSettings {
     /// Checks values that parse but make no sense; `name` is the tenant's.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         crate::auth::tenant_problem(name).map_or(Ok(()), Err)?;
-        if !(self.weight.is_finite() && self.weight > 0.0 && self.weight <= MAX_WEIGHT) {
+        if !(self.weight.is_finite() && self.weight >= MIN_WEIGHT && self.weight <= MAX_WEIGHT) {
             return Err(format!(
-                "tenant {name:?}: weight {} must be above 0 and at most {MAX_WEIGHT}",
+                "tenant {name:?}: weight {} must be {MIN_WEIGHT} to {MAX_WEIGHT}",
                 self.weight
             ));
         }
@@ -64,8 +139,21 @@ impl TenantSettings {
                 self.guarantee_memory.display().iec()
             ));
         }
-        if self.max_queued == 0 {
-            return Err(format!("tenant {name:?}: max_queued must be above zero"));
+        if self.max_queued == 0 || self.max_queued > MAX_QUEUED {
+            return Err(format!(
+                "tenant {name:?}: max_queued must be 1 to {MAX_QUEUED}"
+            ));
+        }
+        if let Some(budget) = self.fuel_budget {
+            if budget.fuel == 0
+                || budget.period < MIN_BUDGET_PERIOD
+                || budget.period > MAX_BUDGET_PERIOD
+            {
+                return Err(format!(
+                    "tenant {name:?}: fuel budget {budget} must be above zero fuel, over a \
+                     period of 1 minute to 31 days"
+                ));
+            }
         }
         Ok(())
     }
@@ -124,6 +212,8 @@ pub struct TenantChange {
     pub limit_memory: Option<Option<u64>>,
     /// New cap on queued tasks.
     pub max_queued: Option<u64>,
+    /// New fuel budget, or none.
+    pub fuel_budget: Option<Option<FuelBudget>>,
 }
 
 impl TenantChange {
@@ -153,6 +243,9 @@ impl TenantChange {
         if let Some(n) = self.max_queued {
             words.push(format!("max_queued={n}"));
         }
+        if let Some(b) = self.fuel_budget {
+            words.push(format!("fuel_budget={}", limit(b.map(|b| b.to_string()))));
+        }
         words.join(" ")
     }
 
@@ -169,6 +262,7 @@ impl TenantChange {
                 .limit_memory
                 .map_or(current.limit_memory, |m| m.map(ByteSize::b)),
             max_queued: self.max_queued.unwrap_or(current.max_queued),
+            fuel_budget: self.fuel_budget.unwrap_or(current.fuel_budget),
         }
     }
 }
@@ -194,6 +288,15 @@ mod tests {
             .contains("exceeds its limit"));
         s.limit_slots = Some(4);
         assert_eq!(s.validate("acme"), Ok(()));
+        s.fuel_budget = Some("1000/10s".parse().unwrap());
+        assert!(s.validate("acme").unwrap_err().contains("1 minute"));
+        s.fuel_budget = Some("0/1h".parse().unwrap());
+        assert!(s.validate("acme").unwrap_err().contains("fuel budget"));
+        s.fuel_budget = Some("10_000_000/1h".parse().unwrap());
+        assert_eq!(s.validate("acme"), Ok(()));
+        assert_eq!(s.fuel_budget.unwrap().to_string(), "10000000/1h");
+        assert!("10000".parse::<FuelBudget>().is_err());
+        assert!("lots/1h".parse::<FuelBudget>().is_err());
         assert!(s.validate("").is_err());
     }
 

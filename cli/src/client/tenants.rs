@@ -19,8 +19,9 @@ pub enum TenantCommand {
     /// Forget what `tenant set` stored for a tenant (admin): the config file's settings, or
     /// the defaults, apply again.
     Reset(ResetArgs),
-    /// List tenants: settings, where they come from, and what each holds and has waiting (a
-    /// tenant token sees its own tenant only).
+    /// List tenants: settings, where they come from, what each holds and has waiting, and the
+    /// fuel it spent in its window and has left of its budget (a tenant token sees its own
+    /// tenant only).
     List(ListArgs),
 }
 
@@ -47,6 +48,10 @@ pub struct SetArgs {
     /// The most tasks it may have waiting; a submit past it is refused.
     #[arg(long, value_name = "N")]
     max_queued: Option<u64>,
+    /// The most fuel its tasks may spend in any window of PERIOD (`10000000000000/1h`), or
+    /// `none`.
+    #[arg(long, value_name = "FUEL/PERIOD|none", value_parser = parse_budget)]
+    fuel_budget: Option<Limit<(u64, u64)>>,
     #[command(flatten)]
     host: HostArg,
     #[command(flatten)]
@@ -65,6 +70,19 @@ fn parse_limit_slots(arg: &str) -> Result<Limit<u32>, String> {
             .map(|n| Limit(Some(n)))
             .map_err(|_| format!("{n:?} is neither a number of slots nor \"none\"")),
     }
+}
+
+/// `FUEL/PERIOD` as (fuel, period in ms).
+fn parse_budget(arg: &str) -> Result<Limit<(u64, u64)>, String> {
+    if arg == "none" {
+        return Ok(Limit(None));
+    }
+    let bad = || format!("{arg:?} is not a fuel budget like 10000000000000/1h, nor \"none\"");
+    let (fuel, period) = arg.split_once('/').ok_or_else(bad)?;
+    let fuel = fuel.replace('_', "").parse::<u64>().map_err(|_| bad())?;
+    let period = humantime::parse_duration(period).map_err(|_| bad())?;
+    let ms = u64::try_from(period.as_millis()).map_err(|_| bad())?;
+    Ok(Limit(Some((fuel, ms))))
 }
 
 fn parse_limit_memory(arg: &str) -> Result<Limit<u64>, String> {
@@ -109,6 +127,13 @@ struct Tenant {
     held_memory_bytes: u64,
     queued: u64,
     dominant_share: f64,
+    fuel_budget: Option<u64>,
+    fuel_budget_period_ms: Option<u64>,
+    fuel_window_ms: u64,
+    fuel_used_in_window: u64,
+    fuel_held: u64,
+    fuel_left: Option<u64>,
+    fuel_used_total: u64,
 }
 
 impl From<&pb::TenantView> for Tenant {
@@ -127,6 +152,13 @@ impl From<&pb::TenantView> for Tenant {
             held_memory_bytes: v.held_memory_bytes,
             queued: v.queued,
             dominant_share: v.dominant_share,
+            fuel_budget: s.fuel_budget,
+            fuel_budget_period_ms: s.fuel_budget.map(|_| s.fuel_budget_period_ms),
+            fuel_window_ms: v.fuel_window_ms,
+            fuel_used_in_window: v.fuel_used_in_window,
+            fuel_held: v.fuel_held,
+            fuel_left: v.fuel_left,
+            fuel_used_total: v.fuel_used_total,
         }
     }
 }
@@ -144,6 +176,9 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 set_limit_memory: args.limit_memory.is_some(),
                 limit_memory_bytes: args.limit_memory.and_then(|l| l.0),
                 max_queued: args.max_queued,
+                set_fuel_budget: args.fuel_budget.is_some(),
+                fuel_budget: args.fuel_budget.and_then(|b| b.0).map(|b| b.0),
+                fuel_budget_period_ms: args.fuel_budget.and_then(|b| b.0).map_or(0, |b| b.1),
                 reset: false,
             };
             set(request, &args.host, args.format.format).await
@@ -184,6 +219,11 @@ async fn set(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A period as the budget's syntax writes it (`1h`).
+fn period(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+}
+
 fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
     match format {
         Format::Json => show::json(&tenants),
@@ -212,6 +252,12 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                         format!("{}/{}", t.held_slots, show::size(t.held_memory_bytes)),
                         format!("{}/{}", t.queued, t.max_queued),
                         format!("{:.3}", t.dominant_share),
+                        match (t.fuel_budget, t.fuel_budget_period_ms) {
+                            (Some(fuel), Some(ms)) => format!("{fuel}/{}", period(ms)),
+                            _ => "-".into(),
+                        },
+                        format!("{}/{}", t.fuel_used_in_window, period(t.fuel_window_ms)),
+                        t.fuel_left.map_or("-".into(), |f| f.to_string()),
                     ]
                 })
                 .collect();
@@ -225,6 +271,9 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                     "HOLDS",
                     "QUEUED",
                     "SHARE",
+                    "FUEL_BUDGET",
+                    "FUEL_USED",
+                    "FUEL_LEFT",
                 ],
                 &rows,
             )

@@ -34,6 +34,7 @@
 //!   removed tasks are never given again.
 
 mod access;
+mod fuel;
 mod tenants;
 #[cfg(test)]
 mod tests;
@@ -183,6 +184,7 @@ struct Rules {
     task_retention_ms: i64,
     module_retention_ms: i64,
     audit_retention_ms: i64,
+    fuel_window_ms: i64,
 }
 
 /// A module, and who uses it.
@@ -222,6 +224,8 @@ pub struct HostState {
     tenant_set: BTreeMap<String, TenantSettings>,
     /// The settings of a tenant named nowhere.
     default_tenant: TenantSettings,
+    /// Fuel spent and held, by tenant.
+    ledger: fuel::Ledger,
     idempotency: HashMap<(String, String), TaskId>,
     /// The idempotency key of each task submitted with one.
     key_of: HashMap<TaskId, (String, String)>,
@@ -312,12 +316,14 @@ impl HostState {
                 task_retention_ms: millis(config.task_retention),
                 module_retention_ms: millis(config.module_retention),
                 audit_retention_ms: millis(config.audit_retention),
+                fuel_window_ms: millis(config.fuel_window),
             },
             tasks: BTreeMap::new(),
             queues: Queues::default(),
             held: HashMap::new(),
             tenant_set: BTreeMap::new(),
             default_tenant: TenantSettings::default(),
+            ledger: fuel::Ledger::default(),
             idempotency: HashMap::new(),
             key_of: HashMap::new(),
             ended: BTreeSet::new(),
@@ -344,6 +350,7 @@ impl HostState {
     pub fn restore(config: &HostConfig, loaded: Loaded, now: Now) -> Self {
         let mut state = Self::new(config);
         state.next_id = loaded.highest_task_id;
+        state.ledger = fuel::Ledger::restore(loaded.fuel_minutes, loaded.fuel_totals);
         for (info, seen) in loaded.agents {
             state.registry.restore(info, now.instant, seen);
         }
@@ -366,7 +373,7 @@ impl HostState {
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
-                state.queues.insert(&task.spec.tenant, task.id);
+                state.queues.insert(&task.spec, task.id);
             }
             if task.state.is_terminal() {
                 // A record without its end time (none should be) counts from its last change.
@@ -387,6 +394,8 @@ impl HostState {
             used.tasks += 1;
             if task.state.holds_resources() {
                 tenants::hold(&mut state.held, &task.spec.tenant, &task.spec.resources());
+                state.ledger.hold(&task.spec.tenant, task.spec.limits.fuel);
+                state.ledger.live(&task.spec.tenant, 0, task.fuel_used);
                 if let Some(p) = task
                     .partition_id
                     .as_ref()
@@ -494,7 +503,7 @@ impl HostState {
                 )));
             }
         }
-        self.admit_for_tenant(&spec.tenant, &request.resources)?;
+        self.admit_for_tenant(&spec.tenant, &request.resources, spec.limits.fuel)?;
         self.next_id += 1;
         let id = TaskId(self.next_id);
         let used = self
@@ -511,7 +520,7 @@ impl HostState {
         }
         fx.writes.push(Write::Task(task.clone()));
         fx.events.push(Arc::new(public(&task)));
-        self.queues.insert(&task.spec.tenant, id);
+        self.queues.insert(&task.spec, id);
         self.tasks.insert(id, task);
         self.dirty = true;
         Ok((id, false))
@@ -603,16 +612,35 @@ impl HostState {
             collected.modules += 1;
         }
         collected.audit = self.collect_audit(now, fx);
+        // The ledger keeps what the longest window over it needs.
+        let window = self.rules.fuel_window_ms;
+        let keep = |tenant: &str| {
+            self.tenant_settings(tenant)
+                .0
+                .fuel_budget
+                .map_or(window, |b| b.period_ms().max(window))
+        };
+        let keep: HashMap<String, i64> = self
+            .ledger
+            .tenants()
+            .map(|t| (t.clone(), keep(t)))
+            .collect();
+        self.ledger.forget(
+            now.ms,
+            |t| keep.get(t).copied().unwrap_or(window),
+            &mut fx.writes,
+        );
         collected
     }
 
     /// Tasks after `after` (exclusive) in id order that pass `filter`, at most `limit`, without
-    /// stdin; and whether more remain.
+    /// stdin, a pending one's reason worked out at `now`; and whether more remain.
     pub fn list(
         &self,
         filter: &TaskFilter,
         after: Option<TaskId>,
         limit: usize,
+        now: Now,
     ) -> (Vec<Task>, bool) {
         let start = after.map_or(0, |a| a.0.saturating_add(1));
         let mut out = Vec::new();
@@ -634,7 +662,7 @@ impl HostState {
             }
             out.push(public(task));
         }
-        self.explain(&mut out);
+        self.explain(&mut out, now);
         (out, more)
     }
 
@@ -705,13 +733,21 @@ impl HostState {
                 tenant,
                 share: self.tenant_settings(tenant).0.share(),
                 held: self.held_by(tenant),
-                tasks: queue
-                    .iter()
-                    .filter_map(|id| tasks.get(id))
-                    .map(|t| PendingTask {
-                        task_id: t.id,
-                        request: request(&t.spec),
-                    }),
+                fuel_left: self.fuel_left(tenant, now),
+                smallest: queue.smallest(),
+                groups: queue
+                    .shapes
+                    .values()
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(|id| tasks.get(id))
+                            .map(|t| PendingTask {
+                                task_id: t.id,
+                                request: request(&t.spec),
+                                fuel: t.spec.limits.fuel,
+                            })
+                    })
+                    .collect(),
             })
             .collect();
         let plan = scheduler::plan(
@@ -736,6 +772,7 @@ impl HostState {
             };
             p.allocated = p.allocated.plus(&task.spec.resources());
             tenants::hold(&mut self.held, &task.spec.tenant, &task.spec.resources());
+            self.ledger.hold(&task.spec.tenant, task.spec.limits.fuel);
             task.state = TaskState::Assigned;
             task.attempts += 1;
             task.agent_id = Some(p.agent_id.clone());
@@ -749,7 +786,7 @@ impl HostState {
             task.progress = None;
             // The new attempt has no outcome yet; the last one's is in the task's reason.
             task.outcome = None;
-            self.queues.remove(&task.spec.tenant, task_id);
+            self.queues.remove(&task.spec, task_id);
             if self.attached.contains_key(&p.agent_id) {
                 let launch = AgentCommand::Launch(attempt_of(task), Arc::new(task.spec.clone()));
                 fx.commands.push((p.agent_id.clone(), launch));
@@ -1041,6 +1078,8 @@ impl HostState {
             .tasks
             .get_mut(&attempt.task_id)
             .expect("an expected attempt's task exists");
+        self.ledger
+            .live(&task.spec.tenant, task.fuel_used, report.fuel_used);
         task.fuel_used = report.fuel_used;
         task.peak_memory_bytes = task.peak_memory_bytes.max(report.peak_memory_bytes);
         task.wall_us = report.wall_us;
@@ -1162,9 +1201,18 @@ impl HostState {
                 p.allocated = p.allocated.minus(&task.spec.resources());
             }
             tenants::release(&mut self.held, &task.spec.tenant, &task.spec.resources());
+            // What the attempt spent (its last report: exact when it ended on its own) is
+            // charged to its tenant, never more than its limit.
+            self.ledger.end(
+                &task.spec.tenant,
+                task.spec.limits.fuel,
+                task.fuel_used,
+                now.ms,
+                &mut fx.writes,
+            );
             self.dirty = true;
         }
-        self.queues.remove(&task.spec.tenant, id);
+        self.queues.remove(&task.spec, id);
         task.state = ended;
         task.updated_at_ms = now.ms;
         let retry = !task.kill_requested && task.may_retry_after(ended);
@@ -1178,7 +1226,7 @@ impl HostState {
             task.state = TaskState::Pending;
             task.reason = format!("retrying after {}: {reason}", ended.as_str());
             fx.events.push(Arc::new(public(task)));
-            self.queues.insert(&task.spec.tenant, id);
+            self.queues.insert(&task.spec, id);
             self.dirty = true;
         }
         let ended = task.clone();

@@ -9,39 +9,107 @@ use crate::error::HostError;
 use crate::partition::Resources;
 use crate::scheduler::{total_capacity, Order};
 use crate::store::Write;
-use crate::task::{Task, TaskId};
+use crate::task::{Task, TaskId, TaskSpec, TaskState};
 use crate::tenant::{Source, TenantChange, TenantSettings};
 
-use super::Effects;
+use super::{Effects, Now};
 
 /// The pending tasks of each tenant, each queue in id order (submission order; a retried task
-/// keeps its place).
+/// keeps its place), with the sizes its tasks ask for.
 #[derive(Debug, Default)]
 pub(super) struct Queues {
-    by_tenant: BTreeMap<String, BTreeSet<TaskId>>,
+    by_tenant: BTreeMap<String, Queue>,
     len: usize,
 }
 
+/// One tenant's pending tasks.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    /// The tasks, by shape (what the scheduler decides by: memory, fuel, labels,
+    /// constraints), each in queue order: the scheduler reads each shape until one of its
+    /// tasks does not fit, since the rest would not either.
+    pub(super) shapes: BTreeMap<Shape, BTreeSet<TaskId>>,
+    len: usize,
+    /// How many of them ask for each amount of memory, and of fuel: the smallest of each
+    /// tells the scheduler when none of them can fit the tenant's limit or budget.
+    memory: BTreeMap<u64, u32>,
+    fuel: BTreeMap<u64, u32>,
+}
+
+/// What the scheduler decides a task's placement by, tenant aside.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Shape {
+    memory: u64,
+    fuel: u64,
+    labels: BTreeMap<String, String>,
+    constraints: BTreeMap<String, String>,
+}
+
+impl Shape {
+    pub(super) fn of(spec: &TaskSpec) -> Self {
+        Self {
+            memory: spec.limits.memory_bytes,
+            fuel: spec.limits.fuel,
+            labels: spec.labels.clone(),
+            constraints: spec.constraints.clone(),
+        }
+    }
+}
+
+impl Queue {
+    /// The least memory and the least fuel any of its tasks asks for.
+    pub(super) fn smallest(&self) -> (u64, u64) {
+        let least = |sizes: &BTreeMap<u64, u32>| sizes.keys().next().copied().unwrap_or(0);
+        (least(&self.memory), least(&self.fuel))
+    }
+}
+
+fn count_in(sizes: &mut BTreeMap<u64, u32>, size: u64) {
+    *sizes.entry(size).or_default() += 1;
+}
+
+fn count_out(sizes: &mut BTreeMap<u64, u32>, size: u64) {
+    if let Some(n) = sizes.get_mut(&size) {
+        *n -= 1;
+        if *n == 0 {
+            sizes.remove(&size);
+        }
+    }
+}
+
 impl Queues {
-    pub(super) fn insert(&mut self, tenant: &str, id: TaskId) {
-        let queue = match self.by_tenant.get_mut(tenant) {
+    pub(super) fn insert(&mut self, spec: &TaskSpec, id: TaskId) {
+        let queue = match self.by_tenant.get_mut(&spec.tenant) {
             Some(queue) => queue,
-            None => self.by_tenant.entry(tenant.to_string()).or_default(),
+            None => self.by_tenant.entry(spec.tenant.clone()).or_default(),
         };
-        if queue.insert(id) {
+        if queue.shapes.entry(Shape::of(spec)).or_default().insert(id) {
+            queue.len += 1;
             self.len += 1;
+            count_in(&mut queue.memory, spec.limits.memory_bytes);
+            count_in(&mut queue.fuel, spec.limits.fuel);
         }
     }
 
-    pub(super) fn remove(&mut self, tenant: &str, id: TaskId) {
-        let Some(queue) = self.by_tenant.get_mut(tenant) else {
+    pub(super) fn remove(&mut self, spec: &TaskSpec, id: TaskId) {
+        let Some(queue) = self.by_tenant.get_mut(&spec.tenant) else {
             return;
         };
-        if queue.remove(&id) {
+        let shape = Shape::of(spec);
+        let Some(ids) = queue.shapes.get_mut(&shape) else {
+            return;
+        };
+        if ids.remove(&id) {
+            queue.len -= 1;
             self.len -= 1;
+            count_out(&mut queue.memory, spec.limits.memory_bytes);
+            count_out(&mut queue.fuel, spec.limits.fuel);
         }
-        if queue.is_empty() {
-            self.by_tenant.remove(tenant);
+        if ids.is_empty() {
+            queue.shapes.remove(&shape);
+        }
+        if queue.len == 0 {
+            self.by_tenant.remove(&spec.tenant);
         }
     }
 
@@ -51,17 +119,19 @@ impl Queues {
 
     /// Tasks `tenant` has waiting.
     pub(super) fn queued(&self, tenant: &str) -> usize {
-        self.by_tenant.get(tenant).map_or(0, BTreeSet::len)
+        self.by_tenant.get(tenant).map_or(0, |q| q.len)
     }
 
     /// Each tenant with tasks waiting, and its queue.
-    pub(super) fn tenants(&self) -> impl Iterator<Item = (&String, &BTreeSet<TaskId>)> {
+    pub(super) fn tenants(&self) -> impl Iterator<Item = (&String, &Queue)> {
         self.by_tenant.iter()
     }
 
     /// Every waiting task, tenant by tenant.
     pub(super) fn ids(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.by_tenant.values().flatten().copied()
+        self.by_tenant
+            .values()
+            .flat_map(|q| q.shapes.values().flatten().copied())
     }
 }
 
@@ -80,6 +150,17 @@ pub struct TenantView {
     pub queued: u64,
     /// Its weighted dominant share of the cluster now.
     pub dominant_share: f64,
+    /// The window its fuel is reported over: its budget's period, else the host's
+    /// `fuel_window`.
+    pub fuel_window_ms: i64,
+    /// Fuel its tasks spent in that window, running tasks' fuel so far included.
+    pub fuel_used_in_window: u64,
+    /// The fuel limits of its tasks placed now.
+    pub fuel_held: u64,
+    /// What is left of its budget for new tasks; `None` without a budget.
+    pub fuel_left: Option<u64>,
+    /// Fuel its tasks spent since the cluster began.
+    pub fuel_used_total: u64,
 }
 
 impl HostState {
@@ -99,12 +180,21 @@ impl HostState {
         self.held.get(tenant).copied().unwrap_or_default()
     }
 
+    /// What is left of `tenant`'s fuel budget for new tasks at `now` (`u64::MAX` without one).
+    pub fn fuel_left(&self, tenant: &str, now: Now) -> u64 {
+        match self.tenant_settings(tenant).0.fuel_budget {
+            Some(b) => self.ledger.left(tenant, b.fuel, b.period_ms(), now.ms),
+            None => u64::MAX,
+        }
+    }
+
     /// Refuses a new task of `tenant` asking for `resources` when its tenant's queue is at its
     /// cap, or when its tenant's limit could never let it run.
     pub(super) fn admit_for_tenant(
         &self,
         tenant: &str,
         resources: &Resources,
+        fuel: u64,
     ) -> Result<(), HostError> {
         let (settings, _) = self.tenant_settings(tenant);
         let queued = self.queues.queued(tenant) as u64;
@@ -123,6 +213,12 @@ impl HostState {
                 shown(resources)
             )));
         }
+        if let Some(budget) = settings.fuel_budget.filter(|b| fuel > b.fuel) {
+            return Err(HostError::FailedPrecondition(format!(
+                "the task's fuel limit {fuel} exceeds tenant {tenant}'s whole fuel budget \
+                 ({budget}): it could never start"
+            )));
+        }
         Ok(())
     }
 
@@ -132,6 +228,7 @@ impl HostState {
         &mut self,
         tenant: &str,
         change: Option<TenantChange>,
+        now: Now,
         fx: &mut Effects,
     ) -> Result<TenantView, HostError> {
         match change {
@@ -152,31 +249,43 @@ impl HostState {
             }
         }
         self.dirty = true;
-        Ok(self.tenant_view(tenant, &self.total()))
+        Ok(self.tenant_view(tenant, &self.total(), now))
     }
 
     /// Tenants named in the config, set, or with tasks waiting or placed, by name; only
     /// `only`, when given.
-    pub fn tenants(&self, only: Option<&str>) -> Vec<TenantView> {
+    pub fn tenants(&self, only: Option<&str>, now: Now) -> Vec<TenantView> {
         let total = self.total();
         let mut names: BTreeSet<&str> = BTreeSet::new();
         names.extend(self.rules.tenants.keys().map(String::as_str));
         names.extend(self.tenant_set.keys().map(String::as_str));
         names.extend(self.queues.tenants().map(|(t, _)| t.as_str()));
         names.extend(self.held.keys().map(String::as_str));
+        names.extend(self.ledger.tenants().map(String::as_str));
         match only {
-            Some(tenant) => vec![self.tenant_view(tenant, &total)],
+            Some(tenant) => vec![self.tenant_view(tenant, &total, now)],
             None => names
                 .into_iter()
-                .map(|t| self.tenant_view(t, &total))
+                .map(|t| self.tenant_view(t, &total, now))
                 .collect(),
         }
     }
 
-    fn tenant_view(&self, tenant: &str, total: &Resources) -> TenantView {
+    fn tenant_view(&self, tenant: &str, total: &Resources, now: Now) -> TenantView {
         let (settings, source) = self.tenant_settings(tenant);
         let held = self.held_by(tenant);
+        let window = settings
+            .fuel_budget
+            .map_or(self.rules.fuel_window_ms, |b| b.period_ms());
         TenantView {
+            fuel_window_ms: window,
+            fuel_used_in_window: self
+                .ledger
+                .spent(tenant, window, now.ms)
+                .saturating_add(self.ledger.running(tenant)),
+            fuel_held: self.ledger.held(tenant),
+            fuel_left: settings.fuel_budget.map(|_| self.fuel_left(tenant, now)),
+            fuel_used_total: self.ledger.total(tenant),
             tenant: tenant.to_string(),
             settings: settings.clone(),
             source,
@@ -196,28 +305,57 @@ impl HostState {
     /// share the work): its tenant's limit; a constraint or size no current partition
     /// meets; other tenants ahead of it in the fair-share order; or no room. A reason stored
     /// with it (the attempt it retries after) follows.
-    pub fn explain(&self, tasks: &mut [Task]) {
-        if !tasks
-            .iter()
-            .any(|t| t.state == crate::task::TaskState::Pending)
-        {
+    pub fn explain(&self, tasks: &mut [Task], now: Now) {
+        if !tasks.iter().any(|t| t.state == TaskState::Pending) {
             return;
         }
         let candidates: Vec<Candidate<'_>> = self.partitions.values().map(candidate).collect();
         let total = total_capacity(&candidates);
-        for task in tasks {
-            if task.state != crate::task::TaskState::Pending {
+        // Tasks of one tenant and shape wait for the same reason: worked out once per call.
+        type Why<'t> = (
+            &'t str,
+            u64,
+            u64,
+            &'t BTreeMap<String, String>,
+            &'t BTreeMap<String, String>,
+        );
+        let mut known: HashMap<Why<'_>, String> = HashMap::new();
+        let mut reasons = Vec::with_capacity(tasks.len());
+        for task in tasks.iter() {
+            if task.state != TaskState::Pending {
+                reasons.push(None);
                 continue;
             }
-            let why = self.why_waiting(task, &candidates, &total);
-            task.reason = match task.reason.is_empty() {
-                true => why,
-                false => format!("{why}; {}", task.reason),
-            };
+            let spec = &task.spec;
+            let shape = (
+                spec.tenant.as_str(),
+                spec.limits.memory_bytes,
+                spec.limits.fuel,
+                &spec.labels,
+                &spec.constraints,
+            );
+            let why = known
+                .entry(shape)
+                .or_insert_with(|| self.why_waiting(task, &candidates, &total, now));
+            reasons.push(Some(why.clone()));
+        }
+        for (task, why) in tasks.iter_mut().zip(reasons) {
+            if let Some(why) = why {
+                task.reason = match task.reason.is_empty() {
+                    true => why,
+                    false => format!("{why}; {}", task.reason),
+                };
+            }
         }
     }
 
-    fn why_waiting(&self, task: &Task, candidates: &[Candidate<'_>], total: &Resources) -> String {
+    fn why_waiting(
+        &self,
+        task: &Task,
+        candidates: &[Candidate<'_>],
+        total: &Resources,
+        now: Now,
+    ) -> String {
         let tenant = task.spec.tenant.as_str();
         let request = request(&task.spec);
         let (settings, _) = self.tenant_settings(tenant);
@@ -230,11 +368,37 @@ impl HostState {
                 shown(&share.limit)
             );
         }
+        let fuel = task.spec.limits.fuel;
+        if let Some(budget) = settings.fuel_budget {
+            let left = self.fuel_left(tenant, now);
+            if fuel > left {
+                let period = budget.period_ms();
+                let when = match self
+                    .ledger
+                    .frees_at(tenant, budget.fuel, period, fuel, now.ms)
+                {
+                    Some(ms) => format!(
+                        "; the window frees enough by {} if its placed tasks spend their \
+                         whole limits",
+                        crate::convert::time_text(ms)
+                    ),
+                    None => "; its placed tasks must end first".into(),
+                };
+                return format!(
+                    "waiting for its tenant's fuel budget: tenant {tenant} has {left} of \
+                     {budget} left ({} held by its placed tasks), the task's limit is {fuel}\
+                     {when}",
+                    self.ledger.held(tenant)
+                );
+            }
+        }
         if let Some(reason) = never_fits(candidates, &request) {
             return format!("no agent can run it now: {reason}");
         }
         if candidates.iter().any(|c| c.fits(&request)) {
-            return "a partition has room for it: it is placed in the next scheduling round".into();
+            return "a partition it may use has room now: it is considered in the next scheduling \
+                    round"
+                .into();
         }
         if self.rules.order == Order::Fair && self.behind_others(tenant, total) {
             return format!(
@@ -254,7 +418,7 @@ impl HostState {
             let share = self.tenant_settings(t).0.share();
             let held = self.held_by(t);
             (
-                u8::from(held.covers(&share.guarantee)),
+                u8::from(!share.below_guarantee(&held)),
                 share.dominant(&held, total),
             )
         };

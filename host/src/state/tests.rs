@@ -219,11 +219,13 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
     // Each tenant's queue holds its own tasks, and what each tenant holds is what its placed
     // tasks request.
     for (tenant, queue) in state.queues.tenants() {
-        if let Some(id) = queue
-            .iter()
-            .find(|id| state.tasks[id].spec.tenant != *tenant)
-        {
-            return Err(format!("{id} is queued as tenant {tenant}'s"));
+        for (shape, ids) in &queue.shapes {
+            if let Some(id) = ids.iter().find(|id| {
+                let spec = &state.tasks[id].spec;
+                spec.tenant != *tenant || tenants::Shape::of(spec) != *shape
+            }) {
+                return Err(format!("{id} is queued as tenant {tenant}'s, as {shape:?}"));
+            }
         }
     }
     let mut held: HashMap<String, Resources> = HashMap::new();
@@ -1242,6 +1244,8 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
             audit: 0
         }
     );
+    // (The fuel ledger lets go of the minute the task was charged in, an hour on.)
+    fx.writes.retain(|w| !matches!(w, Write::ForgetFuel(..)));
     assert!(
         matches!(
             fx.writes.as_slice(),
@@ -1284,6 +1288,7 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
             audit: 0
         }
     );
+    fx.writes.retain(|w| !matches!(w, Write::ForgetFuel(..)));
     assert!(matches!(fx.writes.as_slice(), [Write::ForgetModule(sha)] if sha == SHA));
     assert!(!w.state.has_module(SHA));
 
@@ -1503,7 +1508,9 @@ fn holding(w: &World, tenant: &str) -> usize {
 
 fn set(w: &mut World, tenant: &str, change: TenantChange) -> Effects {
     let mut fx = Effects::default();
-    w.state.set_tenant(tenant, Some(change), &mut fx).unwrap();
+    w.state
+        .set_tenant(tenant, Some(change), w.now, &mut fx)
+        .unwrap();
     fx
 }
 
@@ -1526,7 +1533,7 @@ fn tenants_share_an_agent_by_dominant_resource_fairness() {
         w.schedule();
         w.check();
         assert_eq!((holding(&w, "A"), holding(&w, "B")), (a, b), "{order:?}");
-        let view = w.state.tenants(Some("B")).remove(0);
+        let view = w.state.tenants(Some("B"), w.now).remove(0);
         assert_eq!(view.held.slots, b as u32);
         assert_eq!(view.queued, 20 - b as u64);
     }
@@ -1553,7 +1560,7 @@ fn a_limit_caps_a_tenant_and_a_guarantee_is_served_first_as_slots_free() {
     w.schedule();
     w.check();
     assert_eq!((holding(&w, "capped"), holding(&w, "flood")), (1, 3));
-    let reason = w.state.list(&TaskFilter::default(), None, 100).0;
+    let reason = w.state.list(&TaskFilter::default(), None, 100, w.now).0;
     let waiting = reason.iter().find(|t| t.id == capped[1]).unwrap();
     assert!(
         waiting.reason.contains("limit") && waiting.reason.contains("1 slot(s)"),
@@ -1627,7 +1634,7 @@ fn a_tenant_past_its_queue_cap_or_limit_is_refused_at_submit() {
     assert!(e.to_string().contains("limit"), "{e}");
     // Once what was set is forgotten, the config applies again; the view says which.
     assert_eq!(
-        w.state.tenants(Some("small"))[0].source,
+        w.state.tenants(Some("small"), w.now)[0].source,
         crate::tenant::Source::Config
     );
     set(
@@ -1638,20 +1645,20 @@ fn a_tenant_past_its_queue_cap_or_limit_is_refused_at_submit() {
             ..TenantChange::default()
         },
     );
-    let view = &w.state.tenants(Some("small"))[0];
+    let view = &w.state.tenants(Some("small"), w.now)[0];
     assert_eq!(
         (view.source, view.settings.max_queued),
         (crate::tenant::Source::Set, 2)
     );
     w.submit(spec_of("small", 128 * MIB));
     let mut fx = Effects::default();
-    w.state.set_tenant("small", None, &mut fx).unwrap();
+    w.state.set_tenant("small", None, w.now, &mut fx).unwrap();
     assert!(fx
         .writes
         .iter()
         .any(|w| matches!(w, Write::Tenant(t, None) if t == "small")));
     assert_eq!(
-        w.state.tenants(Some("small"))[0].source,
+        w.state.tenants(Some("small"), w.now)[0].source,
         crate::tenant::Source::Config
     );
 }
@@ -1683,7 +1690,7 @@ fn a_pending_task_says_why_it_waits_when_read_and_nothing_is_stored_each_round()
     // holds nothing and has work, hog's waits for its fair share.
     let read = |w: &World, id: TaskId| {
         w.state
-            .list(&TaskFilter::default(), None, 100)
+            .list(&TaskFilter::default(), None, 100, w.now)
             .0
             .into_iter()
             .find(|t| t.id == id)
@@ -1723,11 +1730,161 @@ fn a_pending_task_says_why_it_waits_when_read_and_nothing_is_stored_each_round()
     );
     // The get path explains the same way.
     let mut got = vec![w.task(second).clone()];
-    w.state.explain(&mut got);
+    w.state.explain(&mut got, w.now);
     assert!(got[0].reason.starts_with("waiting for its fair share"));
     // A constraint no agent meets (submitted before any agent registered).
     let mut w = World::new();
     let z = w.submit(zoned);
     w.agent("a1", 2, 4 * GIB);
     assert!(read(&w, z).contains("zone=x"), "{}", read(&w, z));
+}
+
+fn with_fuel(tenant: &str, fuel: u64) -> TaskSpec {
+    let mut spec = spec_of(tenant, MIB);
+    spec.limits.fuel = fuel;
+    spec
+}
+
+fn finish(w: &mut World, id: TaskId, fuel_used: u64) {
+    let agent = w.task(id).agent_id.clone().unwrap();
+    let mut report = ended(OutcomeKind::Success);
+    report.fuel_used = fuel_used;
+    w.report(&agent, id, report);
+}
+
+#[test]
+fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        "b".into(),
+        crate::tenant::TenantSettings {
+            fuel_budget: Some("1000/1h".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with(&config);
+    w.agent("a1", 10, 4 * GIB);
+    // A task whose limit exceeds the whole budget could never start.
+    let mut fx = Effects::default();
+    let e = w
+        .state
+        .submit(with_fuel("b", 1001), None, w.now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("whole fuel budget"), "{e}");
+    let ids: Vec<TaskId> = (0..4).map(|_| w.submit(with_fuel("b", 400))).collect();
+    let other = w.submit(with_fuel("free", 5_000));
+    w.schedule();
+    w.check();
+    let state = |w: &World, i: usize| w.task(ids[i]).state;
+    assert_eq!(
+        (0..4).map(|i| state(&w, i)).collect::<Vec<_>>(),
+        [
+            TaskState::Assigned,
+            TaskState::Assigned,
+            TaskState::Pending,
+            TaskState::Pending
+        ]
+    );
+    assert_eq!(
+        w.task(other).state,
+        TaskState::Assigned,
+        "others are not held back"
+    );
+    let view = &w.state.tenants(Some("b"), w.now)[0];
+    assert_eq!((view.fuel_held, view.fuel_left), (800, Some(200)));
+    let reason = |w: &World, id: TaskId| {
+        let mut t = vec![w.task(id).clone()];
+        w.state.explain(&mut t, w.now);
+        t.remove(0).reason
+    };
+    let why = reason(&w, ids[2]);
+    assert!(
+        why.contains("fuel budget") && why.contains("200 of 1000/1h left"),
+        "{why}"
+    );
+    assert!(why.contains("placed tasks must end first"), "{why}");
+
+    // Running, its fuel so far shows; a report beyond its limit is charged the limit only.
+    let agent = w.task(ids[0]).agent_id.clone().unwrap();
+    w.report(
+        &agent,
+        ids[0],
+        StatusReport {
+            fuel_used: 150,
+            ..running()
+        },
+    );
+    assert_eq!(
+        w.state.tenants(Some("b"), w.now)[0].fuel_used_in_window,
+        150
+    );
+    let fx = {
+        let mut report = ended(OutcomeKind::OutOfFuel);
+        report.fuel_used = 9_999;
+        w.report(&agent, ids[0], report)
+    };
+    assert!(fx
+        .writes
+        .iter()
+        .any(|x| matches!(x, Write::Fuel { tenant, fuel: 400, total: 400, .. } if tenant == "b")));
+    // 1000 - 400 spent - 400 held: 200 left, still not enough.
+    w.schedule();
+    assert_eq!(state(&w, 2), TaskState::Pending);
+    finish(&mut w, ids[1], 100);
+    w.schedule();
+    w.check();
+    // 1000 - 500 spent: the third starts, leaving 100; the fourth waits for the window.
+    assert_eq!(
+        (state(&w, 2), state(&w, 3)),
+        (TaskState::Assigned, TaskState::Pending)
+    );
+    finish(&mut w, ids[2], 400);
+    w.schedule();
+    assert_eq!(state(&w, 3), TaskState::Pending);
+    let why = reason(&w, ids[3]);
+    assert!(why.contains("the window frees enough by"), "{why}");
+    let view = &w.state.tenants(Some("b"), w.now)[0];
+    assert_eq!(
+        (
+            view.fuel_used_in_window,
+            view.fuel_used_total,
+            view.fuel_left
+        ),
+        (900, 900, Some(100))
+    );
+
+    // The ledger survives a restart.
+    let loaded = Loaded {
+        agents: vec![(info("a1", 10, 4 * GIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        modules: vec![SHA.into()],
+        tasks: w.state.tasks().cloned().collect(),
+        fuel_minutes: w
+            .state
+            .ledger
+            .tenants()
+            .flat_map(|t| {
+                let t = t.clone();
+                w.state.ledger.minutes(&t)
+            })
+            .collect(),
+        fuel_totals: vec![("b".into(), 900), ("free".into(), 0)],
+        ..Default::default()
+    };
+    let restored = HostState::restore(&config, loaded, w.now);
+    let view = &restored.tenants(Some("b"), w.now)[0];
+    assert_eq!((view.fuel_used_total, view.fuel_left), (900, Some(100)));
+
+    // An hour and a minute on, the window has let go of it all.
+    w.tick(Duration::from_secs(3600 + 120));
+    w.state.dirty = true;
+    w.schedule();
+    assert_eq!(state(&w, 3), TaskState::Assigned);
+    let mut fx = Effects::default();
+    w.state.collect(w.now, &mut fx);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|x| matches!(x, Write::ForgetFuel(t, _) if t == "b")));
+    assert_eq!(w.state.tenants(Some("b"), w.now)[0].fuel_used_total, 900);
 }
