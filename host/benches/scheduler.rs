@@ -99,6 +99,7 @@ fn queues<'a>(
             held: Resources::default(),
             fuel_left: u64::MAX,
             smallest: (64 << 20, 1_000_000),
+            served: 0,
             groups: vec![tasks.iter().copied()],
         })
         .collect()

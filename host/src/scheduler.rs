@@ -11,7 +11,8 @@
 //! - **Fair**: each placement goes to the tenant first in [`Order`] among those with a waiting
 //!   task that fits (in a partition it may use, within its limit and budget): under
 //!   [`Order::Fair`], a tenant holding less than its guarantee first, then the lowest weighted
-//!   dominant share (below), then the tenant whose oldest waiting task is oldest; under
+//!   dominant share (below), then the tenant served longest ago (so that tenants of equal
+//!   share take turns), then the one whose oldest waiting task is oldest; under
 //!   [`Order::Fifo`], the oldest task (guarantees play no part). Within a tenant, tasks go in
 //!   queue order, and one that does not fit does not block those behind it.
 //! - **Work-conserving**: a task left waiting fits nowhere given the placements made before it
@@ -133,6 +134,9 @@ pub struct TenantQueue<'a, I> {
     /// The least memory and the least fuel any of its waiting tasks asks for (0 when not
     /// known): when even those do not fit its limit or budget, its queue is not read.
     pub smallest: (u64, u64),
+    /// When it was last given a slot, on a clock of placements (0: never): among tenants of
+    /// equal share, the one served longest ago goes first, so that equal tenants take turns.
+    pub served: u64,
     /// Its waiting tasks in groups of one shape (the same request and fuel), each group in
     /// queue order; read lazily. Once one task of a group cannot be placed, no other can in
     /// the same plan (capacity, limits and budgets only shrink as it goes), so the rest of
@@ -194,6 +198,8 @@ struct Key {
     beyond_guarantee: u8,
     /// Its weighted dominant share (0 under FIFO).
     share: f64,
+    /// When it was last served (0 under FIFO).
+    served: u64,
     /// Its next task.
     next: TaskId,
     /// Its index, which breaks no tie two tenants can share (their next tasks differ).
@@ -201,8 +207,8 @@ struct Key {
 }
 
 impl Key {
-    fn rank(&self) -> (u8, TaskId, usize) {
-        (self.beyond_guarantee, self.next, self.index)
+    fn rank(&self) -> (u8, u64, TaskId, usize) {
+        (self.beyond_guarantee, self.served, self.next, self.index)
     }
 }
 
@@ -236,6 +242,7 @@ struct Tenant<'a, I> {
     held: Resources,
     fuel_left: u64,
     smallest: (u64, u64),
+    served: u64,
     groups: Vec<I>,
     /// (task id, group) of each group's next task, earliest first.
     heads: BinaryHeap<Reverse<(TaskId, usize)>>,
@@ -280,12 +287,14 @@ fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
         Order::Fair => Key {
             beyond_guarantee: u8::from(!tenant.share.below_guarantee(&tenant.held)),
             share: tenant.share.dominant(&tenant.held, total),
+            served: tenant.served,
             next,
             index,
         },
         Order::Fifo => Key {
             beyond_guarantee: 0,
             share: 0.0,
+            served: 0,
             next,
             index,
         },
@@ -322,6 +331,7 @@ where
         .collect();
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'a>, Vec<usize>> = HashMap::new();
+    let mut clock = tenants.iter().map(|t| t.served).max().unwrap_or(0);
     let mut queues: Vec<Tenant<'a, I>> = Vec::with_capacity(tenants.len());
     let mut heap = BinaryHeap::with_capacity(tenants.len());
     for (index, t) in tenants.into_iter().enumerate() {
@@ -331,6 +341,7 @@ where
             held: t.held,
             fuel_left: t.fuel_left,
             smallest: t.smallest,
+            served: t.served,
             groups: t.groups,
             heads: BinaryHeap::with_capacity(n),
             next: vec![None; n],
@@ -370,6 +381,8 @@ where
                     free_slots = free_slots.saturating_sub(u64::from(request.resources.slots));
                     tenant.held = tenant.held.plus(&request.resources);
                     tenant.fuel_left -= task.fuel;
+                    clock += 1;
+                    tenant.served = clock;
                     plan.placements.push(Placement {
                         task_id: task.task_id,
                         partition: i,
@@ -536,6 +549,7 @@ mod tests {
                 held: Resources::default(),
                 fuel_left: u64::MAX,
                 smallest: (0, 0),
+                served: 0,
                 groups: groups(tasks.into_iter()),
             })
             .collect()
@@ -647,7 +661,8 @@ mod tests {
         assert_eq!(first, ["guaranteed"; 5], "the guarantee is served first");
         assert_eq!(
             placed_per_tenant(&plan, &tasks),
-            BTreeMap::from([("big", 3), ("capped", 1), ("guaranteed", 6)])
+            // Ties at equal shares go to the tenant served longest ago.
+            BTreeMap::from([("big", 2), ("capped", 1), ("guaranteed", 7)])
         );
     }
 
@@ -714,6 +729,7 @@ mod tests {
                 held: Resources::default(),
                 fuel_left: u64::MAX,
                 smallest: (0, 0),
+                served: 0,
                 groups: vec![counted("a", 0)],
             },
             TenantQueue {
@@ -722,6 +738,7 @@ mod tests {
                 held: Resources::default(),
                 fuel_left: u64::MAX,
                 smallest: (0, 0),
+                served: 0,
                 groups: vec![counted("b", 1_000)],
             },
         ];
@@ -898,6 +915,7 @@ mod tests {
                 task
             }).collect();
             let budgets: Vec<u64> = raw_tenants.iter().map(|t| t.6.unwrap_or(u64::MAX)).collect();
+            let served: Vec<u64> = (0..4).map(|t| (t as u64 * 7 + raw_tasks.len() as u64) % 5).collect();
             let smallest: Vec<(u64, u64)> = (0..4).map(|t| {
                 let mine = || tasks.iter().filter(|x| x.request.tenant == TENANTS[t]);
                 match raw_tenants[t].7 {
@@ -920,6 +938,7 @@ mod tests {
                     held: shares[t].1,
                     fuel_left: budgets[t],
                     smallest: smallest[t],
+                    served: served[t],
                     groups: groups(tasks.iter().copied().filter(|x| x.request.tenant == TENANTS[t])),
                 }).collect()
             };

@@ -226,6 +226,11 @@ pub struct HostState {
     default_tenant: TenantSettings,
     /// Fuel spent and held, by tenant.
     ledger: fuel::Ledger,
+    /// When each tenant was last given a slot, on a clock of placements: tenants of equal
+    /// share take turns. Not stored (all start equal after a restart).
+    served: HashMap<String, u64>,
+    /// The clock of placements.
+    placements: u64,
     idempotency: HashMap<(String, String), TaskId>,
     /// The idempotency key of each task submitted with one.
     key_of: HashMap<TaskId, (String, String)>,
@@ -324,6 +329,8 @@ impl HostState {
             tenant_set: BTreeMap::new(),
             default_tenant: TenantSettings::default(),
             ledger: fuel::Ledger::default(),
+            served: HashMap::new(),
+            placements: 0,
             idempotency: HashMap::new(),
             key_of: HashMap::new(),
             ended: BTreeSet::new(),
@@ -612,6 +619,10 @@ impl HostState {
             collected.modules += 1;
         }
         collected.audit = self.collect_audit(now, fx);
+        // A tenant with nothing placed or waiting has had its turn.
+        let (queues, held) = (&self.queues, &self.held);
+        self.served
+            .retain(|t, _| queues.queued(t) > 0 || held.contains_key(t));
         // The ledger keeps what the longest window over it needs.
         let window = self.rules.fuel_window_ms;
         let keep = |tenant: &str| {
@@ -735,6 +746,7 @@ impl HostState {
                 held: self.held_by(tenant),
                 fuel_left: self.fuel_left(tenant, now),
                 smallest: queue.smallest(),
+                served: self.served.get(tenant.as_str()).copied().unwrap_or(0),
                 groups: queue
                     .shapes
                     .values()
@@ -773,6 +785,14 @@ impl HostState {
             p.allocated = p.allocated.plus(&task.spec.resources());
             tenants::hold(&mut self.held, &task.spec.tenant, &task.spec.resources());
             self.ledger.hold(&task.spec.tenant, task.spec.limits.fuel);
+            self.placements += 1;
+            match self.served.get_mut(&task.spec.tenant) {
+                Some(at) => *at = self.placements,
+                None => {
+                    self.served
+                        .insert(task.spec.tenant.clone(), self.placements);
+                }
+            }
             task.state = TaskState::Assigned;
             task.attempts += 1;
             task.agent_id = Some(p.agent_id.clone());
