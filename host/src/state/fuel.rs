@@ -25,8 +25,8 @@ pub(super) struct Ledger {
     spent: HashMap<String, BTreeMap<i64, u64>>,
     /// Per tenant: fuel charged since the cluster began.
     total: HashMap<String, u64>,
-    /// Per tenant: the fuel limits of its tasks placed now.
-    held: HashMap<String, u64>,
+    /// Per tenant: the fuel limits of its tasks placed now (summed wide: limits are any u64).
+    held: HashMap<String, u128>,
     /// Per tenant: the fuel its tasks placed now have reported spending so far.
     live: HashMap<String, u64>,
 }
@@ -36,6 +36,19 @@ fn add(map: &mut HashMap<String, u64>, tenant: &str, n: u64) {
         Some(v) => *v = v.saturating_add(n),
         None => {
             map.insert(tenant.to_string(), n);
+        }
+    }
+}
+
+fn add128(map: &mut HashMap<String, u128>, tenant: &str, n: u64) {
+    *map.entry(tenant.to_string()).or_default() += u128::from(n);
+}
+
+fn sub128(map: &mut HashMap<String, u128>, tenant: &str, n: u64) {
+    if let Some(v) = map.get_mut(tenant) {
+        *v = v.saturating_sub(u128::from(n));
+        if *v == 0 {
+            map.remove(tenant);
         }
     }
 }
@@ -62,7 +75,7 @@ impl Ledger {
 
     /// A task of `tenant` with fuel limit `limit` was placed.
     pub(super) fn hold(&mut self, tenant: &str, limit: u64) {
-        add(&mut self.held, tenant, limit);
+        add128(&mut self.held, tenant, limit);
     }
 
     /// A placed task of `tenant` reported spending `from` then `to` so far.
@@ -71,20 +84,21 @@ impl Ledger {
         add(&mut self.live, tenant, to);
     }
 
-    /// The attempt of a task of `tenant` with fuel limit `limit` ended having spent `spent`
-    /// (its last report): releases the limit and charges what it spent, at most the limit, to
-    /// the minute of `now_ms`. Writes the minute's row and the total.
+    /// The attempt of a task of `tenant` with fuel limit `limit`, whose last report said
+    /// `reported` so far, ended: releases the limit and charges `charged` (at most the limit)
+    /// to the minute of `now_ms`. Writes the minute's row and the total.
     pub(super) fn end(
         &mut self,
         tenant: &str,
         limit: u64,
-        spent: u64,
+        reported: u64,
+        charged: u64,
         now_ms: i64,
         writes: &mut Vec<Write>,
     ) {
-        sub(&mut self.held, tenant, limit);
-        sub(&mut self.live, tenant, spent);
-        let charge = spent.min(limit);
+        sub128(&mut self.held, tenant, limit);
+        sub(&mut self.live, tenant, reported);
+        let charge = charged.min(limit);
         if charge == 0 {
             return;
         }
@@ -117,9 +131,11 @@ impl Ledger {
         })
     }
 
-    /// The fuel limits `tenant`'s tasks placed now hold.
+    /// The fuel limits `tenant`'s tasks placed now hold (at most `u64::MAX`).
     pub(super) fn held(&self, tenant: &str) -> u64 {
-        self.held.get(tenant).copied().unwrap_or(0)
+        self.held
+            .get(tenant)
+            .map_or(0, |&h| u64::try_from(h).unwrap_or(u64::MAX))
     }
 
     /// What `tenant`'s tasks placed now reported spending so far.
@@ -219,7 +235,7 @@ mod tests {
         ledger.hold("a", 100);
         assert_eq!(ledger.left("a", 250, HOUR, t0), 150);
         // It spent more than its limit (a late report): charged its limit only.
-        ledger.end("a", 100, 500, t0, &mut writes);
+        ledger.end("a", 100, 500, 500, t0, &mut writes);
         assert_eq!(ledger.spent("a", HOUR, t0), 100);
         assert_eq!(ledger.total("a"), 100);
         assert!(matches!(
@@ -256,7 +272,7 @@ mod tests {
         ledger.live("a", 0, 300);
         ledger.live("a", 300, 700);
         assert_eq!(ledger.running("a"), 700);
-        ledger.end("a", 1000, 700, 0, &mut Vec::new());
+        ledger.end("a", 1000, 700, 700, 0, &mut Vec::new());
         assert_eq!((ledger.running("a"), ledger.held("a")), (0, 0));
     }
 }

@@ -231,6 +231,11 @@ pub struct HostState {
     served: HashMap<String, u64>,
     /// The clock of placements.
     placements: u64,
+    /// The latest wall-clock time the fuel ledger has seen (ms): its windows never go back
+    /// with the system's clock.
+    ledger_ms: i64,
+    /// The minute of `ledger_ms` when the ledger last moved on.
+    ledger_minute: i64,
     idempotency: HashMap<(String, String), TaskId>,
     /// The idempotency key of each task submitted with one.
     key_of: HashMap<TaskId, (String, String)>,
@@ -331,6 +336,8 @@ impl HostState {
             ledger: fuel::Ledger::default(),
             served: HashMap::new(),
             placements: 0,
+            ledger_ms: 0,
+            ledger_minute: 0,
             idempotency: HashMap::new(),
             key_of: HashMap::new(),
             ended: BTreeSet::new(),
@@ -623,24 +630,37 @@ impl HostState {
         let (queues, held) = (&self.queues, &self.held);
         self.served
             .retain(|t, _| queues.queued(t) > 0 || held.contains_key(t));
-        // The ledger keeps what the longest window over it needs.
-        let window = self.rules.fuel_window_ms;
-        let keep = |tenant: &str| {
-            self.tenant_settings(tenant)
-                .0
-                .fuel_budget
-                .map_or(window, |b| b.period_ms().max(window))
-        };
-        let keep: HashMap<String, i64> = self
-            .ledger
-            .tenants()
-            .map(|t| (t.clone(), keep(t)))
-            .collect();
-        self.ledger.forget(
-            now.ms,
-            |t| keep.get(t).copied().unwrap_or(window),
-            &mut fx.writes,
-        );
+        // The fuel ledger moves by the minute: charges leave windows only as minutes pass.
+        let ledger_ms = self.ledger_ms.max(now.ms);
+        self.ledger_ms = ledger_ms;
+        let minute = ledger_ms.div_euclid(fuel::MINUTE_MS);
+        if minute != self.ledger_minute {
+            self.ledger_minute = minute;
+            // Tasks waiting for a budget may fit once a minute's charges left the window.
+            if self
+                .queues
+                .tenants()
+                .any(|(t, _)| self.tenant_settings(t).0.fuel_budget.is_some())
+            {
+                self.dirty = true;
+            }
+            // A tenant with a budget keeps the longest period a budget may have, so that a
+            // longer period set later counts what was spent; others keep `fuel_window`.
+            let window = self.rules.fuel_window_ms;
+            let longest =
+                i64::try_from(crate::tenant::MAX_BUDGET_PERIOD.as_millis()).unwrap_or(i64::MAX);
+            let budgeted: HashSet<String> = self
+                .ledger
+                .tenants()
+                .filter(|t| self.tenant_settings(t).0.fuel_budget.is_some())
+                .cloned()
+                .collect();
+            let keep = |t: &str| match budgeted.contains(t) {
+                true => longest.max(window),
+                false => window,
+            };
+            self.ledger.forget(ledger_ms, keep, &mut fx.writes);
+        }
         collected
     }
 
@@ -715,7 +735,8 @@ impl HostState {
                         .or_default()
                         .push(AgentCommand::Kill(attempt));
                 }
-                let task = self.end(id, TaskState::Killed, "killed on request", now, fx);
+                // Its agent is away: the attempt may run on there, so no final figure is known.
+                let task = self.end(id, TaskState::Killed, "killed on request", false, now, fx);
                 Ok(public(&task))
             }
         }
@@ -1137,7 +1158,7 @@ impl HostState {
         let reason = outcome.reason();
         let ended = outcome.kind.final_state();
         task.outcome = Some(outcome);
-        let task = self.end(attempt.task_id, ended, &reason, now, fx);
+        let task = self.end(attempt.task_id, ended, &reason, true, now, fx);
         let mut output = report.output.unwrap_or_default();
         cap_output(&mut output, self.rules.max_output_bytes);
         fx.writes.push(Write::Output(task.id, output));
@@ -1185,12 +1206,14 @@ impl HostState {
 
     /// Ends the task's current attempt in `ended`: frees what it held, and queues it again when
     /// its retry policy allows. Writes the task, tells watchers (the state it ended in, then
-    /// PENDING when retried), and answers it as it now is.
+    /// PENDING when retried), and answers it as it now is. `reported`: the attempt's agent sent
+    /// its final report (its figures are final); otherwise the agent may still be running it.
     fn end(
         &mut self,
         id: TaskId,
         ended: TaskState,
         reason: &str,
+        reported: bool,
         now: Now,
         fx: &mut Effects,
     ) -> Task {
@@ -1221,15 +1244,21 @@ impl HostState {
                 p.allocated = p.allocated.minus(&task.spec.resources());
             }
             tenants::release(&mut self.held, &task.spec.tenant, &task.spec.resources());
-            // What the attempt spent (its last report: exact when it ended on its own) is
-            // charged to its tenant, never more than its limit.
+            // What the attempt spent is charged to its tenant, never more than its limit: its
+            // final figure; or, when it ended without one (its agent lost or away), its whole
+            // limit, since the agent may run it on to that limit and its report would not
+            // count then. So no budget is ever passed, whatever agents do.
+            let limit = task.spec.limits.fuel;
+            let charged = if reported { task.fuel_used } else { limit };
             self.ledger.end(
                 &task.spec.tenant,
-                task.spec.limits.fuel,
+                limit,
                 task.fuel_used,
-                now.ms,
+                charged,
+                self.ledger_ms.max(now.ms),
                 &mut fx.writes,
             );
+            self.ledger_ms = self.ledger_ms.max(now.ms);
             self.dirty = true;
         }
         self.queues.remove(&task.spec, id);
@@ -1259,7 +1288,7 @@ impl HostState {
 
     /// The current attempt of `id` is LOST (its agent vanished or forgot it).
     fn lose(&mut self, id: TaskId, reason: &str, now: Now, fx: &mut Effects) {
-        self.end(id, TaskState::Lost, reason, now, fx);
+        self.end(id, TaskState::Lost, reason, false, now, fx);
     }
 }
 

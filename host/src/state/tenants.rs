@@ -183,7 +183,9 @@ impl HostState {
     /// What is left of `tenant`'s fuel budget for new tasks at `now` (`u64::MAX` without one).
     pub fn fuel_left(&self, tenant: &str, now: Now) -> u64 {
         match self.tenant_settings(tenant).0.fuel_budget {
-            Some(b) => self.ledger.left(tenant, b.fuel, b.period_ms(), now.ms),
+            Some(b) => self
+                .ledger
+                .left(tenant, b.fuel, b.period_ms(), self.ledger_ms.max(now.ms)),
             None => u64::MAX,
         }
     }
@@ -281,7 +283,7 @@ impl HostState {
             fuel_window_ms: window,
             fuel_used_in_window: self
                 .ledger
-                .spent(tenant, window, now.ms)
+                .spent(tenant, window, self.ledger_ms.max(now.ms))
                 .saturating_add(self.ledger.running(tenant)),
             fuel_held: self.ledger.held(tenant),
             fuel_left: settings.fuel_budget.map(|_| self.fuel_left(tenant, now)),
@@ -370,13 +372,23 @@ impl HostState {
         }
         let fuel = task.spec.limits.fuel;
         if let Some(budget) = settings.fuel_budget {
+            if fuel > budget.fuel {
+                return format!(
+                    "its fuel limit {fuel} exceeds tenant {tenant}'s whole fuel budget \
+                     ({budget}, lowered since it was submitted): it cannot start until the \
+                     budget is raised; kill it or raise the budget"
+                );
+            }
             let left = self.fuel_left(tenant, now);
             if fuel > left {
                 let period = budget.period_ms();
-                let when = match self
-                    .ledger
-                    .frees_at(tenant, budget.fuel, period, fuel, now.ms)
-                {
+                let when = match self.ledger.frees_at(
+                    tenant,
+                    budget.fuel,
+                    period,
+                    fuel,
+                    self.ledger_ms.max(now.ms),
+                ) {
                     Some(ms) => format!(
                         "; the window frees enough by {} if its placed tasks spend their \
                          whole limits",

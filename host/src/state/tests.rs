@@ -236,6 +236,26 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
     if held != state.held {
         return Err(format!("tenants hold {:?}, tasks {held:?}", state.held));
     }
+    // The fuel ledger holds each placed task's limit and counts its fuel so far.
+    let mut fuel: HashMap<&str, (u64, u64)> = HashMap::new();
+    for t in state.tasks().filter(|t| t.state.holds_resources()) {
+        let sum = fuel.entry(t.spec.tenant.as_str()).or_default();
+        *sum = (sum.0 + t.spec.limits.fuel, sum.1 + t.fuel_used);
+    }
+    for tenant in state
+        .ledger
+        .tenants()
+        .map(String::as_str)
+        .chain(fuel.keys().copied())
+    {
+        let ledger = (state.ledger.held(tenant), state.ledger.running(tenant));
+        let tasks = fuel.get(tenant).copied().unwrap_or_default();
+        if ledger != tasks {
+            return Err(format!(
+                "{tenant}: ledger holds and counts {ledger:?}, tasks {tasks:?}"
+            ));
+        }
+    }
     // Retention's books: every ended task is indexed, and nothing else but keys of tasks
     // not loaded; each module counts the tasks that run it; `key_of` inverts the keys.
     for t in state.tasks() {
@@ -1877,9 +1897,17 @@ fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
 
     // An hour and a minute on, the window has let go of it all.
     w.tick(Duration::from_secs(3600 + 120));
-    w.state.dirty = true;
+    // The tick that sees the minute move on lets the round try the budget again.
+    let mut fx = Effects::default();
+    w.state.collect(w.now, &mut fx);
     w.schedule();
     assert_eq!(state(&w, 3), TaskState::Assigned);
+    // The budgeted tenant's minutes are kept for the longest period a budget may have.
+    assert!(!fx
+        .writes
+        .iter()
+        .any(|x| matches!(x, Write::ForgetFuel(t, _) if t == "b")));
+    w.tick(crate::tenant::MAX_BUDGET_PERIOD);
     let mut fx = Effects::default();
     w.state.collect(w.now, &mut fx);
     assert!(fx
@@ -1887,4 +1915,48 @@ fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
         .iter()
         .any(|x| matches!(x, Write::ForgetFuel(t, _) if t == "b")));
     assert_eq!(w.state.tenants(Some("b"), w.now)[0].fuel_used_total, 900);
+}
+
+/// An attempt that ends without its final report (its agent lost) is charged its whole limit:
+/// the agent may still be running it, and a report it sends later does not count.
+#[test]
+fn a_lost_attempt_is_charged_its_whole_limit() {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        "b".into(),
+        crate::tenant::TenantSettings {
+            fuel_budget: Some("1000/1h".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with(&config);
+    w.agent("a1", 2, GIB);
+    let mut spec = with_fuel("b", 600);
+    spec.retry.max_retries = 1;
+    let id = w.submit(spec);
+    w.schedule();
+    w.report(
+        "a1",
+        id,
+        StatusReport {
+            fuel_used: 50,
+            ..running()
+        },
+    );
+    w.check();
+    // The agent goes silent; its attempt is LOST and the task retried.
+    w.tick(HostConfig::default().heartbeat_timeout + Duration::from_secs(1));
+    let mut fx = Effects::default();
+    w.state.expire(w.now, &mut fx);
+    w.check();
+    assert!(fx
+        .writes
+        .iter()
+        .any(|x| matches!(x, Write::Fuel { tenant, fuel: 600, .. } if tenant == "b")));
+    // 1000 - 600 charged: the retry (600) cannot start, though the attempt reported 50.
+    w.agent("a2", 2, GIB);
+    w.schedule();
+    assert_eq!(w.task(id).state, TaskState::Pending);
+    let view = &w.state.tenants(Some("b"), w.now)[0];
+    assert_eq!(view.fuel_left, Some(400));
 }
