@@ -85,11 +85,13 @@ fn pending(tenants: &[String]) -> Vec<Vec<PendingTask<'_>>> {
     queues
 }
 
-/// The tenants' queues as the scheduler reads them.
+type Tasks<'a> = std::iter::Copied<std::slice::Iter<'a, PendingTask<'a>>>;
+
+/// The tenants' queues as the scheduler reads them: one group each (all alike).
 fn queues<'a>(
     tenants: &'a [String],
     pending: &'a [Vec<PendingTask<'a>>],
-) -> Vec<TenantQueue<'a, std::iter::Copied<std::slice::Iter<'a, PendingTask<'a>>>>> {
+) -> Vec<TenantQueue<'a, std::iter::Once<(TaskId, Tasks<'a>)>>> {
     tenants
         .iter()
         .zip(pending)
@@ -100,7 +102,7 @@ fn queues<'a>(
             fuel_left: u64::MAX,
             smallest: (64 << 20, 1_000_000),
             served: 0,
-            groups: vec![tasks.iter().copied()],
+            groups: std::iter::once((tasks[0].task_id, tasks.iter().copied())),
         })
         .collect()
 }

@@ -122,7 +122,7 @@ impl Share {
 
 /// A tenant with waiting tasks, as the scheduler sees it.
 #[derive(Debug)]
-pub struct TenantQueue<'a, I> {
+pub struct TenantQueue<'a, G> {
     /// Its name.
     pub tenant: &'a str,
     /// What it is entitled to.
@@ -138,11 +138,12 @@ pub struct TenantQueue<'a, I> {
     /// equal share, the one served longest ago goes first, so that equal tenants take turns.
     pub served: u64,
     /// Its waiting tasks in groups of one shape (the same request and fuel), each group in
-    /// queue order; read lazily. Once one task of a group cannot be placed, no other can in
-    /// the same plan (capacity, limits and budgets only shrink as it goes), so the rest of
-    /// the group is not read: a round costs what it places and the shapes it tries, however
-    /// long the queues.
-    pub groups: Vec<I>,
+    /// queue order and given with its first task's id, the groups in the order of those ids;
+    /// all read lazily. A group is read only once its first task is the tenant's next, and
+    /// once one task of a group cannot be placed, no other can in the same plan (capacity,
+    /// limits and budgets only shrink as it goes), so the rest of it is not read: a round
+    /// costs what it places and the groups it tries, however long the queues.
+    pub groups: G,
 }
 
 /// One placement of the plan.
@@ -235,22 +236,28 @@ impl Ord for Key {
     }
 }
 
-/// A tenant as the plan goes: its share, what it holds and has left, and the head of each of
-/// its groups still read.
-struct Tenant<'a, I> {
+/// A tenant as the plan goes: its share, what it holds and has left, the groups it has read
+/// (with the head of each still in play) and those it has not.
+struct Tenant<'a, I, G: Iterator> {
     share: Share,
     held: Resources,
     fuel_left: u64,
     smallest: (u64, u64),
     served: u64,
+    /// Groups not read yet, by first task.
+    unread: std::iter::Peekable<G>,
     groups: Vec<I>,
-    /// (task id, group) of each group's next task, earliest first.
+    /// (task id, group) of each read group's next task, earliest first.
     heads: BinaryHeap<Reverse<(TaskId, usize)>>,
-    /// Each group's next task.
+    /// Each read group's next task.
     next: Vec<Option<PendingTask<'a>>>,
 }
 
-impl<'a, I: Iterator<Item = PendingTask<'a>>> Tenant<'a, I> {
+impl<'a, I, G> Tenant<'a, I, G>
+where
+    I: Iterator<Item = PendingTask<'a>>,
+    G: Iterator<Item = (TaskId, I)>,
+{
     /// Reads group `g`'s next task into the heads.
     fn advance(&mut self, g: usize) {
         self.next[g] = self.groups[g].next();
@@ -259,20 +266,48 @@ impl<'a, I: Iterator<Item = PendingTask<'a>>> Tenant<'a, I> {
         }
     }
 
-    /// Its next task, earliest of its groups' heads.
-    fn peek(&self) -> Option<&PendingTask<'a>> {
-        let Reverse((_, g)) = self.heads.peek()?;
-        self.next[*g].as_ref()
+    /// The id of its next task: the earliest of its read groups' heads and the first task of
+    /// the next group not read.
+    fn next_id(&mut self) -> Option<TaskId> {
+        let head = self.heads.peek().map(|Reverse((id, _))| *id);
+        let unread = self.unread.peek().map(|(id, _)| *id);
+        match (head, unread) {
+            (Some(h), Some(u)) => Some(h.min(u)),
+            (h, u) => h.or(u),
+        }
+    }
+
+    /// Takes its next task, reading groups as they come first: (its group, the task).
+    fn take(&mut self) -> Option<(usize, PendingTask<'a>)> {
+        loop {
+            let head = self.heads.peek().map(|Reverse((id, _))| *id);
+            let unread = self.unread.peek().map(|(id, _)| *id);
+            if unread.is_some_and(|u| head.is_none_or(|h| u < h)) {
+                let (_, group) = self.unread.next()?;
+                self.groups.push(group);
+                self.next.push(None);
+                self.advance(self.groups.len() - 1);
+                continue;
+            }
+            let Reverse((_, g)) = self.heads.pop()?;
+            if let Some(task) = self.next[g].take() {
+                return Some((g, task));
+            }
+        }
     }
 }
 
 /// A tenant's key under `order`, or `None` when it has no task left or may take none.
-fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
+fn key<'a, I, G>(
     index: usize,
-    tenant: &Tenant<'a, I>,
+    tenant: &mut Tenant<'a, I, G>,
     total: &Resources,
     order: Order,
-) -> Option<Key> {
+) -> Option<Key>
+where
+    I: Iterator<Item = PendingTask<'a>>,
+    G: Iterator<Item = (TaskId, I)>,
+{
     // Every task takes a slot and at least the smallest memory and fuel asked: a tenant that
     // cannot take that much takes nothing.
     let least = Resources {
@@ -282,7 +317,7 @@ fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
     if !tenant.share.allows(&tenant.held, &least) || tenant.smallest.1 > tenant.fuel_left {
         return None;
     }
-    let next = tenant.peek()?.task_id;
+    let next = tenant.next_id()?;
     Some(match order {
         Order::Fair => Key {
             beyond_guarantee: u8::from(!tenant.share.below_guarantee(&tenant.held)),
@@ -304,15 +339,16 @@ fn key<'a, I: Iterator<Item = PendingTask<'a>>>(
 /// Places the tenants' waiting tasks into `partitions`: tenants in `order`, each task where
 /// the `strategy` puts it (see [`crate::allocator::choose`]), given the placements before it.
 /// Reads at most `max_read` tasks. See the module documentation for the properties.
-pub fn plan<'a, I>(
+pub fn plan<'a, I, G>(
     partitions: &[Candidate<'_>],
-    tenants: Vec<TenantQueue<'a, I>>,
+    tenants: Vec<TenantQueue<'a, G>>,
     strategy: Strategy,
     order: Order,
     max_read: usize,
 ) -> Plan
 where
     I: Iterator<Item = PendingTask<'a>>,
+    G: Iterator<Item = (TaskId, I)>,
 {
     let mut free: Vec<Resources> = partitions.iter().map(|p| p.free).collect();
     let mut free_slots: u64 = partitions
@@ -332,24 +368,21 @@ where
     // Eligible partition indices per placement class; built on first use.
     let mut classes: HashMap<ClassKey<'a>, Vec<usize>> = HashMap::new();
     let mut clock = tenants.iter().map(|t| t.served).max().unwrap_or(0);
-    let mut queues: Vec<Tenant<'a, I>> = Vec::with_capacity(tenants.len());
+    let mut queues: Vec<Tenant<'a, I, G>> = Vec::with_capacity(tenants.len());
     let mut heap = BinaryHeap::with_capacity(tenants.len());
     for (index, t) in tenants.into_iter().enumerate() {
-        let n = t.groups.len();
         let mut tenant = Tenant {
             share: t.share,
             held: t.held,
             fuel_left: t.fuel_left,
             smallest: t.smallest,
             served: t.served,
-            groups: t.groups,
-            heads: BinaryHeap::with_capacity(n),
-            next: vec![None; n],
+            unread: t.groups.peekable(),
+            groups: Vec::new(),
+            heads: BinaryHeap::new(),
+            next: Vec::new(),
         };
-        for g in 0..n {
-            tenant.advance(g);
-        }
-        if let Some(k) = key(index, &tenant, &total, order) {
+        if let Some(k) = key(index, &mut tenant, &total, order) {
             heap.push(Reverse(k));
         }
         queues.push(tenant);
@@ -357,10 +390,7 @@ where
     let mut read = 0;
     while let Some(Reverse(Key { index, .. })) = heap.pop() {
         let tenant = &mut queues[index];
-        let Some(Reverse((_, g))) = tenant.heads.pop() else {
-            continue;
-        };
-        let Some(task) = tenant.next[g].take() else {
+        let Some((g, task)) = tenant.take() else {
             continue;
         };
         read += 1;
@@ -515,8 +545,11 @@ mod tests {
 
     type Tasks<'a> = std::vec::IntoIter<PendingTask<'a>>;
 
-    /// `tasks` in groups of one shape (request and fuel), each in the order given.
-    fn groups<'a>(tasks: impl Iterator<Item = PendingTask<'a>>) -> Vec<Tasks<'a>> {
+    /// `tasks` in groups of one shape (request and fuel), each in the order given, with its
+    /// first task's id, in the order of those ids.
+    fn groups<'a>(
+        tasks: impl Iterator<Item = PendingTask<'a>>,
+    ) -> std::vec::IntoIter<(TaskId, Tasks<'a>)> {
         type Shape = (
             Resources,
             u64,
@@ -532,11 +565,18 @@ mod tests {
                 None => by_shape.push((shape, vec![t])),
             }
         }
-        by_shape.into_iter().map(|(_, g)| g.into_iter()).collect()
+        let mut groups: Vec<(TaskId, Tasks<'a>)> = by_shape
+            .into_iter()
+            .map(|(_, g)| (g[0].task_id, g.into_iter()))
+            .collect();
+        groups.sort_by_key(|g| g.0);
+        groups.into_iter()
     }
 
     /// One queue per tenant named in `tasks`, default shares, nothing held.
-    fn queues(tasks: &[PendingTask<'static>]) -> Vec<TenantQueue<'static, Tasks<'static>>> {
+    fn queues(
+        tasks: &[PendingTask<'static>],
+    ) -> Vec<TenantQueue<'static, std::vec::IntoIter<(TaskId, Tasks<'static>)>>> {
         let mut by_tenant: BTreeMap<&'static str, Vec<PendingTask<'static>>> = BTreeMap::new();
         for t in tasks {
             by_tenant.entry(t.request.tenant).or_default().push(*t);
@@ -730,7 +770,7 @@ mod tests {
                 fuel_left: u64::MAX,
                 smallest: (0, 0),
                 served: 0,
-                groups: vec![counted("a", 0)],
+                groups: vec![(TaskId(0), counted("a", 0))].into_iter(),
             },
             TenantQueue {
                 tenant: "b",
@@ -739,7 +779,7 @@ mod tests {
                 fuel_left: u64::MAX,
                 smallest: (0, 0),
                 served: 0,
-                groups: vec![counted("b", 1_000)],
+                groups: vec![(TaskId(1_000), counted("b", 1_000))].into_iter(),
             },
         ];
         let plan = plan(&parts, tenants, Strategy::Binpack, Order::Fair, usize::MAX);
@@ -751,10 +791,22 @@ mod tests {
         let tasks: Vec<_> = (0..100).map(|i| pending(i, 1_000)).collect();
         let plan = super::plan(&parts, queues(&tasks), Strategy::Binpack, Order::Fair, 10);
         assert_eq!(plan.unplaced.len(), 1);
-        // Tasks of many shapes that do not fit cost the round at most its budget.
+        // Tasks of many shapes that do not fit cost the round at most its budget: the groups
+        // past it are not even read.
         let tasks: Vec<_> = (0..100).map(|i| pending(i, 1_000 + i)).collect();
-        let plan = super::plan(&parts, queues(&tasks), Strategy::Binpack, Order::Fair, 10);
+        let pulled = std::cell::Cell::new(0);
+        let tenants = vec![TenantQueue {
+            tenant: "default",
+            share: Share::default(),
+            held: Resources::default(),
+            fuel_left: u64::MAX,
+            smallest: (0, 0),
+            served: 0,
+            groups: groups(tasks.iter().copied()).inspect(|_| pulled.set(pulled.get() + 1)),
+        }];
+        let plan = super::plan(&parts, tenants, Strategy::Binpack, Order::Fair, 10);
         assert_eq!(plan.unplaced.len(), 10);
+        assert!(pulled.get() <= 11, "{} groups read", pulled.get());
     }
 
     /// A partition as generated: capacity, used, draining, reserved tenant, reserved label,
@@ -931,7 +983,7 @@ mod tests {
                 },
                 Resources { slots: hs, memory_bytes: hm },
             )).collect();
-            let make = || -> Vec<TenantQueue<'_, std::vec::IntoIter<PendingTask<'_>>>> {
+            let make = || -> Vec<TenantQueue<'_, std::vec::IntoIter<(TaskId, Tasks<'_>)>>> {
                 (0..4).map(|t| TenantQueue {
                     tenant: TENANTS[t],
                     share: shares[t].0,

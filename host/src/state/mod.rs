@@ -768,19 +768,18 @@ impl HostState {
                 fuel_left: self.fuel_left(tenant, now),
                 smallest: queue.smallest(),
                 served: self.served.get(tenant.as_str()).copied().unwrap_or(0),
-                groups: queue
-                    .shapes
-                    .values()
-                    .map(|ids| {
+                groups: queue.groups().map(|(first, ids)| {
+                    (
+                        first,
                         ids.iter()
                             .filter_map(|id| tasks.get(id))
                             .map(|t| PendingTask {
                                 task_id: t.id,
                                 request: request(&t.spec),
                                 fuel: t.spec.limits.fuel,
-                            })
-                    })
-                    .collect(),
+                            }),
+                    )
+                }),
             })
             .collect();
         let plan = scheduler::plan(
@@ -1192,7 +1191,7 @@ impl HostState {
         self.partitions.values()
     }
 
-    /// Tasks in the pending queues, tenant by tenant, each in queue order.
+    /// Tasks in the pending queues, tenant by tenant (in no particular order within one).
     pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
         self.queues.ids()
     }

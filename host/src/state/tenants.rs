@@ -25,10 +25,16 @@ pub(super) struct Queues {
 /// One tenant's pending tasks.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
-    /// The tasks, by shape (what the scheduler decides by: memory, fuel, labels,
-    /// constraints), each in queue order: the scheduler reads each shape until one of its
+    /// The id of each shape (what the scheduler decides by: memory, fuel, labels,
+    /// constraints) among them.
+    shapes: BTreeMap<Shape, u64>,
+    /// The tasks of each shape, in queue order: the scheduler reads a shape until one of its
     /// tasks does not fit, since the rest would not either.
-    pub(super) shapes: BTreeMap<Shape, BTreeSet<TaskId>>,
+    groups: HashMap<u64, BTreeSet<TaskId>>,
+    /// (first task, shape) of each shape, in order: the scheduler reads a shape only once its
+    /// first task is the tenant's next.
+    firsts: BTreeSet<(TaskId, u64)>,
+    next_shape: u64,
     len: usize,
     /// How many of them ask for each amount of memory, and of fuel: the smallest of each
     /// tells the scheduler when none of them can fit the tenant's limit or budget.
@@ -62,6 +68,33 @@ impl Queue {
         let least = |sizes: &BTreeMap<u64, u32>| sizes.keys().next().copied().unwrap_or(0);
         (least(&self.memory), least(&self.fuel))
     }
+
+    /// Its tasks by shape, each with its first task, in the order of those.
+    pub(super) fn groups(&self) -> impl Iterator<Item = (TaskId, &BTreeSet<TaskId>)> {
+        self.firsts
+            .iter()
+            .map(|(first, shape)| (*first, &self.groups[shape]))
+    }
+
+    /// Each shape with its tasks.
+    #[cfg(test)]
+    pub(super) fn shapes(&self) -> impl Iterator<Item = (&Shape, &BTreeSet<TaskId>)> {
+        self.shapes
+            .iter()
+            .map(|(shape, id)| (shape, &self.groups[id]))
+    }
+
+    /// Keeps `firsts` right after group `shape`'s first task went from `before` to `after`.
+    fn first_moved(&mut self, shape: u64, before: Option<TaskId>, after: Option<TaskId>) {
+        if before != after {
+            if let Some(b) = before {
+                self.firsts.remove(&(b, shape));
+            }
+            if let Some(a) = after {
+                self.firsts.insert((a, shape));
+            }
+        }
+    }
 }
 
 fn count_in(sizes: &mut BTreeMap<u64, u32>, size: u64) {
@@ -83,7 +116,20 @@ impl Queues {
             Some(queue) => queue,
             None => self.by_tenant.entry(spec.tenant.clone()).or_default(),
         };
-        if queue.shapes.entry(Shape::of(spec)).or_default().insert(id) {
+        let shape = Shape::of(spec);
+        let sid = match queue.shapes.get(&shape) {
+            Some(&sid) => sid,
+            None => {
+                queue.next_shape += 1;
+                queue.shapes.insert(shape, queue.next_shape);
+                queue.next_shape
+            }
+        };
+        let group = queue.groups.entry(sid).or_default();
+        let before = group.first().copied();
+        if group.insert(id) {
+            let after = group.first().copied();
+            queue.first_moved(sid, before, after);
             queue.len += 1;
             self.len += 1;
             count_in(&mut queue.memory, spec.limits.memory_bytes);
@@ -96,18 +142,26 @@ impl Queues {
             return;
         };
         let shape = Shape::of(spec);
-        let Some(ids) = queue.shapes.get_mut(&shape) else {
+        let Some(&sid) = queue.shapes.get(&shape) else {
             return;
         };
-        if ids.remove(&id) {
-            queue.len -= 1;
-            self.len -= 1;
-            count_out(&mut queue.memory, spec.limits.memory_bytes);
-            count_out(&mut queue.fuel, spec.limits.fuel);
+        let Some(group) = queue.groups.get_mut(&sid) else {
+            return;
+        };
+        let before = group.first().copied();
+        if !group.remove(&id) {
+            return;
         }
-        if ids.is_empty() {
+        let after = group.first().copied();
+        if after.is_none() {
+            queue.groups.remove(&sid);
             queue.shapes.remove(&shape);
         }
+        queue.first_moved(sid, before, after);
+        queue.len -= 1;
+        self.len -= 1;
+        count_out(&mut queue.memory, spec.limits.memory_bytes);
+        count_out(&mut queue.fuel, spec.limits.fuel);
         if queue.len == 0 {
             self.by_tenant.remove(&spec.tenant);
         }
@@ -131,7 +185,7 @@ impl Queues {
     pub(super) fn ids(&self) -> impl Iterator<Item = TaskId> + '_ {
         self.by_tenant
             .values()
-            .flat_map(|q| q.shapes.values().flatten().copied())
+            .flat_map(|q| q.groups.values().flatten().copied())
     }
 }
 

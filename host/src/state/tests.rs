@@ -219,7 +219,23 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
     // Each tenant's queue holds its own tasks, and what each tenant holds is what its placed
     // tasks request.
     for (tenant, queue) in state.queues.tenants() {
-        for (shape, ids) in &queue.shapes {
+        // The scheduler's index: each shape once, by its first task, in order.
+        let firsts: Vec<TaskId> = queue.groups().map(|(first, _)| first).collect();
+        let mut expected: Vec<TaskId> = queue
+            .shapes()
+            .map(|(_, ids)| ids.first().copied().unwrap())
+            .collect();
+        expected.sort();
+        if firsts != expected
+            || queue
+                .groups()
+                .any(|(first, ids)| ids.first() != Some(&first))
+        {
+            return Err(format!(
+                "{tenant}: shapes by first task {firsts:?}, expected {expected:?}"
+            ));
+        }
+        for (shape, ids) in queue.shapes() {
             if let Some(id) = ids.iter().find(|id| {
                 let spec = &state.tasks[id].spec;
                 spec.tenant != *tenant || tenants::Shape::of(spec) != *shape
