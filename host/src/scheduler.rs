@@ -16,7 +16,8 @@
 //!   [`Order::Fifo`], the oldest task (guarantees play no part). Within a tenant, tasks go in
 //!   queue order, and one that does not fit does not block those behind it.
 //! - **Work-conserving**: a task left waiting fits nowhere given the placements made before it
-//!   (unless the round's read budget ran out).
+//!   (unless the round's read budget ran out, or its tenant left the round after
+//!   [`MAX_MISSES`] tasks in a row that did not fit).
 //! - **Deterministic**: the same snapshot gives the same plan.
 //!
 //! # Weighted dominant resource fairness
@@ -50,6 +51,12 @@ use serde::{Deserialize, Serialize};
 use crate::allocator::{better, Candidate, Request, Strategy};
 use crate::partition::Resources;
 use crate::task::TaskId;
+
+/// Tasks in a row a tenant may have read in one plan without one placed: then it leaves the
+/// plan, so that a tenant with a long queue of tasks that do not fit (each of its own shape:
+/// a label per task) cannot spend the round's read budget and keep every other tenant
+/// waiting. Its tasks further on wait for the next round.
+pub const MAX_MISSES: u32 = 1024;
 
 /// A pending task as the scheduler sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,6 +251,8 @@ struct Tenant<'a, I, G: Iterator> {
     fuel_left: u64,
     smallest: (u64, u64),
     served: u64,
+    /// Tasks read in a row without one placed.
+    misses: u32,
     /// Groups not read yet, by first task.
     unread: std::iter::Peekable<G>,
     groups: Vec<I>,
@@ -377,6 +386,7 @@ where
             fuel_left: t.fuel_left,
             smallest: t.smallest,
             served: t.served,
+            misses: 0,
             unread: t.groups.peekable(),
             groups: Vec::new(),
             heads: BinaryHeap::new(),
@@ -424,14 +434,23 @@ where
         };
         match wait {
             // The group's next task is like this one: it fits as well, or not at all.
-            None => tenant.advance(g),
-            Some(wait) => plan.unplaced.push(Unplaced {
-                task_id: task.task_id,
-                wait,
-            }),
+            None => {
+                tenant.misses = 0;
+                tenant.advance(g);
+            }
+            Some(wait) => {
+                tenant.misses += 1;
+                plan.unplaced.push(Unplaced {
+                    task_id: task.task_id,
+                    wait,
+                });
+            }
         }
         if free_slots == 0 || read >= max_read {
             break;
+        }
+        if tenant.misses >= MAX_MISSES {
+            continue;
         }
         if let Some(k) = key(index, tenant, &total, order) {
             heap.push(Reverse(k));
@@ -807,6 +826,21 @@ mod tests {
         let plan = super::plan(&parts, tenants, Strategy::Binpack, Order::Fair, 10);
         assert_eq!(plan.unplaced.len(), 10);
         assert!(pulled.get() <= 11, "{} groups read", pulled.get());
+
+        // A tenant of many shapes that do not fit leaves the round after MAX_MISSES of them:
+        // it cannot keep another tenant's task that fits from its slot.
+        let mut tasks: Vec<_> = (0..2_000).map(|i| task(i, "wide", 1, 1_000 + i)).collect();
+        tasks.push(task(5_000, "small", 1, 1));
+        let plan = super::plan(
+            &parts,
+            queues(&tasks),
+            Strategy::Binpack,
+            Order::Fair,
+            1_500,
+        );
+        let placed: Vec<u64> = plan.placements.iter().map(|p| p.task_id.0).collect();
+        assert_eq!(placed, [5_000]);
+        assert_eq!(plan.unplaced.len(), MAX_MISSES as usize);
     }
 
     /// A partition as generated: capacity, used, draining, reserved tenant, reserved label,

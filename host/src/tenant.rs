@@ -148,10 +148,11 @@ impl TenantSettings {
             if budget.fuel == 0
                 || budget.period < MIN_BUDGET_PERIOD
                 || budget.period > MAX_BUDGET_PERIOD
+                || budget.period.as_millis() % MIN_BUDGET_PERIOD.as_millis() != 0
             {
                 return Err(format!(
                     "tenant {name:?}: fuel budget {budget} must be above zero fuel, over a \
-                     period of 1 minute to 31 days"
+                     period of whole minutes, 1 minute to 31 days"
                 ));
             }
         }
@@ -290,6 +291,8 @@ mod tests {
         assert_eq!(s.validate("acme"), Ok(()));
         s.fuel_budget = Some("1000/10s".parse().unwrap());
         assert!(s.validate("acme").unwrap_err().contains("1 minute"));
+        s.fuel_budget = Some("1000/90s".parse().unwrap());
+        assert!(s.validate("acme").unwrap_err().contains("whole minutes"));
         s.fuel_budget = Some("0/1h".parse().unwrap());
         assert!(s.validate("acme").unwrap_err().contains("fuel budget"));
         s.fuel_budget = Some("10_000_000/1h".parse().unwrap());

@@ -2,15 +2,15 @@
 //! tasks placed now, held against its budget.
 //!
 //! A task is placed only when its fuel limit fits in what is left of its tenant's budget: the
-//! budget less what was spent in the window and less the limits held by its tasks placed now.
-//! Its limit is held until the attempt ends; then the fuel it spent (at most its limit; its
-//! whole limit when it ended without a final report, as its agent may run it on) is charged
-//! to the minute it ended in, and the limit is released. So the sum of what was spent in the
-//! window and what is held never grows past the budget but by an admin lowering it: a
-//! placement checks it, an end replaces a limit by a charge no larger, and time (which the
-//! host keeps from going back) only drops old charges. A minute's charge counts while any part of that minute lies in the window, so
-//! a charge is dropped at most a minute after it leaves it: the ledger errs toward spending
-//! less than the budget, never more.
+//! budget less what was spent in the window and less the limits held by its tasks placed now. Its
+//! limit is held until the attempt ends; then the fuel it spent (at most its limit; its whole limit
+//! when it ended without a final report, as its agent may run it on) is charged to the minute it
+//! ended in, and the limit is released. So the sum of what was spent in the window and what is held
+//! never grows past the budget but by an admin lowering it: a placement checks it, an end replaces
+//! a limit by a charge no larger, and time (which the host keeps from going back) only drops old
+//! charges. A minute's charge counts while any part of that minute lies in the window, so a charge
+//! is dropped at most a minute after it leaves it: the ledger errs toward spending less than the
+//! budget, never more.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -364,6 +364,9 @@ impl HostState {
     pub fn restore(config: &HostConfig, loaded: Loaded, now: Now) -> Self {
         let mut state = Self::new(config);
         state.next_id = loaded.highest_task_id;
+        // The ledger's clock goes on from the latest minute it charged, whatever the system's
+        // clock says now.
+        state.ledger_ms = loaded.fuel_minutes.iter().map(|m| m.1).max().unwrap_or(0);
         state.ledger = fuel::Ledger::restore(loaded.fuel_minutes, loaded.fuel_totals);
         for (info, seen) in loaded.agents {
             state.registry.restore(info, now.instant, seen);
@@ -1118,9 +1121,12 @@ impl HostState {
             .tasks
             .get_mut(&attempt.task_id)
             .expect("an expected attempt's task exists");
+        // An attempt's fuel only grows: a report without the figure (an agent that failed
+        // after the guest ran) does not take back what earlier reports said.
+        let fuel_used = task.fuel_used.max(report.fuel_used);
         self.ledger
-            .live(&task.spec.tenant, task.fuel_used, report.fuel_used);
-        task.fuel_used = report.fuel_used;
+            .live(&task.spec.tenant, task.fuel_used, fuel_used);
+        task.fuel_used = fuel_used;
         task.peak_memory_bytes = task.peak_memory_bytes.max(report.peak_memory_bytes);
         task.wall_us = report.wall_us;
         if report.progress.is_some() {

@@ -429,7 +429,7 @@ impl HostState {
             if fuel > budget.fuel {
                 return format!(
                     "its fuel limit {fuel} exceeds tenant {tenant}'s whole fuel budget \
-                     ({budget}, lowered since it was submitted): it cannot start until the \
+                     ({budget}, set or lowered since it was submitted): it cannot start until the \
                      budget is raised; kill it or raise the budget"
                 );
             }
