@@ -211,6 +211,31 @@ fn tenant_settings_are_set_listed_and_kept_across_a_restart() {
     let out = cluster.corral(&["tenant", "set", "acme", "--weight", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("weight"));
+    // Task caps hold a tenant's own token, not an admin's.
+    // (Two of acme's tasks still wait: room for more under a higher queue cap.)
+    let out = cluster.corral(&[
+        "tenant",
+        "set",
+        "acme",
+        "--max-task-fuel",
+        "1000000",
+        "--max-queued",
+        "10",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let made = cluster.corral(&["token", "create", "--role", "tenant", "--tenant", "acme"]);
+    let token = String::from_utf8(made.stdout).unwrap();
+    let token = token.lines().last().unwrap();
+    let trivial = fixtures::path("trivial");
+    let trivial = trivial.to_str().unwrap();
+    let out = cluster.corral_as(Some(token), &["submit", trivial, "--fuel", "2000000"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 1000000 of fuel"), "{stderr}");
+    let out = cluster.corral_as(Some(token), &["submit", trivial, "--fuel", "1000000"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cluster.corral(&["submit", trivial, "--tenant", "acme", "--fuel", "2000000"]);
+    assert!(out.status.success(), "an admin is not held to it: {out:?}");
     let audit = cluster.corral(&["audit"]);
     assert!(String::from_utf8_lossy(&audit.stdout).contains("tenant.set"));
 }

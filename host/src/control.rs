@@ -956,7 +956,18 @@ impl Actor {
                 } else {
                     self.free_space.check(pending, size, "task")
                 };
-                let result = room.and_then(|()| state.submit(spec, key, now, fx));
+                // A tenant's own token is held to its policy; an admin's is not.
+                let policy = match (&caller.tenant, retry) {
+                    (Some(_), false) => state
+                        .tenant_settings(&spec.tenant)
+                        .0
+                        .check_task(&spec.tenant, &spec.limits)
+                        .map_err(HostError::FailedPrecondition),
+                    _ => Ok(()),
+                };
+                let result = room
+                    .and(policy)
+                    .and_then(|()| state.submit(spec, key, now, fx));
                 if matches!(result, Ok((_, false))) {
                     self.batch_bytes += size;
                 }

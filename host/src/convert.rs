@@ -615,6 +615,11 @@ pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
         fuel_budget_period_ms: t.fuel_budget.map_or(0, |b| {
             u64::try_from(b.period.as_millis()).unwrap_or(u64::MAX)
         }),
+        max_task_fuel: t.max_task_fuel,
+        max_task_memory_bytes: t.max_task_memory.map(|m| m.as_u64()),
+        max_task_timeout_ms: t
+            .max_task_timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -631,6 +636,9 @@ pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> TenantSettings {
             fuel,
             period: Duration::from_millis(t.fuel_budget_period_ms),
         }),
+        max_task_fuel: t.max_task_fuel,
+        max_task_memory: t.max_task_memory_bytes.map(bytesize::ByteSize::b),
+        max_task_timeout: t.max_task_timeout_ms.map(Duration::from_millis),
     }
 }
 
@@ -657,6 +665,9 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
     if (r.limit_slots.is_some() && !r.set_limit_slots)
         || (r.limit_memory_bytes.is_some() && !r.set_limit_memory)
         || ((r.fuel_budget.is_some() || r.fuel_budget_period_ms != 0) && !r.set_fuel_budget)
+        || (r.max_task_fuel.is_some() && !r.set_max_task_fuel)
+        || (r.max_task_memory_bytes.is_some() && !r.set_max_task_memory)
+        || (r.max_task_timeout_ms.is_some() && !r.set_max_task_timeout)
     {
         return Err("a limit or budget is changed only with its set_* flag".into());
     }
@@ -673,6 +684,11 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
                 fuel,
                 period: Duration::from_millis(r.fuel_budget_period_ms),
             })),
+        max_task_fuel: r.set_max_task_fuel.then_some(r.max_task_fuel),
+        max_task_memory: r.set_max_task_memory.then_some(r.max_task_memory_bytes),
+        max_task_timeout: r
+            .set_max_task_timeout
+            .then_some(r.max_task_timeout_ms.map(Duration::from_millis)),
     };
     match r.reset {
         true if change != TenantChange::default() => {

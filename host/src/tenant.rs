@@ -105,6 +105,34 @@ pub struct TenantSettings {
     /// The most fuel its tasks may spend in any window of the budget's period; none when
     /// absent.
     pub fuel_budget: Option<FuelBudget>,
+    /// The largest fuel limit a task of its token may ask for; none when absent.
+    pub max_task_fuel: Option<u64>,
+    /// The largest memory a task of its token may ask for; none when absent.
+    pub max_task_memory: Option<ByteSize>,
+    /// The longest timeout a task of its token may ask for; none when absent.
+    #[serde(with = "option_duration")]
+    pub max_task_timeout: Option<Duration>,
+}
+
+/// An optional duration as humantime text (`"10m"`).
+mod option_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration (like \"10m\"): {e}"))
+        })
+    }
 }
 
 impl Default for TenantSettings {
@@ -117,6 +145,9 @@ impl Default for TenantSettings {
             limit_memory: None,
             max_queued: DEFAULT_MAX_QUEUED,
             fuel_budget: None,
+            max_task_fuel: None,
+            max_task_memory: None,
+            max_task_timeout: None,
         }
     }
 }
@@ -155,6 +186,41 @@ impl TenantSettings {
                      period of whole minutes, 1 minute to 31 days"
                 ));
             }
+        }
+        if self.max_task_fuel == Some(0)
+            || self.max_task_memory.is_some_and(|m| m.as_u64() == 0)
+            || self.max_task_timeout.is_some_and(|t| t.is_zero())
+        {
+            return Err(format!(
+                "tenant {name:?}: max_task_fuel, max_task_memory and max_task_timeout must be \
+                 above zero (leave one out for no cap)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a task of this tenant, submitted with its own token, that asks for more than
+    /// its policy allows, naming the field.
+    pub fn check_task(&self, tenant: &str, limits: &crate::task::TaskLimits) -> Result<(), String> {
+        let over = |what: &str, asked: String, most: String| {
+            Err(format!(
+                "tenant {tenant}'s policy allows a task at most {most} of {what}; it asks for \
+                 {asked}"
+            ))
+        };
+        if let Some(most) = self.max_task_fuel.filter(|&m| limits.fuel > m) {
+            return over("fuel", limits.fuel.to_string(), most.to_string());
+        }
+        if let Some(most) = self
+            .max_task_memory
+            .filter(|m| limits.memory_bytes > m.as_u64())
+        {
+            let asked = ByteSize::b(limits.memory_bytes).display().iec().to_string();
+            return over("memory", asked, most.display().iec().to_string());
+        }
+        if let Some(most) = self.max_task_timeout.filter(|&m| limits.timeout > m) {
+            let shown = |d: Duration| humantime::format_duration(d).to_string();
+            return over("time", shown(limits.timeout), shown(most));
         }
         Ok(())
     }
@@ -215,6 +281,12 @@ pub struct TenantChange {
     pub max_queued: Option<u64>,
     /// New fuel budget, or none.
     pub fuel_budget: Option<Option<FuelBudget>>,
+    /// New largest fuel limit of a task, or none.
+    pub max_task_fuel: Option<Option<u64>>,
+    /// New largest memory of a task, or none.
+    pub max_task_memory: Option<Option<u64>>,
+    /// New longest timeout of a task, or none.
+    pub max_task_timeout: Option<Option<Duration>>,
 }
 
 impl TenantChange {
@@ -247,6 +319,17 @@ impl TenantChange {
         if let Some(b) = self.fuel_budget {
             words.push(format!("fuel_budget={}", limit(b.map(|b| b.to_string()))));
         }
+        if let Some(n) = self.max_task_fuel {
+            words.push(format!("max_task_fuel={}", limit(n.map(|n| n.to_string()))));
+        }
+        if let Some(m) = self.max_task_memory {
+            let shown = m.map(|m| ByteSize::b(m).display().iec().to_string());
+            words.push(format!("max_task_memory={}", limit(shown)));
+        }
+        if let Some(t) = self.max_task_timeout {
+            let shown = t.map(|t| humantime::format_duration(t).to_string());
+            words.push(format!("max_task_timeout={}", limit(shown)));
+        }
         words.join(" ")
     }
 
@@ -264,6 +347,11 @@ impl TenantChange {
                 .map_or(current.limit_memory, |m| m.map(ByteSize::b)),
             max_queued: self.max_queued.unwrap_or(current.max_queued),
             fuel_budget: self.fuel_budget.unwrap_or(current.fuel_budget),
+            max_task_fuel: self.max_task_fuel.unwrap_or(current.max_task_fuel),
+            max_task_memory: self
+                .max_task_memory
+                .map_or(current.max_task_memory, |m| m.map(ByteSize::b)),
+            max_task_timeout: self.max_task_timeout.unwrap_or(current.max_task_timeout),
         }
     }
 }
@@ -301,6 +389,60 @@ mod tests {
         assert!("10000".parse::<FuelBudget>().is_err());
         assert!("lots/1h".parse::<FuelBudget>().is_err());
         assert!(s.validate("").is_err());
+    }
+
+    #[test]
+    fn a_tasks_own_asks_are_held_to_the_tenants_caps_by_name() {
+        let caps = TenantSettings {
+            max_task_fuel: Some(1_000),
+            max_task_memory: Some(ByteSize::mib(64)),
+            max_task_timeout: Some(Duration::from_secs(60)),
+            ..TenantSettings::default()
+        };
+        let mut limits = crate::task::TaskLimits {
+            fuel: 1_000,
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(60),
+            max_output_bytes: 1,
+            max_disk_bytes: 1,
+        };
+        assert_eq!(caps.check_task("acme", &limits), Ok(()));
+        limits.fuel = 1_001;
+        let e = caps.check_task("acme", &limits).unwrap_err();
+        assert!(
+            e.contains("at most 1000 of fuel") && e.contains("1001"),
+            "{e}"
+        );
+        limits.fuel = 1;
+        limits.memory_bytes = 65 << 20;
+        assert!(caps
+            .check_task("acme", &limits)
+            .unwrap_err()
+            .contains("of memory"));
+        limits.memory_bytes = 1;
+        limits.timeout = Duration::from_secs(61);
+        assert!(caps
+            .check_task("acme", &limits)
+            .unwrap_err()
+            .contains("of time"));
+        // No caps, no refusal; a zero cap is refused as nonsense.
+        assert_eq!(
+            TenantSettings::default().check_task("acme", &limits),
+            Ok(())
+        );
+        let zero = TenantSettings {
+            max_task_fuel: Some(0),
+            ..TenantSettings::default()
+        };
+        assert!(zero.validate("acme").unwrap_err().contains("max_task_fuel"));
+        let parsed = crate::config::HostConfig::parse(
+            "[tenants.acme]\nmax_task_timeout = \"10m\"\nmax_task_memory = \"1GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.tenants["acme"].max_task_timeout,
+            Some(Duration::from_secs(600))
+        );
     }
 
     #[test]

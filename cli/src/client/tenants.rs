@@ -52,6 +52,16 @@ pub struct SetArgs {
     /// `none`.
     #[arg(long, value_name = "FUEL/PERIOD|none", value_parser = parse_budget)]
     fuel_budget: Option<Limit<(u64, u64)>>,
+    /// The largest fuel limit a task submitted with the tenant's own token may ask for, or
+    /// `none`.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit_count)]
+    max_task_fuel: Option<Limit<u64>>,
+    /// The largest memory such a task may ask for (`2GiB`), or `none`.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_limit_memory)]
+    max_task_memory: Option<Limit<u64>>,
+    /// The longest timeout such a task may ask for (`10m`), or `none`.
+    #[arg(long, value_name = "DURATION|none", value_parser = parse_limit_duration)]
+    max_task_timeout: Option<Limit<u64>>,
     #[command(flatten)]
     host: HostArg,
     #[command(flatten)]
@@ -83,6 +93,28 @@ fn parse_budget(arg: &str) -> Result<Limit<(u64, u64)>, String> {
     let period = humantime::parse_duration(period).map_err(|_| bad())?;
     let ms = u64::try_from(period.as_millis()).map_err(|_| bad())?;
     Ok(Limit(Some((fuel, ms))))
+}
+
+fn parse_limit_count(arg: &str) -> Result<Limit<u64>, String> {
+    match arg {
+        "none" => Ok(Limit(None)),
+        n => n
+            .replace('_', "")
+            .parse()
+            .map(|n| Limit(Some(n)))
+            .map_err(|_| format!("{n:?} is neither a number nor \"none\"")),
+    }
+}
+
+/// A duration in milliseconds, or `none`.
+fn parse_limit_duration(arg: &str) -> Result<Limit<u64>, String> {
+    match arg {
+        "none" => Ok(Limit(None)),
+        d => humantime::parse_duration(d)
+            .map_err(|e| format!("{d:?} is neither a duration (like 10m) nor \"none\": {e}"))
+            .and_then(|d| u64::try_from(d.as_millis()).map_err(|e| e.to_string()))
+            .map(|ms| Limit(Some(ms))),
+    }
 }
 
 fn parse_limit_memory(arg: &str) -> Result<Limit<u64>, String> {
@@ -134,6 +166,9 @@ struct Tenant {
     fuel_held: u64,
     fuel_left: Option<u64>,
     fuel_used_total: u64,
+    max_task_fuel: Option<u64>,
+    max_task_memory_bytes: Option<u64>,
+    max_task_timeout_ms: Option<u64>,
 }
 
 impl From<&pb::TenantView> for Tenant {
@@ -159,6 +194,9 @@ impl From<&pb::TenantView> for Tenant {
             fuel_held: v.fuel_held,
             fuel_left: v.fuel_left,
             fuel_used_total: v.fuel_used_total,
+            max_task_fuel: s.max_task_fuel,
+            max_task_memory_bytes: s.max_task_memory_bytes,
+            max_task_timeout_ms: s.max_task_timeout_ms,
         }
     }
 }
@@ -179,6 +217,12 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 set_fuel_budget: args.fuel_budget.is_some(),
                 fuel_budget: args.fuel_budget.and_then(|b| b.0).map(|b| b.0),
                 fuel_budget_period_ms: args.fuel_budget.and_then(|b| b.0).map_or(0, |b| b.1),
+                set_max_task_fuel: args.max_task_fuel.is_some(),
+                max_task_fuel: args.max_task_fuel.and_then(|l| l.0),
+                set_max_task_memory: args.max_task_memory.is_some(),
+                max_task_memory_bytes: args.max_task_memory.and_then(|l| l.0),
+                set_max_task_timeout: args.max_task_timeout.is_some(),
+                max_task_timeout_ms: args.max_task_timeout.and_then(|l| l.0),
                 reset: false,
             };
             set(request, &args.host, args.format.format).await
@@ -217,6 +261,24 @@ async fn set(
     let view = client.set_tenant(request).await.map_err(rpc)?.into_inner();
     show_tenants(&[Tenant::from(&view)], format)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one task of the tenant's own token may ask for: `fuel=N,memory=SIZE,timeout=D`.
+fn task_caps(t: &Tenant) -> String {
+    let mut caps = Vec::new();
+    if let Some(n) = t.max_task_fuel {
+        caps.push(format!("fuel={n}"));
+    }
+    if let Some(m) = t.max_task_memory_bytes {
+        caps.push(format!("memory={}", show::size(m)));
+    }
+    if let Some(ms) = t.max_task_timeout_ms {
+        caps.push(format!("timeout={}", period(ms)));
+    }
+    match caps.is_empty() {
+        true => "-".into(),
+        false => caps.join(","),
+    }
 }
 
 /// A period as the budget's syntax writes it (`1h`).
@@ -258,6 +320,7 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                         },
                         format!("{}/{}", t.fuel_used_in_window, period(t.fuel_window_ms)),
                         t.fuel_left.map_or("-".into(), |f| f.to_string()),
+                        task_caps(t),
                     ]
                 })
                 .collect();
@@ -274,6 +337,7 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                     "FUEL_BUDGET",
                     "FUEL_USED",
                     "FUEL_LEFT",
+                    "TASK_CAPS",
                 ],
                 &rows,
             )
