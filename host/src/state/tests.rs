@@ -1976,3 +1976,64 @@ fn a_lost_attempt_is_charged_its_whole_limit() {
     let view = &w.state.tenants(Some("b"), w.now)[0];
     assert_eq!(view.fuel_left, Some(400));
 }
+
+/// Fuel figures only grow within an attempt: a final report without one (an agent that failed
+/// after the guest ran) is charged what the live reports said.
+#[test]
+fn a_final_report_without_fuel_is_charged_what_live_reports_said() {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        "b".into(),
+        crate::tenant::TenantSettings {
+            fuel_budget: Some("1000/1h".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with(&config);
+    w.agent("a1", 2, GIB);
+    let id = w.submit(with_fuel("b", 600));
+    w.schedule();
+    w.report(
+        "a1",
+        id,
+        StatusReport {
+            fuel_used: 150,
+            ..running()
+        },
+    );
+    let mut report = ended(OutcomeKind::AgentError);
+    report.fuel_used = 0;
+    let fx = w.report("a1", id, report);
+    w.check();
+    assert!(fx
+        .writes
+        .iter()
+        .any(|x| matches!(x, Write::Fuel { tenant, fuel: 150, .. } if tenant == "b")));
+}
+
+/// The ledger's clock never goes back: a charge made after the system's clock stepped back
+/// lands in the latest minute seen, not an hour earlier, and so stays in the window.
+#[test]
+fn the_ledgers_clock_does_not_go_back_with_the_systems() {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        "b".into(),
+        crate::tenant::TenantSettings {
+            fuel_budget: Some("1000/1h".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with(&config);
+    w.now.ms = 100 * 3_600_000;
+    w.agent("a1", 2, GIB);
+    let first = w.submit(with_fuel("b", 100));
+    let second = w.submit(with_fuel("b", 100));
+    w.schedule();
+    finish(&mut w, first, 100);
+    // The system's clock steps back two hours; the second task ends then.
+    w.now.ms -= 2 * 3_600_000;
+    finish(&mut w, second, 100);
+    // Back to 59 minutes past the first charge: both charges are still in the window.
+    w.now.ms += 2 * 3_600_000 + 59 * 60_000;
+    assert_eq!(w.state.fuel_left("b", w.now), 800);
+}
