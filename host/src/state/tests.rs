@@ -1781,6 +1781,19 @@ fn with_fuel(tenant: &str, fuel: u64) -> TaskSpec {
     spec
 }
 
+/// A host config giving `tenant` a fuel budget of `budget` (`FUEL/PERIOD`).
+fn budgeted(tenant: &str, budget: &str) -> HostConfig {
+    let mut config = HostConfig::default();
+    config.tenants.insert(
+        tenant.into(),
+        crate::tenant::TenantSettings {
+            fuel_budget: Some(budget.parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    config
+}
+
 fn finish(w: &mut World, id: TaskId, fuel_used: u64) {
     let agent = w.task(id).agent_id.clone().unwrap();
     let mut report = ended(OutcomeKind::Success);
@@ -1790,14 +1803,7 @@ fn finish(w: &mut World, id: TaskId, fuel_used: u64) {
 
 #[test]
 fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
-    let mut config = HostConfig::default();
-    config.tenants.insert(
-        "b".into(),
-        crate::tenant::TenantSettings {
-            fuel_budget: Some("1000/1h".parse().unwrap()),
-            ..Default::default()
-        },
-    );
+    let config = budgeted("b", "1000/1h");
     let mut w = World::with(&config);
     w.agent("a1", 10, 4 * GIB);
     // A task whose limit exceeds the whole budget could never start.
@@ -1937,14 +1943,7 @@ fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
 /// the agent may still be running it, and a report it sends later does not count.
 #[test]
 fn a_lost_attempt_is_charged_its_whole_limit() {
-    let mut config = HostConfig::default();
-    config.tenants.insert(
-        "b".into(),
-        crate::tenant::TenantSettings {
-            fuel_budget: Some("1000/1h".parse().unwrap()),
-            ..Default::default()
-        },
-    );
+    let config = budgeted("b", "1000/1h");
     let mut w = World::with(&config);
     w.agent("a1", 2, GIB);
     let mut spec = with_fuel("b", 600);
@@ -1981,14 +1980,7 @@ fn a_lost_attempt_is_charged_its_whole_limit() {
 /// after the guest ran) is charged what the live reports said.
 #[test]
 fn a_final_report_without_fuel_is_charged_what_live_reports_said() {
-    let mut config = HostConfig::default();
-    config.tenants.insert(
-        "b".into(),
-        crate::tenant::TenantSettings {
-            fuel_budget: Some("1000/1h".parse().unwrap()),
-            ..Default::default()
-        },
-    );
+    let config = budgeted("b", "1000/1h");
     let mut w = World::with(&config);
     w.agent("a1", 2, GIB);
     let id = w.submit(with_fuel("b", 600));
@@ -2015,14 +2007,7 @@ fn a_final_report_without_fuel_is_charged_what_live_reports_said() {
 /// lands in the latest minute seen, not an hour earlier, and so stays in the window.
 #[test]
 fn the_ledgers_clock_does_not_go_back_with_the_systems() {
-    let mut config = HostConfig::default();
-    config.tenants.insert(
-        "b".into(),
-        crate::tenant::TenantSettings {
-            fuel_budget: Some("1000/1h".parse().unwrap()),
-            ..Default::default()
-        },
-    );
+    let config = budgeted("b", "1000/1h");
     let mut w = World::with(&config);
     w.now.ms = 100 * 3_600_000;
     w.agent("a1", 2, GIB);
