@@ -236,6 +236,94 @@ fn tenant_settings_are_set_listed_and_kept_across_a_restart() {
     assert!(out.status.success(), "{out:?}");
     let out = cluster.corral(&["submit", trivial, "--tenant", "acme", "--fuel", "2000000"]);
     assert!(out.status.success(), "an admin is not held to it: {out:?}");
+
+    // Module policy: acme uploads a module that opens files while it may, then is allowed
+    // no path calls and no module over 1 KiB.
+    let writer = fixtures::path("writer");
+    let writer = writer.to_str().unwrap();
+    let own =
+        |module: &str| cluster.corral_as(Some(token), &["submit", module, "--fuel", "1000000"]);
+    let out = own(writer);
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap();
+    let task = cluster.corral(&["task", "get", id.trim(), "-o", "json"]);
+    let task: serde_json::Value = serde_json::from_slice(&task.stdout).unwrap();
+    let writer_sha = task["module_sha256"].as_str().unwrap().to_string();
+    let out = cluster.corral(&[
+        "tenant",
+        "set",
+        "acme",
+        "--deny-imports",
+        "wasi_snapshot_preview1::path_*",
+        "--max-module-size",
+        "1KiB",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // Submitting the module it has is refused, naming the import and the rule...
+    let refused = cluster.block_on(async {
+        let mut client = corral_tests::server::connect(&cluster.url, token).await;
+        let mut spec = spec(&writer_sha, "w", 16 << 20);
+        spec.tenant = "acme".into();
+        spec.limits.as_mut().unwrap().fuel = 1_000_000;
+        client
+            .submit_task(pb::SubmitTaskRequest {
+                spec: Some(spec),
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("imports wasi_snapshot_preview1::path_open")
+            && refused.message().contains("wasi_snapshot_preview1::path_*"),
+        "{refused:?}"
+    );
+    // ... as is uploading it again, through the CLI.
+    let out = own(writer);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wasi_snapshot_preview1::path_open"),
+        "{stderr}"
+    );
+    // A module past the size cap is refused by size; one within both runs.
+    let big = cluster.dir.path().join("big.wat");
+    let padding = "00".repeat(2048);
+    std::fs::write(
+        &big,
+        format!("(module (func (export \"_start\")) (data \"{padding}\"))"),
+    )
+    .unwrap();
+    let out = own(big.to_str().unwrap());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is 4.0 KiB") && stderr.contains("modules of at most 1.0 KiB"),
+        "{stderr}"
+    );
+    let out = own(trivial);
+    assert!(out.status.success(), "{out:?}");
+    // An admin is not held to it.
+    let out = cluster.corral(&["submit", writer, "--tenant", "acme"]);
+    assert!(out.status.success(), "an admin is not held to it: {out:?}");
+    let acme = list(&cluster);
+    assert_eq!(
+        acme[0]["denied_imports"][0],
+        "wasi_snapshot_preview1::path_*"
+    );
+    assert_eq!(acme[0]["max_module_size_bytes"], 1024);
     let audit = cluster.corral(&["audit"]);
-    assert!(String::from_utf8_lossy(&audit.stdout).contains("tenant.set"));
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("tenant.set"), "{audit}");
+    assert!(
+        audit.contains("denied_imports=wasi_snapshot_preview1::path_*"),
+        "{audit}"
+    );
 }

@@ -185,9 +185,198 @@ pub fn lookup(module: &str, name: &str) -> Option<&'static Provided> {
         .find(|p| p.module == module && p.name == name)
 }
 
+/// A set of provided functions: a bit per entry of [`PROVIDED`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ImportSet(u64);
+
+const _: () = assert!(
+    PROVIDED.len() <= 64,
+    "an ImportSet holds a bit per provided function"
+);
+
+impl ImportSet {
+    /// No function.
+    pub const EMPTY: ImportSet = ImportSet(0);
+
+    /// Every provided function.
+    pub fn all() -> ImportSet {
+        ImportSet(u64::MAX >> (64 - PROVIDED.len()))
+    }
+
+    /// Adds `module::name`; false when the sandbox provides no such function.
+    pub fn insert(&mut self, module: &str, name: &str) -> bool {
+        match PROVIDED
+            .iter()
+            .position(|p| p.module == module && p.name == name)
+        {
+            Some(i) => {
+                self.0 |= 1 << i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `p` is in the set.
+    pub fn contains(self, p: &Provided) -> bool {
+        PROVIDED
+            .iter()
+            .position(|q| q == p)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// Functions in either set.
+    pub fn union(self, other: ImportSet) -> ImportSet {
+        ImportSet(self.0 | other.0)
+    }
+
+    /// Functions of this set not in `other`.
+    pub fn difference(self, other: ImportSet) -> ImportSet {
+        ImportSet(self.0 & !other.0)
+    }
+
+    /// Whether the set has no function.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The functions, in the order of [`PROVIDED`].
+    pub fn iter(self) -> impl Iterator<Item = &'static Provided> {
+        PROVIDED
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, p)| p)
+    }
+}
+
+/// Longest import pattern accepted.
+pub const MAX_PATTERN_BYTES: usize = 128;
+
+/// Names provided functions in a policy: `MODULE::NAME` for one, `MODULE::PREFIX*` for every
+/// function of `MODULE` whose name starts with `PREFIX` (`wasi_snapshot_preview1::path_*`, the
+/// filesystem's path calls; `corral::*`, all of Corral's own). A pattern must name at least
+/// one function the sandbox provides, so a misspelt one is refused rather than matching
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportPattern {
+    text: String,
+    matched: ImportSet,
+}
+
+impl ImportPattern {
+    /// The provided functions it names.
+    pub fn matched(&self) -> ImportSet {
+        self.matched
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for ImportPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::str::FromStr for ImportPattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        // The longest provided name is 30 bytes: a longer pattern names nothing, and is not
+        // echoed back.
+        if text.len() > MAX_PATTERN_BYTES {
+            return Err(format!(
+                "an import pattern of {} bytes names nothing (at most {MAX_PATTERN_BYTES})",
+                text.len()
+            ));
+        }
+        let (module, name) = text.split_once("::").ok_or_else(|| {
+            format!(
+                "import pattern {text:?} is not MODULE::NAME or MODULE::PREFIX* (like \
+                 {WASI_MODULE}::path_open or {WASI_MODULE}::sock_*)"
+            )
+        })?;
+        if !PROVIDED.iter().any(|p| p.module == module) {
+            return Err(format!(
+                "import pattern {text:?}: the sandbox provides no module {module:?} (only \
+                 {WASI_MODULE} and {CORRAL_MODULE})"
+            ));
+        }
+        let (prefix, whole) = match name.strip_suffix('*') {
+            Some(prefix) => (prefix, false),
+            None => (name, true),
+        };
+        let mut matched = ImportSet::EMPTY;
+        for p in PROVIDED.iter().filter(|p| p.module == module) {
+            if (whole && p.name == prefix) || (!whole && p.name.starts_with(prefix)) {
+                matched.insert(p.module, p.name);
+            }
+        }
+        if matched.is_empty() {
+            return Err(format!(
+                "import pattern {text:?} names no function the sandbox provides"
+            ));
+        }
+        Ok(ImportPattern {
+            text: text.to_string(),
+            matched,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_name_provided_functions_and_nothing_else() {
+        let open: ImportPattern = "wasi_snapshot_preview1::path_open".parse().unwrap();
+        let names: Vec<_> = open.matched().iter().map(|p| p.name).collect();
+        assert_eq!(names, ["path_open"]);
+        let paths: ImportPattern = "wasi_snapshot_preview1::path_*".parse().unwrap();
+        assert_eq!(paths.matched().iter().count(), 10);
+        assert!(paths.matched().iter().all(|p| p.name.starts_with("path_")));
+        let corral: ImportPattern = "corral::*".parse().unwrap();
+        assert_eq!(corral.matched().iter().count(), 3);
+        let every: ImportPattern = "wasi_snapshot_preview1::*".parse().unwrap();
+        assert_eq!(
+            every.matched().union(corral.matched()),
+            ImportSet::all(),
+            "the two modules' patterns cover every provided function"
+        );
+        assert_eq!(paths.to_string(), "wasi_snapshot_preview1::path_*");
+        for bad in [
+            "path_open",
+            "env::path_open",
+            "wasi_snapshot_preview1::path_opne",
+            "wasi_snapshot_preview1::nothing_*",
+            "wasi_snapshot_preview1::",
+            &format!("wasi_snapshot_preview1::{}", "a".repeat(200)),
+        ] {
+            assert!(bad.parse::<ImportPattern>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn sets_hold_what_is_inserted() {
+        let mut set = ImportSet::EMPTY;
+        assert!(set.insert(WASI_MODULE, "fd_write"));
+        assert!(set.insert(CORRAL_MODULE, "log"));
+        assert!(!set.insert("env", "fd_write"), "not provided");
+        assert!(set.contains(lookup(WASI_MODULE, "fd_write").unwrap()));
+        assert!(!set.contains(lookup(WASI_MODULE, "fd_read").unwrap()));
+        let names: Vec<_> = set.iter().map(|p| (p.module, p.name)).collect();
+        assert_eq!(names, [(WASI_MODULE, "fd_write"), (CORRAL_MODULE, "log")]);
+        assert_eq!(ImportSet::all().iter().count(), PROVIDED.len());
+        assert_eq!(
+            ImportSet::all().difference(set).iter().count(),
+            PROVIDED.len() - 2
+        );
+    }
 
     #[test]
     fn every_provided_function_is_listed_once() {

@@ -124,6 +124,8 @@ pub struct Admitted<'a> {
     pub sha256: [u8; 32],
     /// It imports from `wasi_snapshot_preview1`, so a run needs a WASI context.
     pub imports_wasi: bool,
+    /// The provided functions it imports (a tenant's policy may forbid some).
+    pub imports: imports::ImportSet,
 }
 
 impl Admitted<'_> {
@@ -213,11 +215,39 @@ pub fn admit<'a>(bytes: &'a [u8], policy: &Policy) -> Result<Admitted<'a>, Refus
         .imports
         .iter()
         .any(|i| i.module == imports::WASI_MODULE);
+    let mut imported = imports::ImportSet::EMPTY;
+    for import in &shape.imports {
+        imported.insert(&import.module, &import.name);
+    }
     Ok(Admitted {
         binary,
         sha256,
         imports_wasi,
+        imports: imported,
     })
+}
+
+/// The provided functions a wasm binary imports, read from its import section alone (what
+/// [`Admitted::imports`] says of an admitted module, for one stored before it was kept).
+/// Imports the sandbox does not provide are left out: such a module does not link anyway.
+pub fn imports_of(binary: &[u8]) -> Result<imports::ImportSet, String> {
+    let mut imported = imports::ImportSet::EMPTY;
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::ImportSection(section) => {
+                for import in section.into_imports() {
+                    let import = import.map_err(|e| e.to_string())?;
+                    if matches!(import.ty, TypeRef::Func(_) | TypeRef::FuncExact(_)) {
+                        imported.insert(import.module, import.name);
+                    }
+                }
+            }
+            // The import section comes before every section after these.
+            Payload::Version { .. } | Payload::TypeSection(_) | Payload::CustomSection(_) => {}
+            _ => break,
+        }
+    }
+    Ok(imported)
 }
 
 /// Accepts a wasm binary as is and converts WAT text to binary.
@@ -576,6 +606,34 @@ fn check_import(import: &Import) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admitted_module_says_what_it_imports_and_its_import_section_agrees() {
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "path_open"
+                (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+            (import "corral" "progress" (func (param i64 i64)))
+            (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+            (func (export "_start")))"#;
+        let ok = admit(wat.as_bytes(), &Policy::default()).unwrap();
+        let names: Vec<_> = ok.imports.iter().map(|p| (p.module, p.name)).collect();
+        assert_eq!(
+            names,
+            [
+                ("wasi_snapshot_preview1", "path_open"),
+                ("wasi_snapshot_preview1", "proc_exit"),
+                ("corral", "progress"),
+            ]
+        );
+        assert_eq!(imports_of(&ok.binary).unwrap(), ok.imports);
+        let none = admit(br#"(module (func (export "_start")))"#, &Policy::default()).unwrap();
+        assert!(none.imports.is_empty());
+        assert!(imports_of(&none.binary).unwrap().is_empty());
+        assert!(
+            imports_of(b"\0asm\x01\0\0\0\x02\xff").is_err(),
+            "a cut import section"
+        );
+    }
 
     fn refused(wat: &str) -> Refused {
         admit(wat.as_bytes(), &Policy::default()).unwrap_err()

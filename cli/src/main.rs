@@ -151,3 +151,40 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    /// Clap's own checks of every subcommand's definition (names, types, conflicts), which
+    /// otherwise fail only when a command is run with the flag.
+    #[test]
+    fn the_command_line_is_well_defined() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_import_patterns_are_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "corral",
+            "tenant",
+            "set",
+            "acme",
+            "--deny-imports",
+            "wasi_snapshot_preview1::path_*, wasi_snapshot_preview1::sock_*",
+            "--allow-imports",
+            "all",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", cli.command);
+        assert!(matches!(cli.command, Command::Tenant(_)), "{shown}");
+        assert!(
+            shown.contains(
+                r#"deny_imports: Some(Patterns(["wasi_snapshot_preview1::path_*", "wasi_snapshot_preview1::sock_*"]))"#
+            ) && shown.contains("allow_imports: Some(Limit(None))"),
+            "{shown}"
+        );
+    }
+}

@@ -55,7 +55,7 @@ use crate::registry::AgentInfo;
 use crate::state::{
     public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter, TenantView,
 };
-use crate::store::{Commit, Loaded, Store, StoreError, Write};
+use crate::store::{Commit, Loaded, ModuleFacts, Store, StoreError, Write};
 use crate::task::{Attempt, Task, TaskId, TaskOutput, TaskSpec, TaskState};
 use crate::tenant::TenantChange;
 
@@ -95,7 +95,13 @@ struct Registrant {
 enum Request {
     Submit(TaskSpec, Option<String>, Caller, Answer<(TaskId, bool)>),
     Kill(TaskId, Caller, Answer<Task>),
-    ModuleStored(String, Bytes, Option<String>, Answer<(bool, bool)>),
+    ModuleStored(
+        String,
+        Bytes,
+        ModuleFacts,
+        Option<String>,
+        Answer<(bool, bool)>,
+    ),
     Register(
         AgentInfo,
         Vec<Attempt>,
@@ -399,18 +405,19 @@ impl ControlPlane {
         };
         let admitted = tokio::task::spawn_blocking(move || {
             corral_admission::admit(&bytes, &policy)
-                .map(|a| (a.sha256_hex(), a.binary.into_owned()))
+                .map(|a| (a.sha256_hex(), a.imports, a.binary.into_owned()))
         })
         .await
         .map_err(|e| HostError::Unavailable(format!("admitting the module failed: {e}")))?;
-        let (sha, binary) = admitted.map_err(HostError::Refused)?;
+        let (sha, imports, binary) = admitted.map_err(HostError::Refused)?;
         let size = binary.len() as u64;
+        let facts = ModuleFacts { size, imports };
         // Written by the actor, in order with every other write: a module it removes and one
         // uploaded again cannot pass each other on the way to the disk.
         let bytes = Bytes::from(binary);
         let tenant = caller.tenant.clone();
         let (new, had) = self
-            .ask(|answer| Request::ModuleStored(sha.clone(), bytes, tenant, answer))
+            .ask(|answer| Request::ModuleStored(sha.clone(), bytes, facts, tenant, answer))
             .await?;
         if new {
             tracing::info!(sha256 = %sha, size, "module stored");
@@ -962,7 +969,10 @@ impl Actor {
                         .tenant_settings(&spec.tenant)
                         .0
                         .check_task(&spec.tenant, &spec.limits)
-                        .map_err(HostError::FailedPrecondition),
+                        .map_err(HostError::FailedPrecondition)
+                        .and_then(|()| {
+                            state.check_module_policy(&spec.tenant, &spec.module_sha256)
+                        }),
                     _ => Ok(()),
                 };
                 let result = room
@@ -981,17 +991,28 @@ impl Actor {
                 });
                 replies.push(Reply::Kill(answer, Box::new(result)));
             }
-            Request::ModuleStored(sha, bytes, tenant, answer) => {
+            Request::ModuleStored(sha, bytes, facts, tenant, answer) => {
                 // A module stored already writes nothing: never refused for room.
                 let size = bytes.len() as u64;
                 let pending = self.pending_bytes + self.batch_bytes;
+                // A tenant's upload is held to its policy (as its submits are): a module it
+                // may not run is not kept for it.
+                let policy = tenant.as_deref().map_or(Ok(()), |t| {
+                    state
+                        .tenant_settings(t)
+                        .0
+                        .check_module(t, &sha, facts.size, facts.imports)
+                        .map_err(HostError::FailedPrecondition)
+                });
                 let room = match state.has_module(&sha) {
                     true => Ok(()),
                     false => self.free_space.check(pending, size, "module"),
                 };
-                let result = room.map(|()| state.module_uploaded(&sha, tenant.as_deref(), now, fx));
+                let result = policy
+                    .and(room)
+                    .map(|()| state.module_uploaded(&sha, facts, tenant.as_deref(), now, fx));
                 if let Ok((true, _)) = result {
-                    fx.writes.push(Write::Module(sha, bytes));
+                    fx.writes.push(Write::Module(sha, bytes, facts));
                     self.batch_bytes += size;
                 }
                 replies.push(later(answer, result));
@@ -1271,7 +1292,7 @@ fn refuse(request: Request, reason: &str) {
         Request::Watch(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Agents(answer) => drop(answer.send(Err(error()))),
         Request::Partitions(answer) => drop(answer.send(Err(error()))),
-        Request::ModuleStored(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::ModuleStored(_, _, _, _, answer) => drop(answer.send(Err(error()))),
         Request::CreateToken(_, _, answer) | Request::RevokeToken(_, _, answer) => {
             drop(answer.send(Err(error())))
         }
@@ -1306,7 +1327,7 @@ mod tests {
         let now = Now::current();
         let mut state = HostState::restore(&config, loaded, now);
         let mut fx = Effects::default();
-        state.module_stored(&"0".repeat(64), now);
+        state.module_stored(&"0".repeat(64), ModuleFacts::default(), now);
         let info = AgentInfo {
             id: "a1".into(),
             address: String::new(),

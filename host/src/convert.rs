@@ -16,7 +16,7 @@ use crate::task::{
     OutcomeKind, OutcomeRecord, OutputFile, Progress, RetryPolicy, Task, TaskId, TaskLimits,
     TaskOutput, TaskSpec, TaskState,
 };
-use crate::tenant::{FuelBudget, TenantChange, TenantSettings};
+use crate::tenant::{FuelBudget, ImportRules, TenantChange, TenantSettings};
 
 /// A task state to its protobuf form.
 pub fn state_to_pb(state: TaskState) -> pb::TaskState {
@@ -620,12 +620,18 @@ pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
         max_task_timeout_ms: t
             .max_task_timeout
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        max_module_bytes: t.max_module_size.map(|m| m.as_u64()),
+        allowed_imports: t.allowed_imports.as_ref().map(|a| pb::ImportPatterns {
+            patterns: a.texts(),
+        }),
+        denied_imports: t.denied_imports.texts(),
     }
 }
 
-/// Stored tenant settings (check them with [`TenantSettings::validate`]).
-pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> TenantSettings {
-    TenantSettings {
+/// Stored tenant settings (check them with [`TenantSettings::validate`]); refused when an
+/// import pattern does not parse.
+pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> Result<TenantSettings, String> {
+    Ok(TenantSettings {
         weight: t.weight,
         guarantee_slots: t.guarantee_slots,
         guarantee_memory: bytesize::ByteSize::b(t.guarantee_memory_bytes),
@@ -639,7 +645,13 @@ pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> TenantSettings {
         max_task_fuel: t.max_task_fuel,
         max_task_memory: t.max_task_memory_bytes.map(bytesize::ByteSize::b),
         max_task_timeout: t.max_task_timeout_ms.map(Duration::from_millis),
-    }
+        max_module_size: t.max_module_bytes.map(bytesize::ByteSize::b),
+        allowed_imports: t
+            .allowed_imports
+            .map(|a| ImportRules::parse(&a.patterns))
+            .transpose()?,
+        denied_imports: ImportRules::parse(&t.denied_imports)?,
+    })
 }
 
 /// A tenant as listed.
@@ -668,6 +680,9 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
         || (r.max_task_fuel.is_some() && !r.set_max_task_fuel)
         || (r.max_task_memory_bytes.is_some() && !r.set_max_task_memory)
         || (r.max_task_timeout_ms.is_some() && !r.set_max_task_timeout)
+        || (r.max_module_bytes.is_some() && !r.set_max_module)
+        || (r.allowed_imports.is_some() && !r.set_allowed_imports)
+        || (!r.denied_imports.is_empty() && !r.set_denied_imports)
     {
         return Err("a limit or budget is changed only with its set_* flag".into());
     }
@@ -689,6 +704,20 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
         max_task_timeout: r
             .set_max_task_timeout
             .then_some(r.max_task_timeout_ms.map(Duration::from_millis)),
+        max_module_size: r.set_max_module.then_some(r.max_module_bytes),
+        allowed_imports: match r.set_allowed_imports {
+            true => Some(
+                r.allowed_imports
+                    .as_ref()
+                    .map(|a| ImportRules::parse(&a.patterns))
+                    .transpose()?,
+            ),
+            false => None,
+        },
+        denied_imports: match r.set_denied_imports {
+            true => Some(ImportRules::parse(&r.denied_imports)?),
+            false => None,
+        },
     };
     match r.reset {
         true if change != TenantChange::default() => {
@@ -727,6 +756,50 @@ pub fn audit_from_pb(e: pb::AuditEvent) -> AuditEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenants_module_rules_go_through_the_api_and_the_store_unchanged() {
+        let request = pb::SetTenantRequest {
+            tenant: "acme".into(),
+            set_max_module: true,
+            max_module_bytes: Some(4096),
+            set_allowed_imports: true,
+            allowed_imports: Some(pb::ImportPatterns {
+                patterns: vec!["wasi_snapshot_preview1::fd_*".into()],
+            }),
+            set_denied_imports: true,
+            denied_imports: vec!["wasi_snapshot_preview1::fd_readdir".into()],
+            ..Default::default()
+        };
+        let change = tenant_change_from_pb(&request).unwrap().unwrap();
+        let settings = change.apply(&TenantSettings::default());
+        assert_eq!(settings.max_module_size, Some(bytesize::ByteSize::kib(4)));
+        let back = tenant_settings_from_pb(tenant_settings_to_pb(&settings)).unwrap();
+        assert_eq!(back, settings);
+        // `set_allowed_imports` without a list allows every import again.
+        let all = pb::SetTenantRequest {
+            tenant: "acme".into(),
+            set_allowed_imports: true,
+            ..Default::default()
+        };
+        let change = tenant_change_from_pb(&all).unwrap().unwrap();
+        assert_eq!(change.apply(&settings).allowed_imports, None);
+        // A rule without its flag, or a pattern naming nothing provided, is refused.
+        let unflagged = pb::SetTenantRequest {
+            tenant: "acme".into(),
+            denied_imports: vec!["corral::*".into()],
+            ..Default::default()
+        };
+        assert!(tenant_change_from_pb(&unflagged).is_err());
+        let misspelt = pb::SetTenantRequest {
+            tenant: "acme".into(),
+            set_denied_imports: true,
+            denied_imports: vec!["wasi_snapshot_preview1::path_opne".into()],
+            ..Default::default()
+        };
+        let e = tenant_change_from_pb(&misspelt).unwrap_err();
+        assert!(e.contains("path_opne"), "{e}");
+    }
 
     #[test]
     fn a_stored_task_comes_back_as_accepted_whatever_todays_caps_and_bounds() {

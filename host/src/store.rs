@@ -27,6 +27,7 @@ use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::task::{Task, TaskId, TaskOutput};
 use crate::tenant::TenantSettings;
+use corral_admission::imports::ImportSet;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
@@ -37,6 +38,10 @@ const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotenc
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Tokens by accessor (`StoredToken`: never a token's text, only its digest).
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// What the host keeps of each stored module to check tenants' policies (`ModuleFacts`), by
+/// sha256: written with the module, and listing the stored modules when the store is opened
+/// (without reading their binaries).
+const MODULE_FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("module_facts");
 /// Which tenants uploaded each module: `<sha256>\0<tenant>`.
 const MODULE_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("module_owners");
 /// Tenants' settings set by `corral tenant set`, by tenant (`TenantSettings`).
@@ -56,8 +61,10 @@ const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantin
 /// - 1: outcomes' kinds as strings (`Outcome` field 1), wall times in milliseconds (`Task`
 ///   field 10);
 /// - 2: kinds as the `OutcomeKind` enum (field 4), wall times in microseconds (field 19).
-///   Opening a schema 1 store rewrites its tasks so.
-pub const SCHEMA: u64 = 2;
+///   Opening a schema 1 store rewrites its tasks so;
+/// - 3: each module's facts (size, imports) in `module_facts`. Opening an older store reads
+///   them from its modules.
+pub const SCHEMA: u64 = 3;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -116,8 +123,8 @@ pub enum Write {
     Task(Task),
     /// A task's output.
     Output(TaskId, TaskOutput),
-    /// A module's binary, by sha256.
-    Module(String, Bytes),
+    /// A module's binary, by sha256, and its facts.
+    Module(String, Bytes, ModuleFacts),
     /// An agent's registration, and when it was last seen.
     Agent(AgentInfo, i64),
     /// An agent's partitions, replacing those it had.
@@ -155,6 +162,51 @@ pub enum Write {
     ForgetFuel(String, Vec<i64>),
 }
 
+/// What the host knows of a stored module without reading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModuleFacts {
+    /// Bytes of its binary form.
+    pub size: u64,
+    /// The provided functions it imports.
+    pub imports: ImportSet,
+}
+
+impl ModuleFacts {
+    /// Read from a module's binary (its import section only).
+    pub fn of(binary: &[u8]) -> Result<Self, String> {
+        Ok(ModuleFacts {
+            size: binary.len() as u64,
+            imports: corral_admission::imports_of(binary)?,
+        })
+    }
+
+    fn to_pb(self) -> pb::ModuleFacts {
+        pb::ModuleFacts {
+            size: self.size,
+            imports: self
+                .imports
+                .iter()
+                .map(|p| format!("{}::{}", p.module, p.name))
+                .collect(),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let stored = pb::ModuleFacts::decode(bytes).map_err(|e| e.to_string())?;
+        let mut imports = ImportSet::EMPTY;
+        for name in &stored.imports {
+            // A function this sandbox no longer provides: the module does not link anyway.
+            if let Some((module, name)) = name.split_once("::") {
+                imports.insert(module, name);
+            }
+        }
+        Ok(ModuleFacts {
+            size: stored.size,
+            imports,
+        })
+    }
+}
+
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
 const HIGHEST_FORGOTTEN: &str = "highest_forgotten_task";
 /// The `meta` row holding the highest seq of a removed audit entry: seqs are never reused.
@@ -171,8 +223,8 @@ pub struct Loaded {
     pub partitions: Vec<Partition>,
     /// Idempotency keys: ((tenant, key), task).
     pub idempotency: Vec<((String, String), TaskId)>,
-    /// Sha256 of every stored module.
-    pub modules: Vec<String>,
+    /// Every stored module: sha256 and facts.
+    pub modules: Vec<(String, ModuleFacts)>,
     /// (sha256, tenant) of every module a tenant uploaded.
     pub module_owners: Vec<(String, String)>,
     /// Every token.
@@ -293,7 +345,7 @@ impl Store {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
-        for table in [MODULES, AGENTS, PARTITIONS, TOKENS, TENANTS] {
+        for table in [MODULES, AGENTS, PARTITIONS, TOKENS, TENANTS, MODULE_FACTS] {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
@@ -517,8 +569,8 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
 /// Stored tenant settings, checked as `corral tenant set` checks them.
 fn decode_tenant(name: &str, bytes: &[u8]) -> Result<TenantSettings, String> {
     let settings = pb::TenantSettings::decode(bytes)
-        .map(convert::tenant_settings_from_pb)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+        .and_then(convert::tenant_settings_from_pb)?;
     settings.validate(name)?;
     Ok(settings)
 }
@@ -585,9 +637,16 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .idempotency
             .push(((tenant.to_string(), k.to_string()), TaskId(value.value())));
     }
-    for row in txn.open_table(MODULES).map_err(io)?.iter().map_err(io)? {
-        let (key, _) = row.map_err(io)?;
-        loaded.modules.push(key.value().to_string());
+    for row in txn
+        .open_table(MODULE_FACTS)
+        .map_err(io)?
+        .iter()
+        .map_err(io)?
+    {
+        let (key, value) = row.map_err(io)?;
+        let facts = ModuleFacts::decode(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("module {}: {e}", key.value())))?;
+        loaded.modules.push((key.value().to_string(), facts));
     }
     for row in txn
         .open_table(MODULE_OWNERS)
@@ -697,9 +756,60 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
                 "state store migrated from schema 1 to 2"
             );
         }
+        repair_module_facts(&txn, found < 3)?;
         meta.insert("schema", SCHEMA).map_err(io)?;
     }
     txn.commit().map_err(io)
+}
+
+/// Reads again from its binary the facts of each module whose facts do not decode, and with
+/// `all` (a store of a schema before they were kept) of each module without facts. A module
+/// whose binary does not parse is kept as its size, importing nothing: it did not pass
+/// admission as it is, and will not link.
+fn repair_module_facts(txn: &redb::WriteTransaction, all: bool) -> Result<(), StoreError> {
+    let modules = txn.open_table(MODULES).map_err(io)?;
+    let mut facts = txn.open_table(MODULE_FACTS).map_err(io)?;
+    // Without `all`, only the facts table is read: not every module's binary at every start.
+    let mut redo = Vec::new();
+    if all {
+        for row in modules.iter().map_err(io)? {
+            let (key, _) = row.map_err(io)?;
+            let stored = facts.get(key.value()).map_err(io)?;
+            if stored.is_none_or(|v| ModuleFacts::decode(v.value()).is_err()) {
+                redo.push(key.value().to_string());
+            }
+        }
+    } else {
+        for row in facts.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            if ModuleFacts::decode(value.value()).is_err() {
+                redo.push(key.value().to_string());
+            }
+        }
+    }
+    for sha in &redo {
+        let Some(binary) = modules.get(sha.as_str()).map_err(io)? else {
+            facts.remove(sha.as_str()).map_err(io)?;
+            continue;
+        };
+        let binary = binary.value();
+        let read = ModuleFacts::of(binary).unwrap_or_else(|e| {
+            tracing::warn!(sha256 = %sha, error = %e, "stored module does not parse");
+            ModuleFacts {
+                size: binary.len() as u64,
+                imports: ImportSet::EMPTY,
+            }
+        });
+        let bytes = read.to_pb().encode_to_vec();
+        facts.insert(sha.as_str(), bytes.as_slice()).map_err(io)?;
+    }
+    if !redo.is_empty() {
+        tracing::info!(
+            modules = redo.len(),
+            "module facts read from stored modules"
+        );
+    }
+    Ok(())
 }
 
 /// Schema 1's fields, read to migrate its records.
@@ -811,6 +921,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
         let mut outputs = txn.open_table(OUTPUTS).map_err(io)?;
         let mut modules = txn.open_table(MODULES).map_err(io)?;
+        let mut module_facts = txn.open_table(MODULE_FACTS).map_err(io)?;
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
@@ -833,8 +944,12 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     let bytes = convert::output_to_pb(output).encode_to_vec();
                     outputs.insert(id.0, bytes.as_slice()).map_err(io)?;
                 }
-                Write::Module(sha, bytes) => {
+                Write::Module(sha, bytes, facts) => {
                     modules.insert(sha.as_str(), bytes.as_ref()).map_err(io)?;
+                    let facts = facts.to_pb().encode_to_vec();
+                    module_facts
+                        .insert(sha.as_str(), facts.as_slice())
+                        .map_err(io)?;
                 }
                 Write::Agent(info, seen) => {
                     let state = crate::registry::AgentState::Disconnected;
@@ -869,6 +984,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 }
                 Write::ForgetModule(sha) => {
                     modules.remove(sha.as_str()).map_err(io)?;
+                    module_facts.remove(sha.as_str()).map_err(io)?;
                     for key in keys_under(&owners, &format!("{sha}\0"))? {
                         owners.remove(key.as_str()).map_err(io)?;
                     }
@@ -968,7 +1084,11 @@ mod tests {
             let mut writes: Vec<Write> = (1..=3).map(|i| Write::Task(task(i))).collect();
             writes.push(Write::Output(TaskId(3), TaskOutput::default()));
             writes.push(Write::Idempotency("default".into(), "k".into(), TaskId(3)));
-            writes.push(Write::Module("ab".into(), Bytes::from_static(b"\0asm")));
+            writes.push(Write::Module(
+                "ab".into(),
+                Bytes::from_static(b"\0asm"),
+                ModuleFacts::default(),
+            ));
             store.write(writes).durable().await.unwrap();
             store
                 .write(vec![
@@ -1013,7 +1133,11 @@ mod tests {
             store
                 .write(vec![
                     Write::Output(TaskId(3), output.clone()),
-                    Write::Module("ab".into(), Bytes::from_static(b"\0asm")),
+                    Write::Module(
+                        "ab".into(),
+                        Bytes::from_static(b"\0asm"),
+                        ModuleFacts::default(),
+                    ),
                     Write::Idempotency("default".into(), "k1".into(), TaskId(4)),
                 ])
                 .durable()
@@ -1024,7 +1148,7 @@ mod tests {
         let (store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.tasks.len(), 50);
         assert_eq!(loaded.tasks[2], task(3));
-        assert_eq!(loaded.modules, ["ab"]);
+        assert_eq!(loaded.modules, [("ab".to_string(), ModuleFacts::default())]);
         assert_eq!(
             loaded.idempotency,
             [(("default".to_string(), "k1".to_string()), TaskId(4))]
@@ -1091,7 +1215,7 @@ mod tests {
             txn.commit().unwrap();
         }
         for _ in 0..2 {
-            // The second open finds schema 2 and changes nothing.
+            // The second open finds the current schema and changes nothing.
             let (_, loaded) = Store::open(dir.path()).unwrap();
             let task = &loaded.tasks[0];
             let outcome = task.outcome.as_ref().unwrap();
@@ -1106,6 +1230,68 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
         assert_eq!(meta.get("schema").unwrap().unwrap().value(), SCHEMA);
+    }
+
+    #[tokio::test]
+    async fn module_facts_are_read_from_the_binaries_of_a_schema_2_store_and_repaired() {
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "path_open"
+                (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+            (func (export "_start")))"#;
+        let binary = corral_admission::to_binary(wat.as_bytes())
+            .unwrap()
+            .into_owned();
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            // What a Corral of schema 2 left: modules, and no facts.
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut modules = txn.open_table(MODULES).unwrap();
+                modules.insert("aa", binary.as_slice()).unwrap();
+                modules.insert("bb", &b"not wasm"[..]).unwrap();
+                txn.open_table(MODULE_FACTS)
+                    .unwrap()
+                    .retain(|_, _| false)
+                    .unwrap();
+                txn.open_table(META).unwrap().insert("schema", 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let mut imports = ImportSet::EMPTY;
+        imports.insert("wasi_snapshot_preview1", "path_open");
+        let expected = vec![
+            (
+                "aa".to_string(),
+                ModuleFacts {
+                    size: binary.len() as u64,
+                    imports,
+                },
+            ),
+            // Not a module: its size, importing nothing.
+            (
+                "bb".to_string(),
+                ModuleFacts {
+                    size: 8,
+                    imports: ImportSet::EMPTY,
+                },
+            ),
+        ];
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.modules, expected);
+        {
+            // A facts record damaged on disk is read again from the binary.
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(MODULE_FACTS)
+                .unwrap()
+                .insert("aa", &[0xff, 0xff, 0xff][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.modules, expected);
     }
 
     #[tokio::test]

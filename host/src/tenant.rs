@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use corral_admission::imports::{ImportPattern, ImportSet};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::partition::Resources;
@@ -23,6 +24,8 @@ pub const MAX_QUEUED: u64 = 10_000_000;
 pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
 /// Shortest period of a fuel budget: the ledger counts fuel by the minute.
 pub const MIN_BUDGET_PERIOD: Duration = Duration::from_secs(60);
+/// Most import patterns a tenant's policy may list.
+pub const MAX_IMPORT_PATTERNS: usize = 256;
 /// Longest period of a fuel budget (the ledger keeps a minute's row per minute of it).
 pub const MAX_BUDGET_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
 
@@ -112,6 +115,63 @@ pub struct TenantSettings {
     /// The longest timeout a task of its token may ask for; none when absent.
     #[serde(with = "option_duration")]
     pub max_task_timeout: Option<Duration>,
+    /// The largest module (binary form) its tasks may run; only the host's cap when absent.
+    pub max_module_size: Option<ByteSize>,
+    /// The imports its modules may use; every function the sandbox provides when absent.
+    pub allowed_imports: Option<ImportRules>,
+    /// Imports its modules may not use, whatever `allowed_imports` says.
+    pub denied_imports: ImportRules,
+}
+
+/// Import patterns (`MODULE::NAME`, `MODULE::PREFIX*`: see [`ImportPattern`]), written in the
+/// config file as a list of strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportRules(pub Vec<ImportPattern>);
+
+impl ImportRules {
+    /// Parses each pattern.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+        patterns
+            .iter()
+            .map(|p| p.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(ImportRules)
+    }
+
+    /// The provided functions they name.
+    pub fn matched(&self) -> ImportSet {
+        self.0
+            .iter()
+            .fold(ImportSet::EMPTY, |set, p| set.union(p.matched()))
+    }
+
+    /// The first pattern naming `module::name`.
+    fn naming(&self, import: &corral_admission::imports::Provided) -> Option<&ImportPattern> {
+        self.0.iter().find(|p| p.matched().contains(import))
+    }
+
+    /// The patterns as written.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl fmt::Display for ImportRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.texts().join(","))
+    }
+}
+
+impl Serialize for ImportRules {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ToString::to_string))
+    }
+}
+
+impl<'de> Deserialize<'de> for ImportRules {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ImportRules::parse(&Vec::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An optional duration as humantime text (`"10m"`).
@@ -148,6 +208,9 @@ impl Default for TenantSettings {
             max_task_fuel: None,
             max_task_memory: None,
             max_task_timeout: None,
+            max_module_size: None,
+            allowed_imports: None,
+            denied_imports: ImportRules::default(),
         }
     }
 }
@@ -190,10 +253,53 @@ impl TenantSettings {
         if self.max_task_fuel == Some(0)
             || self.max_task_memory.is_some_and(|m| m.as_u64() == 0)
             || self.max_task_timeout.is_some_and(|t| t.is_zero())
+            || self.max_module_size.is_some_and(|m| m.as_u64() == 0)
         {
             return Err(format!(
-                "tenant {name:?}: max_task_fuel, max_task_memory and max_task_timeout must be \
-                 above zero (leave one out for no cap)"
+                "tenant {name:?}: max_task_fuel, max_task_memory, max_task_timeout and \
+                 max_module_size must be above zero (leave one out for no cap)"
+            ));
+        }
+        let listed = self.allowed_imports.as_ref().map_or(0, |a| a.0.len());
+        if listed + self.denied_imports.0.len() > MAX_IMPORT_PATTERNS {
+            return Err(format!(
+                "tenant {name:?}: at most {MAX_IMPORT_PATTERNS} import patterns (allowed and \
+                 denied together)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a module this tenant's tasks may not run: larger than its `max_module_size`,
+    /// or importing a function its `allowed_imports` and `denied_imports` forbid (named, with
+    /// the pattern that forbids it).
+    pub fn check_module(
+        &self,
+        tenant: &str,
+        sha256: &str,
+        size: u64,
+        imports: ImportSet,
+    ) -> Result<(), String> {
+        let short = &sha256[..sha256.len().min(12)];
+        if let Some(most) = self.max_module_size.filter(|m| size > m.as_u64()) {
+            return Err(format!(
+                "module {short} is {}; tenant {tenant}'s policy allows modules of at most {}",
+                ByteSize::b(size).display().iec(),
+                most.display().iec()
+            ));
+        }
+        for import in imports.iter() {
+            let why = match (&self.allowed_imports, self.denied_imports.naming(import)) {
+                (_, Some(pattern)) => format!("denied by \"{pattern}\""),
+                (Some(allowed), None) if allowed.naming(import).is_none() => {
+                    "not among its allowed imports".to_string()
+                }
+                _ => continue,
+            };
+            return Err(format!(
+                "module {short} imports {}::{}, which tenant {tenant}'s policy does not allow \
+                 ({why})",
+                import.module, import.name
             ));
         }
         Ok(())
@@ -287,6 +393,12 @@ pub struct TenantChange {
     pub max_task_memory: Option<Option<u64>>,
     /// New longest timeout of a task, or none.
     pub max_task_timeout: Option<Option<Duration>>,
+    /// New largest module, or none.
+    pub max_module_size: Option<Option<u64>>,
+    /// New allowed imports, or every one.
+    pub allowed_imports: Option<Option<ImportRules>>,
+    /// New denied imports.
+    pub denied_imports: Option<ImportRules>,
 }
 
 impl TenantChange {
@@ -330,6 +442,20 @@ impl TenantChange {
             let shown = t.map(|t| humantime::format_duration(t).to_string());
             words.push(format!("max_task_timeout={}", limit(shown)));
         }
+        if let Some(m) = self.max_module_size {
+            let shown = m.map(|m| ByteSize::b(m).display().iec().to_string());
+            words.push(format!("max_module_size={}", limit(shown)));
+        }
+        if let Some(a) = &self.allowed_imports {
+            let shown = a.as_ref().map_or_else(|| "all".into(), ToString::to_string);
+            words.push(format!("allowed_imports={shown}"));
+        }
+        if let Some(d) = &self.denied_imports {
+            words.push(format!(
+                "denied_imports={}",
+                limit(Some(d.to_string()).filter(|d| !d.is_empty()))
+            ));
+        }
         words.join(" ")
     }
 
@@ -352,6 +478,17 @@ impl TenantChange {
                 .max_task_memory
                 .map_or(current.max_task_memory, |m| m.map(ByteSize::b)),
             max_task_timeout: self.max_task_timeout.unwrap_or(current.max_task_timeout),
+            max_module_size: self
+                .max_module_size
+                .map_or(current.max_module_size, |m| m.map(ByteSize::b)),
+            allowed_imports: self
+                .allowed_imports
+                .clone()
+                .unwrap_or_else(|| current.allowed_imports.clone()),
+            denied_imports: self
+                .denied_imports
+                .clone()
+                .unwrap_or_else(|| current.denied_imports.clone()),
         }
     }
 }
@@ -442,6 +579,144 @@ mod tests {
         assert_eq!(
             parsed.tenants["acme"].max_task_timeout,
             Some(Duration::from_secs(600))
+        );
+    }
+
+    /// The provided functions `names` (`MODULE::NAME`).
+    fn imports(names: &[&str]) -> ImportSet {
+        let mut set = ImportSet::EMPTY;
+        for name in names {
+            let (module, name) = name.split_once("::").unwrap();
+            assert!(set.insert(module, name), "{module}::{name} is provided");
+        }
+        set
+    }
+
+    const SHA: &str = "356bfb9b13770000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn a_module_is_held_to_the_tenants_size_cap_and_import_rules_by_name() {
+        let open = "wasi_snapshot_preview1::path_open";
+        let write = "wasi_snapshot_preview1::fd_write";
+        let progress = "corral::progress";
+        let no_files = TenantSettings {
+            denied_imports: ImportRules::parse(&["wasi_snapshot_preview1::path_*"]).unwrap(),
+            max_module_size: Some(ByteSize::kib(1)),
+            ..TenantSettings::default()
+        };
+        assert_eq!(
+            no_files.check_module("acme", SHA, 1024, imports(&[write, progress])),
+            Ok(())
+        );
+        let e = no_files
+            .check_module("acme", SHA, 1024, imports(&[write, open]))
+            .unwrap_err();
+        assert!(
+            e.contains("module 356bfb9b1377 imports wasi_snapshot_preview1::path_open")
+                && e.contains("denied by \"wasi_snapshot_preview1::path_*\""),
+            "{e}"
+        );
+        let e = no_files
+            .check_module("acme", SHA, 1025, ImportSet::EMPTY)
+            .unwrap_err();
+        assert!(e.contains("at most 1.0 KiB"), "{e}");
+        // An allow list admits only what it names; a denial wins over it.
+        let only_io = TenantSettings {
+            allowed_imports: Some(
+                ImportRules::parse(&["wasi_snapshot_preview1::fd_*", "corral::*"]).unwrap(),
+            ),
+            denied_imports: ImportRules::parse(&["corral::progress"]).unwrap(),
+            ..TenantSettings::default()
+        };
+        assert_eq!(
+            only_io.check_module("acme", SHA, 1 << 30, imports(&[write])),
+            Ok(())
+        );
+        let e = only_io
+            .check_module("acme", SHA, 1, imports(&[write, open]))
+            .unwrap_err();
+        assert!(
+            e.contains("path_open") && e.contains("not among its allowed imports"),
+            "{e}"
+        );
+        let e = only_io
+            .check_module("acme", SHA, 1, imports(&[progress]))
+            .unwrap_err();
+        assert!(e.contains("denied by \"corral::progress\""), "{e}");
+        // An empty allow list admits modules that import nothing.
+        let nothing = TenantSettings {
+            allowed_imports: Some(ImportRules::default()),
+            ..TenantSettings::default()
+        };
+        assert_eq!(
+            nothing.check_module("acme", SHA, 1, ImportSet::EMPTY),
+            Ok(())
+        );
+        assert!(nothing
+            .check_module("acme", SHA, 1, imports(&[write]))
+            .is_err());
+        // No rules, no refusal.
+        assert_eq!(
+            TenantSettings::default().check_module("acme", SHA, u64::MAX, ImportSet::all()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn module_rules_are_read_from_the_config_and_nonsense_is_refused() {
+        let parsed = crate::config::HostConfig::parse(
+            "[tenants.acme]\nmax_module_size = \"8MiB\"\nallowed_imports = \
+             [\"wasi_snapshot_preview1::*\"]\ndenied_imports = \
+             [\"wasi_snapshot_preview1::sock_*\"]\n",
+        )
+        .unwrap();
+        let acme = &parsed.tenants["acme"];
+        assert_eq!(acme.max_module_size, Some(ByteSize::mib(8)));
+        assert_eq!(
+            acme.denied_imports.texts(),
+            ["wasi_snapshot_preview1::sock_*"]
+        );
+        assert_eq!(
+            acme.allowed_imports
+                .as_ref()
+                .unwrap()
+                .matched()
+                .iter()
+                .count(),
+            46
+        );
+        let e = crate::config::HostConfig::parse(
+            "[tenants.acme]\ndenied_imports = [\"wasi_snapshot_preview1::path_opne\"]\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("path_opne"), "{e:#}");
+        let zero = TenantSettings {
+            max_module_size: Some(ByteSize::b(0)),
+            ..TenantSettings::default()
+        };
+        assert!(zero
+            .validate("acme")
+            .unwrap_err()
+            .contains("max_module_size"));
+        let many = TenantSettings {
+            denied_imports: ImportRules(vec!["corral::log".parse().unwrap(); 257]),
+            ..TenantSettings::default()
+        };
+        assert!(many.validate("acme").unwrap_err().contains("256"));
+        // A change replaces the rules it names, and says so for the audit log.
+        let change = TenantChange {
+            allowed_imports: Some(None),
+            denied_imports: Some(ImportRules::parse(&["corral::*"]).unwrap()),
+            max_module_size: Some(Some(4096)),
+            ..TenantChange::default()
+        };
+        let next = change.apply(acme);
+        assert_eq!(next.allowed_imports, None);
+        assert_eq!(next.denied_imports.texts(), ["corral::*"]);
+        assert_eq!(next.max_module_size, Some(ByteSize::kib(4)));
+        assert_eq!(
+            change.describe(),
+            "max_module_size=4.0 KiB allowed_imports=all denied_imports=corral::*"
         );
     }
 

@@ -15,7 +15,7 @@ use crate::show;
 pub enum TenantCommand {
     /// Change a tenant's settings (admin): the flags given; the rest are kept. Stored, effective
     /// at once, and preferred to the config file's for that tenant.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Forget what `tenant set` stored for a tenant (admin): the config file's settings, or
     /// the defaults, apply again.
     Reset(ResetArgs),
@@ -62,6 +62,18 @@ pub struct SetArgs {
     /// The longest timeout such a task may ask for (`10m`), or `none`.
     #[arg(long, value_name = "DURATION|none", value_parser = parse_limit_duration)]
     max_task_timeout: Option<Limit<u64>>,
+    /// The largest module (binary form) its tasks may run (`8MiB`), or `none`. Checked at
+    /// its uploads and submits.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_limit_memory)]
+    max_module_size: Option<Limit<u64>>,
+    /// The only imports its modules may use, comma-separated patterns
+    /// (`wasi_snapshot_preview1::fd_*,corral::*`), or `all`.
+    #[arg(long, value_name = "PATTERNS|all", value_parser = parse_allowed)]
+    allow_imports: Option<Limit<Patterns>>,
+    /// Imports its modules may not use, whatever is allowed: comma-separated patterns
+    /// (`wasi_snapshot_preview1::path_*,wasi_snapshot_preview1::sock_*`), or `none`.
+    #[arg(long, value_name = "PATTERNS|none", value_parser = parse_denied)]
+    deny_imports: Option<Patterns>,
     #[command(flatten)]
     host: HostArg,
     #[command(flatten)]
@@ -71,6 +83,36 @@ pub struct SetArgs {
 /// A limit as given: a value, or `none`.
 #[derive(Clone, Copy, Debug)]
 pub struct Limit<T>(Option<T>);
+
+/// Import patterns, given comma-separated (checked by the host, which names a bad one).
+#[derive(Clone, Debug, Default)]
+pub struct Patterns(Vec<String>);
+
+impl Patterns {
+    fn parse(arg: &str) -> Patterns {
+        Patterns(
+            arg.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+}
+
+fn parse_allowed(arg: &str) -> Result<Limit<Patterns>, String> {
+    match arg {
+        "all" => Ok(Limit(None)),
+        list => Ok(Limit(Some(Patterns::parse(list)))),
+    }
+}
+
+fn parse_denied(arg: &str) -> Result<Patterns, String> {
+    match arg {
+        "none" => Ok(Patterns::default()),
+        list => Ok(Patterns::parse(list)),
+    }
+}
 
 fn parse_limit_slots(arg: &str) -> Result<Limit<u32>, String> {
     match arg {
@@ -169,11 +211,14 @@ struct Tenant {
     max_task_fuel: Option<u64>,
     max_task_memory_bytes: Option<u64>,
     max_task_timeout_ms: Option<u64>,
+    max_module_size_bytes: Option<u64>,
+    allowed_imports: Option<Vec<String>>,
+    denied_imports: Vec<String>,
 }
 
 impl From<&pb::TenantView> for Tenant {
     fn from(v: &pb::TenantView) -> Self {
-        let s = v.settings.unwrap_or_default();
+        let s = v.settings.clone().unwrap_or_default();
         Tenant {
             tenant: v.tenant.clone(),
             source: v.source.clone(),
@@ -197,6 +242,9 @@ impl From<&pb::TenantView> for Tenant {
             max_task_fuel: s.max_task_fuel,
             max_task_memory_bytes: s.max_task_memory_bytes,
             max_task_timeout_ms: s.max_task_timeout_ms,
+            max_module_size_bytes: s.max_module_bytes,
+            allowed_imports: s.allowed_imports.map(|a| a.patterns),
+            denied_imports: s.denied_imports,
         }
     }
 }
@@ -223,6 +271,15 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 max_task_memory_bytes: args.max_task_memory.and_then(|l| l.0),
                 set_max_task_timeout: args.max_task_timeout.is_some(),
                 max_task_timeout_ms: args.max_task_timeout.and_then(|l| l.0),
+                set_max_module: args.max_module_size.is_some(),
+                max_module_bytes: args.max_module_size.and_then(|l| l.0),
+                set_allowed_imports: args.allow_imports.is_some(),
+                allowed_imports: args
+                    .allow_imports
+                    .and_then(|l| l.0)
+                    .map(|p| pb::ImportPatterns { patterns: p.0 }),
+                set_denied_imports: args.deny_imports.is_some(),
+                denied_imports: args.deny_imports.unwrap_or_default().0,
                 reset: false,
             };
             set(request, &args.host, args.format.format).await
@@ -275,9 +332,30 @@ fn task_caps(t: &Tenant) -> String {
     if let Some(ms) = t.max_task_timeout_ms {
         caps.push(format!("timeout={}", period(ms)));
     }
+    if let Some(m) = t.max_module_size_bytes {
+        caps.push(format!("module={}", show::size(m)));
+    }
     match caps.is_empty() {
         true => "-".into(),
         false => caps.join(","),
+    }
+}
+
+/// The imports its modules may use: `allow=P,P deny=P`, or `-` for every one.
+fn import_rules(t: &Tenant) -> String {
+    let mut rules = Vec::new();
+    if let Some(allowed) = &t.allowed_imports {
+        match allowed.is_empty() {
+            true => rules.push("allow=nothing".to_string()),
+            false => rules.push(format!("allow={}", allowed.join(","))),
+        }
+    }
+    if !t.denied_imports.is_empty() {
+        rules.push(format!("deny={}", t.denied_imports.join(",")));
+    }
+    match rules.is_empty() {
+        true => "-".into(),
+        false => rules.join(" "),
     }
 }
 
@@ -321,6 +399,7 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                         format!("{}/{}", t.fuel_used_in_window, period(t.fuel_window_ms)),
                         t.fuel_left.map_or("-".into(), |f| f.to_string()),
                         task_caps(t),
+                        import_rules(t),
                     ]
                 })
                 .collect();
@@ -338,6 +417,7 @@ fn show_tenants(tenants: &[Tenant], format: Format) -> std::io::Result<()> {
                     "FUEL_USED",
                     "FUEL_LEFT",
                     "TASK_CAPS",
+                    "IMPORTS",
                 ],
                 &rows,
             )

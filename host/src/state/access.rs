@@ -8,7 +8,7 @@ use corral_proto::token::Role;
 use super::{Effects, HostState, Now, MAX_COLLECT};
 use crate::auth::{AuditEntry, TokenRecord};
 use crate::error::HostError;
-use crate::store::Write;
+use crate::store::{ModuleFacts, Write};
 use crate::task::{Task, TaskId};
 
 /// Most entries of the audit log kept, whatever their age: the oldest go first. Entries of
@@ -275,12 +275,13 @@ impl HostState {
     pub fn module_uploaded(
         &mut self,
         sha256: &str,
+        facts: ModuleFacts,
         tenant: Option<&str>,
         now: Now,
         fx: &mut Effects,
     ) -> (bool, bool) {
         let had = self.may_use_module(sha256, tenant);
-        let new = self.module_stored(sha256, now);
+        let new = self.module_stored(sha256, facts, now);
         if let Some(tenant) = tenant {
             let key = (sha256.to_string(), tenant.to_string());
             if !self.module_owners.contains(&key) {

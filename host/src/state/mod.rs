@@ -55,7 +55,7 @@ use crate::error::HostError;
 use crate::partition::{self, Partition, PartitionState, PartitionTemplate};
 use crate::registry::{AgentInfo, AgentState, Registry};
 use crate::scheduler::{self, Order, PendingTask, TenantQueue};
-use crate::store::{Loaded, Write};
+use crate::store::{Loaded, ModuleFacts, Write};
 use crate::task::{
     Attempt, OutcomeKind, OutcomeRecord, Progress, Task, TaskId, TaskOutput, TaskSpec, TaskState,
 };
@@ -198,6 +198,8 @@ struct ModuleUse {
     tasks: u64,
     /// When it was last uploaded, submitted or left by a removed task (ms since the epoch).
     last_used_ms: i64,
+    /// Its size and imports (when stored), for tenants' policies.
+    facts: ModuleFacts,
 }
 
 /// What one [`HostState::collect`] removed.
@@ -379,11 +381,12 @@ impl HostState {
             }
             state.partitions.insert(p.id.clone(), p);
         }
-        for sha in loaded.modules {
+        for (sha, facts) in loaded.modules {
             let used = ModuleUse {
                 stored: true,
                 tasks: 0,
                 last_used_ms: now.ms,
+                facts,
             };
             state.modules.insert(sha, used);
         }
@@ -407,6 +410,7 @@ impl HostState {
                     stored: false,
                     tasks: 0,
                     last_used_ms: now.ms,
+                    facts: ModuleFacts::default(),
                 });
             used.tasks += 1;
             if task.state.holds_resources() {
@@ -459,14 +463,29 @@ impl HostState {
         self.modules.get(sha256).is_some_and(|used| used.stored)
     }
 
-    /// Records an uploaded module: used `now`. True when it was not stored, so that its
-    /// binary is to be written with this change.
-    pub fn module_stored(&mut self, sha256: &str, now: Now) -> bool {
+    /// Records an uploaded module with its facts: used `now`. True when it was not stored,
+    /// so that its binary is to be written with this change.
+    pub fn module_stored(&mut self, sha256: &str, facts: ModuleFacts, now: Now) -> bool {
         let used = self.modules.entry(sha256.to_string()).or_default();
         let new = !used.stored;
         used.stored = true;
+        used.facts = facts;
         used.last_used_ms = used.last_used_ms.max(now.ms);
         new
+    }
+
+    /// Refuses module `sha256` (stored) for a task of `tenant` submitted with its own token
+    /// when the tenant's policy forbids it: too large, or importing what it may not.
+    pub fn check_module_policy(&self, tenant: &str, sha256: &str) -> Result<(), HostError> {
+        let facts = self
+            .modules
+            .get(sha256)
+            .map(|m| m.facts)
+            .unwrap_or_default();
+        self.tenant_settings(tenant)
+            .0
+            .check_module(tenant, sha256, facts.size, facts.imports)
+            .map_err(HostError::FailedPrecondition)
     }
 
     // ----- tasks --------------------------------------------------------------------------

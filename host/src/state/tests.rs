@@ -102,7 +102,7 @@ impl World {
             instant: Instant::now(),
             ms: 1_000_000,
         };
-        state.module_stored(SHA, now);
+        state.module_stored(SHA, ModuleFacts::default(), now);
         Self {
             state,
             now,
@@ -509,7 +509,7 @@ fn a_changed_partition_config_reaches_agents_when_they_register_again() {
     let loaded = Loaded {
         agents: vec![(info("a1", 4, 1024 * MIB), 0)],
         partitions: w.state.partitions().cloned().collect(),
-        modules: vec![SHA.into()],
+        modules: vec![(SHA.into(), ModuleFacts::default())],
         ..Default::default()
     };
     let mut restarted = HostState::restore(&config, loaded, w.now);
@@ -642,7 +642,7 @@ fn a_task_stored_outside_its_agents_partitions_keeps_the_agent_closed_until_it_e
         agents: vec![(info("a1", 2, 1024 * MIB), 0)],
         partitions: w.state.partitions().cloned().collect(),
         tasks: vec![task.clone()],
-        modules: vec![SHA.into()],
+        modules: vec![(SHA.into(), ModuleFacts::default())],
         ..Default::default()
     };
     let mut restored = World {
@@ -1024,7 +1024,7 @@ fn a_restored_state_rebuilds_allocations_and_the_queue_from_the_tasks() {
         tasks: w.state.tasks().cloned().collect(),
         agents: vec![(info("a1", 2, 1024 * MIB), 0)],
         partitions: w.state.partitions().cloned().collect(),
-        modules: vec![SHA.into()],
+        modules: vec![(SHA.into(), ModuleFacts::default())],
         ..Default::default()
     };
     let restored = HostState::restore(&HostConfig::default(), loaded, w.now);
@@ -1110,7 +1110,7 @@ proptest! {
                     // As `corral submit` does: upload (it may have been removed), then submit;
                     // or submit only, which is refused if the module was removed.
                     if upload {
-                        w.state.module_stored(SHA, w.now);
+                        w.state.module_stored(SHA, ModuleFacts::default(), w.now);
                     }
                     let key = key.map(|k| format!("k{k}"));
                     if let Ok((id, false)) = w.state.submit(spec(memory * MIB, retries, false), key, w.now, &mut fx) {
@@ -1329,7 +1329,7 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
     assert!(!w.state.has_module(SHA));
 
     // The key names nothing now; ids go on from the highest ever given.
-    w.state.module_stored(SHA, w.now);
+    w.state.module_stored(SHA, ModuleFacts::default(), w.now);
     let mut fx = Effects::default();
     let (again, existed) = w
         .state
@@ -1348,7 +1348,7 @@ fn an_upload_or_a_submit_keeps_an_unreferenced_module() {
     let mut w = World::with(&config);
     // Uploaded again 9 minutes on: the clock starts again.
     w.tick(Duration::from_secs(540));
-    assert!(!w.state.module_stored(SHA, w.now));
+    assert!(!w.state.module_stored(SHA, ModuleFacts::default(), w.now));
     w.tick(Duration::from_secs(540));
     let mut fx = Effects::default();
     assert_eq!(w.state.collect(w.now, &mut fx).modules, 0);
@@ -1361,7 +1361,7 @@ fn an_upload_or_a_submit_keeps_an_unreferenced_module() {
     // Restored from a store, its use counts again from the start.
     let loaded = Loaded {
         tasks: Vec::new(),
-        modules: vec![SHA.into()],
+        modules: vec![(SHA.into(), ModuleFacts::default())],
         highest_task_id: id.0,
         ..Default::default()
     };
@@ -1392,8 +1392,8 @@ fn a_removed_module_uploaded_again_is_written_again_and_counts_its_tasks() {
     let mut fx = Effects::default();
     assert_eq!(w.state.collect(w.now, &mut fx).modules, 1);
     // Uploaded again: new, so the actor writes its bytes in the same batch, after the removal.
-    assert!(w.state.module_stored(SHA, w.now));
-    assert!(!w.state.module_stored(SHA, w.now));
+    assert!(w.state.module_stored(SHA, ModuleFacts::default(), w.now));
+    assert!(!w.state.module_stored(SHA, ModuleFacts::default(), w.now));
 
     // A store that holds a task of a module it lost: listed, not stored, counted.
     let id = w.submit(spec(MIB, 0, false));
@@ -1405,7 +1405,7 @@ fn a_removed_module_uploaded_again_is_written_again_and_counts_its_tasks() {
     let mut restored = HostState::restore(&config, loaded, w.now);
     assert!(!restored.has_module(SHA));
     check_invariants(&restored).unwrap();
-    assert!(restored.module_stored(SHA, w.now));
+    assert!(restored.module_stored(SHA, ModuleFacts::default(), w.now));
     let mut fx = Effects::default();
     let later = w.now.after(Duration::from_secs(3600));
     assert_eq!(
@@ -1413,6 +1413,43 @@ fn a_removed_module_uploaded_again_is_written_again_and_counts_its_tasks() {
         0,
         "task {id} still runs it"
     );
+}
+
+#[test]
+fn a_modules_facts_are_kept_and_restored_for_tenants_policies() {
+    let config = HostConfig::default();
+    let mut w = World::with(&config);
+    let mut opens = corral_admission::imports::ImportSet::EMPTY;
+    assert!(opens.insert("wasi_snapshot_preview1", "path_open"));
+    let facts = ModuleFacts {
+        size: 2048,
+        imports: opens,
+    };
+    w.state.module_stored(SHA, facts, w.now);
+    let mut fx = Effects::default();
+    let change = TenantChange {
+        denied_imports: Some(
+            crate::tenant::ImportRules::parse(&["wasi_snapshot_preview1::path_*"]).unwrap(),
+        ),
+        ..TenantChange::default()
+    };
+    w.state
+        .set_tenant("acme", Some(change), w.now, &mut fx)
+        .unwrap();
+    let refused = |state: &HostState| match state.check_module_policy("acme", SHA) {
+        Err(HostError::FailedPrecondition(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(refused(&w.state).contains("path_open"));
+    assert!(w.state.check_module_policy("other", SHA).is_ok());
+    // The facts come back with the module from the store.
+    let loaded = Loaded {
+        modules: vec![(SHA.into(), facts)],
+        tenants: vec![("acme".into(), w.state.tenant_settings("acme").0.clone())],
+        ..Default::default()
+    };
+    let restored = HostState::restore(&config, loaded, w.now);
+    assert!(refused(&restored).contains("path_open"));
 }
 
 // ----- tokens, joins and the audit log ----------------------------------------------------
@@ -1899,7 +1936,7 @@ fn a_fuel_budget_holds_limits_charges_use_and_frees_as_the_window_rolls() {
     let loaded = Loaded {
         agents: vec![(info("a1", 10, 4 * GIB), 0)],
         partitions: w.state.partitions().cloned().collect(),
-        modules: vec![SHA.into()],
+        modules: vec![(SHA.into(), ModuleFacts::default())],
         tasks: w.state.tasks().cloned().collect(),
         fuel_minutes: w
             .state
