@@ -265,6 +265,20 @@ pub struct ImportPattern {
 }
 
 impl ImportPattern {
+    /// A pattern as stored by an earlier Corral: what it names of the functions provided now,
+    /// perhaps nothing (a function since removed), never refused. Text past
+    /// [`MAX_PATTERN_BYTES`] names nothing.
+    pub fn lenient(text: &str) -> ImportPattern {
+        let matched = match text.parse::<ImportPattern>() {
+            Ok(p) => p.matched,
+            Err(_) => ImportSet::EMPTY,
+        };
+        ImportPattern {
+            text: text.chars().take(MAX_PATTERN_BYTES).collect(),
+            matched,
+        }
+    }
+
     /// The provided functions it names.
     pub fn matched(&self) -> ImportSet {
         self.matched
@@ -355,10 +369,21 @@ mod tests {
             "wasi_snapshot_preview1::path_opne",
             "wasi_snapshot_preview1::nothing_*",
             "wasi_snapshot_preview1::",
-            &format!("wasi_snapshot_preview1::{}", "a".repeat(200)),
         ] {
             assert!(bad.parse::<ImportPattern>().is_err(), "{bad} parsed");
         }
+        // A long pattern is refused by its length, without being echoed back.
+        let long = format!("wasi_snapshot_preview1::path_{}*", "a".repeat(200));
+        let e = long.parse::<ImportPattern>().unwrap_err();
+        assert!(e.contains("of 230 bytes") && !e.contains("aaaa"), "{e}");
+        // A stored pattern naming a function no longer provided names nothing, and is kept.
+        let gone = ImportPattern::lenient("wasi_snapshot_preview1::path_gone");
+        assert!(gone.matched().is_empty());
+        assert_eq!(gone.as_str(), "wasi_snapshot_preview1::path_gone");
+        assert_eq!(
+            ImportPattern::lenient("corral::*").matched(),
+            corral.matched()
+        );
     }
 
     #[test]

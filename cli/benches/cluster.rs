@@ -12,7 +12,7 @@
 //! - through `corral dev`: an array of 10,000 runs of the linreg example on iris.
 //!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks, `-- --tls` for
-//! the TLS setup alone;
+//! the TLS setup alone, `-- --plain` for the same processes in plaintext alone;
 //! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
 
 // A bench binary, not a library.
@@ -302,13 +302,19 @@ async fn linreg_array(setup: &Setup, runs: usize) {
 fn main() {
     bench::main_with(env!("CARGO_BIN_EXE_corral"), |args| async move {
         let quick = args.iter().any(|a| a == "--quick");
-        if !args.iter().any(|a| a == "--tls") {
+        let tls = args.iter().any(|a| a == "--tls");
+        let plain = args.iter().any(|a| a == "--plain");
+        if !tls && !plain {
             let dev = dev();
             bench(&dev, quick).await;
             linreg_array(&dev, if quick { 1_024 } else { 10_000 }).await;
             drop(dev);
+        }
+        if !tls {
             bench(&processes(false), quick).await;
         }
-        bench(&processes(true), quick).await;
+        if !plain {
+            bench(&processes(true), quick).await;
+        }
     });
 }

@@ -628,10 +628,11 @@ pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
     }
 }
 
-/// Stored tenant settings (check them with [`TenantSettings::validate`]); refused when an
-/// import pattern does not parse.
-pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> Result<TenantSettings, String> {
-    Ok(TenantSettings {
+/// Tenant settings as stored (check them with [`TenantSettings::validate`]): import patterns
+/// are read as [`ImportRules::stored`], never refused, so that one naming a function an
+/// earlier Corral provided does not set the tenant's other settings aside.
+pub fn tenant_settings_from_pb(tenant: &str, t: pb::TenantSettings) -> TenantSettings {
+    TenantSettings {
         weight: t.weight,
         guarantee_slots: t.guarantee_slots,
         guarantee_memory: bytesize::ByteSize::b(t.guarantee_memory_bytes),
@@ -648,10 +649,9 @@ pub fn tenant_settings_from_pb(t: pb::TenantSettings) -> Result<TenantSettings, 
         max_module_size: t.max_module_bytes.map(bytesize::ByteSize::b),
         allowed_imports: t
             .allowed_imports
-            .map(|a| ImportRules::parse(&a.patterns))
-            .transpose()?,
-        denied_imports: ImportRules::parse(&t.denied_imports)?,
-    })
+            .map(|a| ImportRules::stored(tenant, &a.patterns)),
+        denied_imports: ImportRules::stored(tenant, &t.denied_imports),
+    }
 }
 
 /// A tenant as listed.
@@ -774,8 +774,23 @@ mod tests {
         let change = tenant_change_from_pb(&request).unwrap().unwrap();
         let settings = change.apply(&TenantSettings::default());
         assert_eq!(settings.max_module_size, Some(bytesize::ByteSize::kib(4)));
-        let back = tenant_settings_from_pb(tenant_settings_to_pb(&settings)).unwrap();
+        let back = tenant_settings_from_pb("acme", tenant_settings_to_pb(&settings));
         assert_eq!(back, settings);
+        // Stored by a Corral that provided a function this one does not: that pattern names
+        // nothing (so allows nothing), and the tenant's other settings stand.
+        let stored = pb::TenantSettings {
+            max_task_fuel: Some(5),
+            allowed_imports: Some(pb::ImportPatterns {
+                patterns: vec!["wasi_snapshot_preview1::gone".into()],
+            }),
+            ..tenant_settings_to_pb(&TenantSettings::default())
+        };
+        let kept = tenant_settings_from_pb("acme", stored);
+        assert_eq!(kept.max_task_fuel, Some(5));
+        assert_eq!(kept.validate("acme"), Ok(()));
+        let mut write = corral_admission::imports::ImportSet::EMPTY;
+        write.insert("wasi_snapshot_preview1", "fd_write");
+        assert!(kept.check_module("acme", "ab", 100, write).is_err());
         // `set_allowed_imports` without a list allows every import again.
         let all = pb::SetTenantRequest {
             tenant: "acme".into(),

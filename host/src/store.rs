@@ -193,6 +193,11 @@ impl ModuleFacts {
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         let stored = pb::ModuleFacts::decode(bytes).map_err(|e| e.to_string())?;
+        // A module is at least its 8-byte header: less is a damaged record (an empty one
+        // decodes as all zeroes).
+        if stored.size < 8 {
+            return Err(format!("a module of {} bytes", stored.size));
+        }
         let mut imports = ImportSet::EMPTY;
         for name in &stored.imports {
             // A function this sandbox no longer provides: the module does not link anyway.
@@ -569,8 +574,8 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
 /// Stored tenant settings, checked as `corral tenant set` checks them.
 fn decode_tenant(name: &str, bytes: &[u8]) -> Result<TenantSettings, String> {
     let settings = pb::TenantSettings::decode(bytes)
-        .map_err(|e| e.to_string())
-        .and_then(convert::tenant_settings_from_pb)?;
+        .map(|t| convert::tenant_settings_from_pb(name, t))
+        .map_err(|e| e.to_string())?;
     settings.validate(name)?;
     Ok(settings)
 }
@@ -724,6 +729,7 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     {
         let mut meta = txn.open_table(META).map_err(io)?;
         let found = meta.get("schema").map_err(io)?.map(|v| v.value());
+        let unstamped = found.is_none();
         let tasks = txn.open_table(TASKS).map_err(io)?;
         // A store without a schema row is new when it holds no task, else schema 1.
         let found = match found {
@@ -756,20 +762,23 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
                 "state store migrated from schema 1 to 2"
             );
         }
-        repair_module_facts(&txn, found < 3)?;
+        // A store without a schema row may be schema 1 with modules and no task.
+        repair_module_facts(&txn, unstamped || found < 3)?;
         meta.insert("schema", SCHEMA).map_err(io)?;
     }
     txn.commit().map_err(io)
 }
 
 /// Reads again from its binary the facts of each module whose facts do not decode, and with
-/// `all` (a store of a schema before they were kept) of each module without facts. A module
-/// whose binary does not parse is kept as its size, importing nothing: it did not pass
-/// admission as it is, and will not link.
+/// `all` (a store of a schema before they were kept), or when the two tables do not count the
+/// same modules, of each module without facts. A module whose binary does not parse is kept
+/// as its size, importing every provided function: refused by any import rule, since what it
+/// imports is not known.
 fn repair_module_facts(txn: &redb::WriteTransaction, all: bool) -> Result<(), StoreError> {
     let modules = txn.open_table(MODULES).map_err(io)?;
     let mut facts = txn.open_table(MODULE_FACTS).map_err(io)?;
-    // Without `all`, only the facts table is read: not every module's binary at every start.
+    // Otherwise only the facts table is read: not every module's binary at every start.
+    let all = all || modules.len().map_err(io)? != facts.len().map_err(io)?;
     let mut redo = Vec::new();
     if all {
         for row in modules.iter().map_err(io)? {
@@ -797,7 +806,7 @@ fn repair_module_facts(txn: &redb::WriteTransaction, all: bool) -> Result<(), St
             tracing::warn!(sha256 = %sha, error = %e, "stored module does not parse");
             ModuleFacts {
                 size: binary.len() as u64,
-                imports: ImportSet::EMPTY,
+                imports: ImportSet::all(),
             }
         });
         let bytes = read.to_pb().encode_to_vec();
@@ -1087,7 +1096,7 @@ mod tests {
             writes.push(Write::Module(
                 "ab".into(),
                 Bytes::from_static(b"\0asm"),
-                ModuleFacts::default(),
+                some_facts(),
             ));
             store.write(writes).durable().await.unwrap();
             store
@@ -1133,11 +1142,7 @@ mod tests {
             store
                 .write(vec![
                     Write::Output(TaskId(3), output.clone()),
-                    Write::Module(
-                        "ab".into(),
-                        Bytes::from_static(b"\0asm"),
-                        ModuleFacts::default(),
-                    ),
+                    Write::Module("ab".into(), Bytes::from_static(b"\0asm"), some_facts()),
                     Write::Idempotency("default".into(), "k1".into(), TaskId(4)),
                 ])
                 .durable()
@@ -1148,7 +1153,7 @@ mod tests {
         let (store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.tasks.len(), 50);
         assert_eq!(loaded.tasks[2], task(3));
-        assert_eq!(loaded.modules, [("ab".to_string(), ModuleFacts::default())]);
+        assert_eq!(loaded.modules, [("ab".to_string(), some_facts())]);
         assert_eq!(
             loaded.idempotency,
             [(("default".to_string(), "k1".to_string()), TaskId(4))]
@@ -1232,6 +1237,16 @@ mod tests {
         assert_eq!(meta.get("schema").unwrap().unwrap().value(), SCHEMA);
     }
 
+    /// Facts that no default equals (they are kept as given, not read from the binary).
+    fn some_facts() -> ModuleFacts {
+        let mut imports = ImportSet::EMPTY;
+        imports.insert("corral", "log");
+        ModuleFacts {
+            size: 4096,
+            imports,
+        }
+    }
+
     #[tokio::test]
     async fn module_facts_are_read_from_the_binaries_of_a_schema_2_store_and_repaired() {
         let wat = r#"(module
@@ -1269,12 +1284,12 @@ mod tests {
                     imports,
                 },
             ),
-            // Not a module: its size, importing nothing.
+            // Not a module: its size, importing what no rule allows.
             (
                 "bb".to_string(),
                 ModuleFacts {
                     size: 8,
-                    imports: ImportSet::EMPTY,
+                    imports: ImportSet::all(),
                 },
             ),
         ];
@@ -1284,14 +1299,48 @@ mod tests {
             // A facts record damaged on disk is read again from the binary.
             let db = Database::create(dir.path().join("state.redb")).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(MODULE_FACTS)
-                .unwrap()
-                .insert("aa", &[0xff, 0xff, 0xff][..])
-                .unwrap();
+            let mut facts = txn.open_table(MODULE_FACTS).unwrap();
+            facts.insert("aa", &[0xff, 0xff, 0xff][..]).unwrap();
+            // An empty record decodes, as all zeroes: damaged too.
+            facts.insert("bb", &[][..]).unwrap();
+            drop(facts);
             txn.commit().unwrap();
         }
         let (_, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.modules, expected);
+        {
+            // A binary whose facts row is gone is counted, and read again.
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(MODULE_FACTS).unwrap().remove("aa").unwrap();
+            txn.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.modules, expected);
+    }
+
+    #[tokio::test]
+    async fn the_modules_of_a_store_without_a_schema_row_or_tasks_are_kept() {
+        // Schema 1 wrote no schema row: with modules and no task, it looks new.
+        let dir = tempfile::tempdir().unwrap();
+        let binary = corral_admission::to_binary(b"(module (func (export \"_start\")))")
+            .unwrap()
+            .into_owned();
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(MODULES)
+                .unwrap()
+                .insert("aa", binary.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let facts = ModuleFacts {
+            size: binary.len() as u64,
+            imports: ImportSet::EMPTY,
+        };
+        assert_eq!(loaded.modules, [("aa".to_string(), facts)]);
     }
 
     #[tokio::test]

@@ -138,6 +138,29 @@ impl ImportRules {
             .map(ImportRules)
     }
 
+    /// Patterns as stored by `corral tenant set`, perhaps by an earlier Corral: each names
+    /// what it names of the functions provided now (perhaps nothing; logged), so that a
+    /// function removed since does not set the tenant's other settings aside. An allow
+    /// pattern naming nothing allows nothing.
+    pub fn stored<S: AsRef<str>>(tenant: &str, patterns: &[S]) -> Self {
+        ImportRules(
+            patterns
+                .iter()
+                .map(|p| {
+                    let pattern = ImportPattern::lenient(p.as_ref());
+                    if pattern.matched().is_empty() {
+                        tracing::warn!(
+                            tenant,
+                            pattern = pattern.as_str(),
+                            "a stored import pattern names no function the sandbox provides"
+                        );
+                    }
+                    pattern
+                })
+                .collect(),
+        )
+    }
+
     /// The provided functions they name.
     pub fn matched(&self) -> ImportSet {
         self.0
@@ -280,11 +303,12 @@ impl TenantSettings {
         size: u64,
         imports: ImportSet,
     ) -> Result<(), String> {
-        let short = &sha256[..sha256.len().min(12)];
+        let short = sha256.get(..12).unwrap_or(sha256);
         if let Some(most) = self.max_module_size.filter(|m| size > m.as_u64()) {
             return Err(format!(
-                "module {short} is {}; tenant {tenant}'s policy allows modules of at most {}",
-                ByteSize::b(size).display().iec(),
+                "module {short} is {size} bytes; tenant {tenant}'s policy allows modules of at \
+                 most {} bytes ({})",
+                most.as_u64(),
                 most.display().iec()
             ));
         }
@@ -619,7 +643,10 @@ mod tests {
         let e = no_files
             .check_module("acme", SHA, 1025, ImportSet::EMPTY)
             .unwrap_err();
-        assert!(e.contains("at most 1.0 KiB"), "{e}");
+        assert!(
+            e.contains("is 1025 bytes") && e.contains("at most 1024 bytes (1.0 KiB)"),
+            "{e}"
+        );
         // An allow list admits only what it names; a denial wins over it.
         let only_io = TenantSettings {
             allowed_imports: Some(

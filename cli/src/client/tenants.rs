@@ -211,7 +211,7 @@ struct Tenant {
     max_task_fuel: Option<u64>,
     max_task_memory_bytes: Option<u64>,
     max_task_timeout_ms: Option<u64>,
-    max_module_size_bytes: Option<u64>,
+    max_module_bytes: Option<u64>,
     allowed_imports: Option<Vec<String>>,
     denied_imports: Vec<String>,
 }
@@ -242,7 +242,7 @@ impl From<&pb::TenantView> for Tenant {
             max_task_fuel: s.max_task_fuel,
             max_task_memory_bytes: s.max_task_memory_bytes,
             max_task_timeout_ms: s.max_task_timeout_ms,
-            max_module_size_bytes: s.max_module_bytes,
+            max_module_bytes: s.max_module_bytes,
             allowed_imports: s.allowed_imports.map(|a| a.patterns),
             denied_imports: s.denied_imports,
         }
@@ -332,7 +332,7 @@ fn task_caps(t: &Tenant) -> String {
     if let Some(ms) = t.max_task_timeout_ms {
         caps.push(format!("timeout={}", period(ms)));
     }
-    if let Some(m) = t.max_module_size_bytes {
+    if let Some(m) = t.max_module_bytes {
         caps.push(format!("module={}", show::size(m)));
     }
     match caps.is_empty() {

@@ -477,11 +477,10 @@ impl HostState {
     /// Refuses module `sha256` (stored) for a task of `tenant` submitted with its own token
     /// when the tenant's policy forbids it: too large, or importing what it may not.
     pub fn check_module_policy(&self, tenant: &str, sha256: &str) -> Result<(), HostError> {
-        let facts = self
-            .modules
-            .get(sha256)
-            .map(|m| m.facts)
-            .unwrap_or_default();
+        let facts = match self.modules.get(sha256) {
+            Some(used) if used.stored => used.facts,
+            _ => return Err(unknown_module(sha256)),
+        };
         self.tenant_settings(tenant)
             .0
             .check_module(tenant, sha256, facts.size, facts.imports)
