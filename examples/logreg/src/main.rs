@@ -1,11 +1,12 @@
 //! logreg: multinomial logistic (softmax) regression by batch gradient descent.
 //!
 //! Reads the CSV named by its argument, or stdin when there is none (an optional header row,
-//! then numbers; the last column is the class index 0, 1, 2...). Standardises the features on
-//! the training rows, runs `--epochs` steps of gradient descent on the mean cross-entropy with
-//! `--learning-rate`, and reports the loss and the train and test accuracy. `--json` prints one
-//! JSON object with `classes`, `epochs`, `loss`, `train_accuracy`, `test_accuracy`,
-//! `train_rows` and `test_rows`. The softmax uses `corral_guest::math::exp`, so wasm and native
+//! then numbers; the last column is the class index 0, 1, 2...). Holds out `--test-fraction`
+//! of the rows, chosen with `--seed` as scikit-learn's `train_test_split` chooses them.
+//! Standardises the features on the training rows, runs `--epochs` steps of gradient descent
+//! on the mean cross-entropy with `--learning-rate`, and reports the loss and the train and
+//! test accuracy. `--json` prints one JSON object with `classes`, `epochs`, `loss`,
+//! `train_accuracy`, `test_accuracy`, `train_rows` and `test_rows`. The softmax uses `corral_guest::math::exp`, so wasm and native
 //! builds print the same digits.
 //!
 //! Run it in Corral, from the repository root:
