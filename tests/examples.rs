@@ -326,3 +326,46 @@ fn an_example_cannot_read_a_file_it_was_not_granted() {
         "{stderr}"
     );
 }
+
+/// Gaps in the data: refused by default naming where, dropped, or filled with the training
+/// mean, the same in every example.
+#[test]
+fn gaps_are_refused_dropped_or_filled_as_asked() {
+    let iris = std::fs::read_to_string(repo_root().join("examples/data/iris.csv")).unwrap();
+    let mut lines: Vec<String> = iris.lines().map(String::from).collect();
+    // Line 3 of the file (its second data row) loses its petal length.
+    let fields: Vec<&str> = lines[2].split(',').collect();
+    lines[2] = format!("{},{},,{},{}", fields[0], fields[1], fields[3], fields[4]);
+    let dir = tempfile::tempdir().unwrap();
+    let gappy = dir.path().join("gappy.csv");
+    std::fs::write(&gappy, lines.join("\n") + "\n").unwrap();
+    let gappy = gappy.to_str().unwrap();
+    for example in ["linreg", "logreg", "kmeans"] {
+        let out = run(&native(example), &[gappy], None, cache());
+        assert_eq!(out.status.code(), Some(2), "{example}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("line 3, field 3"), "{example}: {stderr}");
+        for policy in ["drop", "mean"] {
+            let out = run(
+                &native(example),
+                &["--json", "--missing", policy, gappy],
+                None,
+                cache(),
+            );
+            assert!(out.status.success(), "{example} {policy}: {out:?}");
+        }
+    }
+    let rows = |policy: &str| {
+        let out = run(
+            &native("linreg"),
+            &["--json", "--missing", policy, gappy],
+            None,
+            cache(),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json["train_rows"].as_u64(), json["test_rows"].as_u64())
+    };
+    // 149 complete rows: 30 held out (ceil(0.2 * 149)); filled, all 150 are kept.
+    assert_eq!(rows("drop"), (Some(119), Some(30)));
+    assert_eq!(rows("mean"), (Some(120), Some(30)));
+}

@@ -1,5 +1,7 @@
 //! Numeric CSV for ML tasks: an optional header row, then rows of numbers whose last column is
-//! the target. Malformed input is rejected with an error naming the line.
+//! the target. Malformed input is rejected with an error naming the line. A gap (an empty
+//! field, `NA`, `N/A`, `NaN`, `null` or `?`) is read as missing, and a task says what to do with
+//! gaps ([`Missing`]: refuse them, drop their rows, or fill them with the training mean).
 
 use std::fmt;
 
@@ -14,6 +16,43 @@ pub struct Dataset {
     pub x: Vec<f64>,
     /// Targets, one per row.
     pub y: Vec<f64>,
+    /// Where the first gap is, as (line, field), both from 1; `None` when there is none. A
+    /// gap's value is NaN (a field that is a number is never NaN).
+    pub first_missing: Option<(usize, usize)>,
+}
+
+/// What to do with gaps: `--missing error|drop|mean` in the examples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Refuse the data, naming the first gap's line and field.
+    Error,
+    /// Drop every row with a gap (before the split, as pandas' `dropna` would).
+    Drop,
+    /// Fill a feature's gaps with that column's mean over the training rows (as
+    /// scikit-learn's `SimpleImputer` fitted on them); a gap in the target is refused.
+    Mean,
+}
+
+impl std::str::FromStr for Missing {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "error" => Ok(Missing::Error),
+            "drop" => Ok(Missing::Drop),
+            "mean" => Ok(Missing::Mean),
+            other => Err(format!("{other:?} is not one of error, drop, mean")),
+        }
+    }
+}
+
+/// Whether a field is a gap: empty, or a word that says so.
+fn is_missing(field: &str) -> bool {
+    let field = field.trim();
+    field.is_empty()
+        || ["na", "n/a", "nan", "null", "?"]
+            .iter()
+            .any(|w| field.eq_ignore_ascii_case(w))
 }
 
 impl Dataset {
@@ -27,6 +66,102 @@ impl Dataset {
     #[inline]
     pub fn row(&self, i: usize) -> &[f64] {
         &self.x[i * self.features..(i + 1) * self.features]
+    }
+
+    /// Applies `policy` to the gaps before the split: refuses them ([`Missing::Error`], naming
+    /// the first), drops their rows ([`Missing::Drop`]), or for [`Missing::Mean`] refuses a
+    /// gap in the target and leaves the features' for [`Dataset::fill_means`].
+    ///
+    /// ```
+    /// use corral_guest::csv::{parse, Missing};
+    /// let mut data = parse("a,y\n1,0\n,1\n3,NA\n5,1\n").unwrap();
+    /// let e = data.clone().handle_missing(Missing::Error).unwrap_err();
+    /// assert!(e.contains("line 3, field 1"), "{e}");
+    /// let mut kept = data.clone();
+    /// kept.handle_missing(Missing::Drop).unwrap();
+    /// assert_eq!((kept.x, kept.y), (vec![1.0, 5.0], vec![0.0, 1.0]));
+    /// assert!(data.handle_missing(Missing::Mean).unwrap_err().contains("target"));
+    /// ```
+    pub fn handle_missing(&mut self, policy: Missing) -> Result<(), String> {
+        let (line, field) = match self.first_missing {
+            None => return Ok(()),
+            Some(at) => at,
+        };
+        match policy {
+            Missing::Error => Err(format!(
+                "line {line}, field {field}: a value is missing (--missing drop or mean accept \
+                 gaps)"
+            )),
+            Missing::Mean => match self.y.iter().filter(|v| v.is_nan()).count() {
+                0 => Ok(()),
+                n => Err(format!(
+                    "the target is missing in {n} row(s): --missing mean fills only features \
+                     (--missing drop drops those rows)"
+                )),
+            },
+            Missing::Drop => {
+                let f = self.features;
+                let mut kept = 0;
+                for i in 0..self.rows() {
+                    let complete = !self.y[i].is_nan() && !self.row(i).iter().any(|v| v.is_nan());
+                    if complete {
+                        self.x.copy_within(i * f..(i + 1) * f, kept * f);
+                        self.y[kept] = self.y[i];
+                        kept += 1;
+                    }
+                }
+                self.x.truncate(kept * f);
+                self.y.truncate(kept);
+                self.first_missing = None;
+                match kept {
+                    0 => Err("every row has a missing value: none is left".into()),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Fills each feature's gaps with that column's mean over the rows `train` (after
+    /// [`Dataset::handle_missing`] with [`Missing::Mean`], and the split). A column with no
+    /// value among them is refused, by name.
+    ///
+    /// ```
+    /// use corral_guest::csv::{parse, Missing};
+    /// let mut data = parse("a,b,y\n1,,0\n3,4,1\n?,8,1\n").unwrap();
+    /// data.handle_missing(Missing::Mean).unwrap();
+    /// data.fill_means(&[0, 1]).unwrap();
+    /// assert_eq!(data.x, [1.0, 4.0, 3.0, 4.0, 2.0, 8.0]);
+    /// ```
+    pub fn fill_means(&mut self, train: &[usize]) -> Result<(), String> {
+        if self.first_missing.is_none() {
+            return Ok(());
+        }
+        let f = self.features;
+        let mut sums = vec![(0.0, 0usize); f];
+        for &i in train {
+            for (sum, &v) in sums.iter_mut().zip(self.row(i)) {
+                if !v.is_nan() {
+                    *sum = (sum.0 + v, sum.1 + 1);
+                }
+            }
+        }
+        for (c, &(sum, count)) in sums.iter().enumerate() {
+            let gaps = self.x.iter().skip(c).step_by(f.max(1)).any(|v| v.is_nan());
+            if gaps && count == 0 {
+                return Err(format!(
+                    "column {:?} has no value in the training rows to fill its gaps with",
+                    self.names[c]
+                ));
+            }
+            let mean = sum / count.max(1) as f64;
+            for v in self.x.iter_mut().skip(c).step_by(f.max(1)) {
+                if v.is_nan() {
+                    *v = mean;
+                }
+            }
+        }
+        self.first_missing = None;
+        Ok(())
     }
 
     /// The feature names (without the target's).
@@ -142,6 +277,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
     // yet (they are once a sample of rows is read).
     let mut data_start = None;
     let mut sized = false;
+    let mut first_missing = None;
     while pos < bytes.len() {
         let row_start = pos;
         if columns != 0 {
@@ -196,7 +332,10 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
                     message: "need at least two columns: features, then the target".into(),
                 });
             }
-            if text.split(',').any(|f| number(f).is_none()) {
+            if text
+                .split(',')
+                .any(|f| number(f).is_none() && !is_missing(f))
+            {
                 names = Some(
                     text.split(',')
                         .map(|f| f.trim().trim_matches('"').to_string())
@@ -206,7 +345,15 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
             }
         }
         let start = *data_start.get_or_insert(row_start);
-        parse_row(row, line, columns, first_line, &mut x, &mut y)?;
+        parse_row(
+            row,
+            line,
+            columns,
+            first_line,
+            &mut x,
+            &mut y,
+            &mut first_missing,
+        )?;
         if !sized && y.len() == SAMPLE_ROWS {
             let rest = bytes.get(pos..).unwrap_or_default();
             reserve_for_rest(rest, pos.min(bytes.len()) - start, columns, &mut x, &mut y);
@@ -231,6 +378,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dataset, CsvError> {
         features,
         x,
         y,
+        first_missing,
     })
 }
 
@@ -424,6 +572,7 @@ fn parse_row(
     first_line: usize,
     x: &mut Vec<f64>,
     y: &mut Vec<f64>,
+    first_missing: &mut Option<(usize, usize)>,
 ) -> Result<(), CsvError> {
     let mut field = 0;
     let mut start = 0;
@@ -460,10 +609,22 @@ fn parse_row(
                 } else {
                     // `row` is UTF-8 (checked by the caller) cut at ASCII bytes, so is the field.
                     let text = std::str::from_utf8(&row[start..i]).unwrap_or_default();
-                    number(text).ok_or_else(|| CsvError {
-                        line,
-                        message: format!("field {field} {:?} is not a finite number", text.trim()),
-                    })?
+                    match number(text) {
+                        Some(v) => v,
+                        None if is_missing(text) => {
+                            first_missing.get_or_insert((line, field));
+                            f64::NAN
+                        }
+                        None => {
+                            return Err(CsvError {
+                                line,
+                                message: format!(
+                                    "field {field} {:?} is not a finite number",
+                                    text.trim()
+                                ),
+                            })
+                        }
+                    }
                 };
                 if field == columns {
                     y.push(value);
@@ -679,9 +840,17 @@ mod tests {
             "line 2: 3 fields, but line 1 has 2"
         );
         assert_eq!(
-            parse("1,2\n3,NaN\n").unwrap_err().to_string(),
-            "line 2: field 2 \"NaN\" is not a finite number"
+            parse("1,2\n3,inf\n").unwrap_err().to_string(),
+            "line 2: field 2 \"inf\" is not a finite number"
         );
+        // A gap is read as one, and where the first is is kept.
+        let gaps = parse("1,2\n3,NaN\n , 4\n5,6\n").unwrap();
+        assert_eq!(gaps.first_missing, Some((2, 2)));
+        assert!(gaps.y[1].is_nan() && gaps.x[2].is_nan());
+        assert_eq!(parse("1,2\n3,4\n").unwrap().first_missing, None);
+        // A first row with a gap is data, not a header.
+        let first = parse("1,,2\n3,4,5\n").unwrap();
+        assert_eq!((first.rows(), first.first_missing), (2, Some((1, 2))));
         assert_eq!(parse("a,y\n").unwrap_err().to_string(), "no data rows");
         assert_eq!(parse("").unwrap_err().to_string(), "no data rows");
         assert!(parse("justone\n1\n")

@@ -8,6 +8,10 @@
 //! a label. `--json` prints one JSON object with `k`, `iterations`, `converged`, `inertia`,
 //! `sizes`, `centers` and `purity`.
 //!
+//! Gaps in the data (an empty field, `NA`, `NaN`, `?`...) are refused naming their line and
+//! field unless `--missing drop` (drop incomplete rows) or `--missing mean` (fill a gap with
+//! its column's mean over all rows) says otherwise.
+//!
 //! Run it in Corral, from the repository root:
 //!     $ scripts/build-guests
 //!     $ cargo run --release -p corral -- run --dir-ro examples/data::/data target/wasm/kmeans.wasm /data/iris.csv --k 3
@@ -34,10 +38,15 @@ fn run() -> Result<(), String> {
     let k: usize = args.value("--k", 3)?;
     let seed: u64 = args.value("--seed", 42)?;
     let max_iter: usize = args.value("--max-iter", 100)?;
+    let missing: csv::Missing = args.value("--missing", csv::Missing::Error)?;
     let path = args.positional();
     args.finish()?;
 
-    let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
+    let mut data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
+    data.handle_missing(missing)?;
+    // No split: a gap is filled with its column's mean over every row.
+    let every: Vec<usize> = (0..data.rows()).collect();
+    data.fill_means(&every)?;
     let (n, f) = (data.rows(), data.features);
     if k == 0 || k > n {
         return Err(format!(
@@ -390,6 +399,7 @@ mod tests {
                     .map(|i| rng.next_f64() + (i / features % 3) as f64)
                     .collect(),
                 y: (0..300).map(|i| (i % 3) as f64).collect(),
+                first_missing: None,
             };
             for k in 1..=9 {
                 let a = cluster(&data, k, 7, 50);

@@ -9,6 +9,10 @@
 //! `train_accuracy`, `test_accuracy`, `train_rows` and `test_rows`. The softmax uses `corral_guest::math::exp`, so wasm and native
 //! builds print the same digits.
 //!
+//! Gaps in the data (an empty field, `NA`, `NaN`, `?`...) are refused naming their line and
+//! field unless `--missing drop` (drop incomplete rows) or `--missing mean` (fill a gap with
+//! its column's mean over the training rows) says otherwise.
+//!
 //! Run it in Corral, from the repository root:
 //!     $ scripts/build-guests
 //!     $ cargo run --release -p corral -- run --dir-ro examples/data::/data target/wasm/logreg.wasm /data/iris.csv
@@ -35,19 +39,22 @@ fn run() -> Result<(), String> {
     let learning_rate: f64 = args.value("--learning-rate", 0.5)?;
     let test_fraction: f64 = args.value("--test-fraction", 0.2)?;
     let seed: u64 = args.value("--seed", 42)?;
+    let missing: csv::Missing = args.value("--missing", csv::Missing::Error)?;
     let path = args.positional();
     args.finish()?;
     if !learning_rate.is_finite() || learning_rate <= 0.0 {
         return Err(format!("--learning-rate {learning_rate} must be positive"));
     }
 
-    let data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
+    let mut data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
+    data.handle_missing(missing)?;
     let labels = class_labels(&data.y)?;
     let classes = labels.iter().max().map_or(0, |m| m + 1);
     if classes < 2 {
         return Err("the target has a single class: nothing to separate".into());
     }
     let (train, test) = data.split(test_fraction, seed)?;
+    data.fill_means(&train)?;
     if train.is_empty() {
         return Err("no training rows".into());
     }
@@ -325,6 +332,7 @@ mod tests {
             features,
             x: (0..rows * features).map(|_| rng.next_f64() * 4.0).collect(),
             y: (0..rows).map(|i| (i % 3) as f64).collect(),
+            first_missing: None,
         };
         let standard = Standardise {
             mean: (0..features).map(|_| rng.next_f64()).collect(),
