@@ -355,7 +355,7 @@ fn gaps_are_refused_dropped_or_filled_as_asked() {
             assert!(out.status.success(), "{example} {policy}: {out:?}");
         }
     }
-    let rows = |policy: &str| {
+    let linreg = |policy: &str| {
         let out = run(
             &native("linreg"),
             &["--json", "--missing", policy, gappy],
@@ -363,9 +363,30 @@ fn gaps_are_refused_dropped_or_filled_as_asked() {
             cache(),
         );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        (json["train_rows"].as_u64(), json["test_rows"].as_u64())
+        let rows = (json["train_rows"].as_u64(), json["test_rows"].as_u64());
+        let figures = (
+            json["test_mse"].as_f64().unwrap(),
+            json["intercept"].as_f64().unwrap(),
+        );
+        (rows, figures)
+    };
+    // scikit-learn's figures for the same data (1.9.1): dropna, then train_test_split
+    // (test_size=0.2, random_state=42) and LinearRegression; and the split, then a
+    // SimpleImputer(strategy="mean") fitted on the training rows, then LinearRegression.
+    let near = |(mse, intercept): (f64, f64), expected: (f64, f64)| {
+        (mse - expected.0).abs() < 1e-9 && (intercept - expected.1).abs() < 1e-9
     };
     // 149 complete rows: 30 held out (ceil(0.2 * 149)); filled, all 150 are kept.
-    assert_eq!(rows("drop"), (Some(119), Some(30)));
-    assert_eq!(rows("mean"), (Some(120), Some(30)));
+    let (rows, figures) = linreg("drop");
+    assert_eq!(rows, (Some(119), Some(30)));
+    assert!(
+        near(figures, (0.058739361066777, 0.230166010345352)),
+        "{figures:?}"
+    );
+    let (rows, figures) = linreg("mean");
+    assert_eq!(rows, (Some(120), Some(30)));
+    assert!(
+        near(figures, (0.035352073019067, 0.206938481180731)),
+        "{figures:?}"
+    );
 }

@@ -830,6 +830,39 @@ mod tests {
     }
 
     #[test]
+    fn splits_are_scikit_learns() {
+        // Row i holds i, so a row's index is its value.
+        let rows = |n: usize| {
+            let text: String = (0..n).map(|i| format!("{i},0\n")).collect();
+            parse(&text).unwrap()
+        };
+        let ids = |data: &Dataset, set: &[usize]| -> Vec<usize> {
+            set.iter().map(|&i| data.row(i)[0] as usize).collect()
+        };
+        // scikit-learn 1.9.1, numpy 2.4.6: train_test_split(np.arange(n), test_size=...,
+        // random_state=...).
+        let data = rows(150);
+        let (train, test) = data.split(0.33, 7).unwrap();
+        assert_eq!((train.len(), test.len()), (100, 50));
+        assert_eq!(
+            ids(&data, &test[..10]),
+            [149, 84, 40, 66, 106, 41, 52, 94, 11, 51]
+        );
+        assert_eq!(ids(&data, &train[..5]), [3, 39, 117, 13, 100]);
+        let data = rows(1000);
+        let (train, test) = data.split(0.1, u64::from(u32::MAX)).unwrap();
+        assert_eq!(test.len(), 100);
+        assert_eq!(
+            ids(&data, &test[..8]),
+            [94, 405, 819, 632, 217, 169, 449, 275]
+        );
+        assert_eq!(ids(&data, &train[train.len() - 3..]), [12, 290, 419]);
+        assert!(data.split(0.1, 1 << 32).unwrap_err().contains("2^32"));
+        let (train, test) = data.split(0.0, 1).unwrap();
+        assert_eq!((train.len(), test.len()), (1000, 0));
+    }
+
+    #[test]
     fn malformed_rows_name_their_line() {
         assert_eq!(
             parse("a,y\n1,2\n3\n").unwrap_err().to_string(),
