@@ -46,6 +46,32 @@ impl std::str::FromStr for Missing {
     }
 }
 
+/// The class index of each target, which must be a whole number from 0 (below a million):
+/// for classifiers, whose last column names a class.
+///
+/// ```
+/// use corral_guest::csv::class_labels;
+/// assert_eq!(class_labels(&[0.0, 2.0, 1.0]).unwrap(), [0, 2, 1]);
+/// assert!(class_labels(&[0.0, 1.5]).unwrap_err().contains("data row 2"));
+/// assert!(class_labels(&[-1.0]).is_err());
+/// ```
+pub fn class_labels(y: &[f64]) -> Result<Vec<usize>, String> {
+    y.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
+                Ok(v as usize)
+            } else {
+                Err(format!(
+                    "target {v} of data row {} (counting the rows kept) is not a class index \
+                     0, 1, 2...",
+                    i + 1
+                ))
+            }
+        })
+        .collect()
+}
+
 /// Whether a field is a gap: empty, or a word that says so.
 fn is_missing(field: &str) -> bool {
     let field = field.trim();
@@ -136,6 +162,7 @@ impl Dataset {
         if self.first_missing.is_none() {
             return Ok(());
         }
+        self.handle_missing(Missing::Mean)?;
         let f = self.features;
         let mut sums = vec![(0.0, 0usize); f];
         for &i in train {
@@ -198,7 +225,14 @@ impl Dataset {
         let mut order = crate::rng::Mt19937::new(seed).permutation(self.rows());
         // As scikit-learn: ceil, in the same floating point.
         let test_rows = ((self.rows() as f64 * test_fraction).ceil() as usize).min(self.rows());
+        if test_rows == self.rows() {
+            return Err(format!(
+                "--test-fraction {test_fraction} of {} rows leaves no training rows",
+                self.rows()
+            ));
+        }
         let train = order.split_off(test_rows);
+        order.shrink_to_fit();
         Ok((train, order))
     }
 }
@@ -237,8 +271,8 @@ const POWERS_OF_TEN: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-/// Parses numeric CSV. The first non-blank line is a header when any of its fields is not a
-/// number. Blank lines are skipped; `\r\n` line ends are accepted.
+/// Parses numeric CSV. The first non-blank line is a header when any of its fields is neither
+/// a number nor a gap (so a first row with a gap is data). Blank lines are skipped; `\r\n` line ends are accepted.
 ///
 /// ```
 /// let data = corral_guest::csv::parse("a,b,y\n1,2,3\n4,5,6\n").unwrap();
@@ -830,6 +864,24 @@ mod tests {
     }
 
     #[test]
+    fn dropping_keeps_every_feature_of_the_complete_rows() {
+        let mut data = parse("a,b,c,y\n1,2,3,0\n4,,6,1\n7,8,9,?\n10,11,12,1\n").unwrap();
+        data.handle_missing(Missing::Drop).unwrap();
+        assert_eq!(data.x, [1.0, 2.0, 3.0, 10.0, 11.0, 12.0]);
+        assert_eq!(data.y, [0.0, 1.0]);
+        assert_eq!(data.first_missing, None);
+        // Filling never hides a gap in the target.
+        let mut target = parse("a,y\n1,0\n2,?\n").unwrap();
+        assert!(target.fill_means(&[0]).unwrap_err().contains("target"));
+        // A fraction that holds out every row is refused.
+        assert!(parse("1,0\n2,0\n3,0\n4,0\n5,0\n")
+            .unwrap()
+            .split(0.9, 1)
+            .unwrap_err()
+            .contains("no training rows"));
+    }
+
+    #[test]
     fn splits_are_scikit_learns() {
         // Row i holds i, so a row's index is its value.
         let rows = |n: usize| {
@@ -881,6 +933,11 @@ mod tests {
         assert_eq!(gaps.first_missing, Some((2, 2)));
         assert!(gaps.y[1].is_nan() && gaps.x[2].is_nan());
         assert_eq!(parse("1,2\n3,4\n").unwrap().first_missing, None);
+        // Every word for a gap, in any case; a gap in the target too.
+        let words = parse("1,2\nN/A,3\n4,null\nNULL,5\n na ,6\n").unwrap();
+        let gaps: Vec<bool> = words.x.iter().map(|v| v.is_nan()).collect();
+        assert_eq!(gaps, [false, true, false, true, true]);
+        assert!(words.y[2].is_nan());
         // A first row with a gap is data, not a header.
         let first = parse("1,,2\n3,4,5\n").unwrap();
         assert_eq!((first.rows(), first.first_missing), (2, Some((1, 2))));

@@ -48,7 +48,7 @@ fn run() -> Result<(), String> {
 
     let mut data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
     data.handle_missing(missing)?;
-    let labels = class_labels(&data.y)?;
+    let labels = csv::class_labels(&data.y)?;
     let classes = labels.iter().max().map_or(0, |m| m + 1);
     if classes < 2 {
         return Err("the target has a single class: nothing to separate".into());
@@ -156,23 +156,6 @@ fn run() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The class index of each target, which must be a whole number from 0.
-fn class_labels(y: &[f64]) -> Result<Vec<usize>, String> {
-    y.iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            if v >= 0.0 && v.fract() == 0.0 && v < 1e6 {
-                Ok(v as usize)
-            } else {
-                Err(format!(
-                    "target {v} of data row {} is not a class index 0, 1, 2...",
-                    i + 1
-                ))
-            }
-        })
-        .collect()
 }
 
 /// Features shifted by the training rows' mean and scaled by their deviation, after a
@@ -303,15 +286,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_must_be_class_indices() {
-        assert_eq!(class_labels(&[0.0, 2.0, 1.0]).unwrap(), vec![0, 2, 1]);
-        assert!(class_labels(&[0.0, 1.5])
-            .unwrap_err()
-            .contains("data row 2"));
-        assert!(class_labels(&[-1.0]).is_err());
-    }
-
-    #[test]
     fn softmax_sums_to_one_and_favours_the_larger_logit() {
         let mut out = [0.0; 2];
         softmax::<0>(&[0.0, 0.0, 1.0, 0.0], &[1.0, 0.0], &mut out);
@@ -341,7 +315,7 @@ mod tests {
         let weights: Vec<f64> = (0..3 * (features + 1))
             .map(|_| rng.next_f64() - 0.5)
             .collect();
-        let labels = class_labels(&data.y).unwrap();
+        let labels = csv::class_labels(&data.y).unwrap();
         let train: Vec<usize> = (0..rows).filter(|i| i % 4 != 1).collect();
         let mut gradient = vec![f64::NAN; weights.len()];
         let loss = pass(&data, &train, &labels, &standard, &weights, &mut gradient);
@@ -364,7 +338,7 @@ mod tests {
         // Past the widths that have copies, the general one against the definition: the sum
         // over rows of (probability - [class is the label]) * standardised features.
         let (loss, gradient, data, standard, weights) = a_pass(40, 11, gradient_pass);
-        let labels = class_labels(&data.y).unwrap();
+        let labels = csv::class_labels(&data.y).unwrap();
         let (mut expected_loss, mut expected) = (0.0, vec![0.0; 36]);
         for i in (0..40).filter(|i| i % 4 != 1) {
             let z: Vec<f64> = std::iter::once(1.0)
