@@ -45,7 +45,8 @@ fn run() -> Result<(), String> {
 
     let mut data = csv::parse_bytes(&input::read_bytes(path.as_deref())?)?;
     data.handle_missing(missing)?;
-    let (train, test) = data.split(test_fraction, seed)?;
+    // scikit-learn's rows; in file order, since the fit does not depend on their order.
+    let (train, test) = data.split_in_row_order(test_fraction, seed)?;
     data.fill_means(&train)?;
     let p = data.features + 1;
     if train.len() < p {

@@ -53,7 +53,8 @@ fn run() -> Result<(), String> {
     if classes < 2 {
         return Err("the target has a single class: nothing to separate".into());
     }
-    let (train, test) = data.split(test_fraction, seed)?;
+    // scikit-learn's rows; in file order, since the fit does not depend on their order.
+    let (train, test) = data.split_in_row_order(test_fraction, seed)?;
     data.fill_means(&train)?;
     if train.is_empty() {
         return Err("no training rows".into());
