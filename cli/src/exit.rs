@@ -21,6 +21,9 @@
 //! | 137    | `compile_limit`: compiling went over the compile budget         |
 //! | 138    | `disk_limit`: the guest grew files past its disk quota          |
 //! | 139    | the host refused the token: none, malformed, unknown, revoked, expired, or not allowed this |
+//! | 140    | a job ended FAILED: some task did not finish (`job wait`, `submit --wait` of a job) |
+//!
+//! A job that ended KILLED exits 135.
 
 use corral_proto::pb::OutcomeKind;
 
@@ -52,6 +55,8 @@ pub const COMPILE_LIMIT: u8 = 137;
 pub const DISK_LIMIT: u8 = 138;
 /// The host refused the caller's token (authentication or authorization).
 pub const ACCESS_DENIED: u8 = 139;
+/// A job ended FAILED: some of its tasks did not finish.
+pub const JOB_FAILED: u8 = 140;
 
 /// The exit status for a run that ended with `kind` (and, for `exit`, the guest's code).
 pub fn status(kind: OutcomeKind, exit_code: i32) -> u8 {

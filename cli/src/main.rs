@@ -38,8 +38,14 @@ enum Command {
     Host(serve::HostArgs),
     /// Run an agent that registers with a host and runs its tasks.
     Agent(serve::AgentArgs),
-    /// Submit a task to the cluster; prints its id (or, with --wait, its output).
-    Submit(client::submit::SubmitArgs),
+    /// Submit a task to the cluster, or a job of many (--array, --sweep, --params); prints its
+    /// id (or, with --wait, its output or the job's summary).
+    Submit(Box<client::submit::SubmitArgs>),
+    /// List jobs: ID NAME STATE TASKS and their tasks by state.
+    Jobs(client::jobs::JobsArgs),
+    /// Show, wait for, kill, or gather the results of one job.
+    #[command(subcommand)]
+    Job(client::jobs::JobCommand),
     /// List tasks: ID NAME STATE AGENT PARTITION FUEL AGE.
     Tasks(client::tasks::TasksArgs),
     /// Show, kill, fetch the output of, or watch one task.
@@ -127,8 +133,10 @@ fn main() -> ExitCode {
         Command::Agent(args) => serve(args.concurrent_runs(), || async {
             done(serve::agent(args).await)
         }),
-        Command::Submit(args) => cluster(|| client::submit::submit(args)),
+        Command::Submit(args) => cluster(|| client::submit::submit(*args)),
         Command::Tasks(args) => cluster(|| client::tasks::tasks(args)),
+        Command::Jobs(args) => cluster(|| client::jobs::jobs(args)),
+        Command::Job(command) => cluster(|| client::jobs::job(command)),
         Command::Task(command) => cluster(|| client::task::task(command)),
         Command::Agents(args) => cluster(|| client::agents::agents(args)),
         Command::Partitions(args) => cluster(|| client::agents::partitions(args)),

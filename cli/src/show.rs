@@ -27,6 +27,21 @@ pub fn json(value: &impl serde::Serialize) -> std::io::Result<()> {
     line(&text)
 }
 
+/// Writes `value`'s fields to stdout, one `key value` line each in the JSON's (alphabetical)
+/// order: `-` for an empty string or null, other values as JSON.
+pub fn fields(value: &impl serde::Serialize) -> std::io::Result<()> {
+    let value = serde_json::to_value(value).map_err(std::io::Error::other)?;
+    for (key, v) in value.as_object().into_iter().flatten() {
+        let cell = match v {
+            serde_json::Value::String(s) => dash(s),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        line(&format!("{key:<20} {cell}"))?;
+    }
+    Ok(())
+}
+
 /// Writes raw bytes (a guest's output) to stdout and flushes.
 pub fn raw(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();

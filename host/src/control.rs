@@ -50,10 +50,12 @@ use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::events::{Events, Subscription};
 use crate::free_space::FreeSpace;
+use crate::job::{JobId, JobTasks};
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::state::{
-    public, AgentCommand, AgentView, Effects, HostState, Now, StatusReport, TaskFilter, TenantView,
+    public, AgentCommand, AgentView, Effects, HostState, JobView, Now, StatusReport, TaskFilter,
+    TenantView,
 };
 use crate::store::{Commit, Loaded, ModuleFacts, Store, StoreError, Write};
 use crate::task::{Attempt, Task, TaskId, TaskOutput, TaskSpec, TaskState};
@@ -136,6 +138,16 @@ enum Request {
     Used(Vec<(String, i64)>, Refusals),
     /// May this agent fetch this module?
     MayFetch(String, String, Answer<bool>),
+    SubmitJob(Box<(TaskSpec, JobTasks, u32)>, Caller, Answer<JobView>),
+    GetJob(JobId, Option<String>, Answer<JobView>),
+    ListJobs(
+        Option<String>,
+        Option<JobId>,
+        usize,
+        Answer<(Vec<JobView>, bool)>,
+    ),
+    KillJob(JobId, Caller, Answer<JobView>),
+    JobTasks(JobId, Option<String>, Answer<Vec<Task>>),
 }
 
 /// A request and when it was made.
@@ -505,6 +517,62 @@ impl ControlPlane {
     pub async fn kill_as(&self, id: TaskId, caller: &Caller) -> Result<Task, HostError> {
         let caller = caller.clone();
         self.ask(|answer| Request::Kill(id, caller, answer)).await
+    }
+
+    // ----- jobs ---------------------------------------------------------------------------
+
+    /// Records a job (see [`HostState::submit_job`]) by `caller` and answers once it and all
+    /// its tasks are durable, in one commit.
+    pub async fn submit_job_as(
+        &self,
+        template: TaskSpec,
+        tasks: JobTasks,
+        max_failures: u32,
+        caller: &Caller,
+    ) -> Result<JobView, HostError> {
+        let caller = caller.clone();
+        self.ask(|answer| {
+            Request::SubmitJob(Box::new((template, tasks, max_failures)), caller, answer)
+        })
+        .await
+    }
+
+    /// A job, as `caller` may see it.
+    pub async fn job_as(&self, id: JobId, caller: &Caller) -> Result<JobView, HostError> {
+        let tenant = caller.tenant.clone();
+        self.ask(|answer| Request::GetJob(id, tenant, answer)).await
+    }
+
+    /// Jobs after `after` in id order, of `tenant` (`None`: all), at most `limit`; and whether
+    /// more remain.
+    pub async fn list_jobs(
+        &self,
+        tenant: Option<String>,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<(Vec<JobView>, bool), HostError> {
+        self.ask(|answer| Request::ListJobs(tenant, after, limit, answer))
+            .await
+    }
+
+    /// Kills a job's unended tasks (see [`HostState::kill_job`]), recorded in the audit log.
+    pub async fn kill_job_as(&self, id: JobId, caller: &Caller) -> Result<JobView, HostError> {
+        let caller = caller.clone();
+        self.ask(|answer| Request::KillJob(id, caller, answer))
+            .await
+    }
+
+    /// A job's tasks in index order, as they are on disk, without stdin.
+    pub async fn job_tasks_as(&self, id: JobId, caller: &Caller) -> Result<Vec<Task>, HostError> {
+        let tenant = caller.tenant.clone();
+        self.ask(|answer| Request::JobTasks(id, tenant, answer))
+            .await
+    }
+
+    /// The stored outputs of these tasks (of a job whose tasks were answered by
+    /// [`ControlPlane::job_tasks_as`]), in order; `None` for a task with none.
+    pub fn outputs(&self, ids: &[TaskId]) -> Result<Vec<Option<TaskOutput>>, HostError> {
+        Ok(self.store()?.outputs(ids)?)
     }
 
     /// A task's stored output. Tasks that have not ended have none yet.
@@ -983,6 +1051,53 @@ impl Actor {
                 }
                 replies.push(Reply::Submit(answer, result));
             }
+            Request::SubmitJob(job, caller, answer) => {
+                let (template, tasks, max_failures) = *job;
+                let count = tasks.check().unwrap_or(0);
+                let size = stored_size(&template, None).saturating_mul(u64::from(count));
+                let pending = self.pending_bytes + self.batch_bytes;
+                let room = if !state.may_use_module(&template.module_sha256, caller.scope()) {
+                    Err(crate::state::unknown_module(&template.module_sha256))
+                } else {
+                    self.free_space.check(pending, size, "job")
+                };
+                let policy = match &caller.tenant {
+                    Some(_) => state
+                        .tenant_settings(&template.tenant)
+                        .0
+                        .check_task(&template.tenant, &template.limits)
+                        .map_err(HostError::FailedPrecondition)
+                        .and_then(|()| {
+                            state.check_module_policy(&template.tenant, &template.module_sha256)
+                        }),
+                    None => Ok(()),
+                };
+                let result = room
+                    .and(policy)
+                    .and_then(|()| state.submit_job(template, &tasks, max_failures, now, fx));
+                if result.is_ok() {
+                    self.batch_bytes += size;
+                }
+                replies.push(later(answer, result));
+            }
+            Request::GetJob(id, tenant, answer) => {
+                replies.push(later(answer, state.job(id, tenant.as_deref())));
+            }
+            Request::ListJobs(tenant, after, limit, answer) => {
+                let listed = state.list_jobs(tenant.as_deref(), after, limit);
+                replies.push(later(answer, Ok(listed)));
+            }
+            Request::KillJob(id, caller, answer) => {
+                let result = state.kill_job(id, caller.scope(), now, fx);
+                if let Ok(view) = &result {
+                    let detail = format!("job {id} of tenant {}", view.job.tenant);
+                    state.audit("job.kill", &caller.accessor, detail, 1, now, fx);
+                }
+                replies.push(later(answer, result));
+            }
+            Request::JobTasks(id, tenant, answer) => {
+                replies.push(later(answer, state.job_tasks(id, tenant.as_deref())));
+            }
             Request::Kill(id, caller, answer) => {
                 let result = state.get_as(id, caller.scope()).map(|_| ()).and_then(|()| {
                     let task = state.kill(id, now, fx)?;
@@ -1301,6 +1416,11 @@ fn refuse(request: Request, reason: &str) {
         Request::SetTenant(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Tenants(_, answer) => drop(answer.send(Err(error()))),
         Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::SubmitJob(_, _, answer)
+        | Request::GetJob(_, _, answer)
+        | Request::KillJob(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::ListJobs(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::JobTasks(_, _, answer) => drop(answer.send(Err(error()))),
         Request::Heartbeat(..)
         | Request::Detach(..)
         | Request::Report(..)

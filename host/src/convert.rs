@@ -9,6 +9,7 @@ use corral_proto::pb;
 
 use crate::auth::{AuditEntry, TokenRecord};
 use crate::config::HostConfig;
+use crate::job::{Job, JobId, JobMember, JobState, JobTasks, Param};
 use crate::partition::{Partition, PartitionState, Reservation, Resources};
 use crate::registry::{AgentInfo, AgentState};
 use crate::state::TenantView;
@@ -385,6 +386,132 @@ pub fn task_to_pb(task: &Task, with_stdin: bool) -> pb::Task {
         memory_request_bytes: task.spec.limits.memory_bytes,
         kill_requested: task.kill_requested,
         guest_warnings: task.guest_warnings,
+        job_id: task
+            .job
+            .as_ref()
+            .map(|m| m.job.to_string())
+            .unwrap_or_default(),
+        job_index: task.job.as_ref().map_or(0, |m| m.index),
+        params: task
+            .job
+            .as_ref()
+            .map(|m| params_to_pb(&m.params))
+            .unwrap_or_default(),
+    }
+}
+
+/// Parameters to their protobuf form.
+pub fn params_to_pb(params: &[Param]) -> Vec<pb::Param> {
+    params
+        .iter()
+        .map(|(name, value)| pb::Param {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn params_from_pb(params: Vec<pb::Param>) -> Vec<Param> {
+    params.into_iter().map(|p| (p.name, p.value)).collect()
+}
+
+/// A job's state to its protobuf form.
+pub fn job_state_to_pb(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Running => pb::JobState::Running,
+        JobState::Finished => pb::JobState::Finished,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Killed => pb::JobState::Killed,
+    }
+}
+
+/// A job as clients see it: with its tasks counted by state (indexed as [`TaskState::ALL`])
+/// and the fuel its ended tasks used.
+pub fn job_to_pb(job: &Job, counts: Option<&[u32; 7]>, fuel_used: u64) -> pb::Job {
+    pb::Job {
+        id: job.id.to_string(),
+        name: job.name.clone(),
+        tenant: job.tenant.clone(),
+        module_sha256: job.module_sha256.clone(),
+        task_count: job.count,
+        first_task_id: job.first.to_string(),
+        state: job_state_to_pb(job.state) as i32,
+        counts: counts.map(|c| pb::JobCounts {
+            pending: c[TaskState::Pending.index()],
+            assigned: c[TaskState::Assigned.index()],
+            running: c[TaskState::Running.index()],
+            finished: c[TaskState::Finished.index()],
+            failed: c[TaskState::Failed.index()],
+            killed: c[TaskState::Killed.index()],
+            lost: c[TaskState::Lost.index()],
+        }),
+        param_names: job.param_names.clone(),
+        max_failures: job.max_failures,
+        kill_requested: job.kill_requested,
+        reason: job.reason.clone(),
+        created_at_ms: job.created_at_ms,
+        finished_at_ms: job.finished_at_ms,
+        fuel_used,
+    }
+}
+
+/// A stored job from its protobuf form.
+pub fn job_from_pb(job: pb::Job) -> Result<Job, String> {
+    let id: JobId = job.id.parse()?;
+    let first: TaskId = job.first_task_id.parse()?;
+    let state = match pb::JobState::try_from(job.state) {
+        Ok(pb::JobState::Running) => JobState::Running,
+        Ok(pb::JobState::Finished) => JobState::Finished,
+        Ok(pb::JobState::Failed) => JobState::Failed,
+        Ok(pb::JobState::Killed) => JobState::Killed,
+        _ => return Err(format!("job {id} has no state")),
+    };
+    if job.task_count == 0 {
+        return Err(format!("job {id} has no tasks"));
+    }
+    Ok(Job {
+        id,
+        name: job.name,
+        tenant: job.tenant,
+        module_sha256: job.module_sha256,
+        count: job.task_count,
+        first,
+        param_names: job.param_names,
+        max_failures: job.max_failures,
+        kill_requested: job.kill_requested,
+        state,
+        reason: job.reason,
+        created_at_ms: job.created_at_ms,
+        finished_at_ms: job.finished_at_ms,
+    })
+}
+
+/// Which tasks a submitted job asks for: exactly one of an array, a sweep or parameter sets.
+/// Their bounds are checked by [`JobTasks::check`].
+pub fn job_tasks_from_pb(request: &mut pb::SubmitJobRequest) -> Result<JobTasks, String> {
+    let given = [
+        request.array > 0,
+        !request.sweep.is_empty(),
+        !request.params.is_empty(),
+    ];
+    match given {
+        [true, false, false] => Ok(JobTasks::Array(request.array)),
+        [false, true, false] => Ok(JobTasks::Sweep(
+            std::mem::take(&mut request.sweep)
+                .into_iter()
+                .map(|axis| (axis.name, axis.values))
+                .collect(),
+        )),
+        [false, false, true] => Ok(JobTasks::Params(
+            std::mem::take(&mut request.params)
+                .into_iter()
+                .map(|set| params_from_pb(set.params))
+                .collect(),
+        )),
+        [false, false, false] => {
+            Err("a job needs an array count, a sweep or parameter sets".into())
+        }
+        _ => Err("give only one of an array count, a sweep and parameter sets".into()),
     }
 }
 
@@ -416,6 +543,14 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, String> {
             total: p.total,
         }),
         kill_requested: task.kill_requested,
+        job: match task.job_id.as_str() {
+            "" => None,
+            job => Some(JobMember {
+                job: job.parse()?,
+                index: task.job_index,
+                params: params_from_pb(task.params),
+            }),
+        },
     })
 }
 

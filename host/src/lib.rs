@@ -42,6 +42,7 @@ pub mod convert;
 pub mod error;
 pub mod events;
 pub mod free_space;
+pub mod job;
 pub mod partition;
 pub mod registry;
 pub mod scheduler;

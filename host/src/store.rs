@@ -23,6 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use crate::auth::{AuditEntry, TokenRecord};
 use crate::convert;
+use crate::job::{Job, JobId};
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::task::{Task, TaskId, TaskOutput};
@@ -30,6 +31,8 @@ use crate::tenant::TenantSettings;
 use corral_admission::imports::ImportSet;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+/// Jobs by id (`Job`, without counts: they are counted again from the tasks when loaded).
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
@@ -63,8 +66,11 @@ const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantin
 /// - 2: kinds as the `OutcomeKind` enum (field 4), wall times in microseconds (field 19).
 ///   Opening a schema 1 store rewrites its tasks so;
 /// - 3: each module's facts (size, imports) in `module_facts`. Opening an older store reads
-///   them from its modules.
-pub const SCHEMA: u64 = 3;
+///   them from its modules;
+/// - 4: jobs in `jobs`, and tasks that name their job. An older store has none, and needs no
+///   change; the stamp keeps an older Corral, which would not know a task's job, from
+///   opening it.
+pub const SCHEMA: u64 = 4;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -133,6 +139,10 @@ pub enum Write {
     Idempotency(String, String, TaskId),
     /// Remove a task and its output; its id is never given again.
     ForgetTask(TaskId),
+    /// Insert or replace a job.
+    Job(Job),
+    /// Remove a job (its tasks are removed on their own); its id is never given again.
+    ForgetJob(JobId),
     /// Remove an idempotency key (`tenant`, `key`).
     ForgetIdempotency(String, String),
     /// Remove a module's binary, and who uploaded it.
@@ -214,6 +224,8 @@ impl ModuleFacts {
 
 /// The `meta` row holding the highest id of a removed task: ids are never given again.
 const HIGHEST_FORGOTTEN: &str = "highest_forgotten_task";
+/// The same, of jobs.
+const HIGHEST_FORGOTTEN_JOB: &str = "highest_forgotten_job";
 /// The `meta` row holding the highest seq of a removed audit entry: seqs are never reused.
 const HIGHEST_FORGOTTEN_AUDIT: &str = "highest_forgotten_audit";
 
@@ -222,6 +234,10 @@ const HIGHEST_FORGOTTEN_AUDIT: &str = "highest_forgotten_audit";
 pub struct Loaded {
     /// Every task, by id.
     pub tasks: Vec<Task>,
+    /// Every job, by id.
+    pub jobs: Vec<Job>,
+    /// The highest job id ever stored, quarantined and removed jobs included.
+    pub highest_job_id: u64,
     /// Every agent ever registered, with when it was last seen.
     pub agents: Vec<(AgentInfo, i64)>,
     /// Every partition (allocations zero; recompute them from the tasks).
@@ -346,7 +362,7 @@ impl Store {
         })?;
         // Create the tables, so that reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
-        for table in [TASKS, OUTPUTS] {
+        for table in [TASKS, OUTPUTS, JOBS] {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
@@ -449,6 +465,20 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("output of {id}: {e}"))),
         }
     }
+
+    /// The stored outputs of these tasks, in order, read in one transaction.
+    pub fn outputs(&self, ids: &[TaskId]) -> Result<Vec<Option<TaskOutput>>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(OUTPUTS).map_err(io)?;
+        ids.iter()
+            .map(|id| match table.get(id.0).map_err(io)? {
+                None => Ok(None),
+                Some(v) => pb::TaskOutput::decode(v.value())
+                    .map(|o| Some(convert::output_from_pb(o)))
+                    .map_err(|e| StoreError::Corrupt(format!("output of {id}: {e}"))),
+            })
+            .collect()
+    }
 }
 
 /// Sets aside, into [`QUARANTINE`], every task, agent and partition record that does not
@@ -466,6 +496,16 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 .and_then(convert::task_from_pb);
             if let Err(e) = decoded {
                 bad.push((format!("tasks/{}", key.value()), value.value().to_vec(), e));
+            }
+        }
+        let jobs = txn.open_table(JOBS).map_err(io)?;
+        for row in jobs.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            let decoded = pb::Job::decode(value.value())
+                .map_err(|e| e.to_string())
+                .and_then(convert::job_from_pb);
+            if let Err(e) = decoded {
+                bad.push((format!("jobs/{}", key.value()), value.value().to_vec(), e));
             }
         }
         let agents = txn.open_table(AGENTS).map_err(io)?;
@@ -520,6 +560,7 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
     {
         let mut quarantine = txn.open_table(QUARANTINE).map_err(io)?;
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
+        let mut jobs = txn.open_table(JOBS).map_err(io)?;
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut tokens = txn.open_table(TOKENS).map_err(io)?;
@@ -545,6 +586,11 @@ fn quarantine(db: &Database) -> Result<(), StoreError> {
                 Some(("tasks", id)) => {
                     if let Ok(id) = id.parse::<u64>() {
                         tasks.remove(id).map_err(io)?;
+                    }
+                }
+                Some(("jobs", id)) => {
+                    if let Ok(id) = id.parse::<u64>() {
+                        jobs.remove(id).map_err(io)?;
                     }
                 }
                 Some(("agents", id)) => {
@@ -591,6 +637,14 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
     {
         loaded.highest_task_id = highest.value();
     }
+    if let Some(highest) = txn
+        .open_table(META)
+        .map_err(io)?
+        .get(HIGHEST_FORGOTTEN_JOB)
+        .map_err(io)?
+    {
+        loaded.highest_job_id = highest.value();
+    }
     match txn.open_table(QUARANTINE) {
         Ok(quarantined) => {
             for row in quarantined.iter().map_err(io)? {
@@ -599,6 +653,11 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
                     let id = id.split('#').next().unwrap_or(id);
                     let id = id.parse::<u64>().unwrap_or(0);
                     loaded.highest_task_id = loaded.highest_task_id.max(id);
+                }
+                if let Some(id) = key.value().strip_prefix("jobs/") {
+                    let id = id.split('#').next().unwrap_or(id);
+                    let id = id.parse::<u64>().unwrap_or(0);
+                    loaded.highest_job_id = loaded.highest_job_id.max(id);
                 }
             }
         }
@@ -613,6 +672,14 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .and_then(|t| convert::task_from_pb(t).map_err(StoreError::Corrupt))?;
         loaded.highest_task_id = loaded.highest_task_id.max(task.id.0);
         loaded.tasks.push(task);
+    }
+    for row in txn.open_table(JOBS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let job = pb::Job::decode(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("job {}: {e}", key.value())))
+            .and_then(|j| convert::job_from_pb(j).map_err(StoreError::Corrupt))?;
+        loaded.highest_job_id = loaded.highest_job_id.max(job.id.0);
+        loaded.jobs.push(job);
     }
     for row in txn.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
@@ -928,6 +995,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
     let txn = db.begin_write().map_err(io)?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
+        let mut jobs = txn.open_table(JOBS).map_err(io)?;
         let mut outputs = txn.open_table(OUTPUTS).map_err(io)?;
         let mut modules = txn.open_table(MODULES).map_err(io)?;
         let mut module_facts = txn.open_table(MODULE_FACTS).map_err(io)?;
@@ -942,6 +1010,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut fuel_minutes = txn.open_table(FUEL_MINUTES).map_err(io)?;
         let mut fuel_totals = txn.open_table(FUEL_TOTALS).map_err(io)?;
         let mut highest_forgotten = None;
+        let mut highest_forgotten_job = None;
         for (i, write) in writes.into_iter().enumerate() {
             match write {
                 Write::Task(task) if last_write.get(&task.id) != Some(&i) => {}
@@ -986,6 +1055,14 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     tasks.remove(id.0).map_err(io)?;
                     outputs.remove(id.0).map_err(io)?;
                     highest_forgotten = highest_forgotten.max(Some(id.0));
+                }
+                Write::Job(job) => {
+                    let bytes = convert::job_to_pb(job, None, 0).encode_to_vec();
+                    jobs.insert(job.id.0, bytes.as_slice()).map_err(io)?;
+                }
+                Write::ForgetJob(id) => {
+                    jobs.remove(id.0).map_err(io)?;
+                    highest_forgotten_job = highest_forgotten_job.max(Some(id.0));
                 }
                 Write::ForgetIdempotency(tenant, key) => {
                     let k = format!("{tenant}\0{key}");
@@ -1056,10 +1133,14 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 }
             }
         }
-        if let Some(id) = highest_forgotten {
-            let stored = meta.get(HIGHEST_FORGOTTEN).map_err(io)?.map(|v| v.value());
+        for (key, id) in [
+            (HIGHEST_FORGOTTEN, highest_forgotten),
+            (HIGHEST_FORGOTTEN_JOB, highest_forgotten_job),
+        ] {
+            let Some(id) = id else { continue };
+            let stored = meta.get(key).map_err(io)?.map(|v| v.value());
             if stored.is_none_or(|stored| stored < id) {
-                meta.insert(HIGHEST_FORGOTTEN, id).map_err(io)?;
+                meta.insert(key, id).map_err(io)?;
             }
         }
     }
@@ -1117,6 +1198,62 @@ mod tests {
         assert_eq!(ids, [TaskId(1)]);
         assert!(loaded.idempotency.is_empty() && loaded.modules.is_empty());
         assert_eq!(loaded.highest_task_id, 3);
+    }
+
+    #[tokio::test]
+    async fn jobs_and_their_tasks_come_back_and_a_removed_or_bad_jobs_id_is_not_reused() {
+        use crate::job::{Job, JobId, JobMember, JobState};
+        let job = |id: u64, first: u64| Job {
+            id: JobId(id),
+            name: "sweep".into(),
+            tenant: "default".into(),
+            module_sha256: "1".repeat(64),
+            count: 2,
+            first: TaskId(first),
+            param_names: vec!["lr".into()],
+            max_failures: 1,
+            kill_requested: false,
+            state: JobState::Running,
+            reason: String::new(),
+            created_at_ms: 5,
+            finished_at_ms: 0,
+        };
+        let mut member = task(1);
+        member.job = Some(JobMember {
+            job: JobId(1),
+            index: 0,
+            params: vec![("lr".into(), "0.1".into())],
+        });
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let writes = vec![
+                Write::Job(job(1, 1)),
+                Write::Task(member.clone()),
+                Write::Job(job(2, 3)),
+                Write::Job(job(3, 5)),
+            ];
+            store.write(writes).durable().await.unwrap();
+            store
+                .write(vec![Write::ForgetJob(JobId(3))])
+                .durable()
+                .await
+                .unwrap();
+        }
+        // Job 2's record is damaged: set aside, and its id still counts.
+        {
+            let db = Database::open(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(JOBS)
+                .unwrap()
+                .insert(2, [0xffu8, 0xff, 0xff].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.jobs, [job(1, 1)]);
+        assert_eq!(loaded.tasks, [member]);
+        assert_eq!(loaded.highest_job_id, 3);
     }
 
     #[tokio::test]

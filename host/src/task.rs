@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::job::JobMember;
 use crate::partition::Resources;
 
 /// A task's id: a sequence number, shown as `t-<n>`. Ids grow with submission order.
@@ -63,6 +64,11 @@ impl TaskState {
         TaskState::Killed,
         TaskState::Lost,
     ];
+
+    /// The state's place in [`TaskState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// True for states a task never leaves.
     pub fn is_terminal(self) -> bool {
@@ -297,7 +303,7 @@ pub struct Progress {
 }
 
 /// Everything the host records of a task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
     /// Its id.
     pub id: TaskId,
@@ -336,6 +342,8 @@ pub struct Task {
     /// A kill was asked for: the task is not retried, and its agent is told again when it
     /// comes back.
     pub kill_requested: bool,
+    /// The job it belongs to, if any, and its place there.
+    pub job: Option<JobMember>,
 }
 
 impl Task {
@@ -360,6 +368,7 @@ impl Task {
             reason: String::new(),
             progress: None,
             kill_requested: false,
+            job: None,
         }
     }
 

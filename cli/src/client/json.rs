@@ -40,6 +40,36 @@ pub struct Task {
     pub args: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub constraints: BTreeMap<String, String>,
+    /// The job it belongs to, and its index there.
+    pub job_id: Option<String>,
+    pub job_index: Option<u32>,
+    /// Its job's parameters, in the job's order.
+    pub params: Params,
+}
+
+/// A task's parameters as one JSON object, in the job's order (`{"lr": "0.05"}`).
+pub struct Params(pub Vec<(String, String)>);
+
+impl Serialize for Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl From<&[pb::Param]> for Params {
+    fn from(params: &[pb::Param]) -> Self {
+        Params(
+            params
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect(),
+        )
+    }
 }
 
 impl From<&pb::Task> for Task {
@@ -79,6 +109,9 @@ impl From<&pb::Task> for Task {
             args: spec.args,
             labels: spec.labels,
             constraints: spec.constraints,
+            job_id: Some(t.job_id.clone()).filter(|j| !j.is_empty()),
+            job_index: (!t.job_id.is_empty()).then_some(t.job_index),
+            params: Params::from(t.params.as_slice()),
         }
     }
 }
@@ -142,6 +175,148 @@ pub struct Submitted {
     pub task_id: String,
     /// The idempotency key named an existing task.
     pub existed: bool,
+}
+
+/// What `submit -o json` prints for a job without `--wait`.
+#[derive(Serialize)]
+pub struct JobSubmitted {
+    pub job_id: String,
+    pub task_count: u32,
+    /// Its tasks are this one and the ids after it, in index order.
+    pub first_task_id: String,
+}
+
+/// A job's tasks by state.
+#[derive(Serialize, Default)]
+pub struct JobCounts {
+    pub pending: u32,
+    pub assigned: u32,
+    pub running: u32,
+    pub finished: u32,
+    pub failed: u32,
+    pub killed: u32,
+    pub lost: u32,
+}
+
+/// A job (`jobs`, `job get|wait|kill`, `submit --wait` of a job).
+#[derive(Serialize)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub tenant: String,
+    /// RUNNING, FINISHED, FAILED or KILLED.
+    pub state: &'static str,
+    pub task_count: u32,
+    /// Tasks that ended for good.
+    pub ended: u32,
+    pub counts: JobCounts,
+    pub first_task_id: String,
+    pub param_names: Vec<String>,
+    /// 0: no limit.
+    pub max_failures: u32,
+    pub kill_requested: bool,
+    pub reason: String,
+    /// Fuel its ended tasks used.
+    pub fuel_used: u64,
+    pub module_sha256: String,
+    pub created_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+/// A job state's name as the CLI shows it (`RUNNING`); `UNKNOWN` for a number this client
+/// does not know.
+pub fn job_state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state) {
+        Ok(pb::JobState::Unspecified) | Err(_) => "UNKNOWN",
+        Ok(state) => state
+            .as_str_name()
+            .strip_prefix("JOB_STATE_")
+            .unwrap_or("UNKNOWN"),
+    }
+}
+
+impl From<&pb::Job> for Job {
+    fn from(j: &pb::Job) -> Self {
+        let c = j.counts.unwrap_or_default();
+        Job {
+            id: j.id.clone(),
+            name: j.name.clone(),
+            tenant: j.tenant.clone(),
+            state: job_state_name(j.state),
+            task_count: j.task_count,
+            ended: c.finished + c.failed + c.killed + c.lost,
+            counts: JobCounts {
+                pending: c.pending,
+                assigned: c.assigned,
+                running: c.running,
+                finished: c.finished,
+                failed: c.failed,
+                killed: c.killed,
+                lost: c.lost,
+            },
+            first_task_id: j.first_task_id.clone(),
+            param_names: j.param_names.clone(),
+            max_failures: j.max_failures,
+            kill_requested: j.kill_requested,
+            reason: j.reason.clone(),
+            fuel_used: j.fuel_used,
+            module_sha256: j.module_sha256.clone(),
+            created_at_ms: j.created_at_ms,
+            finished_at_ms: j.finished_at_ms,
+        }
+    }
+}
+
+/// One task of a job's gathered results (`job results -o jsonl|json`).
+#[derive(Serialize)]
+pub struct ResultRow {
+    pub index: u32,
+    pub task_id: String,
+    pub params: Params,
+    pub state: &'static str,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub attempts: u32,
+    pub fuel_used: u64,
+    /// Wall time of the last attempt, in milliseconds.
+    pub wall_ms: f64,
+    pub peak_memory_bytes: u64,
+    /// The task's stdout parsed as JSON when it is one JSON object, else its text; null
+    /// before the task has ended.
+    pub result: serde_json::Value,
+    pub stdout_truncated: bool,
+}
+
+/// A task's stdout as a result: the JSON object it is (surrounding whitespace aside), else its
+/// text.
+pub fn result_of(stdout: &[u8]) -> serde_json::Value {
+    match serde_json::from_slice::<serde_json::Value>(stdout) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        _ => serde_json::Value::String(String::from_utf8_lossy(stdout).into_owned()),
+    }
+}
+
+impl ResultRow {
+    /// The row of one task and its output (none before it has ended).
+    pub fn new(t: &pb::Task, output: Option<&pb::TaskOutput>) -> Self {
+        let task = Task::from(t);
+        ResultRow {
+            index: t.job_index,
+            task_id: task.id,
+            params: task.params,
+            state: task.state,
+            outcome: task.outcome,
+            exit_code: task.exit_code,
+            message: task.message,
+            attempts: task.attempts,
+            fuel_used: task.fuel_used,
+            wall_ms: task.wall_ms,
+            peak_memory_bytes: task.peak_memory_bytes,
+            result: output.map_or(serde_json::Value::Null, |o| result_of(&o.stdout)),
+            stdout_truncated: output.is_some_and(|o| o.stdout_truncated),
+        }
+    }
 }
 
 /// An agent (`agents -o json`).

@@ -4,6 +4,7 @@
 //! [`json`], and the contract's enums are named in one place, here.
 
 pub mod agents;
+pub mod jobs;
 pub mod json;
 pub mod profile;
 pub mod submit;

@@ -82,10 +82,21 @@ pub struct SubmitArgs {
     #[command(flatten)]
     format: FormatArg,
     #[command(flatten)]
+    job: super::jobs::JobFlags,
+    #[command(flatten)]
     guest: ModuleArgs,
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    if args.job.is_job() {
+        super::jobs::check_single_only(args.idempotency_key.is_some())?;
+    } else if args.job.max_failures.is_some() {
+        return Err(Failure {
+            message: "--max-failures is for jobs (--array, --sweep or --params)".into(),
+            status: exit::USAGE,
+        }
+        .into());
+    }
     let bytes = std::fs::read(&args.guest.module)
         .with_context(|| format!("cannot read module {}", args.guest.module.display()))?;
     // The host's own cap (`max_stdin_size`) is checked by the host; this is the message's.
@@ -150,6 +161,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }),
         collect_outputs: args.outputs,
     };
+    if args.job.is_job() {
+        let request = args.job.request(spec)?;
+        return super::jobs::submit(&mut client, request, args.wait, args.format.format).await;
+    }
     let submitted = client
         .submit_task(pb::SubmitTaskRequest {
             spec: Some(spec),

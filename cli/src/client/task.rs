@@ -71,18 +71,7 @@ async fn get(args: TaskIdArgs) -> anyhow::Result<ExitCode> {
     let shown = json::Task::from(&task);
     match args.format.format {
         Format::Json => show::json(&shown)?,
-        Format::Text => {
-            // One `key value` line per field, in the JSON's (alphabetical) order.
-            let value = serde_json::to_value(&shown)?;
-            for (key, v) in value.as_object().into_iter().flatten() {
-                let cell = match v {
-                    serde_json::Value::String(s) => show::dash(s),
-                    serde_json::Value::Null => "-".into(),
-                    other => other.to_string(),
-                };
-                show::line(&format!("{key:<20} {cell}"))?;
-            }
-        }
+        Format::Text => show::fields(&shown)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -111,7 +100,7 @@ async fn kill(args: TaskIdArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `path` under `dir`, refused when it would leave it.
-fn inside(dir: &Path, path: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn inside(dir: &Path, path: &str) -> anyhow::Result<PathBuf> {
     let relative = Path::new(path);
     if relative.is_absolute()
         || relative

@@ -26,6 +26,9 @@ pub struct TasksArgs {
     /// Only this tenant's tasks.
     #[arg(long, value_name = "TENANT")]
     tenant: Option<String>,
+    /// Only this job's tasks (j-42).
+    #[arg(long, value_name = "JOB")]
+    job: Option<String>,
     /// At most this many tasks (oldest first); 0 for all.
     #[arg(long, value_name = "N", default_value_t = 0)]
     limit: usize,
@@ -58,6 +61,7 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 name: args.name.clone().unwrap_or_default(),
                 labels: args.labels.iter().cloned().collect(),
                 tenant: args.tenant.clone().unwrap_or_default(),
+                job_id: args.job.clone().unwrap_or_default(),
                 page_size: u32::try_from(page_size).unwrap_or(u32::MAX),
                 page_token: token,
             })

@@ -10,7 +10,8 @@ use super::status;
 use crate::auth::{self, Caller, Principal};
 use crate::control::ControlPlane;
 use crate::convert;
-use crate::state::TaskFilter;
+use crate::job::JobId;
+use crate::state::{JobView, TaskFilter};
 use crate::task::TaskId;
 
 /// Default and largest page of [`pb::ListTasksRequest`].
@@ -90,6 +91,18 @@ fn task_id(text: &str) -> Result<TaskId, Status> {
     text.parse()
         .map_err(|m| Status::invalid_argument(super::fit_header(m)))
 }
+
+fn job_id(text: &str) -> Result<JobId, Status> {
+    text.parse()
+        .map_err(|m| Status::invalid_argument(super::fit_header(m)))
+}
+
+fn job_to_pb(view: &JobView) -> pb::Job {
+    convert::job_to_pb(&view.job, Some(&view.counts), view.fuel_used)
+}
+
+/// Most tasks whose outputs are read from the store at once for [`pb::JobResult`]s.
+const RESULTS_CHUNK: usize = 256;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
@@ -178,6 +191,147 @@ impl pb::corral_server::Corral for ClientService {
         }))
     }
 
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let mut request = request.into_inner();
+        let mut spec = request
+            .spec
+            .take()
+            .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
+        spec.tenant = acting_tenant(&spec.tenant, &principal)?;
+        let spec = convert::spec_from_pb(spec, self.plane.config())
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
+        let tasks = convert::job_tasks_from_pb(&mut request)
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
+        let view = self
+            .plane
+            .submit_job_as(spec, tasks, request.max_failures, &Caller::from(&principal))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: view.job.id.to_string(),
+            task_count: view.job.count,
+            first_task_id: view.job.first.to_string(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
+        let id = job_id(&request.into_inner().job_id)?;
+        let view = self.plane.job_as(id, &caller).await.map_err(status)?;
+        Ok(Response::new(job_to_pb(&view)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let tenant = match (principal.tenant(), request.tenant.is_empty()) {
+            (None, true) => None,
+            _ => Some(acting_tenant(&request.tenant, &principal)?),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(job_id(token)?),
+        };
+        let limit = match request.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let (jobs, more) = self
+            .plane
+            .list_jobs(tenant, after, limit)
+            .await
+            .map_err(status)?;
+        let next_page_token = match (more, jobs.last()) {
+            (true, Some(last)) => last.job.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(job_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn kill_job(
+        &self,
+        request: Request<pb::KillJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
+        let id = job_id(&request.into_inner().job_id)?;
+        let view = self.plane.kill_job_as(id, &caller).await.map_err(status)?;
+        Ok(Response::new(job_to_pb(&view)))
+    }
+
+    type JobResultsStream = Pin<Box<dyn Stream<Item = Result<pb::JobResult, Status>> + Send>>;
+
+    async fn job_results(
+        &self,
+        request: Request<pb::JobResultsRequest>,
+    ) -> Result<Response<Self::JobResultsStream>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
+        let request = request.into_inner();
+        let id = job_id(&request.job_id)?;
+        // Durable when answered; outputs are read from the store a chunk at a time, as the
+        // client takes them.
+        let tasks = self.plane.job_tasks_as(id, &caller).await.map_err(status)?;
+        let plane = self.plane.clone();
+        let with_files = request.with_files;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            for chunk in tasks.chunks(RESULTS_CHUNK) {
+                let ids: Vec<TaskId> = chunk
+                    .iter()
+                    .filter(|t| t.state.is_terminal())
+                    .map(|t| t.id)
+                    .collect();
+                let outputs = match plane.outputs(&ids) {
+                    Ok(outputs) => outputs,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let mut outputs = ids.into_iter().zip(outputs);
+                let mut next = outputs.next();
+                for task in chunk {
+                    let output = match &next {
+                        Some((id, _)) if *id == task.id => {
+                            let (_, output) = next.take().expect("matched");
+                            next = outputs.next();
+                            output
+                        }
+                        _ => None,
+                    };
+                    let output = output.map(|mut o| {
+                        if !with_files {
+                            o.files.clear();
+                        }
+                        convert::output_to_pb(&o)
+                    });
+                    let result = pb::JobResult {
+                        task: Some(convert::task_to_pb(task, false)),
+                        output,
+                    };
+                    if tx.send(Ok(result)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
@@ -205,11 +359,16 @@ impl pb::corral_server::Corral for ClientService {
                     .ok_or_else(|| Status::invalid_argument(format!("unknown task state {n}")))?,
             ),
         };
+        let job = match request.job_id.as_str() {
+            "" => None,
+            id => Some(job_id(id)?),
+        };
         let filter = TaskFilter {
             state,
             name: (!request.name.is_empty()).then_some(request.name),
             tenant,
             labels: request.labels,
+            job,
         };
         let after = match request.page_token.as_str() {
             "" => None,

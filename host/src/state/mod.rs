@@ -35,11 +35,13 @@
 
 mod access;
 mod fuel;
+mod jobs;
 mod tenants;
 #[cfg(test)]
 mod tests;
 
 pub use access::MAX_AUDIT_ENTRIES;
+pub use jobs::JobView;
 pub use tenants::TenantView;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -52,6 +54,7 @@ use crate::allocator::{never_fits, Candidate, Request, Strategy};
 use crate::auth::TokenRecord;
 use crate::config::HostConfig;
 use crate::error::HostError;
+use crate::job::JobId;
 use crate::partition::{self, Partition, PartitionState, PartitionTemplate};
 use crate::registry::{AgentInfo, AgentState, Registry};
 use crate::scheduler::{self, Order, PendingTask, TenantQueue};
@@ -157,6 +160,8 @@ pub struct TaskFilter {
     pub tenant: Option<String>,
     /// Only tasks carrying all these labels.
     pub labels: BTreeMap<String, String>,
+    /// Only this job's tasks.
+    pub job: Option<JobId>,
 }
 
 /// An agent as listed.
@@ -218,6 +223,12 @@ pub struct Collected {
 pub struct HostState {
     rules: Rules,
     tasks: BTreeMap<TaskId, Task>,
+    /// Jobs, with their tasks counted.
+    jobs: BTreeMap<JobId, jobs::JobEntry>,
+    /// The last job id given.
+    next_job_id: u64,
+    /// Jobs restored without any task left, to be removed.
+    orphan_jobs: Vec<JobId>,
     /// The PENDING tasks, by tenant.
     queues: Queues,
     /// What each tenant's tasks hold (ASSIGNED or RUNNING); tenants holding nothing absent.
@@ -331,6 +342,9 @@ impl HostState {
                 fuel_window_ms: millis(config.fuel_window),
             },
             tasks: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job_id: 0,
+            orphan_jobs: Vec::new(),
             queues: Queues::default(),
             held: HashMap::new(),
             tenant_set: BTreeMap::new(),
@@ -390,12 +404,20 @@ impl HostState {
             };
             state.modules.insert(sha, used);
         }
+        state.next_job_id = loaded.highest_job_id;
+        state.restore_jobs(loaded.jobs);
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
                 state.queues.insert(&task.spec, task.id);
             }
-            if task.state.is_terminal() {
+            // A job's tasks are kept until its whole job is past its retention.
+            let job_ended = state.restore_job_task(&task);
+            if let Some(job_ended) = job_ended {
+                if job_ended != 0 {
+                    state.ended.insert((job_ended, task.id));
+                }
+            } else if task.state.is_terminal() {
                 // A record without its end time (none should be) counts from its last change.
                 let ended = match task.finished_at_ms {
                     0 => task.updated_at_ms,
@@ -452,6 +474,7 @@ impl HostState {
             };
             kept.push_back((seq, at.min(now.ms)));
         }
+        state.finish_restoring_jobs();
         state.dirty = !state.queues.is_empty();
         state
     }
@@ -520,25 +543,8 @@ impl HostState {
                 }
             }
         }
-        if !self.has_module(&spec.module_sha256) {
-            return Err(unknown_module(&spec.module_sha256));
-        }
-        let request = request(&spec);
-        // Usually the first partition could hold it; the reason is worked out only when none
-        // could.
-        if !self.registry.is_empty()
-            && !self
-                .lasting_partitions()
-                .any(|p| candidate(p).could_ever_hold(&request))
-        {
-            let candidates: Vec<Candidate<'_>> = self.lasting_partitions().map(candidate).collect();
-            if let Some(reason) = never_fits(&candidates, &request) {
-                return Err(HostError::FailedPrecondition(format!(
-                    "no agent could ever run this task: {reason}"
-                )));
-            }
-        }
-        self.admit_for_tenant(&spec.tenant, &request.resources, spec.limits.fuel)?;
+        self.check_could_run(&spec)?;
+        self.admit_for_tenant(&spec.tenant, &spec.resources(), spec.limits.fuel, 1)?;
         self.next_id += 1;
         let id = TaskId(self.next_id);
         let used = self
@@ -559,6 +565,29 @@ impl HostState {
         self.tasks.insert(id, task);
         self.dirty = true;
         Ok((id, false))
+    }
+
+    /// Refuses a task whose module is not stored, or that no registered agent could ever hold.
+    fn check_could_run(&self, spec: &TaskSpec) -> Result<(), HostError> {
+        if !self.has_module(&spec.module_sha256) {
+            return Err(unknown_module(&spec.module_sha256));
+        }
+        let request = request(spec);
+        // Usually the first partition could hold it; the reason is worked out only when none
+        // could.
+        if !self.registry.is_empty()
+            && !self
+                .lasting_partitions()
+                .any(|p| candidate(p).could_ever_hold(&request))
+        {
+            let candidates: Vec<Candidate<'_>> = self.lasting_partitions().map(candidate).collect();
+            if let Some(reason) = never_fits(&candidates, &request) {
+                return Err(HostError::FailedPrecondition(format!(
+                    "no agent could ever run this task: {reason}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether idempotency key `key` of `tenant` names a task.
@@ -620,6 +649,7 @@ impl HostState {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
+            self.job_task_removed(&task, fx);
             let sha = &task.spec.module_sha256;
             if let Some(used) = self.modules.get_mut(sha) {
                 used.tasks = used.tasks.saturating_sub(1);
@@ -631,6 +661,7 @@ impl HostState {
             fx.writes.push(Write::ForgetTask(id));
             collected.tasks += 1;
         }
+        self.collect_orphan_jobs(fx);
         let cutoff = now.ms.saturating_sub(self.rules.module_retention_ms);
         let unused: Vec<String> = self
             .modules
@@ -694,10 +725,19 @@ impl HostState {
         limit: usize,
         now: Now,
     ) -> (Vec<Task>, bool) {
-        let start = after.map_or(0, |a| a.0.saturating_add(1));
+        let mut start = after.map_or(0, |a| a.0.saturating_add(1));
+        let mut end = u64::MAX;
+        if let Some(job) = filter.job {
+            // A job's tasks are consecutive ids.
+            let Some(job) = self.jobs.get(&job).map(|e| e.job()) else {
+                return (Vec::new(), false);
+            };
+            start = start.max(job.first.0);
+            end = job.first.0 + u64::from(job.count);
+        }
         let mut out = Vec::new();
         let mut more = false;
-        for task in self.tasks.range(TaskId(start)..).map(|(_, t)| t) {
+        for task in self.tasks.range(TaskId(start)..TaskId(end)).map(|(_, t)| t) {
             let keep = filter.state.is_none_or(|s| s == task.state)
                 && filter.name.as_ref().is_none_or(|n| *n == task.spec.name)
                 && filter
@@ -722,6 +762,24 @@ impl HostState {
     /// task as it is now, KILLED when the agent reports); a placed one whose agent is away at
     /// once, the kill queued for when the agent comes back.
     pub fn kill(&mut self, id: TaskId, now: Now, fx: &mut Effects) -> Result<Task, HostError> {
+        self.kill_for(id, None, now, fx)
+    }
+
+    /// [`HostState::kill`], with why, when it is not the caller's request.
+    fn kill_for(
+        &mut self,
+        id: TaskId,
+        why: Option<&str>,
+        now: Now,
+        fx: &mut Effects,
+    ) -> Result<Task, HostError> {
+        let (asked, ended) = match why {
+            None => (
+                "kill requested".to_string(),
+                "killed on request".to_string(),
+            ),
+            Some(why) => (format!("kill requested: {why}"), format!("killed: {why}")),
+        };
         let task = self.tasks.get(&id).ok_or_else(|| unknown_task(id))?;
         if task.state.is_terminal() {
             return Err(HostError::FailedPrecondition(format!(
@@ -742,7 +800,7 @@ impl HostState {
             Some(agent) if self.attached.contains_key(&agent) => {
                 fx.commands.push((agent, AgentCommand::Kill(attempt)));
                 let task = self.tasks.get_mut(&id).expect("looked up above");
-                task.reason = "kill requested".into();
+                task.reason = asked;
                 task.updated_at_ms = now.ms;
                 fx.writes.push(Write::Task(task.clone()));
                 let shown = public(task);
@@ -757,7 +815,7 @@ impl HostState {
                         .push(AgentCommand::Kill(attempt));
                 }
                 // Its agent is away: the attempt may run on there, so no final figure is known.
-                let task = self.end(id, TaskState::Killed, "killed on request", false, now, fx);
+                let task = self.end(id, TaskState::Killed, &ended, false, now, fx);
                 Ok(public(&task))
             }
         }
@@ -834,6 +892,7 @@ impl HostState {
                         .insert(task.spec.tenant.clone(), self.placements);
                 }
             }
+            jobs::moved(&mut self.jobs, task, TaskState::Assigned);
             task.state = TaskState::Assigned;
             task.attempts += 1;
             task.agent_id = Some(p.agent_id.clone());
@@ -1153,6 +1212,7 @@ impl HostState {
         task.updated_at_ms = now.ms;
         if !reported.is_terminal() {
             if task.state == TaskState::Assigned {
+                jobs::moved(&mut self.jobs, task, TaskState::Running);
                 task.state = TaskState::Running;
                 task.started_at_ms = now.ms;
                 task.reason.clear();
@@ -1285,16 +1345,21 @@ impl HostState {
             self.dirty = true;
         }
         self.queues.remove(&task.spec, id);
+        jobs::moved(&mut self.jobs, task, ended);
         task.state = ended;
         task.updated_at_ms = now.ms;
         let retry = !task.kill_requested && task.may_retry_after(ended);
         if !retry {
             task.finished_at_ms = now.ms;
-            self.ended.insert((now.ms, id));
+            // A job's tasks are kept until the whole job is past its retention.
+            if task.job.is_none() {
+                self.ended.insert((now.ms, id));
+            }
         }
         task.reason = reason.clone();
         fx.events.push(Arc::new(public(task)));
         if retry {
+            jobs::moved(&mut self.jobs, task, TaskState::Pending);
             task.state = TaskState::Pending;
             task.reason = format!("retrying after {}: {reason}", ended.as_str());
             fx.events.push(Arc::new(public(task)));
@@ -1306,11 +1371,26 @@ impl HostState {
         if let Some(agent) = &ended.agent_id {
             self.carve_when_idle(agent, fx);
         }
+        if !retry {
+            if let Some(member) = &ended.job {
+                self.job_task_ended(member.job, &ended, now, fx);
+            }
+        }
         ended
     }
 
     /// The current attempt of `id` is LOST (its agent vanished or forgot it).
+    /// Callers list the attempts to lose first and lose them one by one, and ending one may
+    /// end others (a job past its max_failures kills the rest): an attempt that ended since
+    /// it was listed is not lost again.
     fn lose(&mut self, id: TaskId, reason: &str, now: Now, fx: &mut Effects) {
+        if !self
+            .tasks
+            .get(&id)
+            .is_some_and(|t| t.state.holds_resources())
+        {
+            return;
+        }
         self.end(id, TaskState::Lost, reason, false, now, fx);
     }
 }

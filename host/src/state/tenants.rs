@@ -251,13 +251,18 @@ impl HostState {
         tenant: &str,
         resources: &Resources,
         fuel: u64,
+        count: u64,
     ) -> Result<(), HostError> {
         let (settings, _) = self.tenant_settings(tenant);
         let queued = self.queues.queued(tenant) as u64;
-        if queued >= settings.max_queued {
+        if queued + count > settings.max_queued {
+            let adding = match count {
+                1 => String::new(),
+                n => format!(", and a job of {n} would pass"),
+            };
             return Err(HostError::Exhausted(format!(
-                "tenant {tenant} has {queued} tasks waiting, its cap (max_queued {}); submit \
-                 more as they start",
+                "tenant {tenant} has {queued} tasks waiting{adding}: its cap is max_queued {}; \
+                 submit more as they start",
                 settings.max_queued
             )));
         }

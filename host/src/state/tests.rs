@@ -274,9 +274,14 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
     }
     // Retention's books: every ended task is indexed, and nothing else but keys of tasks
     // not loaded; each module counts the tasks that run it; `key_of` inverts the keys.
+    // A job's tasks are indexed once the whole job has ended.
     for t in state.tasks() {
         let indexed = state.ended.iter().any(|(_, id)| *id == t.id);
-        if indexed != t.state.is_terminal() {
+        let expected = match &t.job {
+            Some(m) => state.jobs[&m.job].job.state != crate::job::JobState::Running,
+            None => t.state.is_terminal(),
+        };
+        if indexed != expected {
             return Err(format!(
                 "{} ({}) indexed as ended: {indexed}",
                 t.id, t.state
@@ -295,6 +300,52 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
             return Err(format!(
                 "module {sha} counts {} tasks, {running} run it",
                 used.tasks
+            ));
+        }
+    }
+    // Each job counts its tasks by state, and has ended exactly when they all have, as its
+    // rules say.
+    for (id, entry) in &state.jobs {
+        let mut counts = [0u32; 7];
+        let mut kept = 0;
+        for t in entry.job.tasks().filter_map(|t| state.tasks.get(&t)) {
+            if t.job.as_ref().map(|m| m.job) != Some(*id) {
+                return Err(format!("{} is in {id}'s range but not its task", t.id));
+            }
+            counts[t.state.index()] += 1;
+            kept += 1;
+        }
+        if counts != entry.counts || kept != entry.kept {
+            return Err(format!(
+                "{id} counts {:?} (kept {}), its tasks {counts:?} (kept {kept})",
+                entry.counts, entry.kept
+            ));
+        }
+        let all_ended = entry
+            .job
+            .tasks()
+            .filter_map(|t| state.tasks.get(&t))
+            .all(Task::has_ended);
+        let running = entry.job.state == crate::job::JobState::Running;
+        if kept == entry.job.count && all_ended == running {
+            return Err(format!(
+                "{id} is {:?}, its tasks all ended: {all_ended}",
+                entry.job.state
+            ));
+        }
+        let finished = counts[TaskState::Finished.index()] == entry.job.count;
+        if entry.job.state == crate::job::JobState::Finished && !finished {
+            return Err(format!("{id} FINISHED with tasks {counts:?}"));
+        }
+        if kept == entry.job.count
+            && finished
+            && !running
+            && !entry.job.kill_requested
+            && entry.job.state != crate::job::JobState::Finished
+        {
+            return Err(format!(
+                "{id} {:?} though every task finished",
+                entry.job.state
             ));
         }
     }
@@ -1050,6 +1101,8 @@ enum Step {
         key: Option<u8>,
         upload: bool,
     },
+    /// A job of this many tasks (an array), with this max_failures.
+    Job(u32, u32),
     Schedule,
     Running(usize),
     End(usize, u8),
@@ -1074,6 +1127,7 @@ fn step() -> impl Generator<Value = Step> {
                 key,
                 upload
             }),
+        (1u32..6, 0u32..3).prop_map(|(n, max)| Step::Job(n, max)),
         Just(Step::Schedule),
         (0usize..64).prop_map(Step::Running),
         (0usize..64, 0u8..5).prop_map(|(t, k)| Step::End(t, k)),
@@ -1115,6 +1169,13 @@ proptest! {
                     let key = key.map(|k| format!("k{k}"));
                     if let Ok((id, false)) = w.state.submit(spec(memory * MIB, retries, false), key, w.now, &mut fx) {
                         ids.push(id);
+                    }
+                }
+                Step::Job(n, max_failures) => {
+                    w.state.module_stored(SHA, ModuleFacts::default(), w.now);
+                    let tasks = crate::job::JobTasks::Array(n);
+                    if let Ok(view) = w.state.submit_job(spec(MIB, 1, false), &tasks, max_failures, w.now, &mut fx) {
+                        ids.extend(view.job.tasks());
                     }
                 }
                 Step::Schedule => w.state.schedule(w.now, &mut fx),
@@ -2058,4 +2119,290 @@ fn the_ledgers_clock_does_not_go_back_with_the_systems() {
     // Back to 59 minutes past the first charge: both charges are still in the window.
     w.now.ms += 2 * 3_600_000 + 59 * 60_000;
     assert_eq!(w.state.fuel_left("b", w.now), 800);
+}
+
+// ----- jobs ---------------------------------------------------------------------------------
+
+fn submit_job(w: &mut World, tasks: crate::job::JobTasks, max_failures: u32) -> JobView {
+    let mut fx = Effects::default();
+    let view = w
+        .state
+        .submit_job(spec(MIB, 0, false), &tasks, max_failures, w.now, &mut fx)
+        .unwrap();
+    // One change: the job and every task written together, each task told.
+    let jobs = fx
+        .writes
+        .iter()
+        .filter(|w| matches!(w, Write::Job(_)))
+        .count();
+    let tasks = fx
+        .writes
+        .iter()
+        .filter(|w| matches!(w, Write::Task(_)))
+        .count();
+    assert_eq!((jobs, tasks), (1, view.job.count as usize));
+    assert_eq!(fx.events.len(), view.job.count as usize);
+    view
+}
+
+fn job_counts(w: &World, id: crate::job::JobId) -> [u32; 7] {
+    w.state.job(id, None).unwrap().counts
+}
+
+#[test]
+fn a_jobs_tasks_are_made_queued_counted_and_end_the_job_when_all_have() {
+    use crate::job::{JobState, JobTasks};
+    let mut w = World::new();
+    let sweep = JobTasks::Sweep(vec![
+        ("lr".into(), vec!["0.1".into(), "0.2".into()]),
+        ("seed".into(), vec!["1".into(), "2".into()]),
+    ]);
+    let mut template = spec(MIB, 0, false);
+    template.args = vec!["--lr={lr}".into(), "{index}".into()];
+    let mut fx = Effects::default();
+    let view = w
+        .state
+        .submit_job(template, &sweep, 0, w.now, &mut fx)
+        .unwrap();
+    let job = view.job.clone();
+    assert_eq!(job.id.to_string(), "j-1");
+    assert_eq!(job.count, 4);
+    assert_eq!(job.param_names, ["lr", "seed"]);
+    let ids: Vec<TaskId> = job.tasks().collect();
+    assert_eq!(ids, [TaskId(1), TaskId(2), TaskId(3), TaskId(4)]);
+    let third = w.task(ids[2]);
+    assert_eq!(third.spec.args, ["--lr=0.2", "2"]);
+    assert_eq!(third.spec.env["CORRAL_PARAM_SEED"], "1");
+    assert_eq!(
+        third.job,
+        Some(crate::job::JobMember {
+            job: job.id,
+            index: 2,
+            params: vec![("lr".into(), "0.2".into()), ("seed".into(), "1".into())],
+        })
+    );
+    // A task submitted after takes the next id; the next job, the next job id.
+    assert_eq!(w.submit(spec(MIB, 0, false)), TaskId(5));
+    assert_eq!(job_counts(&w, job.id)[TaskState::Pending.index()], 4);
+
+    w.agent("a1", 4, 1024 * MIB);
+    w.schedule();
+    assert_eq!(job_counts(&w, job.id)[TaskState::Assigned.index()], 4);
+    w.report("a1", ids[0], running());
+    assert_eq!(job_counts(&w, job.id)[TaskState::Running.index()], 1);
+    for &id in &ids[..3] {
+        w.report("a1", id, ended(OutcomeKind::Success));
+    }
+    w.check();
+    assert_eq!(
+        w.state.job(job.id, None).unwrap().job.state,
+        JobState::Running
+    );
+    let fx = w.report("a1", ids[3], ended(OutcomeKind::Success));
+    let view = w.state.job(job.id, None).unwrap();
+    assert_eq!(view.job.state, JobState::Finished);
+    assert_eq!(view.counts[TaskState::Finished.index()], 4);
+    assert_eq!(view.fuel_used, 4 * 42);
+    assert_eq!(view.job.finished_at_ms, w.now.ms);
+    assert!(
+        fx.writes
+            .iter()
+            .any(|w| matches!(w, Write::Job(j) if j.state == JobState::Finished)),
+        "the job's end is written with its last task's"
+    );
+    w.check();
+}
+
+#[test]
+fn a_job_counts_its_tasks_against_the_tenants_queue_cap_and_checks_its_shape() {
+    use crate::job::JobTasks;
+    let mut w = World::new();
+    let mut fx = Effects::default();
+    set(
+        &mut w,
+        "default",
+        TenantChange {
+            max_queued: Some(10),
+            ..Default::default()
+        },
+    );
+    w.submit(spec(MIB, 0, false));
+    let e = w
+        .state
+        .submit_job(spec(MIB, 0, false), &JobTasks::Array(10), 0, w.now, &mut fx)
+        .unwrap_err();
+    assert!(matches!(e, HostError::Exhausted(_)), "{e}");
+    assert!(e.to_string().contains("a job of 10 would pass"), "{e}");
+    assert!(fx.writes.is_empty() && fx.events.is_empty());
+    submit_job(&mut w, JobTasks::Array(9), 0);
+
+    let e = w
+        .state
+        .submit_job(spec(MIB, 0, false), &JobTasks::Array(0), 0, w.now, &mut fx)
+        .unwrap_err();
+    assert!(matches!(e, HostError::InvalidArgument(_)), "{e}");
+    // Stdin is stored by every task: a job's in all is bounded.
+    let mut fat = spec(MIB, 0, false);
+    fat.stdin = Bytes::from(vec![0; 1 << 20]);
+    let e = w
+        .state
+        .submit_job(fat, &JobTasks::Array(65), 0, w.now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("as a file"), "{e}");
+    // An arg made long by its parameters is refused before anything is made.
+    let mut long = spec(MIB, 0, false);
+    long.args = vec!["{p}".repeat(2000)];
+    let params = JobTasks::Params(vec![vec![("p".into(), "x".repeat(1000))]]);
+    let e = w
+        .state
+        .submit_job(long, &params, 0, w.now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("task 0 of the job"), "{e}");
+    assert!(fx.writes.is_empty());
+    w.check();
+}
+
+#[test]
+fn max_failures_kills_the_rest_and_fails_the_job() {
+    use crate::job::{JobState, JobTasks};
+    let mut w = World::new();
+    w.agent("a1", 3, 1024 * MIB);
+    let view = submit_job(&mut w, JobTasks::Array(6), 2);
+    let ids: Vec<TaskId> = view.job.tasks().collect();
+    w.schedule();
+    w.report("a1", ids[0], ended(OutcomeKind::Trap));
+    assert_eq!(
+        w.state.job(view.job.id, None).unwrap().job.state,
+        JobState::Running
+    );
+    let fx = w.report("a1", ids[1], ended(OutcomeKind::Exit));
+    // The pending ones end at once; the one running is asked to stop.
+    for &id in &ids[3..] {
+        assert_eq!(w.task(id).state, TaskState::Killed);
+        assert!(
+            w.task(id).reason.contains("max_failures (2)"),
+            "{}",
+            w.task(id).reason
+        );
+    }
+    assert!(fx
+        .commands
+        .iter()
+        .any(|(_, c)| matches!(c, AgentCommand::Kill(a) if a.task_id == ids[2])));
+    assert_eq!(
+        w.state.job(view.job.id, None).unwrap().job.state,
+        JobState::Running
+    );
+    w.report("a1", ids[2], ended(OutcomeKind::Killed));
+    let job = w.state.job(view.job.id, None).unwrap();
+    assert_eq!(job.job.state, JobState::Failed);
+    assert!(
+        job.job.reason.contains("2 of its tasks failed"),
+        "{}",
+        job.job.reason
+    );
+    assert_eq!(job.counts[TaskState::Killed.index()], 4);
+    w.check();
+}
+
+#[test]
+fn a_killed_job_kills_its_unended_tasks_and_ends_killed() {
+    use crate::job::{JobState, JobTasks};
+    let mut w = World::new();
+    w.agent("a1", 1, 1024 * MIB);
+    let view = submit_job(&mut w, JobTasks::Array(3), 0);
+    let ids: Vec<TaskId> = view.job.tasks().collect();
+    w.schedule();
+    w.report("a1", ids[0], ended(OutcomeKind::Success));
+    w.schedule();
+    let mut fx = Effects::default();
+    let killed = w
+        .state
+        .kill_job(view.job.id, Some("other"), w.now, &mut fx)
+        .unwrap_err();
+    assert!(
+        matches!(killed, HostError::NotFound(_)),
+        "another tenant's job is not there"
+    );
+    let killed = w.state.kill_job(view.job.id, None, w.now, &mut fx).unwrap();
+    assert_eq!(
+        killed.job.state,
+        JobState::Running,
+        "its running task has not stopped yet"
+    );
+    assert_eq!(w.task(ids[2]).state, TaskState::Killed);
+    w.report("a1", ids[1], ended(OutcomeKind::Killed));
+    let job = w.state.job(view.job.id, None).unwrap();
+    assert_eq!(job.job.state, JobState::Killed);
+    assert_eq!(job.counts[TaskState::Finished.index()], 1);
+    let again = w
+        .state
+        .kill_job(view.job.id, None, w.now, &mut fx)
+        .unwrap_err();
+    assert!(again.to_string().contains("already ended"), "{again}");
+    w.check();
+}
+
+#[test]
+fn a_jobs_tasks_are_kept_together_and_restored_with_their_counts() {
+    use crate::job::{JobState, JobTasks};
+    let config = HostConfig {
+        task_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    w.agent("a1", 1, 1024 * MIB);
+    let view = submit_job(&mut w, JobTasks::Array(2), 0);
+    let ids: Vec<TaskId> = view.job.tasks().collect();
+    w.schedule();
+    w.report("a1", ids[0], ended(OutcomeKind::Trap));
+    // Long past the first task's retention, its job still runs: it is kept.
+    w.tick(Duration::from_secs(600));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).tasks, 0);
+
+    // Restored mid-job: counts and the job's books come back from the tasks.
+    let loaded = Loaded {
+        tasks: w.state.tasks().cloned().collect(),
+        jobs: vec![w.state.job(view.job.id, None).unwrap().job],
+        highest_job_id: 1,
+        agents: vec![(info("a1", 1, 1024 * MIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        modules: vec![(SHA.into(), ModuleFacts::default())],
+        ..Default::default()
+    };
+    let mut restored = HostState::restore(&config, loaded, w.now);
+    check_invariants(&restored).unwrap();
+    assert_eq!(
+        restored.job(view.job.id, None).unwrap(),
+        w.state.job(view.job.id, None).unwrap()
+    );
+    let mut fx = Effects::default();
+    let next = restored
+        .submit_job(spec(MIB, 0, false), &JobTasks::Array(1), 0, w.now, &mut fx)
+        .unwrap();
+    assert_eq!(
+        next.job.id.to_string(),
+        "j-2",
+        "job ids are not given twice"
+    );
+
+    w.schedule();
+    w.report("a1", ids[1], ended(OutcomeKind::Success));
+    assert_eq!(
+        w.state.job(view.job.id, None).unwrap().job.state,
+        JobState::Failed
+    );
+    w.tick(Duration::from_secs(59));
+    assert_eq!(w.state.collect(w.now, &mut fx).tasks, 0);
+    w.tick(Duration::from_secs(2));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).tasks, 2);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::ForgetJob(id) if *id == view.job.id)));
+    let gone = w.state.job(view.job.id, None).unwrap_err().to_string();
+    assert!(gone.contains("task_retention"), "{gone}");
+    w.check();
 }
