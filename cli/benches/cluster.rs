@@ -11,9 +11,14 @@
 //!   load generator (on 2 cores the two share, the sum bounds the rate);
 //! - through `corral dev`: an array of 10,000 runs of the linreg example on iris.
 //!
+//! With `-- --jobs`, jobs alone instead: through `corral dev` and through a host and two
+//! agents, a job (`SubmitJob`, one request) of 10,000 trivial tasks, waited for by polling
+//! `GetJob` as `corral job wait` does, with the CPU time per task of Corral's processes and of
+//! the client; and, through `corral dev`, a job of 10,000 linreg runs on iris.
+//!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks, `-- --tls` for
-//! the TLS setup alone, `-- --plain` for the same processes in plaintext alone;
-//! `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
+//! the TLS setup alone, `-- --plain` for the same processes in plaintext alone, `-- --jobs`
+//! for jobs; `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
 
 // A bench binary, not a library.
 #![allow(missing_docs)]
@@ -299,9 +304,94 @@ async fn linreg_array(setup: &Setup, runs: usize) {
     );
 }
 
+/// A job of `count` tasks of `spec` through `setup`, submitted in one request and waited for
+/// by polling `GetJob` (5 ms, doubling to 100 ms, as `corral job wait`): first submit to the
+/// job's end, and CPU per task; every task must have finished.
+async fn job(setup: &Setup, what: &str, spec: pb::TaskSpec, count: u32) {
+    let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
+    let cpu_before = cpu(setup);
+    let started = Instant::now();
+    let submitted = client
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(spec),
+            array: count,
+            ..Default::default()
+        })
+        .await
+        .expect("submit the job")
+        .into_inner();
+    let accepted = started.elapsed();
+    let mut pause = Duration::from_millis(5);
+    let job = loop {
+        let job = client
+            .get_job(pb::GetJobRequest {
+                job_id: submitted.job_id.clone(),
+            })
+            .await
+            .expect("get the job")
+            .into_inner();
+        if job.state != pb::JobState::Running as i32 {
+            break job;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed();
+    let (servers, client_cpu) = cpu(setup);
+    assert_eq!(
+        job.counts.expect("counts").finished,
+        count,
+        "every task finished: {job:?}"
+    );
+    let per_task = |after: Duration, before: Duration| {
+        (after - before).as_secs_f64() * 1e6 / f64::from(count)
+    };
+    println!(
+        "{}: job of {count} {what}: accepted in {:.0} ms, ended in {:.2} s = {:.0} tasks/s \
+         (CPU per task: Corral {:.0} us, client {:.0} us)",
+        setup.name,
+        ms(accepted),
+        elapsed.as_secs_f64(),
+        f64::from(count) / elapsed.as_secs_f64(),
+        per_task(servers, cpu_before.0),
+        per_task(client_cpu, cpu_before.1),
+    );
+}
+
+/// The job benchmarks through `setup`: a warm-up job, then 10,000 trivial tasks (and, with
+/// `linreg`, 10,000 linreg runs on iris).
+async fn jobs(setup: &Setup, quick: bool, linreg: bool) {
+    let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
+    let sha = bench::upload_trivial(&mut client).await;
+    server::wait_for_agents(&mut client, 2).await;
+    let count = if quick { 2_000 } else { 10_000 };
+    job(setup, "trivial tasks (warm-up)", spec(&sha, "trivial"), 200).await;
+    job(setup, "trivial tasks", spec(&sha, "trivial"), count).await;
+    if linreg {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let module = root.join("target/wasm/linreg.wasm");
+        let bytes = std::fs::read(&module)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", module.display()));
+        let sha = server::upload_bytes(&mut client, bytes).await;
+        let mut spec = spec(&sha, "linreg");
+        spec.stdin = std::fs::read(root.join("examples/data/iris.csv"))
+            .expect("iris.csv")
+            .into();
+        spec.args = vec!["--json".into()];
+        spec.limits.as_mut().expect("limits").memory_bytes = 64 << 20;
+        job(setup, "linreg runs on iris (warm-up)", spec.clone(), 200).await;
+        job(setup, "linreg runs on iris", spec, count).await;
+    }
+}
+
 fn main() {
     bench::main_with(env!("CARGO_BIN_EXE_corral"), |args| async move {
         let quick = args.iter().any(|a| a == "--quick");
+        if args.iter().any(|a| a == "--jobs") {
+            jobs(&dev(), quick, true).await;
+            jobs(&processes(false), quick, false).await;
+            return;
+        }
         let tls = args.iter().any(|a| a == "--tls");
         let plain = args.iter().any(|a| a == "--plain");
         if !tls && !plain {

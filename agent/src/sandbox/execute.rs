@@ -216,6 +216,10 @@ impl Sandbox {
         let Some(cache) = self.inner.code_cache.as_ref() else {
             return Ok(());
         };
+        // Most runs are granted no directory: no path is resolved for them.
+        if spec.dirs.is_empty() {
+            return Ok(());
+        }
         let cache = std::fs::canonicalize(cache.dir()).unwrap_or_else(|_| cache.dir().into());
         for dir in &spec.dirs {
             let Ok(host) = std::fs::canonicalize(&dir.host) else {
