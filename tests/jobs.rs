@@ -132,19 +132,33 @@ fn sweeps_arrays_and_parameter_files_make_their_tasks_and_results_are_gathered()
         "{\"name\": \"a\", \"k\": 1}\n\n{\"name\": \"b c\", \"k\": 2.5}\n",
     )
     .unwrap();
-    let submitted = ok(&cluster.corral(&[
-        "submit",
-        "-o",
-        "json",
-        "--params",
-        params.to_str().unwrap(),
-        echo,
-        "{name}/{k}",
-    ]));
-    let submitted: serde_json::Value = serde_json::from_str(&submitted).unwrap();
+    let submit_params = |arg: &str| {
+        cluster.corral(&[
+            "submit",
+            "-o",
+            "json",
+            "--idempotency-key",
+            "params-1",
+            "--params",
+            params.to_str().unwrap(),
+            echo,
+            arg,
+        ])
+    };
+    let submitted: serde_json::Value =
+        serde_json::from_str(&ok(&submit_params("{name}/{k}"))).unwrap();
     assert_eq!(
         submitted,
-        serde_json::json!({"job_id": "j-3", "task_count": 2, "first_task_id": "t-10"})
+        serde_json::json!({"job_id": "j-3", "task_count": 2, "first_task_id": "t-10", "existed": false})
+    );
+    // Again with the same key: the same job, nothing new; with another request: refused.
+    let again: serde_json::Value = serde_json::from_str(&ok(&submit_params("{name}/{k}"))).unwrap();
+    assert_eq!(again["job_id"], "j-3");
+    assert_eq!(again["existed"], true);
+    let other = submit_params("{k}");
+    assert!(
+        text(&other.stderr).contains("with a different request"),
+        "{other:?}"
     );
     let waited = cluster.corral(&["job", "wait", "j-3"]);
     ok(&waited);
@@ -328,6 +342,8 @@ fn tenants_see_only_their_jobs_and_a_job_counts_against_the_queue_cap() {
         ok(&cluster.corral_as(Some(&b), &["jobs"])).lines().count(),
         1
     );
+    let listed = ok(&cluster.corral_as(Some(&b), &["tasks", "--job", "j-1"]));
+    assert_eq!(listed.lines().count(), 1, "a header alone: {listed}");
     let mine = ok(&cluster.corral_as(Some(&a), &["jobs", "-o", "json"]));
     let mine: Vec<serde_json::Value> = serde_json::from_str(&mine).unwrap();
     assert_eq!(mine.len(), 1);

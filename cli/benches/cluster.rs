@@ -343,9 +343,8 @@ async fn job(setup: &Setup, what: &str, spec: pb::TaskSpec, count: u32) {
         count,
         "every task finished: {job:?}"
     );
-    let per_task = |after: Duration, before: Duration| {
-        (after - before).as_secs_f64() * 1e6 / f64::from(count)
-    };
+    let per_task =
+        |after: Duration, before: Duration| (after - before).as_secs_f64() * 1e6 / f64::from(count);
     println!(
         "{}: job of {count} {what}: accepted in {:.0} ms, ended in {:.2} s = {:.0} tasks/s \
          (CPU per task: Corral {:.0} us, client {:.0} us)",

@@ -50,7 +50,7 @@ use crate::config::HostConfig;
 use crate::error::HostError;
 use crate::events::{Events, Subscription};
 use crate::free_space::FreeSpace;
-use crate::job::{JobId, JobTasks};
+use crate::job::{JobId, JobRequest};
 use crate::partition::Partition;
 use crate::registry::AgentInfo;
 use crate::state::{
@@ -138,7 +138,7 @@ enum Request {
     Used(Vec<(String, i64)>, Refusals),
     /// May this agent fetch this module?
     MayFetch(String, String, Answer<bool>),
-    SubmitJob(Box<(TaskSpec, JobTasks, u32)>, Caller, Answer<JobView>),
+    SubmitJob(Box<JobRequest>, Caller, Answer<(JobView, bool)>),
     GetJob(JobId, Option<String>, Answer<JobView>),
     ListJobs(
         Option<String>,
@@ -147,7 +147,13 @@ enum Request {
         Answer<(Vec<JobView>, bool)>,
     ),
     KillJob(JobId, Caller, Answer<JobView>),
-    JobTasks(JobId, Option<String>, Answer<Vec<Task>>),
+    JobTasks(
+        JobId,
+        Option<String>,
+        Option<TaskId>,
+        usize,
+        Answer<(Vec<Task>, bool)>,
+    ),
 }
 
 /// A request and when it was made.
@@ -521,20 +527,17 @@ impl ControlPlane {
 
     // ----- jobs ---------------------------------------------------------------------------
 
-    /// Records a job (see [`HostState::submit_job`]) by `caller` and answers once it and all
-    /// its tasks are durable, in one commit.
+    /// Records a job (see [`HostState::submit_job`]) by `caller`, or answers the one its
+    /// idempotency key names, once it and all its tasks are durable, in one commit: (the job,
+    /// whether it existed).
     pub async fn submit_job_as(
         &self,
-        template: TaskSpec,
-        tasks: JobTasks,
-        max_failures: u32,
+        request: JobRequest,
         caller: &Caller,
-    ) -> Result<JobView, HostError> {
+    ) -> Result<(JobView, bool), HostError> {
         let caller = caller.clone();
-        self.ask(|answer| {
-            Request::SubmitJob(Box::new((template, tasks, max_failures)), caller, answer)
-        })
-        .await
+        self.ask(|answer| Request::SubmitJob(Box::new(request), caller, answer))
+            .await
     }
 
     /// A job, as `caller` may see it.
@@ -562,17 +565,28 @@ impl ControlPlane {
             .await
     }
 
-    /// A job's tasks in index order, as they are on disk, without stdin.
-    pub async fn job_tasks_as(&self, id: JobId, caller: &Caller) -> Result<Vec<Task>, HostError> {
+    /// A job's tasks in index order after `after`, at most `limit`, as they are on disk,
+    /// without stdin; and whether more remain.
+    pub async fn job_tasks_as(
+        &self,
+        id: JobId,
+        caller: &Caller,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, bool), HostError> {
         let tenant = caller.tenant.clone();
-        self.ask(|answer| Request::JobTasks(id, tenant, answer))
+        self.ask(|answer| Request::JobTasks(id, tenant, after, limit, answer))
             .await
     }
 
-    /// The stored outputs of these tasks (of a job whose tasks were answered by
-    /// [`ControlPlane::job_tasks_as`]), in order; `None` for a task with none.
-    pub fn outputs(&self, ids: &[TaskId]) -> Result<Vec<Option<TaskOutput>>, HostError> {
-        Ok(self.store()?.outputs(ids)?)
+    /// The stored output of a task answered by [`ControlPlane::job_tasks_as`], read on a
+    /// blocking thread; `None` when it has none.
+    pub async fn stored_output(&self, id: TaskId) -> Result<Option<TaskOutput>, HostError> {
+        let store = self.store()?;
+        tokio::task::spawn_blocking(move || store.output(id))
+            .await
+            .map_err(|e| HostError::Unavailable(format!("reading an output failed: {e}")))?
+            .map_err(HostError::from)
     }
 
     /// A task's stored output. Tasks that have not ended have none yet.
@@ -849,20 +863,9 @@ impl ControlPlane {
     }
 }
 
-/// About what a task's record takes on disk: its stdin and the strings of its spec, and room
-/// for the rest.
+/// About what a task's record takes on disk, with its idempotency key.
 fn stored_size(spec: &TaskSpec, key: Option<&str>) -> u64 {
-    let pairs = |map: &std::collections::BTreeMap<String, String>| {
-        map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-    };
-    let strings = spec.name.len()
-        + spec.tenant.len()
-        + spec.args.iter().map(String::len).sum::<usize>()
-        + pairs(&spec.env)
-        + pairs(&spec.labels)
-        + pairs(&spec.constraints)
-        + key.map_or(0, str::len);
-    (spec.stdin.len() + strings) as u64 + 1024
+    spec.stored_bytes() + key.map_or(0, |k| k.len() as u64)
 }
 
 /// A batch applied to the state, waiting for its writes to be durable.
@@ -1051,18 +1054,21 @@ impl Actor {
                 }
                 replies.push(Reply::Submit(answer, result));
             }
-            Request::SubmitJob(job, caller, answer) => {
-                let (template, tasks, max_failures) = *job;
-                let count = tasks.check().unwrap_or(0);
-                let size = stored_size(&template, None).saturating_mul(u64::from(count));
+            Request::SubmitJob(request, caller, answer) => {
+                let template = &request.template;
                 let pending = self.pending_bytes + self.batch_bytes;
-                let room = if !state.may_use_module(&template.module_sha256, caller.scope()) {
-                    Err(crate::state::unknown_module(&template.module_sha256))
-                } else {
-                    self.free_space.check(pending, size, "job")
-                };
-                let policy = match &caller.tenant {
-                    Some(_) => state
+                // A retry of a job that exists makes nothing: answered as it is.
+                let retry = request
+                    .idempotency_key
+                    .as_deref()
+                    .is_some_and(|k| state.names_job(&template.tenant, k));
+                let known =
+                    match retry || state.may_use_module(&template.module_sha256, caller.scope()) {
+                        false => Err(crate::state::unknown_module(&template.module_sha256)),
+                        true => Ok(()),
+                    };
+                let policy = match (&caller.tenant, retry) {
+                    (Some(_), false) => state
                         .tenant_settings(&template.tenant)
                         .0
                         .check_task(&template.tenant, &template.limits)
@@ -1070,15 +1076,18 @@ impl Actor {
                         .and_then(|()| {
                             state.check_module_policy(&template.tenant, &template.module_sha256)
                         }),
-                    None => Ok(()),
+                    _ => Ok(()),
                 };
-                let result = room
+                // The room is checked once the job's tasks are made, for what they take.
+                let free_space = &mut self.free_space;
+                let room = |size: u64| free_space.check(pending, size, "job");
+                let result = known
                     .and(policy)
-                    .and_then(|()| state.submit_job(template, &tasks, max_failures, now, fx));
-                if result.is_ok() {
-                    self.batch_bytes += size;
+                    .and_then(|()| state.submit_job(*request, room, now, fx));
+                if let Ok(made) = &result {
+                    self.batch_bytes += made.stored_bytes;
                 }
-                replies.push(later(answer, result));
+                replies.push(later(answer, result.map(|m| (m.view, m.existed))));
             }
             Request::GetJob(id, tenant, answer) => {
                 replies.push(later(answer, state.job(id, tenant.as_deref())));
@@ -1095,8 +1104,9 @@ impl Actor {
                 }
                 replies.push(later(answer, result));
             }
-            Request::JobTasks(id, tenant, answer) => {
-                replies.push(later(answer, state.job_tasks(id, tenant.as_deref())));
+            Request::JobTasks(id, tenant, after, limit, answer) => {
+                let page = state.job_tasks(id, tenant.as_deref(), after, limit);
+                replies.push(later(answer, page));
             }
             Request::Kill(id, caller, answer) => {
                 let result = state.get_as(id, caller.scope()).map(|_| ()).and_then(|()| {
@@ -1416,11 +1426,12 @@ fn refuse(request: Request, reason: &str) {
         Request::SetTenant(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Tenants(_, answer) => drop(answer.send(Err(error()))),
         Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
-        Request::SubmitJob(_, _, answer)
-        | Request::GetJob(_, _, answer)
-        | Request::KillJob(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::SubmitJob(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::GetJob(_, _, answer) | Request::KillJob(_, _, answer) => {
+            drop(answer.send(Err(error())))
+        }
         Request::ListJobs(_, _, _, answer) => drop(answer.send(Err(error()))),
-        Request::JobTasks(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::JobTasks(_, _, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Heartbeat(..)
         | Request::Detach(..)
         | Request::Report(..)

@@ -452,6 +452,7 @@ pub fn job_to_pb(job: &Job, counts: Option<&[u32; 7]>, fuel_used: u64) -> pb::Jo
         created_at_ms: job.created_at_ms,
         finished_at_ms: job.finished_at_ms,
         fuel_used,
+        request_sha256: job.request_sha256.clone(),
     }
 }
 
@@ -483,6 +484,7 @@ pub fn job_from_pb(job: pb::Job) -> Result<Job, String> {
         reason: job.reason,
         created_at_ms: job.created_at_ms,
         finished_at_ms: job.finished_at_ms,
+        request_sha256: job.request_sha256,
     })
 }
 

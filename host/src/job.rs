@@ -23,6 +23,9 @@ pub const PARAM_VALUE_BYTES: usize = 1024;
 /// Bytes of stdin across a job's tasks (each task stores its own copy): data shared by many
 /// tasks belongs in a file, not in every task's stdin.
 pub const MAX_JOB_STDIN_BYTES: u64 = 64 << 20;
+/// Bytes of a job's tasks as stored, together (their args and env once expanded, stdin,
+/// parameters, names and labels): what one submit may make the host hold and write.
+pub const MAX_JOB_BYTES: u64 = 256 << 20;
 
 /// A job's id: a sequence number of its own, shown as `j-<n>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,15 +65,27 @@ pub enum JobTasks {
 impl JobTasks {
     /// Checks the job's shape, naming the first problem: 1 to [`MAX_JOB_TASKS`] tasks; valid,
     /// distinct parameter names; values within [`PARAM_VALUE_BYTES`]. Answers the task count.
+    /// The count is checked first, so that a huge request costs little to refuse.
     pub fn check(&self) -> Result<u32, String> {
         let count = match self {
             JobTasks::Array(n) => u64::from(*n),
+            JobTasks::Sweep(axes) => axes
+                .iter()
+                .fold(1u64, |n, (_, values)| n.saturating_mul(values.len() as u64)),
+            JobTasks::Params(rows) => rows.len() as u64,
+        };
+        if count > u64::from(MAX_JOB_TASKS) {
+            return Err(format!(
+                "a job of {count} tasks is over the bound of {MAX_JOB_TASKS}"
+            ));
+        }
+        match self {
+            JobTasks::Array(_) => {}
             JobTasks::Sweep(axes) => {
                 if axes.is_empty() {
                     return Err("a sweep needs at least one parameter".into());
                 }
                 check_names(axes.iter().map(|(name, _)| name.as_str()))?;
-                let mut count: u64 = 1;
                 for (name, values) in axes {
                     if values.is_empty() {
                         return Err(format!("sweep parameter {name} has no values"));
@@ -82,9 +97,7 @@ impl JobTasks {
                     if distinct.len() < values.len() {
                         return Err(format!("sweep parameter {name} repeats a value"));
                     }
-                    count = count.saturating_mul(values.len() as u64);
                 }
-                count
             }
             JobTasks::Params(rows) => {
                 for (line, row) in rows.iter().enumerate() {
@@ -95,16 +108,13 @@ impl JobTasks {
                             .map_err(|e| format!("parameter set {}: {e}", line + 1))?;
                     }
                 }
-                rows.len() as u64
+                // The job's names together, as listed with it, are bounded as one set's.
+                check_names(self.names().iter().map(String::as_str))
+                    .map_err(|e| format!("the parameter sets together: {e}"))?;
             }
-        };
+        }
         if count == 0 {
             return Err("a job needs at least one task".into());
-        }
-        if count > u64::from(MAX_JOB_TASKS) {
-            return Err(format!(
-                "a job of {count} tasks is over the bound of {MAX_JOB_TASKS}"
-            ));
         }
         Ok(count as u32)
     }
@@ -169,13 +179,13 @@ fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), String> {
         if name.eq_ignore_ascii_case("index") {
             return Err("parameter name index is taken by the task's index".into());
         }
+        if seen.len() == MAX_PARAMS {
+            return Err(format!("more than {MAX_PARAMS} parameters"));
+        }
         if !seen.insert(name.to_ascii_uppercase()) {
             return Err(format!(
                 "parameter {name} is named twice (names ignore case)"
             ));
-        }
-        if seen.len() > MAX_PARAMS {
-            return Err(format!("more than {MAX_PARAMS} parameters"));
         }
     }
     Ok(())
@@ -235,20 +245,28 @@ pub fn task_spec(
     spec
 }
 
-/// `text` with each `{name}` that `lookup` knows replaced by its value.
+/// `text` with each `{name}` that `lookup` knows replaced by its value. A placeholder is an
+/// identifier of at most [`PARAM_NAME_BYTES`] between braces, so each `{` costs at most that
+/// many bytes to look past: linear in the text, whatever it holds.
 fn substitute<'a>(text: &str, lookup: &impl Fn(&str) -> Option<&'a str>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        match after
-            .find('}')
-            .and_then(|close| Some((close, lookup(&after[..close])?)))
-        {
-            Some((close, value)) => {
+        let len = after
+            .bytes()
+            .take(PARAM_NAME_BYTES)
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        let value = match after.as_bytes().get(len) {
+            Some(b'}') => lookup(&after[..len]),
+            _ => None,
+        };
+        match value {
+            Some(value) => {
                 out.push_str(value);
-                rest = &after[close + 1..];
+                rest = &after[len + 1..];
             }
             None => {
                 out.push('{');
@@ -258,6 +276,21 @@ fn substitute<'a>(text: &str, lookup: &impl Fn(&str) -> Option<&'a str>) -> Stri
     }
     out.push_str(rest);
     out
+}
+
+/// A job as submitted.
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    /// The spec its tasks are made from.
+    pub template: TaskSpec,
+    /// Which tasks.
+    pub tasks: JobTasks,
+    /// Failures that kill the rest; 0: no limit.
+    pub max_failures: u32,
+    /// Submitting again with this key (per tenant) answers the job it first made.
+    pub idempotency_key: Option<String>,
+    /// The sha256 (hex) of the request, which a retry under the key must match.
+    pub sha256: String,
 }
 
 /// Where a job is.
@@ -325,6 +358,8 @@ pub struct Job {
     pub created_at_ms: i64,
     /// When its last task ended; 0 before.
     pub finished_at_ms: i64,
+    /// The sha256 (hex) of the request that made it, for its idempotency key.
+    pub request_sha256: String,
 }
 
 impl Job {
@@ -453,6 +488,25 @@ mod tests {
         refused(JobTasks::Params(vec![]), "at least one task");
         let many: Vec<Param> = (0..=MAX_PARAMS).map(|i| p(&format!("p{i}"), "1")).collect();
         refused(JobTasks::Params(vec![many]), "more than 64");
+        // Each set within the bound, but their names together over it.
+        let sets: Vec<Vec<Param>> = (0..=MAX_PARAMS)
+            .map(|i| vec![p(&format!("p{i}"), "1")])
+            .collect();
+        refused(
+            JobTasks::Params(sets),
+            "the parameter sets together: more than 64",
+        );
+    }
+
+    #[test]
+    fn a_placeholder_is_a_short_identifier_so_braces_cost_little() {
+        let lookup = |name: &str| (name == "a").then_some("1");
+        assert_eq!(substitute("{a}{a}{ a}{a-}", &lookup), "11{ a}{a-}");
+        // Braces with no placeholder among them come back as they were.
+        let braces = "{".repeat(100_000) + "a" + &"}".repeat(3);
+        assert_eq!(substitute(&braces, &lookup), "{".repeat(99_999) + "1}}");
+        let long = format!("{{{}}}", "a".repeat(PARAM_NAME_BYTES + 1));
+        assert_eq!(substitute(&long, &|_| Some("x")), long);
     }
 
     #[test]

@@ -33,6 +33,8 @@ use corral_admission::imports::ImportSet;
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// Jobs by id (`Job`, without counts: they are counted again from the tasks when loaded).
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// Jobs' idempotency keys: `<tenant>\0<key>` -> job id.
+const JOB_KEYS: TableDefinition<&str, u64> = TableDefinition::new("job_keys");
 const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
@@ -143,6 +145,10 @@ pub enum Write {
     Job(Job),
     /// Remove a job (its tasks are removed on their own); its id is never given again.
     ForgetJob(JobId),
+    /// A job's idempotency key (`tenant`, `key`).
+    JobKey(String, String, JobId),
+    /// Remove a job's idempotency key (`tenant`, `key`).
+    ForgetJobKey(String, String),
     /// Remove an idempotency key (`tenant`, `key`).
     ForgetIdempotency(String, String),
     /// Remove a module's binary, and who uploaded it.
@@ -238,6 +244,8 @@ pub struct Loaded {
     pub jobs: Vec<Job>,
     /// The highest job id ever stored, quarantined and removed jobs included.
     pub highest_job_id: u64,
+    /// Jobs' idempotency keys: ((tenant, key), job).
+    pub job_keys: Vec<((String, String), JobId)>,
     /// Every agent ever registered, with when it was last seen.
     pub agents: Vec<(AgentInfo, i64)>,
     /// Every partition (allocations zero; recompute them from the tasks).
@@ -372,6 +380,8 @@ impl Store {
         }
         txn.open_table(IDEMPOTENCY)
             .map_err(|e| open_error(e.to_string()))?;
+        txn.open_table(JOB_KEYS)
+            .map_err(|e| open_error(e.to_string()))?;
         txn.open_table(MODULE_OWNERS)
             .map_err(|e| open_error(e.to_string()))?;
         txn.open_table(AUDIT)
@@ -464,20 +474,6 @@ impl Store {
                 .map(|o| Some(convert::output_from_pb(o)))
                 .map_err(|e| StoreError::Corrupt(format!("output of {id}: {e}"))),
         }
-    }
-
-    /// The stored outputs of these tasks, in order, read in one transaction.
-    pub fn outputs(&self, ids: &[TaskId]) -> Result<Vec<Option<TaskOutput>>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let table = txn.open_table(OUTPUTS).map_err(io)?;
-        ids.iter()
-            .map(|id| match table.get(id.0).map_err(io)? {
-                None => Ok(None),
-                Some(v) => pb::TaskOutput::decode(v.value())
-                    .map(|o| Some(convert::output_from_pb(o)))
-                    .map_err(|e| StoreError::Corrupt(format!("output of {id}: {e}"))),
-            })
-            .collect()
     }
 }
 
@@ -680,6 +676,16 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .and_then(|j| convert::job_from_pb(j).map_err(StoreError::Corrupt))?;
         loaded.highest_job_id = loaded.highest_job_id.max(job.id.0);
         loaded.jobs.push(job);
+    }
+    for row in txn.open_table(JOB_KEYS).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let (tenant, k) = key
+            .value()
+            .split_once('\0')
+            .unwrap_or(("default", key.value()));
+        loaded
+            .job_keys
+            .push(((tenant.to_string(), k.to_string()), JobId(value.value())));
     }
     for row in txn.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
@@ -1002,6 +1008,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut agents = txn.open_table(AGENTS).map_err(io)?;
         let mut partitions = txn.open_table(PARTITIONS).map_err(io)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(io)?;
+        let mut job_keys = txn.open_table(JOB_KEYS).map_err(io)?;
         let mut meta = txn.open_table(META).map_err(io)?;
         let mut tokens = txn.open_table(TOKENS).map_err(io)?;
         let mut owners = txn.open_table(MODULE_OWNERS).map_err(io)?;
@@ -1063,6 +1070,14 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                 Write::ForgetJob(id) => {
                     jobs.remove(id.0).map_err(io)?;
                     highest_forgotten_job = highest_forgotten_job.max(Some(id.0));
+                }
+                Write::JobKey(tenant, key, id) => {
+                    let k = format!("{tenant}\0{key}");
+                    job_keys.insert(k.as_str(), id.0).map_err(io)?;
+                }
+                Write::ForgetJobKey(tenant, key) => {
+                    let k = format!("{tenant}\0{key}");
+                    job_keys.remove(k.as_str()).map_err(io)?;
                 }
                 Write::ForgetIdempotency(tenant, key) => {
                     let k = format!("{tenant}\0{key}");
@@ -1217,6 +1232,7 @@ mod tests {
             reason: String::new(),
             created_at_ms: 5,
             finished_at_ms: 0,
+            request_sha256: String::new(),
         };
         let mut member = task(1);
         member.job = Some(JobMember {

@@ -170,6 +170,21 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// About what the task's record takes on disk: its stdin and the strings of its spec, and
+    /// room for the rest.
+    pub fn stored_bytes(&self) -> u64 {
+        let pairs = |map: &BTreeMap<String, String>| {
+            map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        };
+        let strings = self.name.len()
+            + self.tenant.len()
+            + self.args.iter().map(String::len).sum::<usize>()
+            + pairs(&self.env)
+            + pairs(&self.labels)
+            + pairs(&self.constraints);
+        (self.stdin.len() + strings) as u64 + 1024
+    }
+
     /// What the task takes from a partition while it is placed: one slot and its memory cap.
     pub fn resources(&self) -> Resources {
         Resources {

@@ -21,7 +21,10 @@ const MAX_PARAMS_FILE: u64 = 64 << 20;
 /// How long `job kill` waits for the job to end.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The longest pause between two looks at a job being waited for.
-const POLL_MAX: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_millis(500);
+/// How long `job wait` rides out a host it cannot reach (restarting, reopening its store)
+/// before it gives up.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
 
 /// One `--sweep NAME=V1,V2,...`.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +70,11 @@ impl JobFlags {
     }
 
     /// The job request for `spec`, or a usage error.
-    pub fn request(self, spec: pb::TaskSpec) -> anyhow::Result<pb::SubmitJobRequest> {
+    pub fn request(
+        self,
+        spec: pb::TaskSpec,
+        idempotency_key: Option<String>,
+    ) -> anyhow::Result<pb::SubmitJobRequest> {
         let params = match &self.params {
             Some(path) => read_params(path)?,
             None => Vec::new(),
@@ -81,6 +88,7 @@ impl JobFlags {
             sweep: self.sweep.into_iter().map(|s| s.0).collect(),
             params,
             max_failures: self.max_failures.unwrap_or(0),
+            idempotency_key: idempotency_key.unwrap_or_default(),
         })
     }
 }
@@ -113,13 +121,42 @@ fn read_params(path: &Path) -> anyhow::Result<Vec<pb::ParamSet>> {
     parse_params(&text).map_err(|e| usage(format!("{}: {e}", path.display())))
 }
 
+/// A JSON object's members in the order written, a name given twice refused.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if members.iter().any(|(n, _)| *n == name) {
+                        return Err(serde::de::Error::custom(format!("{name} is given twice")));
+                    }
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fn parse_params(text: &str) -> Result<Vec<pb::ParamSet>, String> {
     let mut sets = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+        let Members(fields) = serde_json::from_str(line)
             .map_err(|e| format!("line {}: not a JSON object: {e}", n + 1))?;
         let mut params = Vec::with_capacity(fields.len());
         for (name, value) in fields {
@@ -158,6 +195,7 @@ pub async fn submit(
                 job_id: submitted.job_id,
                 task_count: submitted.task_count,
                 first_task_id: submitted.first_task_id,
+                existed: submitted.existed,
             })?,
         }
         return Ok(ExitCode::SUCCESS);
@@ -361,7 +399,8 @@ fn print_job(job: &pb::Job, format: Format) -> anyhow::Result<()> {
 }
 
 /// Looks at the job until it has ended, more slowly as it goes on (up to [`POLL_MAX`] apart),
-/// with a progress bar on stderr when `live`.
+/// with a progress bar on stderr when `live`; a host that cannot be reached is waited for, up
+/// to [`UNREACHABLE_FOR`].
 pub async fn wait_for(client: &mut Client, id: &str, live: bool) -> anyhow::Result<pb::Job> {
     let bar = live.then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -376,8 +415,27 @@ pub async fn wait_for(client: &mut Client, id: &str, live: bool) -> anyhow::Resu
         bar
     });
     let mut pause = Duration::from_millis(5);
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let job = get(client, id).await?;
+        let job = match client
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await
+        {
+            Ok(job) => {
+                unreachable_since = None;
+                job.into_inner()
+            }
+            // A host restarting, or reopening its store, answers again soon: wait for it.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > UNREACHABLE_FOR {
+                    return Err(rpc(status));
+                }
+                tokio::time::sleep(POLL_MAX).await;
+                continue;
+            }
+            Err(status) => return Err(rpc(status)),
+        };
         if let Some(bar) = &bar {
             let shown = json::Job::from(&job);
             let c = &shown.counts;
@@ -472,7 +530,7 @@ async fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let mut stream = client
         .job_results(pb::JobResultsRequest {
             job_id: args.id.clone(),
-            with_files: args.save.is_some(),
+            full: args.save.is_some(),
         })
         .await
         .map_err(rpc)?
@@ -517,7 +575,13 @@ fn save(dir: &Path, index: u32, output: &pb::TaskOutput) -> anyhow::Result<()> {
     }
     let files = base.join("files");
     for file in &output.files {
-        let path = inside(&files, &file.path)?;
+        let path = match inside(&files, &file.path) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("corral: task {index}: {e}");
+                continue;
+            }
+        };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -528,9 +592,10 @@ fn save(dir: &Path, index: u32, output: &pb::TaskOutput) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows as CSV: `index`, `task_id`, a column per parameter, the task's figures, then a
-/// `result.<key>` column per key of the results that are JSON objects (in the order first
-/// seen), and `result` for those that are not.
+/// The rows as CSV: `index`, `task_id`, a column per parameter (`param.<name>` for one named
+/// as a column of the task's own), the task's figures, then a `result.<key>` column per key of
+/// the results that are JSON objects (in the order first seen), and `result` for those that
+/// are not.
 fn write_csv(
     out: &mut impl Write,
     params: &[String],
@@ -551,20 +616,25 @@ fn write_csv(
             _ => text_results = true,
         }
     }
+    const FIGURES: [&str; 6] = [
+        "state",
+        "outcome",
+        "exit_code",
+        "fuel_used",
+        "wall_ms",
+        "peak_memory_bytes",
+    ];
     let mut writer = csv::Writer::from_writer(out);
     let mut header: Vec<String> = vec!["index".into(), "task_id".into()];
-    header.extend(params.iter().cloned());
-    header.extend(
-        [
-            "state",
-            "outcome",
-            "exit_code",
-            "fuel_used",
-            "wall_ms",
-            "peak_memory_bytes",
-        ]
-        .map(String::from),
-    );
+    // A parameter named as one of the task's own columns is told apart.
+    header.extend(params.iter().map(|p| {
+        match ["index", "task_id", "result"].contains(&p.as_str()) || FIGURES.contains(&p.as_str())
+        {
+            true => format!("param.{p}"),
+            false => p.clone(),
+        }
+    }));
+    header.extend(FIGURES.map(String::from));
     header.extend(keys.iter().map(|k| format!("result.{k}")));
     if text_results {
         header.push("result".into());
@@ -603,16 +673,6 @@ fn write_csv(
     Ok(())
 }
 
-/// Refuses flags that only a single task takes, with a job's.
-pub fn check_single_only(idempotency_key: bool) -> anyhow::Result<()> {
-    if idempotency_key {
-        return Err(usage(
-            "--idempotency-key is for single tasks; a job is submitted once per command",
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,8 +692,10 @@ mod tests {
 
     #[test]
     fn parameter_files_are_json_lines_of_scalars_kept_as_text() {
+        // In the order written, not sorted.
         let sets =
-            parse_params("{\"lr\": 0.05, \"name\": \"a\", \"on\": true}\n\n{\"lr\": 1}\n").unwrap();
+            parse_params("{\"lr\": 0.05, \"name\": \"a\", \"on\": true}\n\n{\"z\": 1, \"a\": 2}\n")
+                .unwrap();
         let shown: Vec<Vec<(String, String)>> = sets
             .iter()
             .map(|s| {
@@ -651,11 +713,14 @@ mod tests {
                     ("name".into(), "a".into()),
                     ("on".into(), "true".into())
                 ],
-                vec![("lr".into(), "1".into())]
+                vec![("z".into(), "1".into()), ("a".into(), "2".into())]
             ]
         );
         assert!(parse_params("{\"a\": [1]}").unwrap_err().contains("line 1"));
         assert!(parse_params("{}\nnot json").unwrap_err().contains("line 2"));
+        assert!(parse_params("{\"a\": 1, \"a\": 2}")
+            .unwrap_err()
+            .contains("a is given twice"));
         assert!(parse_params("\n")
             .unwrap_err()
             .contains("no parameter sets"));

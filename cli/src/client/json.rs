@@ -184,6 +184,8 @@ pub struct JobSubmitted {
     pub task_count: u32,
     /// Its tasks are this one and the ids after it, in index order.
     pub first_task_id: String,
+    /// The idempotency key named an existing job.
+    pub existed: bool,
 }
 
 /// A job's tasks by state.

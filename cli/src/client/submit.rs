@@ -46,7 +46,7 @@ pub struct SubmitArgs {
     /// Retry FAILED attempts too.
     #[arg(long)]
     retry_failed: bool,
-    /// Submitting again with the same key (and tenant) answers the same task.
+    /// Submitting again with the same key (and tenant) answers the same task, or job.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
     /// Give the task a writable output directory (CORRAL_OUTPUT_DIR) and keep its files.
@@ -88,9 +88,7 @@ pub struct SubmitArgs {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    if args.job.is_job() {
-        super::jobs::check_single_only(args.idempotency_key.is_some())?;
-    } else if args.job.max_failures.is_some() {
+    if !args.job.is_job() && args.job.max_failures.is_some() {
         return Err(Failure {
             message: "--max-failures is for jobs (--array, --sweep or --params)".into(),
             status: exit::USAGE,
@@ -162,7 +160,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         collect_outputs: args.outputs,
     };
     if args.job.is_job() {
-        let request = args.job.request(spec)?;
+        let request = args.job.request(spec, args.idempotency_key)?;
         return super::jobs::submit(&mut client, request, args.wait, args.format.format).await;
     }
     let submitted = client

@@ -10,7 +10,7 @@ use super::status;
 use crate::auth::{self, Caller, Principal};
 use crate::control::ControlPlane;
 use crate::convert;
-use crate::job::JobId;
+use crate::job::{JobId, JobRequest};
 use crate::state::{JobView, TaskFilter};
 use crate::task::TaskId;
 
@@ -25,6 +25,8 @@ pub struct ClientService {
     plane: ControlPlane,
     /// Turns to receive an upload: at most `max_concurrent_uploads` buffer at once.
     uploads: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Turns to stream a job's results.
+    results: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ClientService {
@@ -34,6 +36,7 @@ impl ClientService {
         Self {
             plane,
             uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(uploads)),
+            results: std::sync::Arc::new(tokio::sync::Semaphore::new(RESULTS_STREAMS)),
         }
     }
 }
@@ -101,8 +104,10 @@ fn job_to_pb(view: &JobView) -> pb::Job {
     convert::job_to_pb(&view.job, Some(&view.counts), view.fuel_used)
 }
 
-/// Most tasks whose outputs are read from the store at once for [`pb::JobResult`]s.
-const RESULTS_CHUNK: usize = 256;
+/// Tasks of a job read from the actor at once for [`pb::JobResult`]s.
+const RESULTS_PAGE: usize = 256;
+/// [`pb::JobResult`] streams served at once.
+const RESULTS_STREAMS: usize = 4;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
@@ -202,19 +207,38 @@ impl pb::corral_server::Corral for ClientService {
             .take()
             .ok_or_else(|| Status::invalid_argument("the request has no task spec"))?;
         spec.tenant = acting_tenant(&spec.tenant, &principal)?;
-        let spec = convert::spec_from_pb(spec, self.plane.config())
+        convert::check_idempotency_key(&request.idempotency_key)
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
+        let key = std::mem::take(&mut request.idempotency_key);
+        // What a retry under the key must match: the request as it acts (its tenant named).
+        request.spec = Some(spec);
+        let sha256 = corral_admission::sha256_of(&prost::Message::encode_to_vec(&request));
+        let spec = request.spec.take().expect("put back above");
+        let template = convert::spec_from_pb(spec, self.plane.config())
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         let tasks = convert::job_tasks_from_pb(&mut request)
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
-        let view = self
+        // The shape is checked here too, off the actor: a huge request is refused for little.
+        tasks
+            .check()
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
+        let job = JobRequest {
+            template,
+            tasks,
+            max_failures: request.max_failures,
+            idempotency_key: (!key.is_empty()).then_some(key),
+            sha256,
+        };
+        let (view, existed) = self
             .plane
-            .submit_job_as(spec, tasks, request.max_failures, &Caller::from(&principal))
+            .submit_job_as(job, &Caller::from(&principal))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: view.job.id.to_string(),
             task_count: view.job.count,
             first_task_id: view.job.first.to_string(),
+            existed,
         }))
     }
 
@@ -280,48 +304,57 @@ impl pb::corral_server::Corral for ClientService {
         let caller = Caller::from(&auth::principal(&request)?);
         let request = request.into_inner();
         let id = job_id(&request.job_id)?;
-        // Durable when answered; outputs are read from the store a chunk at a time, as the
-        // client takes them.
-        let tasks = self.plane.job_tasks_as(id, &caller).await.map_err(status)?;
+        // Refused at once when the job is not the caller's to see.
+        let (first, mut more) = self
+            .plane
+            .job_tasks_as(id, &caller, None, RESULTS_PAGE)
+            .await
+            .map_err(status)?;
         let plane = self.plane.clone();
-        let with_files = request.with_files;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let turns = self.results.clone();
+        let full = request.full;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            for chunk in tasks.chunks(RESULTS_CHUNK) {
-                let ids: Vec<TaskId> = chunk
-                    .iter()
-                    .filter(|t| t.state.is_terminal())
-                    .map(|t| t.id)
-                    .collect();
-                let outputs = match plane.outputs(&ids) {
-                    Ok(outputs) => outputs,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
-                        return;
-                    }
-                };
-                let mut outputs = ids.into_iter().zip(outputs);
-                let mut next = outputs.next();
-                for task in chunk {
-                    let output = match &next {
-                        Some((id, _)) if *id == task.id => {
-                            let (_, output) = next.take().expect("matched");
-                            next = outputs.next();
-                            output
-                        }
-                        _ => None,
+            // A few streams at once: each holds an output or two in memory at a time.
+            let Ok(_turn) = turns.acquire_owned().await else {
+                return;
+            };
+            let mut page = first;
+            loop {
+                let last = page.last().map(|t| t.id);
+                for task in page {
+                    let output = match task.state.is_terminal() {
+                        false => None,
+                        true => match plane.stored_output(task.id).await {
+                            Ok(output) => output,
+                            Err(e) => {
+                                let _ = tx.send(Err(status(e))).await;
+                                return;
+                            }
+                        },
                     };
                     let output = output.map(|mut o| {
-                        if !with_files {
+                        if !full {
+                            o.stderr = Default::default();
                             o.files.clear();
                         }
                         convert::output_to_pb(&o)
                     });
                     let result = pb::JobResult {
-                        task: Some(convert::task_to_pb(task, false)),
+                        task: Some(convert::task_to_pb(&task, false)),
                         output,
                     };
                     if tx.send(Ok(result)).await.is_err() {
+                        return;
+                    }
+                }
+                if !more {
+                    return;
+                }
+                match plane.job_tasks_as(id, &caller, last, RESULTS_PAGE).await {
+                    Ok((next, again)) => (page, more) = (next, again),
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
                         return;
                     }
                 }

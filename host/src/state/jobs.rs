@@ -13,7 +13,9 @@ use std::sync::Arc;
 use super::{public, unknown_module, Effects, HostState, Now};
 use crate::convert::bounds;
 use crate::error::HostError;
-use crate::job::{self, Job, JobId, JobMember, JobState, JobTasks, MAX_JOB_STDIN_BYTES};
+use crate::job::{
+    self, Job, JobId, JobMember, JobRequest, JobState, MAX_JOB_BYTES, MAX_JOB_STDIN_BYTES,
+};
 use crate::store::Write;
 use crate::task::{Task, TaskId, TaskSpec, TaskState};
 
@@ -35,11 +37,6 @@ pub(super) struct JobEntry {
 }
 
 impl JobEntry {
-    /// The job.
-    pub(super) fn job(&self) -> &Job {
-        &self.job
-    }
-
     fn view(&self) -> JobView {
         JobView {
             job: self.job.clone(),
@@ -60,6 +57,17 @@ pub struct JobView {
     pub fuel_used: u64,
 }
 
+/// A job accepted: as clients see it, and about what its tasks take on disk.
+#[derive(Clone, Debug)]
+pub struct SubmittedJob {
+    /// The job.
+    pub view: JobView,
+    /// Bytes its tasks take as stored, about (0 when it existed).
+    pub stored_bytes: u64,
+    /// Its idempotency key named it: this submit made nothing.
+    pub existed: bool,
+}
+
 /// Task `task`, of a job or not, moves from its state to `to`.
 pub(super) fn moved(jobs: &mut BTreeMap<JobId, JobEntry>, task: &Task, to: TaskState) {
     if let Some(entry) = task.job.as_ref().and_then(|m| jobs.get_mut(&m.job)) {
@@ -76,16 +84,45 @@ fn unknown_job(id: JobId) -> HostError {
 impl HostState {
     /// Records a job of tasks made from `template` (see [`job::task_spec`]), all PENDING, in
     /// one change. Refused as a task would be (its module, where it could run, its tenant's
-    /// queue cap counting every task of the job), or when its shape or a task made from it is
-    /// out of bounds.
+    /// queue cap counting every task of the job), when its shape or a task made from it is out
+    /// of bounds, when its tasks together would pass [`MAX_JOB_BYTES`], or by `room`, asked
+    /// with what they take on disk once they are made. Nothing is changed unless it is
+    /// accepted.
     pub fn submit_job(
         &mut self,
-        template: TaskSpec,
-        tasks: &JobTasks,
-        max_failures: u32,
+        request: JobRequest,
+        room: impl FnOnce(u64) -> Result<(), HostError>,
         now: Now,
         fx: &mut Effects,
-    ) -> Result<JobView, HostError> {
+    ) -> Result<SubmittedJob, HostError> {
+        let JobRequest {
+            template,
+            tasks,
+            max_failures,
+            idempotency_key,
+            sha256,
+        } = request;
+        let key = idempotency_key.map(|k| (template.tenant.clone(), k));
+        if let Some((key, &id)) = key.as_ref().and_then(|k| Some((k, self.job_keys.get(k)?))) {
+            // As Stripe's keys: the same key with another request is a client's mistake.
+            let shown = crate::convert::shown(&key.1);
+            return match self.jobs.get(&id) {
+                Some(entry) if entry.job.request_sha256 == sha256 => Ok(SubmittedJob {
+                    view: entry.view(),
+                    stored_bytes: 0,
+                    existed: true,
+                }),
+                Some(_) => Err(HostError::FailedPrecondition(format!(
+                    "idempotency key {shown} was used for job {id} with a different request; \
+                     use a new key for a new job"
+                ))),
+                None => Err(HostError::FailedPrecondition(format!(
+                    "idempotency key {shown} names job {id}, whose record could not be loaded \
+                     (see the host's log)"
+                ))),
+            };
+        }
+        let tasks = &tasks;
         let count = tasks.check().map_err(HostError::InvalidArgument)?;
         if !self.has_module(&template.module_sha256) {
             return Err(unknown_module(&template.module_sha256));
@@ -99,15 +136,21 @@ impl HostState {
                 template.stdin.len()
             )));
         }
+        self.check_could_run(&template)?;
+        self.admit_for_tenant(
+            &template.tenant,
+            &template.resources(),
+            template.limits.fuel,
+            u64::from(count),
+        )?;
+        // Made one at a time, counting what they take: a job whose expansion would be huge
+        // is refused once it passes the bound, before it holds more.
         let id = JobId(self.next_job_id + 1);
-        let made: Vec<(TaskSpec, Vec<job::Param>)> = (0..count)
-            .map(|index| {
-                let params = tasks.params_of(index);
-                let spec = job::task_spec(&template, id, index, count, &params);
-                (spec, params)
-            })
-            .collect();
-        for (index, (spec, _)) in made.iter().enumerate() {
+        let mut made: Vec<(TaskSpec, Vec<job::Param>)> = Vec::with_capacity(count as usize);
+        let mut stored: u64 = 0;
+        for index in 0..count {
+            let params = tasks.params_of(index);
+            let spec = job::task_spec(&template, id, index, count, &params);
             let args: usize = spec.args.iter().map(String::len).sum();
             let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
             if args > bounds::ARGS_BYTES || env > bounds::ENV_BYTES {
@@ -117,14 +160,21 @@ impl HostState {
                     bounds::ARGS_BYTES
                 )));
             }
+            stored += spec.stored_bytes()
+                + params
+                    .iter()
+                    .map(|(n, v)| (n.len() + v.len()) as u64)
+                    .sum::<u64>();
+            if stored > MAX_JOB_BYTES {
+                return Err(HostError::InvalidArgument(format!(
+                    "the job's tasks would take over {MAX_JOB_BYTES} bytes together (at task \
+                     {index} of {count}): give data that tasks share as a file, or submit \
+                     fewer tasks at once"
+                )));
+            }
+            made.push((spec, params));
         }
-        self.check_could_run(&template)?;
-        self.admit_for_tenant(
-            &template.tenant,
-            &template.resources(),
-            template.limits.fuel,
-            u64::from(count),
-        )?;
+        room(stored)?;
         self.next_job_id = id.0;
         let first = TaskId(self.next_id + 1);
         self.next_id += u64::from(count);
@@ -148,8 +198,15 @@ impl HostState {
             reason: String::new(),
             created_at_ms: now.ms,
             finished_at_ms: 0,
+            request_sha256: sha256,
         };
         fx.writes.push(Write::Job(job.clone()));
+        if let Some((tenant, key)) = key {
+            fx.writes
+                .push(Write::JobKey(tenant.clone(), key.clone(), id));
+            self.job_key_of.insert(id, (tenant.clone(), key.clone()));
+            self.job_keys.insert((tenant, key), id);
+        }
         for (index, (spec, params)) in (0..count).zip(made) {
             let task_id = job.task(index);
             let mut task = Task::new(task_id, spec, now.ms);
@@ -177,7 +234,11 @@ impl HostState {
         let view = entry.view();
         self.jobs.insert(id, entry);
         self.dirty = true;
-        Ok(view)
+        Ok(SubmittedJob {
+            view,
+            stored_bytes: stored,
+            existed: false,
+        })
     }
 
     /// A job, for `tenant` (`None`: any): another tenant's is answered as one that does not
@@ -186,7 +247,11 @@ impl HostState {
         self.job_entry(id, tenant).map(JobEntry::view)
     }
 
-    fn job_entry(&self, id: JobId, tenant: Option<&str>) -> Result<&JobEntry, HostError> {
+    pub(super) fn job_entry(
+        &self,
+        id: JobId,
+        tenant: Option<&str>,
+    ) -> Result<&JobEntry, HostError> {
         match self.jobs.get(&id) {
             Some(entry) if tenant.is_none_or(|t| t == entry.job.tenant) => Ok(entry),
             _ if id.0 <= self.next_job_id => Err(HostError::NotFound(format!(
@@ -219,15 +284,29 @@ impl HostState {
         (out, false)
     }
 
-    /// A job's tasks in index order, without stdin (those removed are left out).
-    pub fn job_tasks(&self, id: JobId, tenant: Option<&str>) -> Result<Vec<Task>, HostError> {
-        let entry = self.job_entry(id, tenant)?;
-        Ok(entry
-            .job
-            .tasks()
-            .filter_map(|t| self.tasks.get(&t))
-            .map(public)
-            .collect())
+    /// A job's tasks in index order after `after` (exclusive), at most `limit`, without
+    /// stdin (those removed are left out); and whether more remain.
+    pub fn job_tasks(
+        &self,
+        id: JobId,
+        tenant: Option<&str>,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<(Vec<Task>, bool), HostError> {
+        let job = &self.job_entry(id, tenant)?.job;
+        let end = job.first.0 + u64::from(job.count);
+        let start = after.map_or(job.first.0, |a| a.0.saturating_add(1).max(job.first.0));
+        if start >= end {
+            return Ok((Vec::new(), false));
+        }
+        let mut page: Vec<Task> = Vec::new();
+        for task in self.tasks.range(TaskId(start)..TaskId(end)).map(|(_, t)| t) {
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            page.push(public(task));
+        }
+        Ok((page, false))
     }
 
     /// Kills every task of the job that has not ended (see [`HostState::kill`]); the job ends
@@ -247,9 +326,13 @@ impl HostState {
             )));
         }
         let entry = self.jobs.get_mut(&id).expect("looked up above");
-        entry.job.kill_requested = true;
-        entry.job.reason = "killed on request".into();
-        fx.writes.push(Write::Job(entry.job.clone()));
+        // A job failing fast has failed already: its rest are being killed, and it ends
+        // FAILED.
+        if !entry.stopping {
+            entry.job.kill_requested = true;
+            entry.job.reason = "killed on request".into();
+            fx.writes.push(Write::Job(entry.job.clone()));
+        }
         let job = entry.job.clone();
         self.kill_unended(&job, None, now, fx);
         // Kept while its tasks are, though it may have ended with this change.
@@ -269,8 +352,7 @@ impl HostState {
         }
     }
 
-    /// A task of job `id` ended for good (`task` as it ended): counted; past `max_failures`,
-    /// the rest are killed; the last one ends the job.
+    /// A task of job `id` ended for good (`task` as it ended): counted, then the job settled.
     pub(super) fn job_task_ended(&mut self, id: JobId, task: &Task, now: Now, fx: &mut Effects) {
         let Some(entry) = self.jobs.get_mut(&id) else {
             return;
@@ -280,6 +362,19 @@ impl HostState {
         if matches!(task.state, TaskState::Failed | TaskState::Lost) {
             entry.failures += 1;
         }
+        self.settle_job(id, now, fx);
+    }
+
+    /// Acts on what a running job's counts say: past `max_failures` failures, the rest are
+    /// killed (once); once every task has ended, the job ends. Ending a task here may settle
+    /// the job again, from within: it is left as that leaves it.
+    fn settle_job(&mut self, id: JobId, now: Now, fx: &mut Effects) {
+        let Some(entry) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if entry.job.state != JobState::Running {
+            return;
+        }
         let max = entry.job.max_failures;
         if max > 0 && entry.failures >= max && !entry.stopping && !entry.job.kill_requested {
             entry.stopping = true;
@@ -287,6 +382,7 @@ impl HostState {
                 "{} of its tasks failed, its max_failures: the rest were killed",
                 entry.failures
             );
+            fx.writes.push(Write::Job(entry.job.clone()));
             let job = entry.job.clone();
             let why = format!("job {id} reached its max_failures ({max})");
             self.kill_unended(&job, Some(&why), now, fx);
@@ -311,8 +407,13 @@ impl HostState {
                 .filter(|s| entry.counts[s.index()] > 0)
                 .map(|s| format!("{} {}", entry.counts[s.index()], s.as_str().to_lowercase()))
                 .collect();
+            let missing = entry.job.count.saturating_sub(entry.kept);
+            let missing = match missing {
+                0 => String::new(),
+                n => format!(", {n} not restored"),
+            };
             entry.job.reason = format!(
-                "{} of {} tasks did not finish: {}",
+                "{} of {} tasks did not finish: {}{missing}",
                 entry.job.count - finished,
                 entry.job.count,
                 shown.join(", ")
@@ -328,12 +429,46 @@ impl HostState {
         }
     }
 
-    /// Removes the jobs found without tasks when the store was opened.
+    /// Settles the jobs restored running (see [`HostState::finish_restoring_jobs`]).
+    pub(super) fn settle_restored_jobs(&mut self, now: Now, fx: &mut Effects) {
+        for id in std::mem::take(&mut self.unsettled_jobs) {
+            self.settle_job(id, now, fx);
+        }
+    }
+
+    /// Removes the jobs found without tasks when the store was opened, and keys naming jobs
+    /// not restored.
     pub(super) fn collect_orphan_jobs(&mut self, fx: &mut Effects) {
         for id in std::mem::take(&mut self.orphan_jobs) {
-            self.jobs.remove(&id);
+            self.forget_job(id, fx);
+        }
+        let jobs = &self.jobs;
+        let gone: Vec<JobId> = self
+            .job_key_of
+            .keys()
+            .filter(|id| !jobs.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.forget_job(id, fx);
+        }
+    }
+
+    /// Removes a job and its idempotency key.
+    fn forget_job(&mut self, id: JobId, fx: &mut Effects) {
+        if self.jobs.remove(&id).is_some() {
             fx.writes.push(Write::ForgetJob(id));
         }
+        if let Some(key) = self.job_key_of.remove(&id) {
+            self.job_keys.remove(&key);
+            fx.writes.push(Write::ForgetJobKey(key.0, key.1));
+        }
+    }
+
+    /// Whether idempotency key `key` of `tenant` names a job.
+    pub fn names_job(&self, tenant: &str, key: &str) -> bool {
+        self.job_keys
+            .contains_key(&(tenant.to_string(), key.to_string()))
     }
 
     /// A task past its retention was removed: its job goes with the last of its tasks.
@@ -344,13 +479,16 @@ impl HostState {
         };
         entry.kept = entry.kept.saturating_sub(1);
         if entry.kept == 0 {
-            self.jobs.remove(&member.job);
-            fx.writes.push(Write::ForgetJob(member.job));
+            self.forget_job(member.job, fx);
         }
     }
 
-    /// The jobs a store held, before their tasks are restored.
-    pub(super) fn restore_jobs(&mut self, jobs: Vec<Job>) {
+    /// The jobs a store held, and their idempotency keys, before their tasks are restored.
+    pub(super) fn restore_jobs(&mut self, jobs: Vec<Job>, keys: Vec<((String, String), JobId)>) {
+        for (key, id) in keys {
+            self.job_key_of.insert(id, key.clone());
+            self.job_keys.insert(key, id);
+        }
         for job in jobs {
             let entry = JobEntry {
                 job,
@@ -372,7 +510,8 @@ impl HostState {
         let entry = task.job.as_ref().and_then(|m| self.jobs.get_mut(&m.job))?;
         entry.counts[task.state.index()] += 1;
         entry.kept += 1;
-        if task.has_ended() {
+        // A final state is stored only for good (a retried attempt is stored PENDING).
+        if task.state.is_terminal() {
             entry.ended += 1;
             entry.fuel_used = entry.fuel_used.saturating_add(task.fuel_used);
             if matches!(task.state, TaskState::Failed | TaskState::Lost) {
@@ -385,19 +524,25 @@ impl HostState {
         })
     }
 
-    /// Once every task is restored: a job whose tasks are all gone (removed, or set aside as
-    /// undecodable) counts them as ended and failed, so that it can end.
-    /// A job none of whose tasks is left is removed at the next collection.
+    /// Once every task is restored: a job's tasks missing from the store (set aside as
+    /// undecodable) count as ended and failed, so that it can end. A job none of whose tasks
+    /// is left is removed at the next collection; a running one is settled then (it may have
+    /// ended, or passed its max_failures, with what was restored).
     pub(super) fn finish_restoring_jobs(&mut self) {
         for entry in self.jobs.values_mut() {
             if entry.kept == 0 {
                 self.orphan_jobs.push(entry.job.id);
+                continue;
             }
             let missing = entry.job.count.saturating_sub(entry.kept);
             entry.ended += missing;
             entry.failures += missing;
+            // A stored reason says it failed fast before.
             let max = entry.job.max_failures;
-            entry.stopping = max > 0 && entry.failures >= max;
+            entry.stopping = max > 0 && entry.failures >= max && !entry.job.reason.is_empty();
+            if entry.job.state == JobState::Running {
+                self.unsettled_jobs.push(entry.job.id);
+            }
         }
     }
 }

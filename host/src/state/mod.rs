@@ -41,7 +41,7 @@ mod tenants;
 mod tests;
 
 pub use access::MAX_AUDIT_ENTRIES;
-pub use jobs::JobView;
+pub use jobs::{JobView, SubmittedJob};
 pub use tenants::TenantView;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -229,6 +229,11 @@ pub struct HostState {
     next_job_id: u64,
     /// Jobs restored without any task left, to be removed.
     orphan_jobs: Vec<JobId>,
+    /// Jobs restored running, to be settled at the next collection.
+    unsettled_jobs: Vec<JobId>,
+    /// Jobs by idempotency key (tenant, key), and the key of each job made with one.
+    job_keys: HashMap<(String, String), JobId>,
+    job_key_of: HashMap<JobId, (String, String)>,
     /// The PENDING tasks, by tenant.
     queues: Queues,
     /// What each tenant's tasks hold (ASSIGNED or RUNNING); tenants holding nothing absent.
@@ -345,6 +350,9 @@ impl HostState {
             jobs: BTreeMap::new(),
             next_job_id: 0,
             orphan_jobs: Vec::new(),
+            unsettled_jobs: Vec::new(),
+            job_keys: HashMap::new(),
+            job_key_of: HashMap::new(),
             queues: Queues::default(),
             held: HashMap::new(),
             tenant_set: BTreeMap::new(),
@@ -405,7 +413,7 @@ impl HostState {
             state.modules.insert(sha, used);
         }
         state.next_job_id = loaded.highest_job_id;
-        state.restore_jobs(loaded.jobs);
+        state.restore_jobs(loaded.jobs, loaded.job_keys);
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
@@ -662,6 +670,7 @@ impl HostState {
             collected.tasks += 1;
         }
         self.collect_orphan_jobs(fx);
+        self.settle_restored_jobs(now, fx);
         let cutoff = now.ms.saturating_sub(self.rules.module_retention_ms);
         let unused: Vec<String> = self
             .modules
@@ -728,12 +737,15 @@ impl HostState {
         let mut start = after.map_or(0, |a| a.0.saturating_add(1));
         let mut end = u64::MAX;
         if let Some(job) = filter.job {
-            // A job's tasks are consecutive ids.
-            let Some(job) = self.jobs.get(&job).map(|e| e.job()) else {
+            // A job's tasks are consecutive ids; another tenant's job lists nothing.
+            let Ok(entry) = self.job_entry(job, filter.tenant.as_deref()) else {
                 return (Vec::new(), false);
             };
-            start = start.max(job.first.0);
-            end = job.first.0 + u64::from(job.count);
+            start = start.max(entry.job.first.0);
+            end = entry.job.first.0 + u64::from(entry.job.count);
+            if start >= end {
+                return (Vec::new(), false);
+            }
         }
         let mut out = Vec::new();
         let mut more = false;
@@ -1351,8 +1363,13 @@ impl HostState {
         let retry = !task.kill_requested && task.may_retry_after(ended);
         if !retry {
             task.finished_at_ms = now.ms;
-            // A job's tasks are kept until the whole job is past its retention.
-            if task.job.is_none() {
+            // A job's tasks are kept until the whole job is past its retention (a task of a
+            // job not restored is kept on its own).
+            if task
+                .job
+                .as_ref()
+                .is_none_or(|m| !self.jobs.contains_key(&m.job))
+            {
                 self.ended.insert((now.ms, id));
             }
         }

@@ -278,8 +278,10 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
     for t in state.tasks() {
         let indexed = state.ended.iter().any(|(_, id)| *id == t.id);
         let expected = match &t.job {
-            Some(m) => state.jobs[&m.job].job.state != crate::job::JobState::Running,
-            None => t.state.is_terminal(),
+            Some(m) if state.jobs.contains_key(&m.job) => {
+                state.jobs[&m.job].job.state != crate::job::JobState::Running
+            }
+            _ => t.state.is_terminal(),
         };
         if indexed != expected {
             return Err(format!(
@@ -326,6 +328,24 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
             .tasks()
             .filter_map(|t| state.tasks.get(&t))
             .all(Task::has_ended);
+        if kept == entry.job.count {
+            let ended: u32 = [
+                TaskState::Finished,
+                TaskState::Failed,
+                TaskState::Killed,
+                TaskState::Lost,
+            ]
+            .map(|s| counts[s.index()])
+            .iter()
+            .sum();
+            let failures = counts[TaskState::Failed.index()] + counts[TaskState::Lost.index()];
+            if (entry.ended, entry.failures) != (ended, failures) {
+                return Err(format!(
+                    "{id} counts {} ended and {} failed, its tasks {ended} and {failures}",
+                    entry.ended, entry.failures
+                ));
+            }
+        }
         let running = entry.job.state == crate::job::JobState::Running;
         if kept == entry.job.count && all_ended == running {
             return Err(format!(
@@ -1103,6 +1123,10 @@ enum Step {
     },
     /// A job of this many tasks (an array), with this max_failures.
     Job(u32, u32),
+    /// A kill of the job this far into the list of jobs.
+    KillJob(usize),
+    /// The host restarts on what it held.
+    Restart,
     Schedule,
     Running(usize),
     End(usize, u8),
@@ -1135,6 +1159,8 @@ fn step() -> impl Generator<Value = Step> {
         (0usize..3).prop_map(Step::Detach),
         (0usize..3, proptest::bool::weighted(0.3)).prop_map(|(a, r)| Step::Return(a, r)),
         (0u64..20).prop_map(Step::Expire),
+        (0usize..4).prop_map(Step::KillJob),
+        Just(Step::Restart),
     ]
 }
 
@@ -1174,8 +1200,8 @@ proptest! {
                 Step::Job(n, max_failures) => {
                     w.state.module_stored(SHA, ModuleFacts::default(), w.now);
                     let tasks = crate::job::JobTasks::Array(n);
-                    if let Ok(view) = w.state.submit_job(spec(MIB, 1, false), &tasks, max_failures, w.now, &mut fx) {
-                        ids.extend(view.job.tasks());
+                    if let Ok(view) = w.state.submit_job(request(spec(MIB, 1, false), &tasks, max_failures), |_| Ok(()), w.now, &mut fx) {
+                        ids.extend(view.view.job.tasks());
                     }
                 }
                 Step::Schedule => w.state.schedule(w.now, &mut fx),
@@ -1217,6 +1243,34 @@ proptest! {
                 Step::Expire(secs) => {
                     w.tick(Duration::from_secs(secs));
                     w.state.expire(w.now, &mut fx);
+                    w.state.collect(w.now, &mut fx);
+                }
+                Step::KillJob(i) => {
+                    if let Some(&id) = w.state.jobs.keys().nth(i) {
+                        let _ = w.state.kill_job(id, None, w.now, &mut fx);
+                    }
+                }
+                Step::Restart => {
+                    let state = &w.state;
+                    let loaded = Loaded {
+                        tasks: state.tasks().cloned().collect(),
+                        jobs: state.jobs.values().map(|e| e.job.clone()).collect(),
+                        highest_job_id: state.next_job_id,
+                        highest_task_id: state.next_id,
+                        agents: state.agents().into_iter().map(|a| (a.info, a.last_seen_ms)).collect(),
+                        partitions: state.partitions().cloned().collect(),
+                        modules: state.modules.iter()
+                            .filter(|(_, used)| used.stored)
+                            .map(|(sha, used)| (sha.clone(), used.facts))
+                            .collect(),
+                        idempotency: state.idempotency.iter().map(|(k, id)| (k.clone(), *id)).collect(),
+                        ..Default::default()
+                    };
+                    w.state = HostState::restore(&HostConfig {
+                        task_retention: Duration::from_secs(30),
+                        module_retention: Duration::from_secs(15),
+                        ..HostConfig::default()
+                    }, loaded, w.now);
                     w.state.collect(w.now, &mut fx);
                 }
             }
@@ -2127,8 +2181,14 @@ fn submit_job(w: &mut World, tasks: crate::job::JobTasks, max_failures: u32) -> 
     let mut fx = Effects::default();
     let view = w
         .state
-        .submit_job(spec(MIB, 0, false), &tasks, max_failures, w.now, &mut fx)
-        .unwrap();
+        .submit_job(
+            request(spec(MIB, 0, false), &tasks, max_failures),
+            |_| Ok(()),
+            w.now,
+            &mut fx,
+        )
+        .unwrap()
+        .view;
     // One change: the job and every task written together, each task told.
     let jobs = fx
         .writes
@@ -2162,8 +2222,9 @@ fn a_jobs_tasks_are_made_queued_counted_and_end_the_job_when_all_have() {
     let mut fx = Effects::default();
     let view = w
         .state
-        .submit_job(template, &sweep, 0, w.now, &mut fx)
-        .unwrap();
+        .submit_job(request(template, &sweep, 0), |_| Ok(()), w.now, &mut fx)
+        .unwrap()
+        .view;
     let job = view.job.clone();
     assert_eq!(job.id.to_string(), "j-1");
     assert_eq!(job.count, 4);
@@ -2215,9 +2276,67 @@ fn a_jobs_tasks_are_made_queued_counted_and_end_the_job_when_all_have() {
 
 #[test]
 fn a_job_counts_its_tasks_against_the_tenants_queue_cap_and_checks_its_shape() {
-    use crate::job::JobTasks;
+    use crate::job::{JobTasks, MAX_JOB_BYTES};
     let mut w = World::new();
     let mut fx = Effects::default();
+    let mut refuse = |w: &mut World, template: TaskSpec, tasks: JobTasks| {
+        let e = w
+            .state
+            .submit_job(request(template, &tasks, 0), |_| Ok(()), w.now, &mut fx)
+            .unwrap_err();
+        assert!(fx.writes.is_empty() && fx.events.is_empty(), "{e}");
+        e
+    };
+    let e = refuse(&mut w, spec(MIB, 0, false), JobTasks::Array(0));
+    assert!(matches!(e, HostError::InvalidArgument(_)), "{e}");
+    // Stdin is stored by every task: a job's in all is bounded.
+    let mut fat = spec(MIB, 0, false);
+    fat.stdin = Bytes::from(vec![0; 1 << 20]);
+    let e = refuse(&mut w, fat, JobTasks::Array(65));
+    assert!(e.to_string().contains("as a file"), "{e}");
+    // An arg made long by its parameters is refused.
+    let mut long = spec(MIB, 0, false);
+    long.args = vec!["{p}".repeat(2000)];
+    let params = JobTasks::Params(vec![vec![("p".into(), "x".repeat(1000))]]);
+    let e = refuse(&mut w, long, params);
+    assert!(e.to_string().contains("task 0 of the job"), "{e}");
+    // A small request that would expand to gigabytes is refused once its tasks pass the
+    // job's bound, long before they are all made.
+    let mut big = spec(MIB, 0, false);
+    big.args = vec!["{a}".repeat(1000)];
+    let sweep = JobTasks::Sweep(vec![
+        ("a".into(), vec!["x".repeat(1024)]),
+        ("b".into(), (0..100_000).map(|i| i.to_string()).collect()),
+    ]);
+    let e = refuse(&mut w, big, sweep);
+    assert!(e.to_string().contains(&MAX_JOB_BYTES.to_string()), "{e}");
+    let at: u32 = e
+        .to_string()
+        .split("at task ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at < 1000, "refused after {at} tasks: {e}");
+    // No room on disk for what the tasks take: refused, nothing changed.
+    let e = w
+        .state
+        .submit_job(
+            request(spec(MIB, 0, false), &JobTasks::Array(3), 0),
+            |bytes| {
+                assert!(bytes >= 3 * 1024, "{bytes}");
+                Err(HostError::Exhausted("no room".into()))
+            },
+            w.now,
+            &mut fx,
+        )
+        .unwrap_err();
+    assert!(matches!(e, HostError::Exhausted(_)), "{e}");
+    assert!(fx.writes.is_empty() && w.state.tasks().next().is_none());
+
     set(
         &mut w,
         "default",
@@ -2229,36 +2348,17 @@ fn a_job_counts_its_tasks_against_the_tenants_queue_cap_and_checks_its_shape() {
     w.submit(spec(MIB, 0, false));
     let e = w
         .state
-        .submit_job(spec(MIB, 0, false), &JobTasks::Array(10), 0, w.now, &mut fx)
+        .submit_job(
+            request(spec(MIB, 0, false), &JobTasks::Array(10), 0),
+            |_| Ok(()),
+            w.now,
+            &mut fx,
+        )
         .unwrap_err();
     assert!(matches!(e, HostError::Exhausted(_)), "{e}");
     assert!(e.to_string().contains("a job of 10 would pass"), "{e}");
     assert!(fx.writes.is_empty() && fx.events.is_empty());
     submit_job(&mut w, JobTasks::Array(9), 0);
-
-    let e = w
-        .state
-        .submit_job(spec(MIB, 0, false), &JobTasks::Array(0), 0, w.now, &mut fx)
-        .unwrap_err();
-    assert!(matches!(e, HostError::InvalidArgument(_)), "{e}");
-    // Stdin is stored by every task: a job's in all is bounded.
-    let mut fat = spec(MIB, 0, false);
-    fat.stdin = Bytes::from(vec![0; 1 << 20]);
-    let e = w
-        .state
-        .submit_job(fat, &JobTasks::Array(65), 0, w.now, &mut fx)
-        .unwrap_err();
-    assert!(e.to_string().contains("as a file"), "{e}");
-    // An arg made long by its parameters is refused before anything is made.
-    let mut long = spec(MIB, 0, false);
-    long.args = vec!["{p}".repeat(2000)];
-    let params = JobTasks::Params(vec![vec![("p".into(), "x".repeat(1000))]]);
-    let e = w
-        .state
-        .submit_job(long, &params, 0, w.now, &mut fx)
-        .unwrap_err();
-    assert!(e.to_string().contains("task 0 of the job"), "{e}");
-    assert!(fx.writes.is_empty());
     w.check();
 }
 
@@ -2379,10 +2479,15 @@ fn a_jobs_tasks_are_kept_together_and_restored_with_their_counts() {
     );
     let mut fx = Effects::default();
     let next = restored
-        .submit_job(spec(MIB, 0, false), &JobTasks::Array(1), 0, w.now, &mut fx)
+        .submit_job(
+            request(spec(MIB, 0, false), &JobTasks::Array(1), 0),
+            |_| Ok(()),
+            w.now,
+            &mut fx,
+        )
         .unwrap();
     assert_eq!(
-        next.job.id.to_string(),
+        next.view.job.id.to_string(),
         "j-2",
         "job ids are not given twice"
     );
@@ -2404,5 +2509,211 @@ fn a_jobs_tasks_are_kept_together_and_restored_with_their_counts() {
         .any(|w| matches!(w, Write::ForgetJob(id) if *id == view.job.id)));
     let gone = w.state.job(view.job.id, None).unwrap_err().to_string();
     assert!(gone.contains("task_retention"), "{gone}");
+    w.check();
+}
+
+#[test]
+fn a_failed_fast_job_stays_failed_and_its_reason_is_written() {
+    use crate::job::{JobState, JobTasks};
+    let mut w = World::new();
+    w.agent("a1", 2, 1024 * MIB);
+    let view = submit_job(&mut w, JobTasks::Array(4), 1);
+    let ids: Vec<TaskId> = view.job.tasks().collect();
+    w.schedule();
+    let fx = w.report("a1", ids[0], ended(OutcomeKind::Trap));
+    assert!(
+        fx.writes
+            .iter()
+            .any(|w| matches!(w, Write::Job(j) if j.reason.contains("max_failures"))),
+        "the reason is stored when the job fails fast"
+    );
+    // A kill asked now does not turn a failed job into a killed one.
+    let mut fx = Effects::default();
+    w.state.kill_job(view.job.id, None, w.now, &mut fx).unwrap();
+    w.report("a1", ids[1], ended(OutcomeKind::Killed));
+    let job = w.state.job(view.job.id, None).unwrap();
+    assert_eq!(job.job.state, JobState::Failed);
+    assert!(
+        job.job.reason.contains("max_failures"),
+        "{}",
+        job.job.reason
+    );
+    w.check();
+}
+
+#[test]
+fn listing_a_jobs_tasks_past_its_end_or_as_another_tenant_lists_nothing() {
+    use crate::job::JobTasks;
+    let mut w = World::new();
+    let view = submit_job(&mut w, JobTasks::Array(3), 0);
+    let filter = |tenant: Option<&str>| TaskFilter {
+        job: Some(view.job.id),
+        tenant: tenant.map(String::from),
+        ..Default::default()
+    };
+    let (all, more) = w.state.list(&filter(None), None, 10, w.now);
+    assert_eq!((all.len(), more), (3, false));
+    let (page, more) = w.state.list(&filter(None), None, 2, w.now);
+    assert_eq!((page.len(), more), (2, true));
+    for after in [TaskId(3), TaskId(u64::MAX - 1), TaskId(u64::MAX)] {
+        let (rest, _) = w.state.list(&filter(None), Some(after), 10, w.now);
+        assert!(rest.is_empty(), "after {after}");
+    }
+    let (theirs, _) = w.state.list(&filter(Some("other")), None, 10, w.now);
+    assert!(theirs.is_empty());
+    let paged = w
+        .state
+        .job_tasks(view.job.id, None, Some(TaskId(u64::MAX)), 10)
+        .unwrap();
+    assert_eq!(paged, (Vec::new(), false));
+    assert!(w
+        .state
+        .job_tasks(view.job.id, Some("other"), None, 10)
+        .is_err());
+}
+
+#[test]
+fn a_job_restored_with_its_tasks_ended_or_missing_ends_at_the_next_collection() {
+    use crate::job::{JobState, JobTasks};
+    let mut w = World::new();
+    w.agent("a1", 4, 1024 * MIB);
+    let view = submit_job(&mut w, JobTasks::Array(3), 0);
+    let ids: Vec<TaskId> = view.job.tasks().collect();
+    w.schedule();
+    w.report("a1", ids[0], ended(OutcomeKind::Success));
+    w.report("a1", ids[1], ended(OutcomeKind::Success));
+    // The third task's record was set aside as undecodable; the job's record says RUNNING.
+    let running_job = {
+        let mut job = w.state.job(view.job.id, None).unwrap().job;
+        job.state = JobState::Running;
+        job
+    };
+    let loaded = |w: &World, tasks: Vec<Task>, jobs: Vec<crate::job::Job>| Loaded {
+        tasks,
+        jobs,
+        highest_job_id: 1,
+        agents: vec![(info("a1", 4, 1024 * MIB), 0)],
+        partitions: w.state.partitions().cloned().collect(),
+        modules: vec![(SHA.into(), ModuleFacts::default())],
+        ..Default::default()
+    };
+    let kept: Vec<Task> = w
+        .state
+        .tasks()
+        .filter(|t| t.id != ids[2])
+        .cloned()
+        .collect();
+    let mut restored = HostState::restore(
+        &HostConfig::default(),
+        loaded(&w, kept.clone(), vec![running_job.clone()]),
+        w.now,
+    );
+    let mut fx = Effects::default();
+    restored.collect(w.now, &mut fx);
+    let job = restored.job(view.job.id, None).unwrap();
+    assert_eq!(job.job.state, JobState::Failed);
+    assert!(
+        job.job.reason.contains("1 not restored"),
+        "{}",
+        job.job.reason
+    );
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Job(j) if j.state == JobState::Failed)));
+    check_invariants(&restored).unwrap();
+
+    // Its job's record set aside instead: its tasks are kept on their own, and go.
+    let config = HostConfig {
+        task_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let mut orphans = HostState::restore(&config, loaded(&w, kept, vec![]), w.now);
+    let mut fx = Effects::default();
+    let later = w.now.after(Duration::from_secs(61));
+    assert_eq!(orphans.collect(later, &mut fx).tasks, 2);
+}
+
+fn request(
+    template: TaskSpec,
+    tasks: &crate::job::JobTasks,
+    max_failures: u32,
+) -> crate::job::JobRequest {
+    crate::job::JobRequest {
+        template,
+        tasks: tasks.clone(),
+        max_failures,
+        idempotency_key: None,
+        sha256: String::new(),
+    }
+}
+
+#[test]
+fn a_jobs_idempotency_key_answers_it_for_the_same_request_only_and_goes_with_it() {
+    use crate::job::JobTasks;
+    let config = HostConfig {
+        task_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    w.agent("a1", 2, 1024 * MIB);
+    let keyed = |sha: &str| crate::job::JobRequest {
+        idempotency_key: Some("k".into()),
+        sha256: sha.into(),
+        ..request(spec(MIB, 0, false), &JobTasks::Array(2), 0)
+    };
+    let mut fx = Effects::default();
+    let first = w
+        .state
+        .submit_job(keyed("aa"), |_| Ok(()), w.now, &mut fx)
+        .unwrap();
+    assert!(!first.existed);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::JobKey(t, k, id) if t == "default" && k == "k" && *id == first.view.job.id)));
+    let mut fx = Effects::default();
+    let again = w
+        .state
+        .submit_job(
+            keyed("aa"),
+            |_| panic!("a retry needs no room"),
+            w.now,
+            &mut fx,
+        )
+        .unwrap();
+    assert!(again.existed);
+    assert_eq!(again.view.job.id, first.view.job.id);
+    assert!(fx.writes.is_empty() && fx.events.is_empty());
+    let e = w
+        .state
+        .submit_job(keyed("bb"), |_| Ok(()), w.now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("with a different request"), "{e}");
+
+    // The key is restored with its job, and goes with it past the retention.
+    let loaded = Loaded {
+        tasks: w.state.tasks().cloned().collect(),
+        jobs: vec![first.view.job.clone()],
+        job_keys: vec![(("default".into(), "k".into()), first.view.job.id)],
+        highest_job_id: 1,
+        modules: vec![(SHA.into(), ModuleFacts::default())],
+        ..Default::default()
+    };
+    let restored = HostState::restore(&config, loaded, w.now);
+    assert!(restored.names_job("default", "k"));
+    let ids: Vec<TaskId> = first.view.job.tasks().collect();
+    w.schedule();
+    for id in ids {
+        w.report("a1", id, ended(OutcomeKind::Success));
+    }
+    w.tick(Duration::from_secs(61));
+    let mut fx = Effects::default();
+    w.state.collect(w.now, &mut fx);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::ForgetJobKey(t, k) if t == "default" && k == "k")));
+    assert!(!w.state.names_job("default", "k"));
     w.check();
 }
