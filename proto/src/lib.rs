@@ -26,6 +26,7 @@
 //! assert_eq!(request.spec.unwrap().tenant, "");
 //! ```
 
+pub mod json;
 pub mod token;
 
 /// The generated messages, clients and servers of `corral.v1`.

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use corral_proto::pb;
 
-use super::json::{self, job_state_name};
+use super::json::{self, job_state_name, Members};
 use super::task::inside;
 use super::{connect, rpc, Client, Failure};
 use crate::args::{Format, FormatArg, HostArg};
@@ -121,35 +121,6 @@ fn read_params(path: &Path) -> anyhow::Result<Vec<pb::ParamSet>> {
     parse_params(&text).map_err(|e| usage(format!("{}: {e}", path.display())))
 }
 
-/// A JSON object's members in the order written, a name given twice refused.
-struct Members(Vec<(String, serde_json::Value)>);
-
-impl<'de> serde::Deserialize<'de> for Members {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members, A::Error> {
-                let mut members: Vec<(String, serde_json::Value)> = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                    if members.iter().any(|(n, _)| *n == name) {
-                        return Err(serde::de::Error::custom(format!("{name} is given twice")));
-                    }
-                    members.push((name, value));
-                }
-                Ok(Members(members))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
-}
-
 fn parse_params(text: &str) -> Result<Vec<pb::ParamSet>, String> {
     let mut sets = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -158,21 +129,8 @@ fn parse_params(text: &str) -> Result<Vec<pb::ParamSet>, String> {
         }
         let Members(fields) = serde_json::from_str(line)
             .map_err(|e| format!("line {}: not a JSON object: {e}", n + 1))?;
-        let mut params = Vec::with_capacity(fields.len());
-        for (name, value) in fields {
-            let value = match value {
-                serde_json::Value::String(s) => s,
-                v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => v.to_string(),
-                other => {
-                    return Err(format!(
-                        "line {}: parameter {name} is {other}: give a string, number or boolean",
-                        n + 1
-                    ))
-                }
-            };
-            params.push(pb::Param { name, value });
-        }
-        sets.push(pb::ParamSet { params });
+        let set = json::param_set(fields).map_err(|e| format!("line {}: {e}", n + 1))?;
+        sets.push(set);
     }
     if sets.is_empty() {
         return Err("no parameter sets (one JSON object per line)".into());

@@ -5,7 +5,7 @@
 
 pub mod agents;
 pub mod jobs;
-pub mod json;
+pub use corral_proto::json;
 pub mod profile;
 pub mod submit;
 pub mod task;
@@ -14,7 +14,6 @@ pub mod tenants;
 pub mod tokens;
 
 use anyhow::anyhow;
-use corral_proto::pb;
 use corral_proto::pb::corral_client::CorralClient;
 use corral_proto::token::Bearer;
 use tonic::service::interceptor::InterceptedService;
@@ -103,65 +102,12 @@ pub fn rpc(status: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// The contract's name of an enum value without its prefix: `TASK_STATE_PENDING` is
-/// `PENDING`.
-fn unprefixed<'a>(name: &'a str, prefix: &str) -> &'a str {
-    name.strip_prefix(prefix).unwrap_or(name)
-}
-
-/// A task state's name as the CLI shows it (`PENDING`); `UNKNOWN` for a number this client
-/// does not know.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::TaskState::try_from(state) {
-        Ok(pb::TaskState::Unspecified) | Err(_) => "UNKNOWN",
-        Ok(state) => unprefixed(state.as_str_name(), "TASK_STATE_"),
-    }
-}
-
-/// The task state `--state` names, in any case (`pending`, `RUNNING`).
-pub fn parse_state(name: &str) -> Result<pb::TaskState, String> {
-    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", name.to_ascii_uppercase()))
-        .filter(|s| *s != pb::TaskState::Unspecified)
-        .ok_or_else(|| {
-            format!(
-                "unknown task state {name:?}: expected one of pending, assigned, running, \
-                 finished, failed, killed, lost"
-            )
-        })
-}
-
-/// Whether a task in `state` has ended.
-pub fn is_terminal(state: i32) -> bool {
-    matches!(
-        pb::TaskState::try_from(state),
-        Ok(pb::TaskState::Finished
-            | pb::TaskState::Failed
-            | pb::TaskState::Killed
-            | pb::TaskState::Lost)
-    )
-}
-
-/// An outcome kind as JSON and summaries name it: `out_of_fuel`.
-pub fn outcome_name(kind: pb::OutcomeKind) -> String {
-    unprefixed(kind.as_str_name(), "OUTCOME_KIND_").to_ascii_lowercase()
-}
-
-/// An outcome's kind; unspecified for a number this client does not know.
-pub fn outcome_kind(outcome: &pb::Outcome) -> pb::OutcomeKind {
-    pb::OutcomeKind::try_from(outcome.kind).unwrap_or(pb::OutcomeKind::Unspecified)
-}
-
-/// An agent's or a partition's state as the CLI shows it (`active`, `draining`).
-pub fn lower_name(name: &str, prefix: &str) -> String {
-    match unprefixed(name, prefix) {
-        "UNSPECIFIED" => "unknown".into(),
-        other => other.to_ascii_lowercase(),
-    }
-}
+pub use corral_proto::json::{is_terminal, outcome_kind, outcome_name, parse_state, state_name};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_proto::pb;
 
     #[test]
     fn states_are_named_and_parsed_without_their_prefix() {

@@ -41,6 +41,41 @@ impl ClientService {
     }
 }
 
+impl ClientService {
+    /// The host's configuration.
+    pub(super) fn config(&self) -> &crate::config::HostConfig {
+        self.plane.config()
+    }
+
+    /// A turn to receive an upload (at most `max_concurrent_uploads` buffer at once), waited
+    /// for up to `upload_idle_timeout`; held until dropped.
+    pub(super) async fn upload_turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let idle = self.plane.config().upload_idle_timeout;
+        tokio::time::timeout(idle, self.uploads.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the host is receiving as many uploads as it takes at once ({}); try again",
+                    self.plane.config().max_concurrent_uploads
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host is shutting down"))
+    }
+
+    /// Admits and stores an uploaded module (received during a turn): (sha256, size, whether
+    /// the caller had it).
+    pub(super) async fn upload_bytes(
+        &self,
+        bytes: Vec<u8>,
+        caller: &Caller,
+    ) -> Result<(String, u64, bool), Status> {
+        self.plane
+            .upload_module_as(bytes, caller)
+            .await
+            .map_err(status)
+    }
+}
+
 /// The tasks of a page in their protobuf form: at least one, then as many as fit in `max_bytes`
 /// encoded, so that no page outgrows the message cap; and whether it was cut short.
 fn page(tasks: &[crate::task::Task], max_bytes: usize) -> (Vec<pb::Task>, bool) {
@@ -122,15 +157,7 @@ impl pb::corral_server::Corral for ClientService {
         let idle = self.plane.config().upload_idle_timeout;
         let mut stream = request.into_inner();
         // Nothing of the stream is read before its turn: HTTP/2 flow control holds the rest.
-        let _turn = tokio::time::timeout(idle, self.uploads.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "the host is receiving as many uploads as it takes at once ({}); try again",
-                    self.plane.config().max_concurrent_uploads
-                ))
-            })?
-            .map_err(|_| Status::unavailable("the host is shutting down"))?;
+        let _turn = self.upload_turn().await?;
         let mut bytes = Vec::new();
         // Progress is 64 KiB (or the end) within each idle timeout: a client trickling empty
         // or tiny chunks cannot hold a turn forever.
@@ -158,11 +185,7 @@ impl pb::corral_server::Corral for ClientService {
                 )));
             }
         }
-        let (sha256, size_bytes, existed) = self
-            .plane
-            .upload_module_as(bytes, &caller)
-            .await
-            .map_err(status)?;
+        let (sha256, size_bytes, existed) = self.upload_bytes(bytes, &caller).await?;
         Ok(Response::new(pb::UploadModuleResponse {
             sha256,
             size_bytes,

@@ -3,6 +3,7 @@
 
 mod agent;
 mod client;
+mod http;
 
 use std::net::SocketAddr;
 
@@ -87,9 +88,10 @@ pub struct Tls {
     pub client_ca: Option<Vec<u8>>,
 }
 
-/// Serves both services on `listener` until `shutdown` resolves; over TLS with `tls`. Every
-/// call passes its service's gate ([`auth::Gate`](crate::auth::Gate)) before its body is
-/// read.
+/// Serves both services, and the HTTP/JSON API beside them, on `listener` until `shutdown`
+/// resolves; over TLS with `tls`. Every call passes its service's gate
+/// ([`auth::Gate`](crate::auth::Gate)) before its body is read, and every API request the same
+/// check of its token (`GET /healthz` aside).
 pub async fn serve(
     plane: ControlPlane,
     listener: TcpListener,
@@ -101,7 +103,9 @@ pub async fn serve(
     let max = corral_proto::MAX_MESSAGE_BYTES;
     let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let authenticator = plane.authenticator();
-    let client = pb::corral_server::CorralServer::new(ClientService::new(plane.clone()))
+    let service = std::sync::Arc::new(ClientService::new(plane.clone()));
+    let http = http::router(service.clone(), authenticator.clone());
+    let client = pb::corral_server::CorralServer::from_arc(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let client =
@@ -130,10 +134,16 @@ pub async fn serve(
         }
         builder = builder.tls_config(config)?;
     }
-    builder
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(client)
+    // gRPC and the HTTP/JSON API share one router: gRPC calls go by their services' paths,
+    // the rest to the API's routes; HTTP/1.1 is accepted beside HTTP/2.
+    let routes = tonic::service::Routes::new(client)
         .add_service(agent)
+        .into_axum_router()
+        .merge(http);
+    builder
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -1,12 +1,73 @@
-//! What the client commands print with `-o json`: one serde type per shape, built from the
-//! contract's messages. Field names are part of Corral's interface; README.md lists them.
+//! The JSON shapes of Corral's records, built from the contract's messages: what the CLI
+//! prints with `-o json` and what the host's HTTP API answers, one serde type per shape, and
+//! the names the contract's enums are shown by. Field names are part of Corral's interface;
+//! README.md lists them.
+
+// Fields are documented where they are part of the interface, in README.md's lists; only the
+// ones whose meaning is not plain from their name say it here too.
+#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 
-use corral_proto::pb;
+use crate::pb;
+
 use serde::Serialize;
 
-use super::{lower_name, outcome_kind, outcome_name, state_name};
+/// The contract's name of an enum value without its prefix: `TASK_STATE_PENDING` is
+/// `PENDING`.
+fn unprefixed<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+/// A task state's name as the CLI shows it (`PENDING`); `UNKNOWN` for a number this client
+/// does not know.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::TaskState::try_from(state) {
+        Ok(pb::TaskState::Unspecified) | Err(_) => "UNKNOWN",
+        Ok(state) => unprefixed(state.as_str_name(), "TASK_STATE_"),
+    }
+}
+
+/// The task state `--state` names, in any case (`pending`, `RUNNING`).
+pub fn parse_state(name: &str) -> Result<pb::TaskState, String> {
+    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", name.to_ascii_uppercase()))
+        .filter(|s| *s != pb::TaskState::Unspecified)
+        .ok_or_else(|| {
+            format!(
+                "unknown task state {name:?}: expected one of pending, assigned, running, \
+                 finished, failed, killed, lost"
+            )
+        })
+}
+
+/// Whether a task in `state` has ended.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        pb::TaskState::try_from(state),
+        Ok(pb::TaskState::Finished
+            | pb::TaskState::Failed
+            | pb::TaskState::Killed
+            | pb::TaskState::Lost)
+    )
+}
+
+/// An outcome kind as JSON and summaries name it: `out_of_fuel`.
+pub fn outcome_name(kind: pb::OutcomeKind) -> String {
+    unprefixed(kind.as_str_name(), "OUTCOME_KIND_").to_ascii_lowercase()
+}
+
+/// An outcome's kind; unspecified for a number this client does not know.
+pub fn outcome_kind(outcome: &pb::Outcome) -> pb::OutcomeKind {
+    pb::OutcomeKind::try_from(outcome.kind).unwrap_or(pb::OutcomeKind::Unspecified)
+}
+
+/// An agent's or a partition's state as the CLI shows it (`active`, `draining`).
+pub fn lower_name(name: &str, prefix: &str) -> String {
+    match unprefixed(name, prefix) {
+        "UNSPECIFIED" => "unknown".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
 
 /// A task (`tasks`, `task get|kill|watch`, and `submit --wait` with its output).
 #[derive(Serialize)]
@@ -425,8 +486,8 @@ impl From<&pb::TokenInfo> for Token {
         let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Token {
             accessor: t.accessor.clone(),
-            role: corral_proto::token::Role::from_pb(t.role)
-                .map_or("unknown", corral_proto::token::Role::name)
+            role: crate::token::Role::from_pb(t.role)
+                .map_or("unknown", crate::token::Role::name)
                 .to_string(),
             tenant: text(&t.tenant),
             agent_id: text(&t.agent_id),
@@ -469,4 +530,58 @@ impl From<&pb::AuditEvent> for AuditEvent {
             count: e.count,
         }
     }
+}
+
+/// A JSON object's members in the order written (serde_json's own map sorts them), a name
+/// given twice refused: parameters, whose order is the job's.
+pub struct Members(pub Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if members.iter().any(|(n, _)| *n == name) {
+                        return Err(serde::de::Error::custom(format!("{name} is given twice")));
+                    }
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A parameter's value as a job takes it: a string as it is, a number or a boolean as its
+/// JSON text.
+pub fn param_value(name: &str, value: serde_json::Value) -> Result<String, String> {
+    match value {
+        serde_json::Value::String(s) => Ok(s),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Ok(v.to_string()),
+        other => Err(format!(
+            "parameter {name} is {other}: give a string, number or boolean"
+        )),
+    }
+}
+
+/// One task's parameters from a JSON object's members, in order.
+pub fn param_set(members: Vec<(String, serde_json::Value)>) -> Result<pb::ParamSet, String> {
+    let params = members
+        .into_iter()
+        .map(|(name, value)| {
+            let value = param_value(&name, value)?;
+            Ok(pb::Param { name, value })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(pb::ParamSet { params })
 }
