@@ -1,0 +1,75 @@
+"""The errors the client raises: one class per kind of refusal, each naming the problem."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+
+class CorralError(Exception):
+    """The host refused a call, or could not be reached.
+
+    ``code`` is the API's error code (``not_found``, ``invalid_argument``, ...), ``message``
+    the host's message, and ``status`` the HTTP status (None when the host was not reached).
+    """
+
+    def __init__(self, code: str, message: str, status: Optional[int]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class NotFound(CorralError):
+    """No such task, job or module (or another tenant's)."""
+
+
+class InvalidArgument(CorralError):
+    """The request was malformed, or a field out of bounds."""
+
+
+class InvalidModule(InvalidArgument):
+    """Admission refused the module: not a valid WASI command within the caps, or importing
+    what the sandbox does not provide (``code`` is ``invalid_module`` or ``link_error``)."""
+
+
+class FailedPrecondition(CorralError):
+    """The request cannot be done now: a task that could never run, a job that ended, an
+    idempotency key used for another request, a tenant's policy."""
+
+
+class Unauthenticated(CorralError):
+    """No token, or one the host does not take (malformed, unknown, revoked, expired)."""
+
+
+class PermissionDenied(CorralError):
+    """The token may not do this (another tenant, an admin's call)."""
+
+
+class ResourceExhausted(CorralError):
+    """The host cannot take this now (a queue cap, its disk's headroom, uploads at once)."""
+
+
+class Unavailable(CorralError):
+    """The host is unreachable, stopping, or recovering its store: trying again is safe."""
+
+
+_BY_CODE: Dict[str, Type[CorralError]] = {
+    "not_found": NotFound,
+    "invalid_argument": InvalidArgument,
+    "invalid_module": InvalidModule,
+    "link_error": InvalidModule,
+    "failed_precondition": FailedPrecondition,
+    "already_exists": FailedPrecondition,
+    "unauthenticated": Unauthenticated,
+    "permission_denied": PermissionDenied,
+    "resource_exhausted": ResourceExhausted,
+    "unavailable": Unavailable,
+}
+
+
+def error_for(code: str, message: str, status: Optional[int]) -> CorralError:
+    """The error of the API's ``code``."""
+    return _BY_CODE.get(code, CorralError)(code, message, status)
