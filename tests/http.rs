@@ -232,6 +232,13 @@ fn the_http_api_serves_tasks_and_jobs_beside_grpc_with_the_same_rules() {
         job_on_task.text()
     );
     assert_eq!(call("GET", "/v1/tasks/t-9999", "").status, 404);
+    let nowhere = call("POST", "/v1/job", "{}");
+    assert_eq!(nowhere.status, 404, "{}", nowhere.text());
+    assert!(
+        nowhere.text().contains("no such endpoint: POST /v1/job"),
+        "{}",
+        nowhere.text()
+    );
     assert_eq!(call("GET", "/v1/tasks/nonsense", "").status, 400);
 
     // A tenant's token sees only its own, as over gRPC.

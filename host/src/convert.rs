@@ -490,7 +490,7 @@ pub fn job_from_pb(job: pb::Job) -> Result<Job, String> {
 
 /// Which tasks a submitted job asks for: exactly one of an array, a sweep or parameter sets.
 /// Their bounds are checked by [`JobTasks::check`].
-pub fn job_tasks_from_pb(request: &mut pb::SubmitJobRequest) -> Result<JobTasks, String> {
+pub fn job_tasks_from_pb(request: &pb::SubmitJobRequest) -> Result<JobTasks, String> {
     let given = [
         request.array > 0,
         !request.sweep.is_empty(),
@@ -499,15 +499,17 @@ pub fn job_tasks_from_pb(request: &mut pb::SubmitJobRequest) -> Result<JobTasks,
     match given {
         [true, false, false] => Ok(JobTasks::Array(request.array)),
         [false, true, false] => Ok(JobTasks::Sweep(
-            std::mem::take(&mut request.sweep)
-                .into_iter()
-                .map(|axis| (axis.name, axis.values))
+            request
+                .sweep
+                .iter()
+                .map(|axis| (axis.name.clone(), axis.values.clone()))
                 .collect(),
         )),
         [false, false, true] => Ok(JobTasks::Params(
-            std::mem::take(&mut request.params)
-                .into_iter()
-                .map(|set| params_from_pb(set.params))
+            request
+                .params
+                .iter()
+                .map(|set| params_from_pb(set.params.clone()))
                 .collect(),
         )),
         [false, false, false] => {

@@ -67,6 +67,11 @@ impl JobTasks {
     /// distinct parameter names; values within [`PARAM_VALUE_BYTES`]. Answers the task count.
     /// The count is checked first, so that a huge request costs little to refuse.
     pub fn check(&self) -> Result<u32, String> {
+        if let JobTasks::Sweep(axes) = self {
+            if let Some((name, _)) = axes.iter().find(|(_, values)| values.is_empty()) {
+                return Err(format!("sweep parameter {name} has no values"));
+            }
+        }
         let count = match self {
             JobTasks::Array(n) => u64::from(*n),
             JobTasks::Sweep(axes) => axes
@@ -207,14 +212,16 @@ fn check_value(name: &str, value: &str) -> Result<(), String> {
 /// The spec of task `index` of job `job` of `count` tasks, made from the job's `template`:
 /// `{index}` and `{NAME}` of each parameter replaced in its args (in one pass: a value is
 /// never expanded again; any other `{...}` is left as it is), and `CORRAL_JOB_ID`,
-/// `CORRAL_TASK_INDEX`, `CORRAL_TASK_COUNT` and `CORRAL_PARAM_<NAME>` set.
+/// `CORRAL_TASK_INDEX`, `CORRAL_TASK_COUNT` and `CORRAL_PARAM_<NAME>` set. Refused, with the
+/// bytes its args would take, once they pass `max_args` bytes together: expanding stops there.
 pub fn task_spec(
     template: &TaskSpec,
     job: JobId,
     index: u32,
     count: u32,
     params: &[Param],
-) -> TaskSpec {
+    max_args: usize,
+) -> Result<TaskSpec, usize> {
     let mut spec = template.clone();
     let index_text = index.to_string();
     let lookup = |name: &str| -> Option<&str> {
@@ -226,9 +233,15 @@ pub fn task_spec(
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     };
+    let mut args = 0usize;
     for arg in &mut spec.args {
         if arg.contains('{') {
-            *arg = substitute(arg, &lookup);
+            let budget = max_args.saturating_sub(args);
+            *arg = substitute(arg, &lookup, budget).ok_or(args.saturating_add(budget) + 1)?;
+        }
+        args = args.saturating_add(arg.len());
+        if args > max_args {
+            return Err(args);
         }
     }
     spec.env.insert("CORRAL_JOB_ID".into(), job.to_string());
@@ -242,16 +255,24 @@ pub fn task_spec(
             value.clone(),
         );
     }
-    spec
+    Ok(spec)
 }
 
 /// `text` with each `{name}` that `lookup` knows replaced by its value. A placeholder is an
 /// identifier of at most [`PARAM_NAME_BYTES`] between braces, so each `{` costs at most that
-/// many bytes to look past: linear in the text, whatever it holds.
-fn substitute<'a>(text: &str, lookup: &impl Fn(&str) -> Option<&'a str>) -> String {
-    let mut out = String::with_capacity(text.len());
+/// many bytes to look past: linear in the text, whatever it holds. `None` once the result
+/// passes `budget` bytes: it is never built larger.
+fn substitute<'a>(
+    text: &str,
+    lookup: &impl Fn(&str) -> Option<&'a str>,
+    budget: usize,
+) -> Option<String> {
+    let mut out = String::with_capacity(text.len().min(budget));
     let mut rest = text;
     while let Some(open) = rest.find('{') {
+        if out.len() > budget {
+            return None;
+        }
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
         let len = after
@@ -275,7 +296,7 @@ fn substitute<'a>(text: &str, lookup: &impl Fn(&str) -> Option<&'a str>) -> Stri
         }
     }
     out.push_str(rest);
-    out
+    (out.len() <= budget).then_some(out)
 }
 
 /// A job as submitted.
@@ -501,12 +522,36 @@ mod tests {
     #[test]
     fn a_placeholder_is_a_short_identifier_so_braces_cost_little() {
         let lookup = |name: &str| (name == "a").then_some("1");
+        let substitute = |text: &str, lookup: &dyn Fn(&str) -> Option<&'static str>| {
+            substitute(text, &lookup, usize::MAX).unwrap()
+        };
         assert_eq!(substitute("{a}{a}{ a}{a-}", &lookup), "11{ a}{a-}");
         // Braces with no placeholder among them come back as they were.
         let braces = "{".repeat(100_000) + "a" + &"}".repeat(3);
         assert_eq!(substitute(&braces, &lookup), "{".repeat(99_999) + "1}}");
         let long = format!("{{{}}}", "a".repeat(PARAM_NAME_BYTES + 1));
         assert_eq!(substitute(&long, &|_| Some("x")), long);
+    }
+
+    #[test]
+    fn expanding_stops_once_the_args_pass_their_bound() {
+        let lookup = |_: &str| Some("0123456789");
+        assert_eq!(
+            substitute("{a}{a}", &lookup, 20).as_deref(),
+            Some("01234567890123456789")
+        );
+        assert_eq!(substitute("{a}{a}{a}", &lookup, 20), None);
+        // A 1 MiB arg of placeholders, each 1 KiB once expanded, is refused at the bound
+        // without building the 341 MiB it would take.
+        let value = "v".repeat(1024);
+        let params = [p("p", &value)];
+        let mut huge = template(&[]);
+        huge.args = vec!["{p}".repeat(349_525)];
+        let over = task_spec(&huge, JobId(1), 0, 1, &params, 1 << 20).unwrap_err();
+        assert!(over > 1 << 20 && over < (1 << 20) + 4096, "{over}");
+        let mut two = template(&["{p}", "{p}"]);
+        two.args[0] = "x".repeat((1 << 20) - 500);
+        assert!(task_spec(&two, JobId(1), 0, 1, &params, 1 << 20).is_err());
     }
 
     #[test]
@@ -533,7 +578,9 @@ mod tests {
             7,
             12,
             &[p("lr", "{index}")],
-        );
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(
             spec.args,
             [

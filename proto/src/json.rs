@@ -354,6 +354,14 @@ pub struct ResultRow {
 /// A task's stdout as a result: the JSON object it is (surrounding whitespace aside), else its
 /// text.
 pub fn result_of(stdout: &[u8]) -> serde_json::Value {
+    // Only what may be an object is parsed.
+    let object = stdout
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if !object {
+        return serde_json::Value::String(String::from_utf8_lossy(stdout).into_owned());
+    }
     match serde_json::from_slice::<serde_json::Value>(stdout) {
         Ok(value @ serde_json::Value::Object(_)) => value,
         _ => serde_json::Value::String(String::from_utf8_lossy(stdout).into_owned()),
@@ -549,8 +557,14 @@ impl<'de> serde::Deserialize<'de> for Members {
                 mut map: A,
             ) -> Result<Members, A::Error> {
                 let mut members: Vec<(String, serde_json::Value)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                    if members.iter().any(|(n, _)| *n == name) {
+                    if members.len() == MAX_MEMBERS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_MEMBERS} parameters"
+                        )));
+                    }
+                    if !seen.insert(name.clone()) {
                         return Err(serde::de::Error::custom(format!("{name} is given twice")));
                     }
                     members.push((name, value));
@@ -561,6 +575,10 @@ impl<'de> serde::Deserialize<'de> for Members {
         d.deserialize_map(Visit)
     }
 }
+
+/// Most members of a [`Members`]: a task's parameters (the host's bound, which it checks
+/// again).
+pub const MAX_MEMBERS: usize = 64;
 
 /// A parameter's value as a job takes it: a string as it is, a number or a boolean as its
 /// JSON text.

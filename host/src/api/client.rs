@@ -143,6 +143,10 @@ fn job_to_pb(view: &JobView) -> pb::Job {
 const RESULTS_PAGE: usize = 256;
 /// [`pb::JobResult`] streams served at once.
 const RESULTS_STREAMS: usize = 4;
+/// How long a `JobResults` call waits for its turn before it is refused.
+const RESULTS_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a result waits for its client to take it before the stream is dropped.
+const RESULTS_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
@@ -233,17 +237,18 @@ impl pb::corral_server::Corral for ClientService {
         convert::check_idempotency_key(&request.idempotency_key)
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         let key = std::mem::take(&mut request.idempotency_key);
-        // What a retry under the key must match: the request as it acts (its tenant named).
         request.spec = Some(spec);
-        let sha256 = corral_admission::sha256_of(&prost::Message::encode_to_vec(&request));
+        // The shape is checked here too, off the actor: a huge request is refused for little.
+        let tasks = convert::job_tasks_from_pb(&request)
+            .and_then(|tasks| tasks.check().map(|_| tasks))
+            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
+        // What a retry under the key must match: the request as it acts (its tenant named).
+        let sha256 = match key.is_empty() {
+            true => String::new(),
+            false => corral_admission::sha256_of(&prost::Message::encode_to_vec(&request)),
+        };
         let spec = request.spec.take().expect("put back above");
         let template = convert::spec_from_pb(spec, self.plane.config())
-            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
-        let tasks = convert::job_tasks_from_pb(&mut request)
-            .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
-        // The shape is checked here too, off the actor: a huge request is refused for little.
-        tasks
-            .check()
             .map_err(|m| Status::invalid_argument(super::fit_header(m)))?;
         let job = JobRequest {
             template,
@@ -327,6 +332,17 @@ impl pb::corral_server::Corral for ClientService {
         let caller = Caller::from(&auth::principal(&request)?);
         let request = request.into_inner();
         let id = job_id(&request.job_id)?;
+        // A few streams at once, each holding a page and an output or two at a time: a turn
+        // is waited for (up to RESULTS_TURN_WAIT) before anything is read.
+        let turn = tokio::time::timeout(RESULTS_TURN_WAIT, self.results.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the host is streaming as many jobs' results as it does at once \
+                     ({RESULTS_STREAMS}); try again"
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host is shutting down"))?;
         // Refused at once when the job is not the caller's to see.
         let (first, mut more) = self
             .plane
@@ -334,13 +350,16 @@ impl pb::corral_server::Corral for ClientService {
             .await
             .map_err(status)?;
         let plane = self.plane.clone();
-        let turns = self.results.clone();
         let full = request.full;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            // A few streams at once: each holds an output or two in memory at a time.
-            let Ok(_turn) = turns.acquire_owned().await else {
-                return;
+            let _turn = turn;
+            // A client that stops reading gives its turn back.
+            let send = |item| async {
+                matches!(
+                    tokio::time::timeout(RESULTS_SEND_WAIT, tx.send(item)).await,
+                    Ok(Ok(()))
+                )
             };
             let mut page = first;
             loop {
@@ -351,7 +370,7 @@ impl pb::corral_server::Corral for ClientService {
                         true => match plane.stored_output(task.id).await {
                             Ok(output) => output,
                             Err(e) => {
-                                let _ = tx.send(Err(status(e))).await;
+                                send(Err(status(e))).await;
                                 return;
                             }
                         },
@@ -367,7 +386,7 @@ impl pb::corral_server::Corral for ClientService {
                         task: Some(convert::task_to_pb(&task, false)),
                         output,
                     };
-                    if tx.send(Ok(result)).await.is_err() {
+                    if !send(Ok(result)).await {
                         return;
                     }
                 }
@@ -377,7 +396,7 @@ impl pb::corral_server::Corral for ClientService {
                 match plane.job_tasks_as(id, &caller, last, RESULTS_PAGE).await {
                     Ok((next, again)) => (page, more) = (next, again),
                     Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        send(Err(status(e))).await;
                         return;
                     }
                 }

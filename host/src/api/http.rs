@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use corral_proto::json::{self, Members};
 use corral_proto::pb;
@@ -29,6 +29,9 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::ClientService;
 use crate::auth::{Api, Authenticator, Caller, Principal};
+
+/// Bytes of a JSON request body.
+pub const MAX_JSON_BYTES: usize = 16 << 20;
 
 /// What the endpoints share.
 #[derive(Clone)]
@@ -40,10 +43,11 @@ struct Http {
 /// The API's routes, to merge with the gRPC services' (see [`super::serve`]).
 pub fn router(service: Arc<ClientService>, auth: Arc<Authenticator>) -> Router {
     let max_module = service.config().max_module_size.as_u64();
-    // A JSON body holds a task's stdin (base64) or a job's parameter sets: the message cap.
-    let max_json = corral_proto::MAX_MESSAGE_BYTES;
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+    // A JSON body holds a task's stdin (base64) or a job's parameter sets; data larger than
+    // this belongs in a file, or goes by gRPC.
+    let max_json = MAX_JSON_BYTES;
+    let http = Http { service, auth };
+    let api = Router::new()
         .route(
             "/v1/modules",
             post(upload).layer(axum::extract::DefaultBodyLimit::max(
@@ -62,8 +66,36 @@ pub fn router(service: Arc<ClientService>, auth: Arc<Authenticator>) -> Router {
         .route("/v1/jobs/{id}/watch", get(watch_job))
         .route("/v1/agents", get(agents))
         .route("/v1/partitions", get(partitions))
+        .route_layer(axum::middleware::from_fn_with_state(http.clone(), gate))
         .layer(axum::extract::DefaultBodyLimit::max(max_json))
-        .with_state(Http { service, auth })
+        .with_state(http);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+}
+
+/// What answers a request no route takes: 404 in the API's error shape, or, for a gRPC call
+/// (by its content type), UNIMPLEMENTED as tonic answers it.
+pub async fn not_found(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("no such method: {}", request.uri().path()))
+            .into_http();
+    }
+    Failure {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    }
+    .into_response()
 }
 
 /// An error as the API answers it.
@@ -92,9 +124,8 @@ impl From<tonic::Status> for Failure {
             }
             Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-            Code::FailedPrecondition | Code::Aborted => {
-                (StatusCode::CONFLICT, "failed_precondition")
-            }
+            Code::FailedPrecondition => (StatusCode::CONFLICT, "failed_precondition"),
+            Code::Aborted => (StatusCode::CONFLICT, "aborted"),
             Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
@@ -121,10 +152,16 @@ impl From<tonic::Status> for Failure {
     }
 }
 
+impl Failure {
+    /// The error as the API writes it.
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -137,13 +174,23 @@ impl IntoResponse for Failure {
 
 type Answer<T> = Result<T, Failure>;
 
-/// The caller, from its `Authorization: Bearer` header, checked as the gRPC gate checks it.
-fn principal(http: &Http, headers: &HeaderMap) -> Answer<Principal> {
-    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+/// The gate of every `/v1` route: the caller's `Authorization: Bearer` header, checked as the
+/// gRPC gate checks it, before anything of the request's body is read; the `Principal` is put
+/// in the request for its handler.
+async fn gate(
+    State(http): State<Http>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
     let now = crate::state::Now::current().ms;
-    http.auth
-        .authenticate(&metadata, Api::Client, now)
-        .map_err(|e| Failure::from(e.status()))
+    match http.auth.authenticate(&metadata, Api::Client, now) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(e) => Failure::from(e.status()).into_response(),
+    }
 }
 
 /// A gRPC request carrying `message` as `principal` made it.
@@ -182,10 +229,10 @@ fn wants_json_lines(headers: &HeaderMap) -> bool {
 /// turn, within the host's cap, making progress (64 KiB) within each `upload_idle_timeout`.
 async fn upload(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Answer<Json<serde_json::Value>> {
-    let caller = Caller::from(&principal(&http, &headers)?);
+    let caller = Caller::from(&principal);
     let config = http.service.config();
     let (cap, idle) = (config.max_module_size.as_u64(), config.upload_idle_timeout);
     let _turn = http.service.upload_turn().await?;
@@ -328,10 +375,9 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Answer<T> {
 
 async fn submit_task(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     bytes: axum::body::Bytes,
 ) -> Answer<Json<json::Submitted>> {
-    let principal = principal(&http, &headers)?;
     let mut submit: SubmitBody = body(&bytes)?;
     if submit.is_job() || submit.max_failures.is_some() {
         return Err(Failure::bad_request(
@@ -366,10 +412,9 @@ struct ListQuery {
 
 async fn list_tasks(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> Answer<Json<serde_json::Value>> {
-    let principal = principal(&http, &headers)?;
     let state = match &query.state {
         Some(s) => json::parse_state(s).map_err(Failure::bad_request)? as i32,
         None => 0,
@@ -397,10 +442,9 @@ async fn list_tasks(
 
 async fn get_task(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Answer<Json<json::Task>> {
-    let principal = principal(&http, &headers)?;
     let task = http
         .service
         .get_task(call(&principal, pb::GetTaskRequest { task_id: id }))
@@ -411,10 +455,9 @@ async fn get_task(
 
 async fn kill_task(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Answer<Json<json::Task>> {
-    let principal = principal(&http, &headers)?;
     let task = http
         .service
         .kill_task(call(&principal, pb::KillTaskRequest { task_id: id }))
@@ -433,11 +476,10 @@ struct OutputQuery {
 
 async fn task_output(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<OutputQuery>,
 ) -> Answer<Json<serde_json::Value>> {
-    let principal = principal(&http, &headers)?;
     let output = http
         .service
         .get_task_output(call(&principal, pb::GetTaskOutputRequest { task_id: id }))
@@ -458,27 +500,38 @@ async fn task_output(
 
 async fn watch_task(
     State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer<Response> {
-    let principal = principal(&http, &headers)?;
     let events = http
         .service
         .watch_tasks(call(&principal, pb::WatchTasksRequest { task_id: id }))
         .await?
         .into_inner();
-    // Each change of the task as its JSON, until it has ended.
-    let tasks = events.map_while(|event| event.ok()?.task);
+    // Each change of the task as its JSON, until it has ended; a failure (a revoked token)
+    // is the stream's last item.
+    let tasks = events.filter_map(|event| match event {
+        Ok(event) => event.task.map(Ok),
+        Err(status) => Some(Err(Failure::from(status))),
+    });
     if wants_json_lines(&headers) {
-        return Ok(json_lines(tasks.map(|t| json_bytes(&json::Task::from(&t)))));
+        return Ok(json_lines(tasks.map(|t| match t {
+            Ok(t) => json_bytes(&json::Task::from(&t)),
+            Err(failure) => json_bytes(&failure.body()),
+        })));
     }
     let events = tasks.map(|t| {
-        Ok::<_, Infallible>(
-            Event::default()
+        Ok::<_, Infallible>(match t {
+            Ok(t) => Event::default()
                 .event("task")
                 .json_data(json::Task::from(&t))
                 .expect("serializes"),
-        )
+            Err(failure) => Event::default()
+                .event("error")
+                .json_data(failure.body())
+                .expect("serializes"),
+        })
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
@@ -489,10 +542,9 @@ async fn watch_task(
 
 async fn submit_job(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     bytes: axum::body::Bytes,
 ) -> Answer<Json<json::JobSubmitted>> {
-    let principal = principal(&http, &headers)?;
     let mut submit: SubmitBody = body(&bytes)?;
     let spec = submit.spec()?;
     let sweep = submit
@@ -555,10 +607,9 @@ struct JobsQuery {
 
 async fn list_jobs(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<JobsQuery>,
 ) -> Answer<Json<serde_json::Value>> {
-    let principal = principal(&http, &headers)?;
     let request = pb::ListJobsRequest {
         tenant: query.tenant.unwrap_or_default(),
         page_size: query.page_size.unwrap_or(0),
@@ -578,10 +629,9 @@ async fn list_jobs(
 
 async fn get_job(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Answer<Json<json::Job>> {
-    let principal = principal(&http, &headers)?;
     let job = http
         .service
         .get_job(call(&principal, pb::GetJobRequest { job_id: id }))
@@ -592,10 +642,9 @@ async fn get_job(
 
 async fn kill_job(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Answer<Json<json::Job>> {
-    let principal = principal(&http, &headers)?;
     let job = http
         .service
         .kill_job(call(&principal, pb::KillJobRequest { job_id: id }))
@@ -606,10 +655,9 @@ async fn kill_job(
 
 async fn job_results(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Answer<Response> {
-    let principal = principal(&http, &headers)?;
     let request = pb::JobResultsRequest {
         job_id: id,
         full: false,
@@ -626,12 +674,7 @@ async fn job_results(
             let task = r.task.unwrap_or_default();
             json_bytes(&json::ResultRow::new(&task, r.output.as_ref()))
         }
-        Err(status) => {
-            let failure = Failure::from(status);
-            json_bytes(&serde_json::json!({
-                "error": {"code": failure.code, "message": failure.message}
-            }))
-        }
+        Err(status) => json_bytes(&Failure::from(status).body()),
     });
     Ok(json_lines(lines))
 }
@@ -641,10 +684,10 @@ const JOB_WATCH_EVERY: Duration = Duration::from_millis(100);
 
 async fn watch_job(
     State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer<Response> {
-    let principal = principal(&http, &headers)?;
     let get = |http: Http, principal: Principal, id: String| async move {
         http.service
             .get_job(call(&principal, pb::GetJobRequest { job_id: id }))
@@ -653,20 +696,35 @@ async fn watch_job(
     };
     // Refused at once when the job is not the caller's to see.
     let first = get(http.clone(), principal.clone(), id.clone()).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::Job>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Job, Failure>>(4);
     tokio::spawn(async move {
+        let gone = principal.gone();
+        tokio::pin!(gone);
         let mut last = first;
-        if tx.send(last.clone()).await.is_err() {
+        if tx.send(Ok(last.clone())).await.is_err() {
             return;
         }
-        // The job as it changes, until it has ended (or its token is revoked).
+        // The job as it changes, until it has ended, its client has gone, or its token was
+        // revoked or expired (said as the stream's last item).
         while last.state == pb::JobState::Running as i32 {
-            tokio::time::sleep(JOB_WATCH_EVERY).await;
-            let Ok(job) = get(http.clone(), principal.clone(), id.clone()).await else {
-                return;
+            tokio::select! {
+                () = tokio::time::sleep(JOB_WATCH_EVERY) => {}
+                () = tx.closed() => return,
+                () = &mut gone => {
+                    let why = format!("token {} was revoked or expired", principal.accessor);
+                    let _ = tx.send(Err(tonic::Status::unauthenticated(why).into())).await;
+                    return;
+                }
+            }
+            let job = match get(http.clone(), principal.clone(), id.clone()).await {
+                Ok(job) => job,
+                Err(status) => {
+                    let _ = tx.send(Err(status.into())).await;
+                    return;
+                }
             };
             if job != last {
-                if tx.send(job.clone()).await.is_err() {
+                if tx.send(Ok(job.clone())).await.is_err() {
                     return;
                 }
                 last = job;
@@ -675,15 +733,22 @@ async fn watch_job(
     });
     let jobs = tokio_stream::wrappers::ReceiverStream::new(rx);
     if wants_json_lines(&headers) {
-        return Ok(json_lines(jobs.map(|j| json_bytes(&json::Job::from(&j)))));
+        return Ok(json_lines(jobs.map(|j| match j {
+            Ok(j) => json_bytes(&json::Job::from(&j)),
+            Err(failure) => json_bytes(&failure.body()),
+        })));
     }
     let events = jobs.map(|j| {
-        Ok::<_, Infallible>(
-            Event::default()
+        Ok::<_, Infallible>(match j {
+            Ok(j) => Event::default()
                 .event("job")
                 .json_data(json::Job::from(&j))
                 .expect("serializes"),
-        )
+            Err(failure) => Event::default()
+                .event("error")
+                .json_data(failure.body())
+                .expect("serializes"),
+        })
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
@@ -692,8 +757,10 @@ async fn watch_job(
 
 // ----- agents and partitions -----------------------------------------------------------------
 
-async fn agents(State(http): State<Http>, headers: HeaderMap) -> Answer<Json<Vec<json::Agent>>> {
-    let principal = principal(&http, &headers)?;
+async fn agents(
+    State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
+) -> Answer<Json<Vec<json::Agent>>> {
     let listed = http
         .service
         .list_agents(call(&principal, pb::ListAgentsRequest {}))
@@ -704,9 +771,8 @@ async fn agents(State(http): State<Http>, headers: HeaderMap) -> Answer<Json<Vec
 
 async fn partitions(
     State(http): State<Http>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
 ) -> Answer<Json<Vec<json::Partition>>> {
-    let principal = principal(&http, &headers)?;
     let listed = http
         .service
         .list_partitions(call(&principal, pb::ListPartitionsRequest {}))

@@ -139,7 +139,8 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(client)
         .add_service(agent)
         .into_axum_router()
-        .merge(http);
+        .merge(http)
+        .fallback(http::not_found);
     builder
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

@@ -150,7 +150,17 @@ impl HostState {
         let mut stored: u64 = 0;
         for index in 0..count {
             let params = tasks.params_of(index);
-            let spec = job::task_spec(&template, id, index, count, &params);
+            let spec =
+                match job::task_spec(&template, id, index, count, &params, bounds::ARGS_BYTES) {
+                    Ok(spec) => spec,
+                    Err(args) => {
+                        return Err(HostError::InvalidArgument(format!(
+                            "task {index} of the job would have over {args} bytes of args, over \
+                         the bound ({})",
+                            bounds::ARGS_BYTES
+                        )))
+                    }
+                };
             let args: usize = spec.args.iter().map(String::len).sum();
             let env: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
             if args > bounds::ARGS_BYTES || env > bounds::ENV_BYTES {
@@ -436,20 +446,19 @@ impl HostState {
         }
     }
 
-    /// Removes the jobs found without tasks when the store was opened, and keys naming jobs
-    /// not restored.
-    pub(super) fn collect_orphan_jobs(&mut self, fx: &mut Effects) {
+    /// Removes the jobs found without tasks when the store was opened, and, once they have
+    /// been kept a `task_retention` from then, keys naming jobs not restored (records set
+    /// aside), as a task's key is: a retry with one meanwhile is refused, not a second job.
+    pub(super) fn collect_orphan_jobs(&mut self, now: Now, fx: &mut Effects) {
         for id in std::mem::take(&mut self.orphan_jobs) {
             self.forget_job(id, fx);
         }
-        let jobs = &self.jobs;
-        let gone: Vec<JobId> = self
-            .job_key_of
-            .keys()
-            .filter(|id| !jobs.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
+        let cutoff = now.ms.saturating_sub(self.rules.task_retention_ms);
+        while let Some(&(since, id)) = self.orphan_job_keys.first() {
+            if since > cutoff {
+                break;
+            }
+            self.orphan_job_keys.remove(0);
             self.forget_job(id, fx);
         }
     }
@@ -483,9 +492,19 @@ impl HostState {
         }
     }
 
-    /// The jobs a store held, and their idempotency keys, before their tasks are restored.
-    pub(super) fn restore_jobs(&mut self, jobs: Vec<Job>, keys: Vec<((String, String), JobId)>) {
+    /// The jobs a store held, and their idempotency keys, before their tasks are restored, at
+    /// `now`.
+    pub(super) fn restore_jobs(
+        &mut self,
+        jobs: Vec<Job>,
+        keys: Vec<((String, String), JobId)>,
+        now: Now,
+    ) {
+        let restored: std::collections::HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
         for (key, id) in keys {
+            if !restored.contains(&id) {
+                self.orphan_job_keys.push((now.ms, id));
+            }
             self.job_key_of.insert(id, key.clone());
             self.job_keys.insert(key, id);
         }

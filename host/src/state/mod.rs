@@ -231,6 +231,8 @@ pub struct HostState {
     orphan_jobs: Vec<JobId>,
     /// Jobs restored running, to be settled at the next collection.
     unsettled_jobs: Vec<JobId>,
+    /// Keys of jobs not restored, and since when: removed a `task_retention` later.
+    orphan_job_keys: Vec<(i64, JobId)>,
     /// Jobs by idempotency key (tenant, key), and the key of each job made with one.
     job_keys: HashMap<(String, String), JobId>,
     job_key_of: HashMap<JobId, (String, String)>,
@@ -351,6 +353,7 @@ impl HostState {
             next_job_id: 0,
             orphan_jobs: Vec::new(),
             unsettled_jobs: Vec::new(),
+            orphan_job_keys: Vec::new(),
             job_keys: HashMap::new(),
             job_key_of: HashMap::new(),
             queues: Queues::default(),
@@ -413,7 +416,7 @@ impl HostState {
             state.modules.insert(sha, used);
         }
         state.next_job_id = loaded.highest_job_id;
-        state.restore_jobs(loaded.jobs, loaded.job_keys);
+        state.restore_jobs(loaded.jobs, loaded.job_keys, now);
         for task in loaded.tasks {
             state.next_id = state.next_id.max(task.id.0);
             if task.state == TaskState::Pending {
@@ -669,7 +672,7 @@ impl HostState {
             fx.writes.push(Write::ForgetTask(id));
             collected.tasks += 1;
         }
-        self.collect_orphan_jobs(fx);
+        self.collect_orphan_jobs(now, fx);
         self.settle_restored_jobs(now, fx);
         let cutoff = now.ms.saturating_sub(self.rules.module_retention_ms);
         let unused: Vec<String> = self

@@ -2717,3 +2717,42 @@ fn a_jobs_idempotency_key_answers_it_for_the_same_request_only_and_goes_with_it(
     assert!(!w.state.names_job("default", "k"));
     w.check();
 }
+
+#[test]
+fn the_key_of_a_job_not_restored_is_kept_a_retention_and_refuses_meanwhile() {
+    use crate::job::{JobId, JobTasks};
+    let config = HostConfig {
+        task_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let now = Now {
+        instant: Instant::now(),
+        ms: 1_000_000,
+    };
+    let loaded = Loaded {
+        job_keys: vec![(("default".into(), "k".into()), JobId(4))],
+        highest_job_id: 4,
+        modules: vec![(SHA.into(), ModuleFacts::default())],
+        ..Default::default()
+    };
+    let mut state = HostState::restore(&config, loaded, now);
+    let mut fx = Effects::default();
+    state.collect(now, &mut fx);
+    let retry = crate::job::JobRequest {
+        idempotency_key: Some("k".into()),
+        ..request(spec(MIB, 0, false), &JobTasks::Array(1), 0)
+    };
+    let e = state
+        .submit_job(retry.clone(), |_| Ok(()), now, &mut fx)
+        .unwrap_err();
+    assert!(e.to_string().contains("could not be loaded"), "{e}");
+    let later = now.after(Duration::from_secs(61));
+    let mut fx = Effects::default();
+    state.collect(later, &mut fx);
+    assert!(fx
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::ForgetJobKey(t, k) if t == "default" && k == "k")));
+    let made = state.submit_job(retry, |_| Ok(()), later, &mut fx).unwrap();
+    assert_eq!(made.view.job.id, JobId(5));
+}
