@@ -998,11 +998,34 @@ fn tls_and_mutual_tls_serve_clients_and_agents_and_plaintext_fails_cleanly() {
         ],
         &[],
     );
+    // The HTTP API over the same TLS, from a client that offers only HTTP/1.1 in its ALPN,
+    // as Python's urllib does.
+    let http11 = Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys, urllib.request as u\n\
+             c = ssl.create_default_context(cafile=sys.argv[2])\n\
+             c.set_alpn_protocols(['http/1.1'])\n\
+             r = u.urlopen(u.Request(sys.argv[1] + '/v1/agents', \
+                 headers={'Authorization': 'Bearer ' + sys.argv[3]}), context=c)\n\
+             print(r.status, r.read().decode())",
+            &url,
+            &ca,
+            &admin,
+        ])
+        .output()
+        .expect("running python3");
     let _ = good.kill();
     let _ = good.wait();
     let _ = host.kill();
     let _ = host.wait();
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&http11.stdout);
+    assert!(http11.status.success(), "{http11:?}");
+    assert!(
+        said.starts_with("200 ") && said.contains("\"tls-1\""),
+        "{said}"
+    );
 }
 
 #[test]

@@ -88,6 +88,60 @@ pub struct Tls {
     pub client_ca: Option<Vec<u8>>,
 }
 
+/// Why the host's server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS certificate, key or client CA would not do.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// How long a TLS handshake may take before its connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The host's TLS: its certificate and key, client certificates asked for (and checked against
+/// the client CA when given: the agent API's gate requires one under mutual TLS), and ALPN
+/// offering `h2` and `http/1.1`, so that HTTP/1.1 clients of the API (Python's `urllib`,
+/// `curl --http1.1`) connect as gRPC's HTTP/2 does. rustls with ring, the build's provider.
+fn tls_acceptor(tls: Tls) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {e}"));
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?;
+    let builder = match tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&ca) {
+                let cert = cert.map_err(|e| bad("the client CA", &e))?;
+                roots.add(cert).map_err(|e| bad("the client CA", &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| bad("the client CA", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let certs = CertificateDer::pem_slice_iter(&tls.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("the certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key).map_err(|e| bad("the key", &e))?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("the certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
 /// Serves both services, and the HTTP/JSON API beside them, on `listener` until `shutdown`
 /// resolves; over TLS with `tls`. Every call passes its service's gate
 /// ([`auth::Gate`](crate::auth::Gate)) before its body is read, and every API request the same
@@ -97,7 +151,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     use crate::auth::{Api, Gate};
     use tonic::service::interceptor::InterceptedService;
     let max = corral_proto::MAX_MESSAGE_BYTES;
@@ -121,19 +175,7 @@ pub async fn serve(
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        let mut config = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(tls.cert, tls.key));
-        if let Some(ca) = tls.client_ca {
-            // Clients and agents share the listener: a certificate is asked for, and checked
-            // against the CA when given; the agent API's gate requires one.
-            config = config
-                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-                .client_auth_optional(true);
-        }
-        builder = builder.tls_config(config)?;
-    }
+    let builder = tonic::transport::Server::builder();
     // gRPC and the HTTP/JSON API share one router: gRPC calls go by their services' paths,
     // the rest to the API's routes; HTTP/1.1 is accepted beside HTTP/2.
     let routes = tonic::service::Routes::new(client)
@@ -141,12 +183,41 @@ pub async fn serve(
         .into_axum_router()
         .merge(http)
         .fallback(http::not_found);
-    builder
+    let router = builder
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_routes(tonic::service::Routes::from(routes));
+    let Some(tls) = tls else {
+        return Ok(router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?);
+    };
+    // Handshakes run each on its own task, under a timeout, so that a slow one holds up no
+    // other connection; the streams that complete one are served (tonic reads their peers'
+    // certificates for the gate).
+    let acceptor = tls_acceptor(tls)?;
+    let (accepted, handshaken) = tokio::sync::mpsc::channel(256);
+    let accepting = tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        while let Some(stream) = incoming.next().await {
+            let Ok(stream) = stream else { continue };
+            let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                if let Ok(Ok(stream)) = handshake.await {
+                    let _ = accepted.send(Ok::<_, std::io::Error>(stream)).await;
+                }
+            });
+        }
+    });
+    let served = router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(handshaken),
+            shutdown,
+        )
+        .await;
+    accepting.abort();
+    Ok(served?)
 }
 
 /// Binds `addr` (port 0 picks a free one).
