@@ -42,7 +42,15 @@ def main() -> int:
     rows = client.results(job)
 
     print(f"{'learning_rate':>13} {'epochs':>6} {'loss':>8} {'train_acc':>9} {'test_acc':>8}")
-    finished = [r for r in rows if r["state"] == "FINISHED" and isinstance(r["result"], dict)]
+    # Runs that finished with every figure a number (a diverging one reports its loss as null).
+    figures = ("loss", "train_accuracy", "test_accuracy")
+    finished = [
+        r
+        for r in rows
+        if r["state"] == "FINISHED"
+        and isinstance(r["result"], dict)
+        and all(isinstance(r["result"].get(f), (int, float)) for f in figures)
+    ]
     for row in finished:
         p, r = row["params"], row["result"]
         print(

@@ -43,6 +43,7 @@ def main() -> None:
         )
         cli.append(time.monotonic() - started)
         started = time.monotonic()
+        # Looked at as often as `corral job wait` does at most (every 500 ms).
         record = client.wait(client.submit_array(module, options.count), progress=False)
         assert record["state"] == "FINISHED", record
         python.append(time.monotonic() - started)

@@ -18,6 +18,7 @@ from .errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    TlsError,
     Unauthenticated,
     Unavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "TlsError",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import itertools
 import json
+import math
+import numbers
 import os
+import shutil
 import ssl
 import sys
 import time
@@ -14,6 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import (
+    TYPE_CHECKING,
     Any,
     Dict,
     Iterable,
@@ -22,13 +27,25 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     Union,
 )
 
 from .errors import CorralError, error_for
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
 #: A module: a path to a ``.wasm`` or ``.wat`` file, or its bytes.
-Module = Union[str, "os.PathLike[str]", bytes, bytearray]
+Module = Union[str, os.PathLike, bytes, bytearray]
+
+#: Task states after which a task never changes; job states likewise.
+TASK_ENDED = frozenset({"FINISHED", "FAILED", "KILLED", "LOST"})
+JOB_ENDED = frozenset({"FINISHED", "FAILED", "KILLED"})
+
+#: How long :meth:`Client.wait` rides out a host it cannot reach (restarting, recovering its
+#: store) before it gives up, as ``corral job wait`` does.
+UNREACHABLE_FOR = 120.0
 
 #: The host the CLI defaults to.
 DEFAULT_HOST = "http://127.0.0.1:7700"
@@ -63,14 +80,28 @@ def _handle_id(handle: Handle) -> str:
     raise TypeError(f"not a task or a job: {handle!r} (ids look like t-42 or j-7)")
 
 
+def _path_id(handle: Handle) -> str:
+    """The handle's id as it goes in a URL's path."""
+    return urllib.parse.quote(_handle_id(handle), safe="")
+
+
 def _is_job(handle: Handle) -> bool:
     return _handle_id(handle).startswith("j-")
 
 
 def _param_value(value: Any) -> Any:
-    """A parameter's value as the API takes it: strings, numbers and booleans as they are."""
-    if isinstance(value, (str, bool, int, float)):
+    """A parameter's value as the API takes it: strings, numbers and booleans as they are
+    (numpy's scalars as the Python values they hold); not NaN or an infinity."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # a numpy scalar
+    if isinstance(value, (str, bool)):
         return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise ValueError(f"parameter value {value!r} is not a finite number")
+        return float(value)
     raise TypeError(
         f"parameter value {value!r} is a {type(value).__name__}: give a string, number or bool"
     )
@@ -102,6 +133,8 @@ class Client:
         self.timeout = timeout
         ca_file = ca_file or os.environ.get("CORRAL_TLS_CA")
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        # Modules uploaded by this client: (path, size, mtime) -> sha256.
+        self._uploaded: Dict[Tuple[str, int, int], str] = {}
 
     def __repr__(self) -> str:
         return f"corral.Client({self.host!r})"
@@ -117,7 +150,7 @@ class Client:
         content_type: str = "application/json",
         accept: str = "application/json",
         timeout: Optional[float] = None,
-    ):
+    ) -> http.client.HTTPResponse:
         request = urllib.request.Request(self.host + path, data=body, method=method)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
@@ -126,58 +159,103 @@ class Client:
         request.add_header("Accept", accept)
         try:
             return urllib.request.urlopen(
-                request, timeout=timeout or self.timeout, context=self._ssl
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                context=self._ssl,
             )
         except urllib.error.HTTPError as e:
             raise self._failure(e) from None
-        except urllib.error.URLError as e:
-            raise error_for(
-                "unavailable",
-                f"cannot reach the Corral host at {self.host}: {e.reason} "
-                "(is `corral host` or `corral dev` running there? set CORRAL_HOST)",
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise self._unreachable(e) from None
+
+    def _unreachable(self, e: BaseException) -> CorralError:
+        """What a failure to talk to the host at all is, saying what to do about it."""
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return error_for(
+                "tls",
+                f"the host at {self.host} is not trusted: {reason.verify_message} "
+                "(give ca_file= or CORRAL_TLS_CA: the CA that signed its certificate)",
                 None,
-            ) from None
+            )
+        if isinstance(reason, ssl.SSLError):
+            return error_for("tls", f"TLS with the host at {self.host} failed: {reason}", None)
+        hint = "(is `corral host` or `corral dev` running there? set CORRAL_HOST)"
+        if isinstance(reason, http.client.BadStatusLine) and self.host.startswith("http://"):
+            hint = "(if the host serves TLS, use an https:// URL)"
+        return error_for(
+            "unavailable", f"cannot reach the Corral host at {self.host}: {reason!r} {hint}", None
+        )
 
     @staticmethod
-    def _failure(e: "urllib.error.HTTPError") -> CorralError:
+    def _failure(e: urllib.error.HTTPError) -> CorralError:
         text = e.read().decode("utf-8", "replace")
         try:
             error = json.loads(text)["error"]
             return error_for(error["code"], error["message"], e.code)
         except (ValueError, KeyError, TypeError):
-            return error_for("unknown", f"HTTP {e.code}: {text.strip() or e.reason}", e.code)
+            # Not the API's JSON (a proxy's page, a rejection before the API): by its status.
+            by_status = {
+                400: "invalid_argument",
+                401: "unauthenticated",
+                403: "permission_denied",
+                404: "not_found",
+                409: "failed_precondition",
+                413: "invalid_argument",
+                429: "resource_exhausted",
+                503: "unavailable",
+            }
+            return error_for(
+                by_status.get(e.code, "unknown"), f"HTTP {e.code}: {text.strip() or e.reason}", e.code
+            )
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+    def _json(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None) -> Any:
+        data = None if body is None else json.dumps(body, allow_nan=False).encode()
         if method == "POST" and data is None:
             data = b""
-        with self._open(method, path, data) as response:
-            return json.loads(response.read())
+        with self._open(method, path, data, timeout=timeout) as response:
+            try:
+                return json.loads(response.read())
+            except (http.client.HTTPException, OSError) as e:
+                raise self._unreachable(e) from None
 
     def _lines(self, path: str) -> Iterator[Dict[str, Any]]:
-        with self._open("GET", path, accept="application/x-ndjson", timeout=None) as response:
-            for line in response:
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if "error" in row and len(row) == 1:
-                    raise error_for(row["error"]["code"], row["error"]["message"], None)
-                yield row
+        # A stream takes as long as it takes: no read timeout but the host's own.
+        with self._open("GET", path, accept="application/x-ndjson", timeout=3600.0) as response:
+            try:
+                for line in response:
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    if "error" in row and len(row) == 1:
+                        raise error_for(row["error"]["code"], row["error"]["message"], None)
+                    yield row
+            except (http.client.HTTPException, OSError) as e:
+                raise self._unreachable(e) from None
 
     # ----- modules -----------------------------------------------------------------------
 
     def upload(self, module: Module) -> str:
         """Uploads a module (the path of a ``.wasm`` or ``.wat`` file, or its bytes) and
         returns its sha256. The same bytes twice are stored once."""
+        key = None
         if isinstance(module, (bytes, bytearray)):
             data = bytes(module)
         else:
-            with open(os.fspath(module), "rb") as f:
+            path = os.path.abspath(os.fspath(module))
+            stat = os.stat(path)
+            key = (path, stat.st_size, stat.st_mtime_ns)
+            if key in self._uploaded:
+                return self._uploaded[key]
+            with open(path, "rb") as f:
                 data = f.read()
         with self._open(
             "POST", "/v1/modules", data, content_type="application/octet-stream"
         ) as response:
-            return json.loads(response.read())["sha256"]
+            sha256 = json.loads(response.read())["sha256"]
+        if key is not None:
+            self._uploaded[key] = sha256
+        return sha256
 
     # ----- submitting --------------------------------------------------------------------
 
@@ -350,12 +428,12 @@ class Client:
         """The task's or job's record as ``corral task get -o json`` or ``corral job get -o
         json`` prints it."""
         kind = "jobs" if _is_job(handle) else "tasks"
-        return self._json("GET", f"/v1/{kind}/{_handle_id(handle)}")
+        return self._json("GET", f"/v1/{kind}/{_path_id(handle)}")
 
     def kill(self, handle: Handle) -> Dict[str, Any]:
         """Kills a task, or every task of a job that has not ended; returns the record."""
         kind = "jobs" if _is_job(handle) else "tasks"
-        return self._json("POST", f"/v1/{kind}/{_handle_id(handle)}/kill")
+        return self._json("POST", f"/v1/{kind}/{_path_id(handle)}/kill")
 
     def wait(
         self,
@@ -363,27 +441,49 @@ class Client:
         *,
         timeout: Optional[float] = None,
         progress: Optional[bool] = None,
+        interval: float = 0.5,
     ) -> Dict[str, Any]:
-        """Waits until the task or job has ended and returns its record. A job shows a progress
-        bar (tqdm's when installed, so in notebooks too; else a line on a terminal's stderr)
-        unless ``progress`` is False. Raises :class:`TimeoutError` after ``timeout`` seconds.
+        """Waits until the task or job has ended and returns its record.
+
+        It looks every 5 ms at first, then less often, up to every ``interval`` seconds, and
+        rides out a host it cannot reach (restarting) for up to 2 minutes. A job shows a
+        progress bar in a terminal or a notebook (tqdm's when installed) unless ``progress``
+        is False; ``progress=True`` shows one elsewhere too. Raises :class:`TimeoutError`
+        after ``timeout`` seconds.
         """
+        job = _is_job(handle)
+        ended = JOB_ENDED if job else TASK_ENDED
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _Progress.make(progress) if _is_job(handle) else None
+        bar = _Progress.make(progress) if job else None
         pause = 0.005
+        unreachable_since: Optional[float] = None
         try:
             while True:
-                record = self.get(handle)
-                if bar is not None:
-                    bar.update(record)
-                if record["state"] not in ("RUNNING", "PENDING", "ASSIGNED"):
-                    return record
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"{_handle_id(handle)} has not ended after {timeout} s ({record['state']})"
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                try:
+                    record = self._json(
+                        "GET",
+                        f"/v1/{'jobs' if job else 'tasks'}/{_path_id(handle)}",
+                        timeout=None if left is None else min(left, self.timeout),
                     )
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                    unreachable_since = None
+                except CorralError as e:
+                    if e.code != "unavailable":
+                        raise
+                    unreachable_since = unreachable_since or time.monotonic()
+                    if time.monotonic() - unreachable_since > UNREACHABLE_FOR:
+                        raise
+                    record = None
+                if record is not None:
+                    if bar is not None:
+                        bar.update(record)
+                    if record["state"] in ended:
+                        return record
+                if deadline is not None and time.monotonic() >= deadline:
+                    state = record["state"] if record else "the host unreachable"
+                    raise TimeoutError(f"{_handle_id(handle)} has not ended after {timeout} s ({state})")
+                time.sleep(pause if left is None else min(pause, left))
+                pause = min(pause * 2, interval)
         finally:
             if bar is not None:
                 bar.close()
@@ -391,7 +491,7 @@ class Client:
     def output(self, task: Handle) -> Dict[str, Any]:
         """An ended task's output: ``stdout``, ``stderr`` (text), their ``*_truncated`` flags
         and ``files`` (``path`` and ``data`` as bytes, when it kept output files)."""
-        out = self._json("GET", f"/v1/tasks/{_handle_id(task)}/output?files=true")
+        out = self._json("GET", f"/v1/tasks/{_path_id(task)}/output?files=true")
         for f in out.get("files", []):
             f["data"] = base64.b64decode(f.pop("data_base64", ""))
         return out
@@ -403,9 +503,9 @@ class Client:
         ``result`` (the task's stdout parsed when it is one JSON object, else its text)."""
         if not _is_job(job):
             raise TypeError(f"{_handle_id(job)} is a task: results() gathers a job's")
-        return list(self._lines(f"/v1/jobs/{_handle_id(job)}/results"))
+        return list(self._lines(f"/v1/jobs/{_path_id(job)}/results"))
 
-    def results_frame(self, job: Handle):
+    def results_frame(self, job: Handle) -> "pandas.DataFrame":
         """:meth:`results` as a pandas DataFrame, ``params`` and object results spread into
         ``params.<name>`` and ``result.<key>`` columns. Needs pandas."""
         try:
@@ -457,8 +557,8 @@ class Client:
         """Whether the host answers ``/healthz``."""
         try:
             with self._open("GET", "/healthz", timeout=5) as response:
-                return response.status == 200
-        except CorralError:
+                return response.status == 200 and response.read() == b"ok\n"
+        except (CorralError, http.client.HTTPException, OSError):
             return False
 
 
@@ -490,26 +590,40 @@ def _defaults(options: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Progress:
-    """A job's progress: tqdm's bar when tqdm is installed (terminals and notebooks), else a
-    line rewritten on a terminal's stderr."""
+    """A job's progress: tqdm's bar when tqdm is installed, else a line rewritten on a
+    terminal's stderr, or a text display updated in place in a notebook. Shown in a terminal
+    or a notebook, or anywhere when asked for."""
 
-    def __init__(self, tqdm_bar: Any) -> None:
-        self._tqdm = tqdm_bar
-        self._shown = False
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._bar: Any = None
+        self._display: Any = None
+        self._ended = 0
+
+    @staticmethod
+    def _in_notebook() -> bool:
+        return "ipykernel" in sys.modules
 
     @classmethod
     def make(cls, wanted: Optional[bool]) -> Optional["_Progress"]:
         if wanted is False:
             return None
+        if not (wanted or sys.stderr.isatty() or cls._in_notebook()):
+            return None
         try:
-            from tqdm.auto import tqdm
+            import tqdm.auto  # noqa: F401
 
-            return cls(tqdm(total=0, unit="task", leave=False))
+            return cls("tqdm")
         except ImportError:
             pass
-        if wanted or sys.stderr.isatty():
-            return cls(None)
-        return None
+        if cls._in_notebook():
+            try:
+                import IPython.display  # noqa: F401
+
+                return cls("notebook")
+            except ImportError:
+                pass
+        return cls("line")
 
     def update(self, job: Dict[str, Any]) -> None:
         counts = job.get("counts", {})
@@ -520,22 +634,35 @@ class _Progress:
             f"{counts.get('finished', 0)} finished, {failed} failed, {running} running, "
             f"{counts.get('pending', 0)} pending"
         )
-        if self._tqdm is not None:
-            self._tqdm.total = total
-            self._tqdm.n = ended
-            self._tqdm.set_postfix_str(message, refresh=False)
-            self._tqdm.refresh()
+        if self._kind == "tqdm":
+            from tqdm.auto import tqdm
+
+            if self._bar is None:
+                self._bar = tqdm(total=total, unit="task", desc=job["id"], leave=False)
+            self._bar.update(ended - self._ended)
+            self._ended = ended
+            self._bar.set_postfix_str(message)
             return
         width = 30
         filled = width * ended // total if total else 0
-        line = f"\r{job['id']} [{'=' * filled}{' ' * (width - filled)}] {ended}/{total} ended ({message})"
-        sys.stderr.write(line)
+        bar = f"[{'=' * filled}{' ' * (width - filled)}]"
+        line = f"{job['id']} {bar} {ended}/{total} ended ({message})"
+        if self._kind == "notebook":
+            from IPython.display import display
+
+            if self._display is None:
+                self._display = display(line, display_id=True)
+            else:
+                self._display.update(line)
+            return
+        columns = shutil.get_terminal_size((80, 24)).columns
+        sys.stderr.write("\r" + line[: max(columns - 1, 10)] + "\x1b[K")
         sys.stderr.flush()
-        self._shown = True
+        self._ended = max(self._ended, 1)
 
     def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self._shown:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._kind == "line" and self._ended:
             sys.stderr.write("\n")
             sys.stderr.flush()

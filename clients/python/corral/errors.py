@@ -52,6 +52,11 @@ class ResourceExhausted(CorralError):
     """The host cannot take this now (a queue cap, its disk's headroom, uploads at once)."""
 
 
+class TlsError(CorralError):
+    """TLS with the host failed: its certificate is not trusted (give ``ca_file`` or
+    ``CORRAL_TLS_CA``), or the handshake did."""
+
+
 class Unavailable(CorralError):
     """The host is unreachable, stopping, or recovering its store: trying again is safe."""
 
@@ -67,6 +72,7 @@ _BY_CODE: Dict[str, Type[CorralError]] = {
     "permission_denied": PermissionDenied,
     "resource_exhausted": ResourceExhausted,
     "unavailable": Unavailable,
+    "tls": TlsError,
 }
 
 

@@ -14,6 +14,9 @@ import corral
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures"
 ECHO = FIXTURES / "echo_arg.wat"
+COUNT_STDIN = FIXTURES / "count_stdin.wat"
+WRITER = FIXTURES / "writer.wat"
+SLEEP = (FIXTURES / "sleep.wat").read_text().replace("{nanos}", "3000000000").encode()
 EXIT_3 = b"""(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
@@ -46,6 +49,11 @@ def dev():
             process.wait()
 
 
+def _env():
+    """This process's environment without what would point a child at another host."""
+    return {k: v for k, v in os.environ.items() if k not in ("CORRAL_TLS_CA", "CORRAL_HOST")}
+
+
 @pytest.fixture
 def client(dev):
     url, token = dev
@@ -60,10 +68,17 @@ def test_a_task_runs_and_its_output_comes_back(client):
     assert record["name"] == "greeting"
     assert record["outcome"] == "success"
     assert client.output(task)["stdout"] == "hello"
-    # Bytes work as well as paths; stdin as bytes goes as base64.
-    again = client.submit(ECHO.read_bytes(), ["x"], stdin=b"\x00\xff")
-    assert client.wait(again, timeout=60)["state"] == "FINISHED"
-    assert client.get(again)["id"] == again.id
+    # Bytes work as well as paths; stdin as bytes (base64 on the wire) and as text arrive whole.
+    binary = client.submit(COUNT_STDIN.read_bytes(), stdin=b"\x00\xff" * 500)
+    assert client.wait(binary, timeout=60)["state"] == "FINISHED"
+    assert client.output(binary)["stdout"] == "1000\n"
+    text = client.submit(COUNT_STDIN, stdin="héllo")
+    client.wait(text, timeout=60)
+    assert client.output(text)["stdout"] == f"{len('héllo'.encode())}\n"
+    # Output files come back as bytes.
+    wrote = client.submit(WRITER, outputs=True)
+    client.wait(wrote, timeout=60)
+    assert client.output(wrote)["files"] == [{"path": "result.txt", "data": b"42\n"}]
 
 
 def test_a_sweep_runs_every_combination_and_its_results_are_gathered_in_order(client):
@@ -89,6 +104,30 @@ def test_a_sweep_runs_every_combination_and_its_results_are_gathered_in_order(cl
     assert all(r["outcome"] == "success" and r["fuel_used"] > 0 for r in rows)
     assert [t["id"] for t in client.tasks(job=job)] == [r["task_id"] for r in rows]
     assert any(j["id"] == job.id for j in client.jobs())
+
+
+def test_numpy_values_are_parameters_and_nan_is_refused(client):
+    numpy = pytest.importorskip("numpy")
+    job = client.submit_sweep(ECHO, params={"k": numpy.arange(2), "x": [numpy.float64(0.5)]})
+    client.wait(job, timeout=60, progress=False)
+    assert [r["params"] for r in client.results(job)] == [
+        {"k": "0", "x": "0.5"},
+        {"k": "1", "x": "0.5"},
+    ]
+    with pytest.raises(ValueError, match="not a finite number"):
+        client.submit_sweep(ECHO, params={"x": [float("nan")]})
+
+
+def test_wait_shows_progress_when_asked_and_times_out(client, capsys):
+    job = client.submit_array(ECHO, 3)
+    client.wait(job, timeout=60, progress=True)
+    line = capsys.readouterr().err
+    assert f"{job.id} [" in line and "3/3 ended" in line, line
+    slow = client.submit(SLEEP)
+    with pytest.raises(TimeoutError, match="has not ended after 0.3 s"):
+        client.wait(slow, timeout=0.3)
+    client.kill(slow)
+    assert client.wait(slow, timeout=60)["state"] == "KILLED"
 
 
 def test_results_frame_spreads_params_and_results_into_columns(client):
@@ -153,6 +192,10 @@ def test_refusals_are_exceptions_naming_the_problem(dev, client):
     with pytest.raises(corral.Unavailable, match="cannot reach"):
         corral.Client("http://127.0.0.1:9").jobs()
     assert client.healthy()
+    assert not corral.Client("http://127.0.0.1:9").healthy()
+    # Not the API's own JSON (a rejection before it): still the error of its status.
+    with pytest.raises(corral.InvalidArgument, match="HTTP 400"):
+        client._json("GET", "/v1/tasks?page_size=many")
 
 
 def test_a_tenant_sees_only_its_own(dev, client):
@@ -160,7 +203,7 @@ def test_a_tenant_sees_only_its_own(dev, client):
     made = subprocess.run(
         [os.environ.get("CORRAL_BIN", str(ROOT / "target" / "debug" / "corral")),
          "token", "create", "--role", "tenant", "--tenant", "acme"],
-        env={**os.environ, "CORRAL_HOST": url, "CORRAL_TOKEN": client.token},
+        env={**_env(), "CORRAL_HOST": url, "CORRAL_TOKEN": client.token},
         capture_output=True, text=True, check=True,
     )
     acme = corral.Client(url, made.stdout.strip().splitlines()[-1])
@@ -181,7 +224,7 @@ def test_the_sweep_example_prints_the_best_setting(dev):
     url, token = dev
     run = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "sweep.py"), "--host", url],
-        env={**os.environ, "CORRAL_TOKEN": token},
+        env={**_env(), "CORRAL_TOKEN": token},
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
