@@ -235,6 +235,8 @@ struct Shared {
     requests: mpsc::Sender<Stamped>,
     /// Why the host stopped, once it has.
     stopped: watch::Receiver<Option<String>>,
+    /// Where the actor publishes task changes.
+    events: Arc<Events>,
 }
 
 /// The host's core. Cheap to clone; the actor stops when the last clone is dropped.
@@ -261,6 +263,7 @@ impl ControlPlane {
         let store_failures = Arc::new(AtomicU64::new(0));
         let (requests, inbox) = mpsc::channel(QUEUE);
         let (stop, stopped) = watch::channel(None);
+        let events = Events::new(16_384);
         let actor = Actor {
             state,
             store: Some(store),
@@ -268,7 +271,7 @@ impl ControlPlane {
             store_failures: store_failures.clone(),
             config: config.clone(),
             data_dir: data_dir.to_path_buf(),
-            events: Events::new(16_384),
+            events: events.clone(),
             links: HashMap::new(),
             in_flight: VecDeque::new(),
             failed: None,
@@ -343,8 +346,14 @@ impl ControlPlane {
                 store_failures,
                 requests,
                 stopped,
+                events,
             }),
         })
+    }
+
+    /// Tasks watched one by one now, each by one or more watches (for tests and metrics).
+    pub fn watched_tasks(&self) -> usize {
+        self.shared.events.watched_tasks()
     }
 
     /// Commits of the state store that failed since the host started (each followed by a

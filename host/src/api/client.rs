@@ -512,6 +512,8 @@ impl pb::corral_server::Corral for ClientService {
             loop {
                 let received = tokio::select! {
                     received = receiver.recv() => received,
+                    // Its client has gone: the watch ends now, not at the task's next change.
+                    () = tx.closed() => return,
                     () = &mut gone => {
                         // The token was revoked, or expired: the stream ends, saying why.
                         let why = format!("token {} was revoked or expired", principal.accessor);

@@ -192,32 +192,72 @@ pub async fn serve(
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?);
     };
-    // Handshakes run each on its own task, under a timeout, so that a slow one holds up no
-    // other connection; the streams that complete one are served (tonic reads their peers'
-    // certificates for the gate).
+    // Handshakes run each on its own task, under a timeout and at most MAX_HANDSHAKES at
+    // once, so that a slow one holds up no other connection and a flood of them holds a
+    // bounded number of descriptors; the streams that complete one are served (tonic reads
+    // their peers' certificates for the gate). The accepting task, its listener and its
+    // handshakes end with the server: when it stops taking streams, or is dropped.
     let acceptor = tls_acceptor(tls)?;
     let (accepted, handshaken) = tokio::sync::mpsc::channel(256);
-    let accepting = tokio::spawn(async move {
+    let accepting = AbortOnDrop(tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
-        while let Some(stream) = incoming.next().await {
-            let Ok(stream) = stream else { continue };
+        let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let mut handshakes = tokio::task::JoinSet::new();
+        loop {
+            let Ok(turn) = turns.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = tokio::select! {
+                stream = incoming.next() => stream,
+                () = accepted.closed() => return,
+                // Reap the handshakes that ended.
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            };
+            let stream = match stream {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    // Out of descriptors, say: wait a little rather than spin on it.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => return,
+            };
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                if let Ok(Ok(stream)) = handshake.await {
-                    let _ = accepted.send(Ok::<_, std::io::Error>(stream)).await;
+            handshakes.spawn(async move {
+                let _turn = turn;
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = accepted.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                 }
             });
         }
-    });
+    }));
     let served = router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(handshaken),
             shutdown,
         )
         .await;
-    accepting.abort();
+    drop(accepting);
     Ok(served?)
+}
+
+/// TLS handshakes in progress at once, at most.
+const MAX_HANDSHAKES: usize = 512;
+
+/// A task aborted when this is dropped: the server's accepting task, which must not outlive a
+/// server that is cancelled rather than shut down.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds `addr` (port 0 picks a free one).
