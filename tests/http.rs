@@ -240,6 +240,13 @@ fn the_http_api_serves_tasks_and_jobs_beside_grpc_with_the_same_rules() {
         nowhere.text()
     );
     assert_eq!(call("GET", "/v1/tasks/nonsense", "").status, 400);
+    // axum's own refusals come in the API's shape too.
+    let wrong_method = call("GET", &format!("/v1/tasks/{task}/kill"), "");
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.text());
+    assert_eq!(wrong_method.json()["error"]["code"], "method_not_allowed");
+    let bad_query = call("GET", "/v1/tasks?page_size=many", "");
+    assert_eq!(bad_query.status, 400, "{}", bad_query.text());
+    assert_eq!(bad_query.json()["error"]["code"], "invalid_argument");
 
     // A tenant's token sees only its own, as over gRPC.
     let made = cluster.corral(&["token", "create", "--role", "tenant", "--tenant", "b"]);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -72,6 +73,20 @@ pub fn router(service: Arc<ClientService>, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// A known endpoint called with another method, in the API's error shape.
+async fn method_not_allowed(request: axum::extract::Request) -> Failure {
+    Failure {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!(
+            "{} {} is not an endpoint (another method is)",
+            request.method(),
+            request.uri().path()
+        ),
+    }
 }
 
 /// What answers a request no route takes: 404 in the API's error shape, or, for a gRPC call
@@ -173,6 +188,23 @@ impl IntoResponse for Failure {
 }
 
 type Answer<T> = Result<T, Failure>;
+
+/// What axum refused before a handler ran (a malformed query string, a body over the limit),
+/// in the API's error shape.
+fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> Failure {
+    let message = rejection.to_string();
+    let status = rejection.into_response().status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "invalid_argument",
+        s if s.is_client_error() => "invalid_argument",
+        _ => "internal",
+    };
+    Failure {
+        status,
+        code,
+        message,
+    }
+}
 
 /// The gate of every `/v1` route: the caller's `Authorization: Bearer` header, checked as the
 /// gRPC gate checks it, before anything of the request's body is read; the `Principal` is put
@@ -376,8 +408,9 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Answer<T> {
 async fn submit_task(
     State(http): State<Http>,
     Extension(principal): Extension<Principal>,
-    bytes: axum::body::Bytes,
+    bytes: Result<axum::body::Bytes, BytesRejection>,
 ) -> Answer<Json<json::Submitted>> {
+    let bytes = bytes.map_err(rejected)?;
     let mut submit: SubmitBody = body(&bytes)?;
     if submit.is_job() || submit.max_failures.is_some() {
         return Err(Failure::bad_request(
@@ -413,8 +446,9 @@ struct ListQuery {
 async fn list_tasks(
     State(http): State<Http>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(rejected)?;
     let state = match &query.state {
         Some(s) => json::parse_state(s).map_err(Failure::bad_request)? as i32,
         None => 0,
@@ -478,8 +512,9 @@ async fn task_output(
     State(http): State<Http>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    Query(query): Query<OutputQuery>,
+    query: Result<Query<OutputQuery>, QueryRejection>,
 ) -> Answer<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(rejected)?;
     let output = http
         .service
         .get_task_output(call(&principal, pb::GetTaskOutputRequest { task_id: id }))
@@ -543,8 +578,9 @@ async fn watch_task(
 async fn submit_job(
     State(http): State<Http>,
     Extension(principal): Extension<Principal>,
-    bytes: axum::body::Bytes,
+    bytes: Result<axum::body::Bytes, BytesRejection>,
 ) -> Answer<Json<json::JobSubmitted>> {
+    let bytes = bytes.map_err(rejected)?;
     let mut submit: SubmitBody = body(&bytes)?;
     let spec = submit.spec()?;
     let sweep = submit
@@ -608,8 +644,9 @@ struct JobsQuery {
 async fn list_jobs(
     State(http): State<Http>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<JobsQuery>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
 ) -> Answer<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(rejected)?;
     let request = pb::ListJobsRequest {
         tenant: query.tenant.unwrap_or_default(),
         page_size: query.page_size.unwrap_or(0),
