@@ -193,9 +193,35 @@ def test_refusals_are_exceptions_naming_the_problem(dev, client):
         corral.Client("http://127.0.0.1:9").jobs()
     assert client.healthy()
     assert not corral.Client("http://127.0.0.1:9").healthy()
-    # Not the API's own JSON (a rejection before it): still the error of its status.
-    with pytest.raises(corral.InvalidArgument, match="HTTP 400"):
+    # axum's own refusals come as the API's JSON too.
+    with pytest.raises(corral.InvalidArgument, match="page_size"):
         client._json("GET", "/v1/tasks?page_size=many")
+
+
+def test_an_answer_that_is_not_the_apis_json_is_the_error_of_its_status():
+    # A proxy in front of the host answering for it, in plain text.
+    import http.server
+    import threading
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"upstream down")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxied = corral.Client(f"http://127.0.0.1:{server.server_port}", token="x")
+        with pytest.raises(corral.Unavailable, match="HTTP 503: upstream down") as e:
+            proxied.jobs()
+        assert e.value.status == 503
+    finally:
+        server.shutdown()
 
 
 def test_a_tenant_sees_only_its_own(dev, client):
