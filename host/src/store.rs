@@ -622,6 +622,42 @@ fn decode_tenant(name: &str, bytes: &[u8]) -> Result<TenantSettings, String> {
     Ok(settings)
 }
 
+/// A tenant and one of its keys.
+type TenantKey = (String, String);
+
+/// A table key of a tenant's key (an idempotency key): `<tenant>\0<key>`. Neither may hold a
+/// control character, so the NUL separates them.
+fn tenant_key(tenant: &str, key: &str) -> String {
+    format!("{tenant}\0{key}")
+}
+
+/// Every row of a table keyed by [`tenant_key`]: ((tenant, key), the id it names). A key
+/// without a tenant (none should be) is the default tenant's.
+fn tenant_keys<I>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, u64>,
+    id: impl Fn(u64) -> I,
+) -> Result<Vec<(TenantKey, I)>, StoreError> {
+    let mut rows = Vec::new();
+    for row in txn.open_table(table).map_err(io)?.iter().map_err(io)? {
+        let (key, value) = row.map_err(io)?;
+        let (tenant, k) = key
+            .value()
+            .split_once('\0')
+            .unwrap_or(("default", key.value()));
+        rows.push(((tenant.to_string(), k.to_string()), id(value.value())));
+    }
+    Ok(rows)
+}
+
+/// The id of a record set aside under `<prefix><id>` (or `<prefix><id>#<n>`), 0 when it does
+/// not parse; `None` for another prefix.
+fn quarantined_id(key: &str, prefix: &str) -> Option<u64> {
+    let id = key.strip_prefix(prefix)?;
+    let id = id.split('#').next().unwrap_or(id);
+    Some(id.parse::<u64>().unwrap_or(0))
+}
+
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_read().map_err(io)?;
     let mut loaded = Loaded::default();
@@ -645,14 +681,10 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         Ok(quarantined) => {
             for row in quarantined.iter().map_err(io)? {
                 let (key, _) = row.map_err(io)?;
-                if let Some(id) = key.value().strip_prefix("tasks/") {
-                    let id = id.split('#').next().unwrap_or(id);
-                    let id = id.parse::<u64>().unwrap_or(0);
+                if let Some(id) = quarantined_id(key.value(), "tasks/") {
                     loaded.highest_task_id = loaded.highest_task_id.max(id);
                 }
-                if let Some(id) = key.value().strip_prefix("jobs/") {
-                    let id = id.split('#').next().unwrap_or(id);
-                    let id = id.parse::<u64>().unwrap_or(0);
+                if let Some(id) = quarantined_id(key.value(), "jobs/") {
                     loaded.highest_job_id = loaded.highest_job_id.max(id);
                 }
             }
@@ -677,16 +709,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         loaded.highest_job_id = loaded.highest_job_id.max(job.id.0);
         loaded.jobs.push(job);
     }
-    for row in txn.open_table(JOB_KEYS).map_err(io)?.iter().map_err(io)? {
-        let (key, value) = row.map_err(io)?;
-        let (tenant, k) = key
-            .value()
-            .split_once('\0')
-            .unwrap_or(("default", key.value()));
-        loaded
-            .job_keys
-            .push(((tenant.to_string(), k.to_string()), JobId(value.value())));
-    }
+    loaded.job_keys = tenant_keys(&txn, JOB_KEYS, JobId)?;
     for row in txn.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
         let agent = pb::Agent::decode(value.value())
@@ -700,21 +723,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("partition {}: {e}", key.value())))?;
         loaded.partitions.push(convert::partition_from_pb(p));
     }
-    for row in txn
-        .open_table(IDEMPOTENCY)
-        .map_err(io)?
-        .iter()
-        .map_err(io)?
-    {
-        let (key, value) = row.map_err(io)?;
-        let (tenant, k) = key
-            .value()
-            .split_once('\0')
-            .unwrap_or(("default", key.value()));
-        loaded
-            .idempotency
-            .push(((tenant.to_string(), k.to_string()), TaskId(value.value())));
-    }
+    loaded.idempotency = tenant_keys(&txn, IDEMPOTENCY, TaskId)?;
     for row in txn
         .open_table(MODULE_FACTS)
         .map_err(io)?
@@ -1055,7 +1064,7 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     }
                 }
                 Write::Idempotency(tenant, key, id) => {
-                    let k = format!("{tenant}\0{key}");
+                    let k = tenant_key(tenant, key);
                     idempotency.insert(k.as_str(), id.0).map_err(io)?;
                 }
                 Write::ForgetTask(id) => {
@@ -1072,15 +1081,15 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                     highest_forgotten_job = highest_forgotten_job.max(Some(id.0));
                 }
                 Write::JobKey(tenant, key, id) => {
-                    let k = format!("{tenant}\0{key}");
+                    let k = tenant_key(tenant, key);
                     job_keys.insert(k.as_str(), id.0).map_err(io)?;
                 }
                 Write::ForgetJobKey(tenant, key) => {
-                    let k = format!("{tenant}\0{key}");
+                    let k = tenant_key(tenant, key);
                     job_keys.remove(k.as_str()).map_err(io)?;
                 }
                 Write::ForgetIdempotency(tenant, key) => {
-                    let k = format!("{tenant}\0{key}");
+                    let k = tenant_key(tenant, key);
                     idempotency.remove(k.as_str()).map_err(io)?;
                 }
                 Write::ForgetModule(sha) => {
