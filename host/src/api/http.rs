@@ -550,27 +550,38 @@ async fn watch_task(
         Ok(event) => event.task.map(Ok),
         Err(status) => Some(Err(Failure::from(status))),
     });
-    if wants_json_lines(&headers) {
-        return Ok(json_lines(tasks.map(|t| match t {
-            Ok(t) => json_bytes(&json::Task::from(&t)),
+    let tasks = tasks.map(|t| t.map(|t| json::Task::from(&t)));
+    Ok(watch_response(&headers, "task", tasks))
+}
+
+/// A watch's items as the client asked for them: JSON lines, or server-sent events named
+/// `event` (a failure, always the last item, as an `error` event or an error line).
+fn watch_response<T, S>(headers: &HeaderMap, event: &'static str, items: S) -> Response
+where
+    T: serde::Serialize,
+    S: Stream<Item = Result<T, Failure>> + Send + 'static,
+{
+    if wants_json_lines(headers) {
+        return json_lines(items.map(|item| match item {
+            Ok(item) => json_bytes(&item),
             Err(failure) => json_bytes(&failure.body()),
-        })));
+        }));
     }
-    let events = tasks.map(|t| {
-        Ok::<_, Infallible>(match t {
-            Ok(t) => Event::default()
-                .event("task")
-                .json_data(json::Task::from(&t))
+    let events = items.map(move |item| {
+        let (name, data) = match item {
+            Ok(item) => (event, serde_json::to_value(item).expect("serializes")),
+            Err(failure) => ("error", failure.body()),
+        };
+        Ok::<_, Infallible>(
+            Event::default()
+                .event(name)
+                .json_data(data)
                 .expect("serializes"),
-            Err(failure) => Event::default()
-                .event("error")
-                .json_data(failure.body())
-                .expect("serializes"),
-        })
+        )
     });
-    Ok(Sse::new(events)
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
 }
 
 // ----- jobs ----------------------------------------------------------------------------------
@@ -769,27 +780,8 @@ async fn watch_job(
         }
     });
     let jobs = tokio_stream::wrappers::ReceiverStream::new(rx);
-    if wants_json_lines(&headers) {
-        return Ok(json_lines(jobs.map(|j| match j {
-            Ok(j) => json_bytes(&json::Job::from(&j)),
-            Err(failure) => json_bytes(&failure.body()),
-        })));
-    }
-    let events = jobs.map(|j| {
-        Ok::<_, Infallible>(match j {
-            Ok(j) => Event::default()
-                .event("job")
-                .json_data(json::Job::from(&j))
-                .expect("serializes"),
-            Err(failure) => Event::default()
-                .event("error")
-                .json_data(failure.body())
-                .expect("serializes"),
-        })
-    });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let jobs = jobs.map(|j| j.map(|j| json::Job::from(&j)));
+    Ok(watch_response(&headers, "job", jobs))
 }
 
 // ----- agents and partitions -----------------------------------------------------------------
