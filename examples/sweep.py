@@ -2,6 +2,9 @@
 """A hyperparameter sweep from Python: the logreg example over learning rate x epochs on iris,
 as one Corral job, printing each setting's figures and the best one.
 
+The data goes up once, as a shared input: every task of the job reads the same file, mounted
+read-only at /input/<its name> (--data names it; a file uploaded before is not sent again).
+
 Run it from the repository root against a running cluster:
 
     scripts/build-guests
@@ -33,8 +36,15 @@ def main() -> int:
     job = client.submit_sweep(
         options.module,
         params={"learning_rate": [0.01, 0.05, 0.1, 0.5, 1.0], "epochs": [10, 50, 100, 300]},
-        args=["--json", "--learning-rate", "{learning_rate}", "--epochs", "{epochs}"],
-        stdin=options.data.read_bytes(),
+        args=[
+            "--json",
+            "--learning-rate",
+            "{learning_rate}",
+            "--epochs",
+            "{epochs}",
+            f"/input/{options.data.name}",  # where the task sees the input
+        ],
+        inputs=[options.data],
         memory=64 << 20,
         name="logreg-sweep",
     )

@@ -72,10 +72,15 @@ struct Host {
     /// Where the test's commands go: the attached session's stream.
     downstream: Arc<Mutex<Option<Downstream>>>,
     modules: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Inputs by the sha256 they are asked for (whatever their bytes hash to), and how many
+    /// times each was fetched.
+    inputs: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    input_fetches: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 type Down = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ModuleChunk, Status>> + Send>>;
+type InputChunks = Pin<Box<dyn Stream<Item = Result<pb::InputChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::agent_api_server::AgentApi for Host {
@@ -134,6 +139,35 @@ impl pb::agent_api_server::AgentApi for Host {
     }
 
     type FetchModuleStream = Chunks;
+    type FetchInputStream = InputChunks;
+
+    async fn fetch_input(
+        &self,
+        request: Request<pb::FetchInputRequest>,
+    ) -> Result<Response<InputChunks>, Status> {
+        let sha = request.into_inner().sha256;
+        *self
+            .input_fetches
+            .lock()
+            .unwrap()
+            .entry(sha.clone())
+            .or_default() += 1;
+        let bytes = self.inputs.lock().unwrap().get(&sha).cloned();
+        let bytes = bytes.ok_or_else(|| Status::not_found("no such input"))?;
+        // In two chunks, the size in the first, as the host sends them.
+        let half = bytes.len() / 2;
+        let chunks = [
+            Ok(pb::InputChunk {
+                size_bytes: bytes.len() as u64,
+                chunk: bytes[..half].to_vec().into(),
+            }),
+            Ok(pb::InputChunk {
+                size_bytes: 0,
+                chunk: bytes[half..].to_vec().into(),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn fetch_module(
         &self,
@@ -220,6 +254,8 @@ impl Rig {
             heard: tx,
             downstream: Arc::default(),
             modules: Arc::default(),
+            inputs: Arc::default(),
+            input_fetches: Arc::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let link = Proxy::start(listener.local_addr().unwrap()).await;
@@ -288,6 +324,76 @@ impl Rig {
             .insert(sha.clone(), binary);
         sha
     }
+}
+
+/// A spec of module `sha` mounting `input` (bytes of sha256 `input_sha`) at /input/x.txt.
+fn mounting(sha: &str, input_sha: &str) -> pb::TaskSpec {
+    pb::TaskSpec {
+        inputs: vec![pb::InputMount {
+            sha256: input_sha.into(),
+            path: "/input/x.txt".into(),
+        }],
+        ..spec(sha)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_is_fetched_once_kept_read_only_and_seen_by_each_task() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(&fixtures::wat("read_input"));
+    let content = b"shared data\n".to_vec();
+    let input = corral_admission::sha256_of(&content);
+    rig.host
+        .inputs
+        .lock()
+        .unwrap()
+        .insert(input.clone(), content.clone());
+    for task in ["t-1", "t-2", "t-3"] {
+        rig.host.launch(task, mounting(&sha, &input));
+    }
+    for task in ["t-1", "t-2", "t-3"] {
+        let update = rig.final_report(task).await;
+        assert_eq!(kind(&update), pb::OutcomeKind::Success, "{update:?}");
+        assert_eq!(update.output.unwrap().stdout.as_ref(), content.as_slice());
+    }
+    assert_eq!(rig.host.input_fetches.lock().unwrap()[&input], 1);
+    let kept = rig
+        .data
+        .path()
+        .join("inputs")
+        .join(format!("{input}.input"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o400);
+    // Each attempt's links are gone with it.
+    let work: Vec<_> = std::fs::read_dir(rig.data.path().join("work"))
+        .unwrap()
+        .collect();
+    assert!(work.is_empty(), "{work:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_the_host_serves_damaged_is_the_agents_failure_and_not_kept() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(&fixtures::wat("read_input"));
+    let input = corral_admission::sha256_of(b"the real bytes");
+    rig.host
+        .inputs
+        .lock()
+        .unwrap()
+        .insert(input.clone(), b"other bytes".to_vec());
+    rig.host.launch("t-1", mounting(&sha, &input));
+    let update = rig.final_report("t-1").await;
+    assert_eq!(kind(&update), pb::OutcomeKind::AgentError);
+    let message = update.outcome.unwrap().message;
+    assert!(
+        message.contains(&format!("input {input} that hash to")),
+        "{message}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(rig.data.path().join("inputs"))
+        .unwrap()
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
 }
 
 fn is_final(update: &pb::StatusUpdate, task: &str) -> bool {
@@ -620,6 +726,8 @@ async fn an_agent_the_host_refuses_stops_saying_why() {
         heard: tx,
         downstream: Arc::default(),
         modules: Arc::default(),
+        inputs: Arc::default(),
+        input_fetches: Arc::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

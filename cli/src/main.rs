@@ -41,6 +41,8 @@ enum Command {
     /// Submit a task to the cluster, or a job of many (--array, --sweep, --params); prints its
     /// id (or, with --wait, its output or the job's summary).
     Submit(Box<client::submit::SubmitArgs>),
+    /// List uploaded inputs: SHA256 SIZE TASKS FETCHES LAST-USED, and the storage they take.
+    Inputs(client::inputs::InputsArgs),
     /// List jobs: ID NAME STATE TASKS and their tasks by state.
     Jobs(client::jobs::JobsArgs),
     /// Show, wait for, kill, or gather the results of one job.
@@ -136,6 +138,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => cluster(|| client::submit::submit(*args)),
         Command::Tasks(args) => cluster(|| client::tasks::tasks(args)),
         Command::Jobs(args) => cluster(|| client::jobs::jobs(args)),
+        Command::Inputs(args) => cluster(|| client::inputs::inputs(args)),
         Command::Job(command) => cluster(|| client::jobs::job(command)),
         Command::Task(command) => cluster(|| client::task::task(command)),
         Command::Agents(args) => cluster(|| client::agents::agents(args)),

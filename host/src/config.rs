@@ -51,6 +51,13 @@ pub struct HostConfig {
     pub default_max_disk: ByteSize,
     /// The largest disk quota a task may ask for; larger ones are clamped to it.
     pub max_disk_size: ByteSize,
+    /// Largest input accepted (`corral submit --input`): inputs are streamed to the data
+    /// dir's disk, never held in memory.
+    pub max_input_size: ByteSize,
+    /// How long an input no kept task mounts is kept after its last use (upload or submit)
+    /// before it is removed.
+    #[serde(with = "humantime_serde_compat")]
+    pub input_retention: Duration,
     /// Module uploads received at once; more wait for one to end (up to
     /// `upload_idle_timeout`), so that at most this many times `max_module_size` is buffered.
     pub max_concurrent_uploads: u32,
@@ -100,6 +107,8 @@ impl Default for HostConfig {
             default_timeout: Duration::from_secs(60),
             default_max_disk: ByteSize::mib(256),
             max_disk_size: ByteSize::gib(4),
+            max_input_size: ByteSize::gib(4),
+            input_retention: Duration::from_secs(24 * 3600),
             max_concurrent_uploads: 4,
             upload_idle_timeout: Duration::from_secs(30),
             task_retention: Duration::from_secs(7 * 24 * 3600),
@@ -148,10 +157,11 @@ impl HostConfig {
         }
         if self.task_retention.is_zero()
             || self.module_retention.is_zero()
+            || self.input_retention.is_zero()
             || self.audit_retention.is_zero()
         {
             return Err(
-                "task_retention, module_retention and audit_retention must be above zero".into(),
+                "task_retention, module_retention, input_retention and audit_retention must be above zero".into(),
             );
         }
         if self.fuel_window < crate::tenant::MIN_BUDGET_PERIOD

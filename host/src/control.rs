@@ -138,6 +138,21 @@ enum Request {
     Used(Vec<(String, i64)>, Refusals),
     /// May this agent fetch this module?
     MayFetch(String, String, Answer<bool>),
+    /// May this agent fetch this input? (Counted when it may.)
+    MayFetchInput(String, String, Answer<bool>),
+    /// May this caller's tenant (`None`: an admin) upload this many bytes (of this sha256)?
+    /// True when it has them already.
+    InputRoom(Option<String>, Option<String>, u64, Answer<bool>),
+    /// An input received and verified: (sha256, size, uploader's tenant, the staged file).
+    InputStored(
+        String,
+        u64,
+        Option<String>,
+        std::path::PathBuf,
+        Answer<(bool, bool)>,
+    ),
+    GetInput(String, Option<String>, Answer<crate::state::InputView>),
+    ListInputs(Option<String>, Answer<crate::state::InputsView>),
     SubmitJob(Box<JobRequest>, Caller, Answer<(JobView, bool)>),
     GetJob(JobId, Option<String>, Answer<JobView>),
     ListJobs(
@@ -464,6 +479,83 @@ impl ControlPlane {
             )));
         }
         self.module(sha256)
+    }
+
+    // ----- inputs ---------------------------------------------------------------------------
+
+    /// Whether `caller` may upload `size` bytes (of `sha256`, when it says): refused past its
+    /// tenant's storage limit or the disk's room; true when it has these bytes already.
+    pub async fn input_room(
+        &self,
+        caller: &Caller,
+        sha256: Option<&str>,
+        size: u64,
+    ) -> Result<bool, HostError> {
+        let (tenant, sha) = (caller.tenant.clone(), sha256.map(str::to_string));
+        self.ask(|answer| Request::InputRoom(tenant, sha, size, answer))
+            .await
+    }
+
+    /// Where an upload is received: a new file in the store's staging directory.
+    pub fn input_staging_dir(&self) -> Result<std::path::PathBuf, HostError> {
+        Ok(self.store()?.staging_dir())
+    }
+
+    /// Stores an input received into `staged` (its bytes verified to hash to `sha256`, synced)
+    /// for `caller`, and answers once that is durable: (whether the file was taken, as new;
+    /// whether the caller had it). A file not taken is the caller's to remove.
+    pub async fn input_received(
+        &self,
+        caller: &Caller,
+        sha256: &str,
+        size: u64,
+        staged: std::path::PathBuf,
+    ) -> Result<(bool, bool), HostError> {
+        let (tenant, sha) = (caller.tenant.clone(), sha256.to_string());
+        let (new, had) = self
+            .ask(|answer| Request::InputStored(sha, size, tenant, staged, answer))
+            .await?;
+        if new {
+            tracing::info!(sha256, size, "input stored");
+        }
+        Ok((new, had))
+    }
+
+    /// An input the caller may use.
+    pub async fn input(
+        &self,
+        caller: &Caller,
+        sha256: &str,
+    ) -> Result<crate::state::InputView, HostError> {
+        let (tenant, sha) = (caller.tenant.clone(), sha256.to_string());
+        self.ask(|answer| Request::GetInput(sha, tenant, answer))
+            .await
+    }
+
+    /// `tenant`'s inputs (every input for `None`).
+    pub async fn inputs(
+        &self,
+        tenant: Option<String>,
+    ) -> Result<crate::state::InputsView, HostError> {
+        self.ask(|answer| Request::ListInputs(tenant, answer)).await
+    }
+
+    /// The file of input `sha256` for agent `agent_id`: only an input of a task placed on it.
+    pub async fn input_for(
+        &self,
+        agent_id: &str,
+        sha256: &str,
+    ) -> Result<std::path::PathBuf, HostError> {
+        let launched = self
+            .ask(|answer| Request::MayFetchInput(agent_id.to_string(), sha256.to_string(), answer))
+            .await?;
+        if !launched {
+            return Err(HostError::PermissionDenied(format!(
+                "agent {agent_id} runs no task mounting input {sha256}: an agent fetches only \
+                 the inputs of tasks launched to it"
+            )));
+        }
+        Ok(self.store()?.input_path(sha256))
     }
 
     /// A stored module's binary.
@@ -1041,7 +1133,10 @@ impl Actor {
                 } else if retry {
                     Ok(())
                 } else {
-                    self.free_space.check(pending, size, "task")
+                    // And another tenant's input as one that is not stored.
+                    state
+                        .check_inputs(&spec.inputs, caller.scope())
+                        .and_then(|()| self.free_space.check(pending, size, "task"))
                 };
                 // A tenant's own token is held to its policy; an admin's is not.
                 let policy = match (&caller.tenant, retry) {
@@ -1074,7 +1169,8 @@ impl Actor {
                 let known =
                     match retry || state.may_use_module(&template.module_sha256, caller.scope()) {
                         false => Err(crate::state::unknown_module(&template.module_sha256)),
-                        true => Ok(()),
+                        true if retry => Ok(()),
+                        true => state.check_inputs(&template.inputs, caller.scope()),
                     };
                 let policy = match (&caller.tenant, retry) {
                     (Some(_), false) => state
@@ -1292,6 +1388,37 @@ impl Actor {
             Request::MayFetch(agent, sha, answer) => {
                 replies.push(later(answer, Ok(state.launched_module(&agent, &sha))));
             }
+            Request::MayFetchInput(agent, sha, answer) => {
+                replies.push(later(answer, Ok(state.input_fetch(&agent, &sha))));
+            }
+            Request::InputRoom(tenant, sha, size, answer) => {
+                let had = sha
+                    .as_deref()
+                    .is_some_and(|s| state.may_use_input(s, tenant.as_deref()));
+                let pending = self.pending_bytes + self.batch_bytes;
+                let result = match had {
+                    true => Ok(true),
+                    false => state
+                        .input_room(tenant.as_deref(), sha.as_deref(), size)
+                        .and_then(|()| self.free_space.check(pending, size, "input"))
+                        .map(|()| false),
+                };
+                replies.push(later(answer, result));
+            }
+            Request::InputStored(sha, size, tenant, staged, answer) => {
+                // Its bytes are on the disk already (staged): only its records are to write.
+                let result = state.input_uploaded(&sha, size, tenant.as_deref(), now, fx);
+                if let Ok((true, _)) = result {
+                    fx.writes.push(Write::Input(sha, size, staged));
+                }
+                replies.push(later(answer, result));
+            }
+            Request::GetInput(sha, tenant, answer) => {
+                replies.push(later(answer, state.input(&sha, tenant.as_deref())));
+            }
+            Request::ListInputs(tenant, answer) => {
+                replies.push(later(answer, Ok(state.list_inputs(tenant.as_deref()))));
+            }
         }
     }
 
@@ -1434,7 +1561,13 @@ fn refuse(request: Request, reason: &str) {
         Request::Tokens(answer) => drop(answer.send(Err(error()))),
         Request::SetTenant(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Tenants(_, answer) => drop(answer.send(Err(error()))),
-        Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::MayFetch(_, _, answer) | Request::MayFetchInput(_, _, answer) => {
+            drop(answer.send(Err(error())))
+        }
+        Request::InputRoom(_, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::InputStored(_, _, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::GetInput(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::ListInputs(_, answer) => drop(answer.send(Err(error()))),
         Request::SubmitJob(_, _, answer) => drop(answer.send(Err(error()))),
         Request::GetJob(_, _, answer) | Request::KillJob(_, _, answer) => {
             drop(answer.send(Err(error())))

@@ -194,6 +194,17 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
             ));
         }
     }
+    let inputs: Vec<pb::InputMount> = spec
+        .inputs
+        .into_iter()
+        .map(|i| pb::InputMount {
+            sha256: i.sha256.trim().to_ascii_lowercase(),
+            path: i.path,
+        })
+        .collect();
+    if let Some(problem) = corral_proto::input::mounts_problem(&inputs) {
+        return Err(problem);
+    }
     let retry = spec.retry.unwrap_or_default();
     Ok(TaskSpec {
         name: spec.name,
@@ -225,7 +236,15 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &HostConfig) -> Result<TaskSpe
             retry_failed: retry.retry_failed,
         },
         collect_outputs: spec.collect_outputs,
+        inputs: inputs.into_iter().map(input_from_pb).collect(),
     })
+}
+
+fn input_from_pb(i: pb::InputMount) -> crate::task::InputMount {
+    crate::task::InputMount {
+        sha256: i.sha256,
+        path: i.path,
+    }
 }
 
 /// A stored spec from its protobuf form, as it was accepted: not judged again by today's
@@ -259,6 +278,7 @@ pub fn stored_spec_from_pb(spec: pb::TaskSpec) -> TaskSpec {
             retry_failed: retry.retry_failed,
         },
         collect_outputs: spec.collect_outputs,
+        inputs: spec.inputs.into_iter().map(input_from_pb).collect(),
     }
 }
 
@@ -289,6 +309,14 @@ pub fn spec_to_pb(spec: &TaskSpec, with_stdin: bool) -> pb::TaskSpec {
             retry_failed: spec.retry.retry_failed,
         }),
         collect_outputs: spec.collect_outputs,
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|i| pb::InputMount {
+                sha256: i.sha256.clone(),
+                path: i.path.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -764,6 +792,7 @@ pub fn tenant_settings_to_pb(t: &TenantSettings) -> pb::TenantSettings {
             patterns: a.texts(),
         }),
         denied_imports: t.denied_imports.texts(),
+        max_input_storage_bytes: Some(t.max_input_storage.as_u64()),
     }
 }
 
@@ -790,6 +819,9 @@ pub fn tenant_settings_from_pb(tenant: &str, t: pb::TenantSettings) -> TenantSet
             .allowed_imports
             .map(|a| ImportRules::stored(tenant, &a.patterns)),
         denied_imports: ImportRules::stored(tenant, &t.denied_imports),
+        max_input_storage: t
+            .max_input_storage_bytes
+            .map_or(crate::tenant::DEFAULT_INPUT_STORAGE, bytesize::ByteSize::b),
     }
 }
 
@@ -857,6 +889,7 @@ pub fn tenant_change_from_pb(r: &pb::SetTenantRequest) -> Result<Option<TenantCh
             true => Some(ImportRules::parse(&r.denied_imports)?),
             false => None,
         },
+        max_input_storage: r.max_input_storage_bytes,
     };
     match r.reset {
         true if change != TenantChange::default() => {

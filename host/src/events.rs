@@ -124,6 +124,7 @@ mod tests {
                 retry_failed: false,
             },
             collect_outputs: false,
+            inputs: Vec::new(),
         };
         Arc::new(Task::new(TaskId(id), spec, 0))
     }

@@ -430,6 +430,7 @@ mod tests {
                 retry_failed: false,
             },
             collect_outputs: false,
+            inputs: Vec::new(),
         }
     }
 

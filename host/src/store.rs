@@ -49,6 +49,10 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const MODULE_FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("module_facts");
 /// Which tenants uploaded each module: `<sha256>\0<tenant>`.
 const MODULE_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("module_owners");
+/// Stored inputs by sha256 -> size; their bytes are the file `<data_dir>/inputs/<sha256>`.
+const INPUTS: TableDefinition<&str, u64> = TableDefinition::new("inputs");
+/// Which tenants uploaded each input: `<sha256>\0<tenant>`.
+const INPUT_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("input_owners");
 /// Tenants' settings set by `corral tenant set`, by tenant (`TenantSettings`).
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 /// Fuel charged to each tenant per minute: (tenant, the minute's start in ms) -> fuel.
@@ -157,6 +161,13 @@ pub enum Write {
     Token(TokenRecord),
     /// Tenant `.1` uploaded module `.0`.
     ModuleOwner(String, String),
+    /// An input's bytes, by sha256, and their size: the file at `.2` (received, verified
+    /// and synced) is renamed into the inputs directory before the commit.
+    Input(String, u64, PathBuf),
+    /// Tenant `.1` uploaded input `.0`.
+    InputOwner(String, String),
+    /// Remove an input and who uploaded it; its file is removed once that is committed.
+    ForgetInput(String),
     /// Append to the audit log.
     Audit(AuditEntry),
     /// Remove these entries of the audit log.
@@ -256,6 +267,10 @@ pub struct Loaded {
     pub modules: Vec<(String, ModuleFacts)>,
     /// (sha256, tenant) of every module a tenant uploaded.
     pub module_owners: Vec<(String, String)>,
+    /// Every stored input: sha256 and size (its file checked present, with that size).
+    pub inputs: Vec<(String, u64)>,
+    /// (sha256, tenant) of every input a tenant uploaded.
+    pub input_owners: Vec<(String, String)>,
     /// Every token.
     pub tokens: Vec<TokenRecord>,
     /// Tenants' settings as set.
@@ -310,6 +325,9 @@ impl std::future::Future for Commit {
 pub struct Store {
     writer: Arc<Writer>,
     db: Arc<Database>,
+    /// `<data_dir>/inputs`: each stored input's bytes as a file named by its sha256, and
+    /// uploads being received in its `staging` directory.
+    inputs_dir: Arc<PathBuf>,
     /// Failures and delays injected on purpose (tests of a failing or slow disk).
     faults: Arc<Faults>,
 }
@@ -374,6 +392,12 @@ impl Store {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
         }
+        for table in [INPUT_OWNERS, MODULE_OWNERS] {
+            txn.open_table(table)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        txn.open_table(INPUTS)
+            .map_err(|e| open_error(e.to_string()))?;
         for table in [MODULES, AGENTS, PARTITIONS, TOKENS, TENANTS, MODULE_FACTS] {
             txn.open_table(table)
                 .map_err(|e| open_error(e.to_string()))?;
@@ -381,8 +405,6 @@ impl Store {
         txn.open_table(IDEMPOTENCY)
             .map_err(|e| open_error(e.to_string()))?;
         txn.open_table(JOB_KEYS)
-            .map_err(|e| open_error(e.to_string()))?;
-        txn.open_table(MODULE_OWNERS)
             .map_err(|e| open_error(e.to_string()))?;
         txn.open_table(AUDIT)
             .map_err(|e| open_error(e.to_string()))?;
@@ -394,21 +416,33 @@ impl Store {
         // Records that do not decode are set aside first, so that one cannot stop a migration.
         quarantine(&db)?;
         migrate(&db, &path)?;
+        let inputs_dir = data_dir.join("inputs");
+        check_input_files(&db, &inputs_dir).map_err(|e| open_error(e.detail()))?;
         let db = Arc::new(db);
         let loaded = load(&db)?;
         let (sender, queue) = mpsc::channel();
         let writer_db = db.clone();
         let faults = Arc::new(Faults::default());
         let writer_faults = faults.clone();
+        let writer_inputs = inputs_dir.clone();
         let thread = std::thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || write_loop(&writer_db, &queue, &writer_faults))
+            .spawn(move || write_loop(&writer_db, &queue, &writer_faults, &writer_inputs))
             .map_err(|e| open_error(e.to_string()))?;
         let writer = Arc::new(Writer {
             queue: Some(sender),
             thread: Some(thread),
         });
-        Ok((Store { writer, db, faults }, loaded))
+        let inputs_dir = Arc::new(inputs_dir);
+        Ok((
+            Store {
+                writer,
+                db,
+                inputs_dir,
+                faults,
+            },
+            loaded,
+        ))
     }
 
     /// Makes the next `n` commits fail as a failing disk would, their writes not applied: for
@@ -434,6 +468,17 @@ impl Store {
             let _ = queue.send((writes, reply));
         }
         Commit(answer)
+    }
+
+    /// The file holding input `sha256`'s bytes (stored only once its `Write::Input` is
+    /// durable).
+    pub fn input_path(&self, sha256: &str) -> PathBuf {
+        self.inputs_dir.join(sha256)
+    }
+
+    /// Where uploads are received before they are stored (`Write::Input` renames them out).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.inputs_dir.join(STAGING)
     }
 
     /// A stored module's binary.
@@ -735,19 +780,12 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("module {}: {e}", key.value())))?;
         loaded.modules.push((key.value().to_string(), facts));
     }
-    for row in txn
-        .open_table(MODULE_OWNERS)
-        .map_err(io)?
-        .iter()
-        .map_err(io)?
-    {
-        let (key, _) = row.map_err(io)?;
-        if let Some((sha, tenant)) = key.value().split_once('\0') {
-            loaded
-                .module_owners
-                .push((sha.to_string(), tenant.to_string()));
-        }
+    loaded.module_owners = owners(&txn, MODULE_OWNERS)?;
+    for row in txn.open_table(INPUTS).map_err(io)?.iter().map_err(io)? {
+        let (key, size) = row.map_err(io)?;
+        loaded.inputs.push((key.value().to_string(), size.value()));
     }
+    loaded.input_owners = owners(&txn, INPUT_OWNERS)?;
     for row in txn.open_table(TOKENS).map_err(io)?.iter().map_err(io)? {
         let (key, value) = row.map_err(io)?;
         let token = pb::StoredToken::decode(value.value())
@@ -941,7 +979,12 @@ mod legacy {
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults: &Faults) {
+fn write_loop(
+    db: &Database,
+    queue: &mpsc::Receiver<(Vec<Write>, Reply)>,
+    faults: &Faults,
+    inputs_dir: &Path,
+) {
     // After a failed commit nothing more is written: writes queued after the failed ones may
     // depend on them (an assignment on a submit), and a file whose write or sync failed is
     // not to be trusted until it is reopened.
@@ -969,7 +1012,8 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<(Vec<Write>, Reply)>, faults
         } else if injected {
             Err("injected failure: the commit was not written".to_string())
         } else {
-            apply(db, batch.iter().flat_map(|(writes, _)| writes)).map_err(|e| e.detail())
+            apply(db, batch.iter().flat_map(|(writes, _)| writes), inputs_dir)
+                .map_err(|e| e.detail())
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "state store commit failed");
@@ -996,7 +1040,11 @@ fn keys_under<V: redb::Value + 'static>(
         .collect())
 }
 
-fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+fn apply<'a>(
+    db: &Database,
+    writes: impl Iterator<Item = &'a Write>,
+    inputs_dir: &Path,
+) -> Result<(), StoreError> {
     // A task written several times in one commit (assigned, running and ended, under load)
     // is stored once, as its last write leaves it: the same state after the commit, with
     // less encoding and fewer B-tree updates.
@@ -1007,6 +1055,9 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
             last_write.insert(task.id, i);
         }
     }
+    // Inputs removed by this commit, whose files go once it is durable.
+    let mut unlink = std::collections::BTreeSet::new();
+    let mut inputs_moved = false;
     let txn = db.begin_write().map_err(io)?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(io)?;
@@ -1021,6 +1072,8 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
         let mut meta = txn.open_table(META).map_err(io)?;
         let mut tokens = txn.open_table(TOKENS).map_err(io)?;
         let mut owners = txn.open_table(MODULE_OWNERS).map_err(io)?;
+        let mut inputs = txn.open_table(INPUTS).map_err(io)?;
+        let mut input_owners = txn.open_table(INPUT_OWNERS).map_err(io)?;
         let mut audit = txn.open_table(AUDIT).map_err(io)?;
         let mut tenants = txn.open_table(TENANTS).map_err(io)?;
         let mut fuel_minutes = txn.open_table(FUEL_MINUTES).map_err(io)?;
@@ -1132,6 +1185,27 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
                             .map_err(io)?;
                     }
                 }
+                Write::Input(sha, size, staged) => {
+                    // In place before the commit that lists it; synced with the directory
+                    // below. A commit that then fails leaves a file the next open removes.
+                    std::fs::rename(staged, inputs_dir.join(sha.as_str()))
+                        .map_err(|e| io(format!("storing input {sha}: {e}")))?;
+                    inputs_moved = true;
+                    unlink.remove(sha);
+                    inputs.insert(sha.as_str(), *size).map_err(io)?;
+                }
+                Write::InputOwner(sha, tenant) => {
+                    input_owners
+                        .insert(format!("{sha}\0{tenant}").as_str(), ())
+                        .map_err(io)?;
+                }
+                Write::ForgetInput(sha) => {
+                    inputs.remove(sha.as_str()).map_err(io)?;
+                    for key in keys_under(&input_owners, &format!("{sha}\0"))? {
+                        input_owners.remove(key.as_str()).map_err(io)?;
+                    }
+                    unlink.insert(sha.clone());
+                }
                 Write::ModuleOwner(sha, tenant) => {
                     owners
                         .insert(format!("{sha}\0{tenant}").as_str(), ())
@@ -1168,6 +1242,104 @@ fn apply<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(
             }
         }
     }
+    if inputs_moved {
+        sync_dir(inputs_dir).map_err(|e| io(format!("syncing {}: {e}", inputs_dir.display())))?;
+    }
+    txn.commit().map_err(io)?;
+    for sha in unlink {
+        let path = inputs_dir.join(&sha);
+        if let Err(e) = std::fs::remove_file(&path) {
+            // Listed nowhere now: the next open removes it.
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an input's file");
+        }
+    }
+    Ok(())
+}
+
+/// The (sha256, tenant) pairs of an owners table (`<sha256>\0<tenant>` keys).
+fn owners(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, ()>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut pairs = Vec::new();
+    for row in txn.open_table(table).map_err(io)?.iter().map_err(io)? {
+        let (key, _) = row.map_err(io)?;
+        if let Some((sha, tenant)) = key.value().split_once('\0') {
+            pairs.push((sha.to_string(), tenant.to_string()));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Where uploads are received, under the inputs directory.
+const STAGING: &str = "staging";
+/// An upload in `staging` untouched this long was abandoned (its host stopped, or its store
+/// failed before the file was stored): removed when the store opens.
+const STAGED_ABANDONED: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Makes the inputs directory (private to the host's user) and holds it to the `inputs`
+/// table, in one transaction: a listed input whose file is missing or of another size (a
+/// damaged disk, a hand's deletion) is unlisted, with an error logged, rather than served; a
+/// file listed nowhere (its commit failed, or its removal did not finish) is removed; and an
+/// abandoned upload in `staging` too.
+fn check_input_files(db: &Database, dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let staging = dir.join(STAGING);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| io(format!("cannot make {}: {e}", staging.display())))?;
+    let txn = db.begin_write().map_err(io)?;
+    {
+        let mut inputs = txn.open_table(INPUTS).map_err(io)?;
+        let mut owners = txn.open_table(INPUT_OWNERS).map_err(io)?;
+        let mut listed = std::collections::BTreeSet::new();
+        let mut damaged = Vec::new();
+        for row in inputs.iter().map_err(io)? {
+            let (sha, size) = row.map_err(io)?;
+            let (sha, size) = (sha.value().to_string(), size.value());
+            match std::fs::metadata(dir.join(&sha)) {
+                Ok(meta) if meta.len() == size => {
+                    listed.insert(sha);
+                }
+                found => {
+                    let found =
+                        found.map_or_else(|e| e.to_string(), |m| format!("{} bytes", m.len()));
+                    tracing::error!(sha256 = %sha, size, %found, "a stored input's file is missing or damaged: it is forgotten; tasks mounting it fail until it is uploaded again");
+                    damaged.push(sha);
+                }
+            }
+        }
+        for sha in damaged {
+            inputs.remove(sha.as_str()).map_err(io)?;
+            for key in keys_under(&owners, &format!("{sha}\0"))? {
+                owners.remove(key.as_str()).map_err(io)?;
+            }
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != STAGING && !listed.contains(&name) {
+                tracing::warn!(file = %entry.path().display(), "removing an input file no record lists");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let now = std::time::SystemTime::now();
+        for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STAGED_ABANDONED);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     txn.commit().map_err(io)
 }
 
@@ -1188,6 +1360,59 @@ mod tests {
         )
         .unwrap();
         Task::new(TaskId(id), spec, 1)
+    }
+
+    #[tokio::test]
+    async fn an_inputs_file_is_in_place_when_listed_and_gone_once_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            for (sha, bytes) in [(&a, &b"aaaa"[..]), (&b, &b"bb"[..])] {
+                let staged = store.staging_dir().join(format!("up-{sha}"));
+                std::fs::write(&staged, bytes).unwrap();
+                store
+                    .write(vec![
+                        Write::Input(sha.clone(), bytes.len() as u64, staged.clone()),
+                        Write::InputOwner(sha.clone(), "acme".into()),
+                    ])
+                    .durable()
+                    .await
+                    .unwrap();
+                assert!(!staged.exists(), "moved into place");
+                assert_eq!(std::fs::read(store.input_path(sha)).unwrap(), bytes);
+            }
+            store
+                .write(vec![Write::ForgetInput(b.clone())])
+                .durable()
+                .await
+                .unwrap();
+            assert!(!store.input_path(&b).exists(), "removed once committed");
+            // What a crash leaves: a file no record lists, an abandoned upload.
+            std::fs::write(store.input_path(&"c".repeat(64)), b"c").unwrap();
+            std::fs::write(store.staging_dir().join("old"), b"x").unwrap();
+            let old = std::time::SystemTime::now() - STAGED_ABANDONED * 2;
+            let file = std::fs::File::options()
+                .write(true)
+                .open(store.staging_dir().join("old"))
+                .unwrap();
+            file.set_modified(old).unwrap();
+            std::fs::write(store.staging_dir().join("new"), b"x").unwrap();
+        }
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.inputs, [(a.clone(), 4)]);
+        assert_eq!(loaded.input_owners, [(a.clone(), "acme".to_string())]);
+        assert!(!store.input_path(&"c".repeat(64)).exists());
+        assert!(!store.staging_dir().join("old").exists());
+        assert!(
+            store.staging_dir().join("new").exists(),
+            "maybe still uploading"
+        );
+        drop(store);
+        // A listed input whose file was damaged (another size) is unlisted with its owners.
+        std::fs::write(dir.path().join("inputs").join(&a), b"aa").unwrap();
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.inputs.is_empty() && loaded.input_owners.is_empty());
     }
 
     #[tokio::test]

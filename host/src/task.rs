@@ -167,6 +167,18 @@ pub struct TaskSpec {
     pub retry: RetryPolicy,
     /// Give the guest a writable output directory and keep its files.
     pub collect_outputs: bool,
+    /// Uploaded inputs the guest sees read-only.
+    #[serde(default)]
+    pub inputs: Vec<InputMount>,
+}
+
+/// An uploaded input, by sha256, and the guest path where a task sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputMount {
+    /// The input's sha256 (lower-case hex).
+    pub sha256: String,
+    /// The absolute guest path of the file.
+    pub path: String,
 }
 
 impl TaskSpec {
@@ -181,7 +193,12 @@ impl TaskSpec {
             + self.args.iter().map(String::len).sum::<usize>()
             + pairs(&self.env)
             + pairs(&self.labels)
-            + pairs(&self.constraints);
+            + pairs(&self.constraints)
+            + self
+                .inputs
+                .iter()
+                .map(|i| i.sha256.len() + i.path.len())
+                .sum::<usize>();
         (self.stdin.len() + strings) as u64 + 1024
     }
 
@@ -508,6 +525,7 @@ mod tests {
                 retry_failed: false,
             },
             collect_outputs: false,
+            inputs: Vec::new(),
         };
         let mut task = Task::new(TaskId(1), spec, 0);
         task.attempts = 1;

@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_QUEUED: u64 = 100_000;
 pub const MIN_BUDGET_PERIOD: Duration = Duration::from_secs(60);
 /// Most import patterns a tenant's policy may list.
 pub const MAX_IMPORT_PATTERNS: usize = 256;
+/// Bytes a tenant's uploaded inputs may take in the host's store when nothing says otherwise.
+pub const DEFAULT_INPUT_STORAGE: ByteSize = ByteSize::gib(10);
 /// Longest period of a fuel budget (the ledger keeps a minute's row per minute of it).
 pub const MAX_BUDGET_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
 
@@ -121,6 +123,9 @@ pub struct TenantSettings {
     pub allowed_imports: Option<ImportRules>,
     /// Imports its modules may not use, whatever `allowed_imports` says.
     pub denied_imports: ImportRules,
+    /// Bytes its uploaded inputs may take in the host's store (each input it uploaded counted
+    /// whole); an upload past it is refused.
+    pub max_input_storage: ByteSize,
 }
 
 /// Import patterns (`MODULE::NAME`, `MODULE::PREFIX*`: see [`ImportPattern`]), written in the
@@ -234,6 +239,7 @@ impl Default for TenantSettings {
             max_module_size: None,
             allowed_imports: None,
             denied_imports: ImportRules::default(),
+            max_input_storage: DEFAULT_INPUT_STORAGE,
         }
     }
 }
@@ -423,6 +429,8 @@ pub struct TenantChange {
     pub allowed_imports: Option<Option<ImportRules>>,
     /// New denied imports.
     pub denied_imports: Option<ImportRules>,
+    /// New storage limit of its inputs.
+    pub max_input_storage: Option<u64>,
 }
 
 impl TenantChange {
@@ -480,6 +488,12 @@ impl TenantChange {
                 limit(Some(d.to_string()).filter(|d| !d.is_empty()))
             ));
         }
+        if let Some(m) = self.max_input_storage {
+            words.push(format!(
+                "max_input_storage={}",
+                ByteSize::b(m).display().iec()
+            ));
+        }
         words.join(" ")
     }
 
@@ -513,6 +527,9 @@ impl TenantChange {
                 .denied_imports
                 .clone()
                 .unwrap_or_else(|| current.denied_imports.clone()),
+            max_input_storage: self
+                .max_input_storage
+                .map_or(current.max_input_storage, ByteSize::b),
         }
     }
 }

@@ -101,11 +101,83 @@ pub struct Task {
     pub args: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub constraints: BTreeMap<String, String>,
+    /// The inputs it mounts, read-only.
+    pub inputs: Vec<InputMount>,
     /// The job it belongs to, and its index there.
     pub job_id: Option<String>,
     pub job_index: Option<u32>,
     /// Its job's parameters, in the job's order.
     pub params: Params,
+}
+
+/// An input a task mounts: `{"sha256": "...", "path": "/input/iris.csv"}` (also how the HTTP
+/// API takes them).
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InputMount {
+    pub sha256: String,
+    pub path: String,
+}
+
+impl From<&pb::InputMount> for InputMount {
+    fn from(i: &pb::InputMount) -> Self {
+        InputMount {
+            sha256: i.sha256.clone(),
+            path: i.path.clone(),
+        }
+    }
+}
+
+impl From<InputMount> for pb::InputMount {
+    fn from(i: InputMount) -> Self {
+        pb::InputMount {
+            sha256: i.sha256,
+            path: i.path,
+        }
+    }
+}
+
+/// A stored input (`corral inputs`, `GET /v1/inputs`).
+#[derive(Serialize)]
+pub struct Input {
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// Kept tasks that mount it.
+    pub tasks: u64,
+    /// Agents' fetches of it since the host started.
+    pub fetches: u64,
+    pub last_used_ms: i64,
+}
+
+impl From<&pb::InputInfo> for Input {
+    fn from(i: &pb::InputInfo) -> Self {
+        Input {
+            sha256: i.sha256.clone(),
+            size_bytes: i.size_bytes,
+            tasks: i.tasks,
+            fetches: i.fetches,
+            last_used_ms: i.last_used_ms,
+        }
+    }
+}
+
+/// A tenant's inputs and its storage (`corral inputs -o json`, `GET /v1/inputs`).
+#[derive(Serialize)]
+pub struct Inputs {
+    pub inputs: Vec<Input>,
+    pub used_bytes: u64,
+    /// Absent for an admin's listing of every input.
+    pub limit_bytes: Option<u64>,
+}
+
+impl From<&pb::ListInputsResponse> for Inputs {
+    fn from(r: &pb::ListInputsResponse) -> Self {
+        Inputs {
+            inputs: r.inputs.iter().map(Input::from).collect(),
+            used_bytes: r.used_bytes,
+            limit_bytes: r.limit_bytes,
+        }
+    }
 }
 
 /// A task's parameters as one JSON object, in the job's order (`{"lr": "0.05"}`).
@@ -170,6 +242,7 @@ impl From<&pb::Task> for Task {
             args: spec.args,
             labels: spec.labels,
             constraints: spec.constraints,
+            inputs: spec.inputs.iter().map(InputMount::from).collect(),
             job_id: Some(t.job_id.clone()).filter(|j| !j.is_empty()),
             job_index: (!t.job_id.is_empty()).then_some(t.job_index),
             params: Params::from(t.params.as_slice()),

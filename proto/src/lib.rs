@@ -26,6 +26,7 @@
 //! assert_eq!(request.spec.unwrap().tenant, "");
 //! ```
 
+pub mod input;
 pub mod json;
 pub mod token;
 

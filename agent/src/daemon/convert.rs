@@ -91,6 +91,7 @@ pub fn agent_error(task: &pb::TaskRef, message: String) -> pb::StatusUpdate {
 pub fn run_spec(
     spec: &pb::TaskSpec,
     output_dir: Option<&Path>,
+    inputs: &[DirGrant],
     control: RunControl,
     progress: Arc<Mutex<Option<(u64, u64)>>>,
 ) -> RunSpec {
@@ -102,7 +103,7 @@ pub fn run_spec(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut dirs = Vec::new();
+    let mut dirs = inputs.to_vec();
     if let Some(dir) = output_dir {
         dirs.push(DirGrant::read_write(dir, OUTPUT_DIR_GUEST));
         env.push((OUTPUT_DIR_ENV.into(), OUTPUT_DIR_GUEST.into()));
@@ -297,7 +298,7 @@ mod tests {
             ..Default::default()
         };
         let dir = Path::new("/tmp/out");
-        let run = run_spec(&spec, Some(dir), RunControl::new(), Arc::default());
+        let run = run_spec(&spec, Some(dir), &[], RunControl::new(), Arc::default());
         assert_eq!(run.program, "sweep");
         assert_eq!(run.args, ["--k", "3"]);
         assert_eq!(

@@ -11,6 +11,7 @@
 //!   disk in `<data_dir>/modules`, and compiled once (the sandbox's caches).
 
 mod convert;
+mod inputs;
 
 pub use convert::outcome_to_pb;
 
@@ -27,7 +28,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::sandbox::{
-    CompileBudget, Compiler, Prepared, PreparedModule, RunControl, Sandbox, SandboxConfig, Wait,
+    CompileBudget, Compiler, DirGrant, Prepared, PreparedModule, RunControl, Sandbox,
+    SandboxConfig, Wait,
 };
 
 /// How an agent is set up.
@@ -121,6 +123,8 @@ struct Agent {
     /// One lock per module being fetched, so that its launches fetch it once; other modules'
     /// launches never wait for it.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Inputs whose kept copy this process has checked against their sha256.
+    verified_inputs: Mutex<std::collections::HashSet<String>>,
     /// The host's module size cap, admitted under here too (what the host accepted runs).
     max_module_bytes: std::sync::atomic::AtomicU64,
 }
@@ -138,6 +142,7 @@ pub async fn run(
     crate::sandbox::private_dir(&config.data_dir)
         .and_then(|()| std::fs::create_dir_all(config.data_dir.join("modules")))
         .and_then(|()| std::fs::create_dir_all(config.data_dir.join("work")))
+        .and_then(|()| std::fs::create_dir_all(config.data_dir.join("inputs")))
         .map_err(|e| {
             AgentError::Setup(format!(
                 "cannot create data dir {}: {e}",
@@ -165,6 +170,7 @@ pub async fn run(
         outbound: Mutex::new(None),
         modules: Mutex::new(HashMap::new()),
         fetching: Mutex::new(HashMap::new()),
+        verified_inputs: Mutex::new(std::collections::HashSet::new()),
         max_module_bytes: std::sync::atomic::AtomicU64::new(
             SandboxConfig::DEFAULT_MAX_MODULE_BYTES,
         ),
@@ -418,8 +424,18 @@ impl Agent {
             state: pb::TaskState::Running as i32,
             ..Default::default()
         });
-        let final_update = match self.module(&spec.module_sha256, client).await {
-            Ok(module) => self.execute(&key, &spec, module, control).await,
+        let prepared = match self.mount_inputs(&key, &spec, &client).await {
+            Ok(mounted) => self
+                .module(&spec.module_sha256, client)
+                .await
+                .map(|module| (module, mounted)),
+            Err(message) => Err(message),
+        };
+        let final_update = match prepared {
+            Ok((module, mounted)) => {
+                let grants = mounted.as_ref().map_or(&[][..], |m| &m.grants[..]);
+                self.execute(&key, &spec, module, grants, control).await
+            }
             Err(message) => {
                 tracing::warn!(task_id = %key.0, attempt = key.1, error = %message, "attempt failed on the agent");
                 convert::agent_error(&task_ref, message)
@@ -436,6 +452,7 @@ impl Agent {
         key: &Key,
         spec: &pb::TaskSpec,
         module: Module,
+        inputs: &[DirGrant],
         control: RunControl,
     ) -> pb::StatusUpdate {
         let task_ref = convert::task_ref(key);
@@ -462,6 +479,7 @@ impl Agent {
         let run_spec = convert::run_spec(
             spec,
             output_dir.as_deref(),
+            inputs,
             control.clone(),
             progress.clone(),
         );
@@ -566,15 +584,20 @@ impl Agent {
             let _fetching = fetch_lock.lock().await;
             self.kept_or_fetched(sha256, &mut client).await
         };
-        // The lock leaves the map once nobody else holds it, and only if it is still the map's.
+        self.fetch_done(sha256, &fetch_lock);
+        fetched.map(Module::Bytes)
+    }
+
+    /// Lets the fetch lock of `key` leave the map once nobody else holds it, and only if it is
+    /// still the map's.
+    fn fetch_done(&self, key: &str, fetch_lock: &Arc<tokio::sync::Mutex<()>>) {
         let mut fetching = lock(&self.fetching);
         if fetching
-            .get(sha256)
-            .is_some_and(|l| Arc::ptr_eq(l, &fetch_lock) && Arc::strong_count(l) == 2)
+            .get(key)
+            .is_some_and(|l| Arc::ptr_eq(l, fetch_lock) && Arc::strong_count(l) == 2)
         {
-            fetching.remove(sha256);
+            fetching.remove(key);
         }
-        fetched.map(Module::Bytes)
     }
 
     /// The module's bytes: the kept copy if its bytes hash to its name, else fetched from the
@@ -677,7 +700,7 @@ fn clear_leftovers(data_dir: &std::path::Path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale work directory");
         }
     }
-    for path in entries(&data_dir.join("modules")) {
+    for path in entries(&data_dir.join("modules")).chain(entries(&data_dir.join("inputs"))) {
         if path.extension().is_some_and(|e| e == "part") {
             let _ = std::fs::remove_file(&path);
         }

@@ -4,6 +4,7 @@
 //! [`json`], and the contract's enums are named in one place, here.
 
 pub mod agents;
+pub mod inputs;
 pub mod jobs;
 pub use corral_proto::json;
 pub mod profile;

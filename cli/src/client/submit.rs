@@ -55,6 +55,11 @@ pub struct SubmitArgs {
     /// Set an environment variable for the guest (`K=V`), or pass one of this process's (`K`).
     #[arg(long = "env", value_name = "K[=V]", value_parser = parse_env)]
     envs: Vec<(String, Option<String>)>,
+    /// Mount this file, read-only, in the task at GUEST_PATH [default: /input/<file name>];
+    /// repeatable. Uploaded once to the host (by sha256; not sent again when the host has
+    /// it), fetched once by each agent that runs its tasks.
+    #[arg(long = "input", value_name = "FILE[::GUEST_PATH]", value_parser = super::inputs::parse_input)]
+    inputs: Vec<super::inputs::InputArg>,
     /// Feed this file to the guest's stdin (`-` for this process's stdin).
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -128,6 +133,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         Err(status) => return Err(rpc(status)),
     };
+    let inputs = super::inputs::upload(&mut client, &args.inputs).await?;
     let name = args.name.unwrap_or_else(|| {
         args.guest
             .module
@@ -158,6 +164,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             retry_failed: args.retry_failed,
         }),
         collect_outputs: args.outputs,
+        inputs,
     };
     if args.job.is_job() {
         let request = args.job.request(spec, args.idempotency_key)?;

@@ -74,6 +74,9 @@ pub struct SetArgs {
     /// (`wasi_snapshot_preview1::path_*,wasi_snapshot_preview1::sock_*`), or `none`.
     #[arg(long, value_name = "PATTERNS|none", value_parser = parse_denied)]
     deny_imports: Option<Patterns>,
+    /// Bytes its uploaded inputs may take in the host's store (`50GiB`; default 10 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size)]
+    max_input_storage: Option<u64>,
     #[command(flatten)]
     host: HostArg,
     #[command(flatten)]
@@ -214,6 +217,7 @@ struct Tenant {
     max_module_bytes: Option<u64>,
     allowed_imports: Option<Vec<String>>,
     denied_imports: Vec<String>,
+    max_input_storage_bytes: Option<u64>,
 }
 
 impl From<&pb::TenantView> for Tenant {
@@ -245,6 +249,7 @@ impl From<&pb::TenantView> for Tenant {
             max_module_bytes: s.max_module_bytes,
             allowed_imports: s.allowed_imports.map(|a| a.patterns),
             denied_imports: s.denied_imports,
+            max_input_storage_bytes: s.max_input_storage_bytes,
         }
     }
 }
@@ -280,6 +285,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     .map(|p| pb::ImportPatterns { patterns: p.0 }),
                 set_denied_imports: args.deny_imports.is_some(),
                 denied_imports: args.deny_imports.unwrap_or_default().0,
+                max_input_storage_bytes: args.max_input_storage,
                 reset: false,
             };
             set(request, &args.host, args.format.format).await
@@ -334,6 +340,9 @@ fn task_caps(t: &Tenant) -> String {
     }
     if let Some(m) = t.max_module_bytes {
         caps.push(format!("module={}", show::size(m)));
+    }
+    if let Some(m) = t.max_input_storage_bytes {
+        caps.push(format!("inputs={}", show::size(m)));
     }
     match caps.is_empty() {
         true => "-".into(),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import itertools
 import json
 import math
 import numbers
 import os
+import posixpath
 import shutil
 import ssl
 import sys
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
+    BinaryIO,
     Dict,
     Iterable,
     Iterator,
@@ -31,13 +34,27 @@ from typing import (
     Union,
 )
 
-from .errors import CorralError, error_for
+from .errors import CorralError, NotFound, error_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
 #: A module: a path to a ``.wasm`` or ``.wat`` file, or its bytes.
 Module = Union[str, os.PathLike, bytes, bytearray]
+
+#: A shared input: a file's path, mounted read-only in the task at ``/input/<its base name>``,
+#: or a ``(path, guest_path)`` pair naming the absolute path the task sees it at.
+Input = Union[str, os.PathLike, Tuple[Union[str, os.PathLike], str]]
+
+#: Where an input given by its path alone is mounted in the task: ``/input/<base name>``.
+INPUT_DIR = "/input"
+
+#: How long an input's upload may wait on one socket operation (sending a block of the file,
+#: the host's answer once it has the whole file) before it gives up, in seconds.
+UPLOAD_TIMEOUT = 3600.0
+
+#: The blocks a file is read in to hash it and to send it.
+_BLOCK = 1 << 20
 
 #: Task states after which a task never changes; job states likewise.
 TASK_ENDED = frozenset({"FINISHED", "FAILED", "KILLED", "LOST"})
@@ -107,6 +124,173 @@ def _param_value(value: Any) -> Any:
     )
 
 
+def _guest_path_problem(path: str) -> Optional[str]:
+    """What is wrong with ``path`` as an input's guest path, if anything, by the host's rules:
+    absolute, in a directory (not ``/`` itself), with no empty, ``.`` or ``..`` component, no
+    control character, at most 256 bytes, and not in the task's output directory."""
+    if len(path.encode("utf-8", "surrogatepass")) > 256:
+        return "is over 256 bytes"
+    if not path.startswith("/"):
+        return "is not absolute (as /input/data.csv)"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
+        return "holds a control character"
+    parts = path[1:].split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "has an empty, `.` or `..` component"
+    if len(parts) < 2:
+        return "is not in a directory (as /input/data.csv)"
+    if parts[0] == "output":
+        return "is in the output directory /output"
+    return None
+
+
+def _input_pairs(inputs: Optional[Sequence[Input]]) -> List[Tuple[str, str]]:
+    """``inputs`` as ``(absolute local path, guest path)`` pairs, checked before anything is
+    uploaded: each a file that exists, each at a guest path the host takes, no two at one
+    path or one inside the other's."""
+    if inputs is None:
+        return []
+    if isinstance(inputs, (str, bytes, bytearray, os.PathLike)):
+        raise TypeError("inputs is a sequence of paths or (path, guest_path) pairs, not one path")
+    pairs: List[Tuple[str, str]] = []
+    taken: Dict[str, str] = {}
+    for item in inputs:
+        guest: Optional[str] = None
+        local: Any = item
+        if isinstance(item, (tuple, list)):
+            if len(item) != 2:
+                raise TypeError(f"input {item!r}: give a path or a (path, guest_path) pair")
+            local, guest = item
+            if not isinstance(guest, str):
+                raise TypeError(f"input {item!r}: the guest path is a str")
+        if not isinstance(local, (str, os.PathLike)):
+            raise TypeError(f"input {item!r}: give a path (str or os.PathLike) of a file")
+        path = os.fspath(local)
+        if not isinstance(path, str):
+            raise TypeError(f"input {item!r}: give the path as a str, not bytes")
+        path = os.path.abspath(path)
+        os.stat(path)  # FileNotFoundError naming it when it is missing
+        if not os.path.isfile(path):
+            raise ValueError(f"input {path} is not a file")
+        if guest is None:
+            guest = posixpath.join(INPUT_DIR, os.path.basename(path))
+        problem = _guest_path_problem(guest)
+        if problem is not None:
+            raise ValueError(f"input {path}: its guest path {guest!r} {problem}")
+        for other, other_path in taken.items():
+            if guest == other:
+                raise ValueError(
+                    f"inputs {other_path} and {path} have the same guest path {guest}: "
+                    "give one of them another, as a (path, guest_path) pair"
+                )
+            if guest.startswith(other + "/") or other.startswith(guest + "/"):
+                raise ValueError(f"inputs at {other} and {guest} overlap: one is inside the other")
+        taken[guest] = path
+        pairs.append((path, guest))
+    return pairs
+
+
+def _sha256_of(file: BinaryIO, size: int) -> str:
+    """The sha256 (lowercase hex) of the next ``size`` bytes of ``file``, read in blocks."""
+    digest = hashlib.sha256()
+    left = size
+    while left > 0:
+        block = file.read(min(_BLOCK, left))
+        if not block:
+            raise RuntimeError(
+                f"{getattr(file, 'name', 'the file')} ended {left} bytes short of its size: "
+                "it changed while being read"
+            )
+        digest.update(block)
+        left -= len(block)
+    return digest.hexdigest()
+
+
+class _Body:
+    """A file as a request's body: its next ``length`` bytes, read as they are sent, so that
+    the body never is whole in memory, and what goes out is what ``Content-Length`` says even
+    when the file grows meanwhile. A file that ends sooner is a RuntimeError rather than a
+    request the host waits on for the rest."""
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self._file = file
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        block = self._file.read(self._left if size is None or size < 0 else min(size, self._left))
+        if not block:
+            raise RuntimeError(
+                f"{getattr(self._file, 'name', 'the body')} ended {self._left} bytes short of "
+                "its size: it changed while being sent"
+            )
+        self._left -= len(block)
+        return block
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    _Connection = http.client.HTTPConnection
+else:
+    _Connection = object
+
+
+class _AnswerRead(_Connection):
+    """A connection that reads the host's answer after the host stopped taking a request's
+    body. A host refusing an upload (over a size cap, a tenant over its storage) may answer
+    before it has read the body, and close: sending the rest then fails with a broken pipe, a
+    reset or (over TLS) an EOF, and what the caller should be told is the host's answer, not
+    that failure. When there is no answer to read, ``getresponse()`` fails as for a host that
+    went away."""
+
+    _sent = False
+
+    def send(self, data: Any) -> None:
+        super().send(data)
+        self._sent = True
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        *,
+        encode_chunked: bool = False,
+    ) -> None:
+        try:
+            super().request(
+                method, url, body, {} if headers is None else headers, encode_chunked=encode_chunked
+            )
+        except (BrokenPipeError, ConnectionAbortedError, ConnectionResetError, ssl.SSLEOFError):
+            if not self._sent:  # nothing got there: no answer to read
+                raise
+
+
+class _HTTPConnection(_AnswerRead, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_AnswerRead, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req, blocksize=_BLOCK)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: Optional[ssl.SSLContext]) -> None:
+        super().__init__(context=context)
+        self._corral_context = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            _HTTPSConnection, req, context=self._corral_context, blocksize=_BLOCK
+        )
+
+
 class Client:
     """A client of one Corral host.
 
@@ -135,6 +319,10 @@ class Client:
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
         # Modules uploaded by this client: (path, size, mtime) -> sha256.
         self._uploaded: Dict[Tuple[str, int, int], str] = {}
+        # Inputs' digests, computed once per file version: (path, size, mtime) -> sha256.
+        self._digests: Dict[Tuple[str, int, int], str] = {}
+        # urllib's handlers, with connections that read a host's answer to a cut upload.
+        self._opener = urllib.request.build_opener(_HTTPHandler(), _HTTPSHandler(self._ssl))
 
     def __repr__(self) -> str:
         return f"corral.Client({self.host!r})"
@@ -145,24 +333,39 @@ class Client:
         self,
         method: str,
         path: str,
-        body: Optional[bytes] = None,
+        body: Union[bytes, BinaryIO, None] = None,
         *,
         content_type: str = "application/json",
         accept: str = "application/json",
         timeout: Optional[float] = None,
+        length: Optional[int] = None,
+        headers: Optional[Mapping[str, str]] = None,
     ) -> http.client.HTTPResponse:
-        request = urllib.request.Request(self.host + path, data=body, method=method)
+        """Makes a request and returns the host's answer; a refusal is raised as the
+        :class:`CorralError` it names. ``body`` is bytes, or an open binary file whose next
+        ``length`` bytes are sent as they are read (with that ``Content-Length``); ``headers``
+        are added to the request's; ``timeout`` (default the client's) bounds each socket
+        operation, not the whole request."""
+        data: Any = body
+        if body is not None and not isinstance(body, (bytes, bytearray)):
+            if length is None:
+                raise TypeError("a file body needs its length")
+            data = _Body(body, length)
+        request = urllib.request.Request(self.host + path, data=data, method=method)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         if body is not None:
             request.add_header("Content-Type", content_type)
+            if length is not None:
+                request.add_header("Content-Length", str(length))
         request.add_header("Accept", accept)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
-            return urllib.request.urlopen(
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                context=self._ssl,
+            response: http.client.HTTPResponse = self._opener.open(
+                request, timeout=self.timeout if timeout is None else timeout
             )
+            return response
         except urllib.error.HTTPError as e:
             raise self._failure(e) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -204,6 +407,7 @@ class Client:
                 413: "invalid_argument",
                 429: "resource_exhausted",
                 503: "unavailable",
+                507: "resource_exhausted",
             }
             return error_for(
                 by_status.get(e.code, "unknown"), f"HTTP {e.code}: {text.strip() or e.reason}", e.code
@@ -257,6 +461,56 @@ class Client:
             self._uploaded[key] = sha256
         return sha256
 
+    # ----- inputs ------------------------------------------------------------------------
+
+    def upload_input(self, path: Union[str, os.PathLike]) -> str:
+        """Uploads a file as a shared input, for tasks to read (see ``inputs=`` of
+        :meth:`submit`), and returns its sha256.
+
+        The file's sha256 is computed in blocks, once per version of the file (its path, size
+        and modification time) for this client. When the host already holds the input for the
+        caller's tenant, nothing is sent; otherwise the file is streamed, never whole in
+        memory, so it may be of any size the host takes. A file over the host's cap is refused
+        (:class:`corral.InvalidArgument`), as is one over the tenant's storage
+        (:class:`corral.ResourceExhausted`).
+        """
+        local = os.path.abspath(os.fspath(path))
+        with open(local, "rb") as file:
+            stat = os.fstat(file.fileno())
+            size = stat.st_size
+            key = (local, size, stat.st_mtime_ns)
+            sha256 = self._digests.get(key)
+            if sha256 is None:
+                sha256 = _sha256_of(file, size)
+                file.seek(0)
+                self._digests[key] = sha256
+            try:
+                self._json("GET", f"/v1/inputs/{sha256}")
+                return sha256  # the host has it already
+            except NotFound:
+                pass
+            with self._open(
+                "POST",
+                "/v1/inputs",
+                file,
+                content_type="application/octet-stream",
+                length=size,
+                headers={"X-Corral-Sha256": sha256},
+                timeout=max(self.timeout, UPLOAD_TIMEOUT),
+            ) as response:
+                try:
+                    answer = json.loads(response.read())
+                except (http.client.HTTPException, OSError) as e:
+                    raise self._unreachable(e) from None
+        return str(answer["sha256"])
+
+    def inputs(self) -> Dict[str, Any]:
+        """The caller's tenant's shared inputs: ``{"inputs": [...], "used_bytes": N,
+        "limit_bytes": N or None}``, each input a dict of ``sha256``, ``size_bytes``,
+        ``tasks``, ``fetches`` and ``last_used_ms``."""
+        answer: Dict[str, Any] = self._json("GET", "/v1/inputs")
+        return answer
+
     # ----- submitting --------------------------------------------------------------------
 
     def _spec(
@@ -279,13 +533,19 @@ class Client:
         labels: Optional[Mapping[str, str]],
         constraints: Optional[Mapping[str, str]],
         idempotency_key: Optional[str],
+        inputs: Optional[Sequence[Input]],
     ) -> Dict[str, Any]:
         if isinstance(args, str):
             raise TypeError("args is a sequence of strings, not one string")
+        pairs = _input_pairs(inputs)  # all checked before anything is uploaded
         spec: Dict[str, Any] = {
             "module_sha256": self.upload(module),
             "args": [str(a) for a in args],
         }
+        if pairs:
+            spec["inputs"] = [
+                {"sha256": self.upload_input(local), "path": guest} for local, guest in pairs
+            ]
         if name is None and not isinstance(module, (bytes, bytearray)):
             name = os.path.splitext(os.path.basename(os.fspath(module)))[0]
         optional = {
@@ -333,12 +593,19 @@ class Client:
         labels: Optional[Mapping[str, str]] = None,
         constraints: Optional[Mapping[str, str]] = None,
         idempotency_key: Optional[str] = None,
+        inputs: Optional[Sequence[Input]] = None,
     ) -> Task:
         """Submits one task running ``module`` with ``args`` (its ``argv[1:]``).
 
         ``memory`` (bytes) is the task's linear-memory cap and what it reserves; ``timeout``
         is in seconds; ``fuel``, ``max_output`` and ``max_disk`` are as for ``corral submit``;
         what is left out takes the host's defaults. ``stdin`` is text or bytes.
+
+        ``inputs`` are files the task reads, each uploaded once (:meth:`upload_input`) and
+        mounted read-only: a path is mounted at ``/input/<its base name>``, a ``(path,
+        guest_path)`` pair at the absolute ``guest_path`` (in a directory, not in
+        ``/output``). A guest path the host would refuse, or two inputs at one path (or one
+        inside the other's), is a ValueError raised before anything is uploaded.
         """
         spec = self._spec(
             module,
@@ -358,6 +625,7 @@ class Client:
             labels=labels,
             constraints=constraints,
             idempotency_key=idempotency_key,
+            inputs=inputs,
         )
         return Task(self._json("POST", "/v1/tasks", spec)["task_id"])
 
@@ -377,8 +645,9 @@ class Client:
         **options: Any,
     ) -> Job:
         """Submits a job of ``count`` tasks: task ``i`` gets ``CORRAL_TASK_INDEX=i`` and
-        ``{index}`` in its args replaced by ``i``. ``options`` are :meth:`submit`'s. With
-        ``max_failures``, once that many tasks have failed the rest are killed."""
+        ``{index}`` in its args replaced by ``i``. ``options`` are :meth:`submit`'s (its
+        ``inputs`` are uploaded once and mounted in every task). With ``max_failures``, once
+        that many tasks have failed the rest are killed."""
         spec = self._spec(module, args, **_defaults(options))
         spec["array"] = int(count)
         return self._submit_job(spec, max_failures)
@@ -581,6 +850,7 @@ def _defaults(options: Dict[str, Any]) -> Dict[str, Any]:
         "labels": None,
         "constraints": None,
         "idempotency_key": None,
+        "inputs": None,
     }
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -49,7 +49,8 @@ class PermissionDenied(CorralError):
 
 
 class ResourceExhausted(CorralError):
-    """The host cannot take this now (a queue cap, its disk's headroom, uploads at once)."""
+    """The host cannot take this now (a queue cap, its disk's headroom, uploads at once, a
+    tenant's storage for inputs)."""
 
 
 class TlsError(CorralError):
@@ -76,6 +77,22 @@ _BY_CODE: Dict[str, Type[CorralError]] = {
 }
 
 
+#: The class of an error whose code this client does not know, by its HTTP status.
+_BY_STATUS: Dict[int, Type[CorralError]] = {
+    400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: FailedPrecondition,
+    413: InvalidArgument,
+    429: ResourceExhausted,
+    503: Unavailable,
+    507: ResourceExhausted,
+}
+
+
 def error_for(code: str, message: str, status: Optional[int]) -> CorralError:
-    """The error of the API's ``code``."""
-    return _BY_CODE.get(code, CorralError)(code, message, status)
+    """The error of the API's ``code``; for a code this client does not know, the error of the
+    HTTP ``status`` (``CorralError`` itself when neither says more)."""
+    cls = _BY_CODE.get(code) or (_BY_STATUS.get(status) if status is not None else None)
+    return (cls or CorralError)(code, message, status)

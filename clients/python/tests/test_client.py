@@ -1,6 +1,8 @@
 """The Python client against a real `corral dev` process (the binary CORRAL_BIN names, else the
 repository's target/debug/corral), started once for these tests on a free port."""
 
+import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -21,6 +23,7 @@ EXIT_3 = b"""(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
   (func (export "_start") (call $exit (i32.const 3))))"""
+IRIS = ROOT / "examples" / "data" / "iris.csv"
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +61,27 @@ def _env():
 def client(dev):
     url, token = dev
     return corral.Client(url, token)
+
+
+def _logreg():
+    """The logreg example's module, as scripts/build-guests builds it."""
+    logreg = ROOT / "target" / "wasm" / "logreg.wasm"
+    if not logreg.exists():
+        pytest.fail(f"{logreg} is missing: run scripts/build-guests")
+    return logreg
+
+
+def _requests(monkeypatch, client):
+    """The (method, path) of each request the client makes from now on, as a list that grows."""
+    made = []
+    real = client._open
+
+    def spy(method, path, *args, **kwargs):
+        made.append((method, path))
+        return real(method, path, *args, **kwargs)
+
+    monkeypatch.setattr(client, "_open", spy)
+    return made
 
 
 def test_a_task_runs_and_its_output_comes_back(client):
@@ -151,6 +175,139 @@ def test_an_array_and_parameter_sets_make_their_tasks(client):
     assert rows[1]["params"] == {"name": "b", "k": "2"}
 
 
+def test_a_sweep_reads_its_data_from_a_shared_input_as_it_would_from_stdin(client):
+    logreg = _logreg()
+    params = {"learning_rate": [0.1, 0.5]}
+    args = ["--json", "--epochs", "50", "--learning-rate", "{learning_rate}"]
+    from_input = client.submit_sweep(
+        logreg, params, args + ["/input/iris.csv"], inputs=[IRIS], memory=64 << 20
+    )
+    on_stdin = client.submit_sweep(logreg, params, args, stdin=IRIS.read_bytes(), memory=64 << 20)
+    for job in (from_input, on_stdin):
+        assert client.wait(job, timeout=300, progress=False)["state"] == "FINISHED"
+    rows, expected = client.results(from_input), client.results(on_stdin)
+    assert [r["state"] for r in rows] == ["FINISHED", "FINISHED"], rows
+    assert [r["result"]["test_accuracy"] for r in rows] == [
+        r["result"]["test_accuracy"] for r in expected
+    ]
+    assert [r["result"] for r in rows] == [r["result"] for r in expected]
+    sha = hashlib.sha256(IRIS.read_bytes()).hexdigest()
+    mounted = client.get(rows[0]["task_id"])["inputs"]
+    assert [(i["sha256"], i["path"]) for i in mounted] == [(sha, "/input/iris.csv")]
+    # One task, the file at a path of its own choosing.
+    task = client.submit(
+        logreg,
+        ["--json", "--epochs", "50", "--learning-rate", "0.5", "/data/flowers.csv"],
+        inputs=[(str(IRIS), "/data/flowers.csv")],
+        memory=64 << 20,
+    )
+    assert client.wait(task, timeout=300)["state"] == "FINISHED"
+    assert json.loads(client.output(task)["stdout"]) == expected[1]["result"]
+
+
+def test_an_input_is_sent_once_and_listed_once(dev, client, tmp_path, monkeypatch):
+    data = tmp_path / "line.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{3 * i + 1}\n" for i in range(5000)))
+    sha = client.upload_input(data)
+    assert sha == hashlib.sha256(data.read_bytes()).hexdigest()
+    hashed = []
+    real_hash = corral.client._sha256_of
+    monkeypatch.setattr(
+        corral.client, "_sha256_of", lambda file, size: hashed.append(size) or real_hash(file, size)
+    )
+    # Again from this client: the file's digest remembered, the host asked, nothing sent.
+    made = _requests(monkeypatch, client)
+    assert client.upload_input(str(data)) == sha
+    assert hashed == [] and made == [("GET", f"/v1/inputs/{sha}")]
+    # From another client: the file hashed again; the host has it already.
+    other = corral.Client(*dev)
+    other_made = _requests(monkeypatch, other)
+    assert other.upload_input(data) == sha
+    assert hashed == [data.stat().st_size] and other_made == [("GET", f"/v1/inputs/{sha}")]
+    listing = client.inputs()
+    assert {"inputs", "used_bytes", "limit_bytes"} <= set(listing), listing
+    mine = [i for i in listing["inputs"] if i["sha256"] == sha]
+    assert len(mine) == 1, listing
+    assert mine[0]["size_bytes"] == data.stat().st_size
+    assert {"tasks", "fetches", "last_used_ms"} <= set(mine[0])
+    # A changed file is another input: hashed and sent.
+    with data.open("a") as f:
+        f.write("5000,15001\n")
+    changed = client.upload_input(data)
+    assert changed == hashlib.sha256(data.read_bytes()).hexdigest() != sha
+    assert made[-2:] == [("GET", f"/v1/inputs/{changed}"), ("POST", "/v1/inputs")]
+
+
+def test_inputs_at_one_guest_path_are_refused_before_anything_is_uploaded(
+    client, tmp_path, monkeypatch
+):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "data.csv").write_text(f"{d},1\n")
+    a, b = tmp_path / "a" / "data.csv", tmp_path / "b" / "data.csv"
+    made = _requests(monkeypatch, client)
+    with pytest.raises(ValueError, match="same guest path /input/data.csv"):
+        client.submit(ECHO, inputs=[a, b])
+    with pytest.raises(ValueError, match="same guest path /data/x.csv"):
+        client.submit_array(ECHO, 2, inputs=[(a, "/data/x.csv"), (str(b), "/data/x.csv")])
+    with pytest.raises(ValueError, match="overlap"):
+        client.submit_sweep(ECHO, {"k": [1]}, inputs=[(a, "/data/x"), (b, "/data/x/y")])
+    with pytest.raises(ValueError, match="not absolute"):
+        client.submit_params(ECHO, [{"k": 1}], inputs=[(a, "data.csv")])
+    with pytest.raises(ValueError, match="output directory"):
+        client.submit(ECHO, inputs=[(a, "/output/data.csv")])
+    with pytest.raises(TypeError, match="not one path"):
+        client.submit(ECHO, inputs=str(a))
+    with pytest.raises(FileNotFoundError):
+        client.submit(ECHO, inputs=[a, tmp_path / "missing.csv"])
+    assert made == []
+
+
+def test_an_input_refused_before_it_is_read_is_the_hosts_refusal(tmp_path):
+    # A host refusing an input by its declared size (a tenant over its storage) answers before
+    # reading the body, and closes: the client tells that answer, not the broken pipe.
+    import http.server
+    import threading
+
+    seen = {}
+
+    class Full(http.server.BaseHTTPRequestHandler):
+        def answer(self, status, code, message):
+            body = json.dumps({"error": {"code": code, "message": message}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self.answer(404, "not_found", "no input with that sha256")
+
+        def do_POST(self):
+            seen.update((k.lower(), v) for k, v in self.headers.items())
+            self.answer(507, "resource_exhausted", "the tenant's inputs would be over its storage")
+
+        def log_message(self, *args):
+            pass
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(64 << 20)  # sparse: far more than the sockets' buffers take
+    server = http.server.HTTPServer(("127.0.0.1", 0), Full)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        full = corral.Client(f"http://127.0.0.1:{server.server_port}", token="x")
+        with pytest.raises(corral.ResourceExhausted, match="over its storage") as e:
+            full.upload_input(big)
+        assert e.value.status == 507
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen["content-length"] == str(64 << 20)
+    assert seen["content-type"] == "application/octet-stream"
+    assert seen["x-corral-sha256"] == hashlib.sha256(bytes(64 << 20)).hexdigest()
+
+
 def test_a_retried_submit_under_its_key_answers_the_same_job(client):
     first = client.submit_array(ECHO, 2, ["x"], idempotency_key="sweep-7")
     again = client.submit_array(ECHO, 2, ["x"], idempotency_key="sweep-7")
@@ -224,7 +381,7 @@ def test_an_answer_that_is_not_the_apis_json_is_the_error_of_its_status():
         server.shutdown()
 
 
-def test_a_tenant_sees_only_its_own(dev, client):
+def test_a_tenant_sees_only_its_own(dev, client, monkeypatch):
     url, _ = dev
     made = subprocess.run(
         [os.environ.get("CORRAL_BIN", str(ROOT / "target" / "debug" / "corral")),
@@ -241,12 +398,19 @@ def test_a_tenant_sees_only_its_own(dev, client):
     mine = acme.submit_array(ECHO, 1, ["acme"])
     assert acme.wait(mine, timeout=60, progress=False)["tenant"] == "acme"
     assert [j["id"] for j in acme.jobs()] == [mine.id]
+    # Inputs: the admin's upload is not acme's, which sends the same bytes as its own.
+    theirs = client.upload_input(IRIS)
+    assert theirs not in [i["sha256"] for i in acme.inputs()["inputs"]]
+    made = _requests(monkeypatch, acme)
+    assert acme.upload_input(IRIS) == theirs
+    assert made == [("GET", f"/v1/inputs/{theirs}"), ("POST", "/v1/inputs")]
+    listing = acme.inputs()
+    assert [i["sha256"] for i in listing["inputs"]] == [theirs]
+    assert listing["used_bytes"] == IRIS.stat().st_size
 
 
 def test_the_sweep_example_prints_the_best_setting(dev):
-    logreg = ROOT / "target" / "wasm" / "logreg.wasm"
-    if not logreg.exists():
-        pytest.fail(f"{logreg} is missing: run scripts/build-guests")
+    _logreg()
     url, token = dev
     run = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "sweep.py"), "--host", url],

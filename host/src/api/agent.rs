@@ -235,6 +235,29 @@ impl pb::agent_api_server::AgentApi for AgentService {
     }
 
     type FetchModuleStream = ChunkStream;
+    type FetchInputStream = InputStream;
+
+    async fn fetch_input(
+        &self,
+        request: Request<pb::FetchInputRequest>,
+    ) -> Result<Response<Self::FetchInputStream>, Status> {
+        let principal = auth::principal(&request)?;
+        let agent_id = credential_agent(&principal)?;
+        let sha = request.into_inner().sha256;
+        if !corral_proto::input::is_sha256(&sha) {
+            return Err(Status::invalid_argument("not a sha256"));
+        }
+        let path = self.plane.input_for(agent_id, &sha).await.map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let agent = agent_id.to_string();
+        // Read on a blocking thread a chunk at a time, as the agent takes them: an input may be
+        // gigabytes. Its bytes are checked against its name on the way (the agent checks
+        // them too): a damaged file is said to be one rather than served.
+        tokio::task::spawn_blocking(move || serve_input(&path, &sha, &agent, &tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn fetch_module(
         &self,
@@ -258,5 +281,64 @@ impl pb::agent_api_server::AgentApi for AgentService {
             })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+type InputStream = Pin<Box<dyn Stream<Item = Result<pb::InputChunk, Status>> + Send>>;
+
+/// Sends input `sha` from `path` to `tx`: its size first, then chunks; an error in place of
+/// the end when the file cannot be read or its bytes do not hash to `sha`.
+fn serve_input(
+    path: &std::path::Path,
+    sha: &str,
+    agent: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::InputChunk, Status>>,
+) {
+    use sha2::Digest;
+    use std::io::Read;
+    let sent = (|| -> Result<(), Status> {
+        let unreadable = |e: std::io::Error| {
+            tracing::error!(sha256 = sha, error = %e, "cannot read a stored input");
+            Status::internal(format!("the host cannot read input {sha}: {e}"))
+        };
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        let mut hasher = sha2::Sha256::new();
+        let mut first = true;
+        let mut read = 0u64;
+        loop {
+            let mut chunk = vec![0u8; corral_proto::MODULE_CHUNK_BYTES];
+            let n = file.read(&mut chunk).map_err(unreadable)?;
+            if n == 0 && !first {
+                break;
+            }
+            chunk.truncate(n);
+            hasher.update(&chunk);
+            read += n as u64;
+            let message = pb::InputChunk {
+                size_bytes: if first { size } else { 0 },
+                chunk: chunk.into(),
+            };
+            first = false;
+            if tx.blocking_send(Ok(message)).is_err() {
+                return Ok(()); // The agent went away.
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let digest = corral_admission::sha256_hex(&hasher.finalize().into());
+        if digest != sha || read != size {
+            tracing::error!(sha256 = sha, found = %digest, "a stored input's bytes are damaged");
+            return Err(Status::data_loss(format!(
+                "the host's copy of input {sha} is damaged (its bytes hash to {digest}): upload \
+                 it again"
+            )));
+        }
+        tracing::debug!(sha256 = sha, agent, size, "input served");
+        Ok(())
+    })();
+    if let Err(status) = sent {
+        let _ = tx.blocking_send(Err(status));
     }
 }

@@ -76,6 +76,196 @@ impl ClientService {
     }
 }
 
+/// An upload's pace: it must send 64 KiB (or end) within each `upload_idle_timeout`, so that
+/// a client trickling empty or tiny chunks cannot hold a turn forever.
+pub(super) struct Pace {
+    idle: std::time::Duration,
+    by: tokio::time::Instant,
+    since: usize,
+}
+
+impl Pace {
+    pub(super) fn new(idle: std::time::Duration) -> Self {
+        Pace {
+            idle,
+            by: tokio::time::Instant::now() + idle,
+            since: 0,
+        }
+    }
+
+    /// What `next` (the upload's next chunk) gives, unless the upload fell behind first.
+    pub(super) async fn next<F: std::future::Future>(&self, next: F) -> Result<F::Output, Status> {
+        tokio::time::timeout_at(self.by, next).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the upload sent less than 64 KiB in {}: abandoned",
+                humantime::format_duration(self.idle)
+            ))
+        })
+    }
+
+    /// Counts `bytes` received.
+    pub(super) fn took(&mut self, bytes: usize) {
+        self.since += bytes;
+        if self.since >= 64 << 10 {
+            self.since = 0;
+            self.by = tokio::time::Instant::now() + self.idle;
+        }
+    }
+}
+
+/// An input being received: a file in the store's staging directory, removed when dropped
+/// unless the store took it.
+struct Staged {
+    path: std::path::PathBuf,
+    taken: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.taken {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Staged files made by this process, for unique names.
+static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl ClientService {
+    /// Receives an input of `size` bytes (hashing to `sha256`, when given) from `chunks` for
+    /// `caller`: checked against its storage limit and the disk's room before a byte is read
+    /// (and answered at once when the caller has these bytes already), streamed to a staged
+    /// file in a turn, making progress (64 KiB) within each `upload_idle_timeout`, verified,
+    /// synced, then stored. Answers (sha256, size, whether the caller had it).
+    pub(super) async fn receive_input<S, E>(
+        &self,
+        caller: &Caller,
+        size: u64,
+        sha256: Option<String>,
+        mut chunks: S,
+    ) -> Result<(String, u64, bool), Status>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use sha2::Digest;
+        let config = self.plane.config();
+        let (cap, idle) = (config.max_input_size.as_u64(), config.upload_idle_timeout);
+        if size > cap {
+            return Err(Status::invalid_argument(format!(
+                "the input is {size} bytes, over the host's {cap}-byte cap (max_input_size)"
+            )));
+        }
+        let sha256 = sha256
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty());
+        if let Some(sha) = &sha256 {
+            if !corral_proto::input::is_sha256(sha) {
+                return Err(Status::invalid_argument(format!(
+                    "{} is not a sha256 (64 hex digits)",
+                    convert::shown(sha)
+                )));
+            }
+        }
+        let had = self
+            .plane
+            .input_room(caller, sha256.as_deref(), size)
+            .await
+            .map_err(status)?;
+        if let (true, Some(sha)) = (had, &sha256) {
+            return Ok((sha.clone(), size, true));
+        }
+        let _turn = self.upload_turn().await?;
+        let dir = self.plane.input_staging_dir().map_err(status)?;
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut staged = Staged {
+            path: dir.join(format!("{}-{n}", std::process::id())),
+            taken: false,
+        };
+        let disk = |e: std::io::Error| {
+            let full = e.raw_os_error() == Some(28);
+            tracing::warn!(error = %e, "cannot stage an input");
+            match full {
+                true => {
+                    Status::resource_exhausted("the host's disk is full: the input was not stored")
+                }
+                false => Status::internal(format!("the host cannot store the input: {e}")),
+            }
+        };
+        let path = staged.path.clone();
+        let mut file = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(disk)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut received = 0u64;
+        let mut pace = Pace::new(idle);
+        loop {
+            let Some(chunk) = pace.next(chunks.next()).await? else {
+                break;
+            };
+            let chunk = chunk.map_err(|e| Status::cancelled(format!("the upload ended: {e}")))?;
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(Status::invalid_argument(format!(
+                    "the upload sent more than the {size} bytes it said"
+                )));
+            }
+            pace.took(chunk.len());
+            // Hashed and written off the runtime's threads: a chunk may be megabytes.
+            let (f, h) = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                hasher.update(&chunk);
+                file.write_all(&chunk).map(|()| (file, hasher))
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(disk)?;
+            (file, hasher) = (f, h);
+        }
+        if received != size {
+            return Err(Status::invalid_argument(format!(
+                "the upload sent {received} of the {size} bytes it said"
+            )));
+        }
+        let digest = corral_admission::sha256_hex(&hasher.finalize().into());
+        if let Some(expected) = sha256.filter(|e| *e != digest) {
+            return Err(Status::invalid_argument(format!(
+                "the input's bytes hash to {digest}, not to the sha256 it named ({expected}): \
+                 the file changed or was damaged on the way"
+            )));
+        }
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(disk)?;
+        let (new, had) = self
+            .plane
+            .input_received(caller, &digest, size, staged.path.clone())
+            .await
+            .map_err(status)?;
+        staged.taken = new;
+        Ok((digest, size, had))
+    }
+}
+
+fn input_to_pb(view: crate::state::InputView) -> pb::InputInfo {
+    pb::InputInfo {
+        sha256: view.sha256,
+        size_bytes: view.size,
+        tasks: view.tasks,
+        fetches: view.fetches,
+        last_used_ms: view.last_used_ms,
+    }
+}
+
 /// The tasks of a page in their protobuf form: at least one, then as many as fit in `max_bytes`
 /// encoded, so that no page outgrows the message cap; and whether it was cut short.
 fn page(tasks: &[crate::task::Task], max_bytes: usize) -> (Vec<pb::Task>, bool) {
@@ -163,25 +353,12 @@ impl pb::corral_server::Corral for ClientService {
         // Nothing of the stream is read before its turn: HTTP/2 flow control holds the rest.
         let _turn = self.upload_turn().await?;
         let mut bytes = Vec::new();
-        // Progress is 64 KiB (or the end) within each idle timeout: a client trickling empty
-        // or tiny chunks cannot hold a turn forever.
-        let mut progress_by = tokio::time::Instant::now() + idle;
-        let mut since_progress = 0usize;
+        let mut pace = Pace::new(idle);
         loop {
-            let chunk = tokio::time::timeout_at(progress_by, stream.message())
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "the upload sent less than 64 KiB in {}: abandoned",
-                        humantime::format_duration(idle)
-                    ))
-                })??;
-            let Some(chunk) = chunk else { break };
-            since_progress += chunk.chunk.len();
-            if since_progress >= 64 << 10 {
-                since_progress = 0;
-                progress_by = tokio::time::Instant::now() + idle;
-            }
+            let Some(chunk) = pace.next(stream.message()).await?? else {
+                break;
+            };
+            pace.took(chunk.chunk.len());
             bytes.extend_from_slice(&chunk.chunk);
             if bytes.len() as u64 > cap {
                 return Err(Status::invalid_argument(format!(
@@ -194,6 +371,59 @@ impl pb::corral_server::Corral for ClientService {
             sha256,
             size_bytes,
             existed,
+        }))
+    }
+
+    async fn upload_input(
+        &self,
+        request: Request<Streaming<pb::UploadInputRequest>>,
+    ) -> Result<Response<pb::UploadInputResponse>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
+        let mut stream = request.into_inner();
+        let idle = self.plane.config().upload_idle_timeout;
+        let first = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("the upload sent nothing: abandoned"))??
+            .ok_or_else(|| Status::invalid_argument("the upload sent no message"))?;
+        let (size, sha) = (first.size_bytes, first.sha256.clone());
+        let head = tokio_stream::once(Ok::<_, Status>(first.chunk));
+        let rest = stream.map(|m| m.map(|m| m.chunk));
+        let chunks = head.chain(rest);
+        let sha = (!sha.is_empty()).then_some(sha);
+        let (sha256, size_bytes, existed) = self.receive_input(&caller, size, sha, chunks).await?;
+        Ok(Response::new(pb::UploadInputResponse {
+            sha256,
+            size_bytes,
+            existed,
+        }))
+    }
+
+    async fn get_input(
+        &self,
+        request: Request<pb::GetInputRequest>,
+    ) -> Result<Response<pb::InputInfo>, Status> {
+        let caller = Caller::from(&auth::principal(&request)?);
+        let sha = request.into_inner().sha256.trim().to_ascii_lowercase();
+        let view = self.plane.input(&caller, &sha).await.map_err(status)?;
+        Ok(Response::new(input_to_pb(view)))
+    }
+
+    async fn list_inputs(
+        &self,
+        request: Request<pb::ListInputsRequest>,
+    ) -> Result<Response<pb::ListInputsResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let named = request.into_inner().tenant;
+        // A tenant lists its own; an admin every input, or a tenant's when it names one.
+        let tenant = match (principal.tenant(), named.is_empty()) {
+            (None, true) => None,
+            _ => Some(acting_tenant(&named, &principal)?),
+        };
+        let listed = self.plane.inputs(tenant).await.map_err(status)?;
+        Ok(Response::new(pb::ListInputsResponse {
+            inputs: listed.inputs.into_iter().map(input_to_pb).collect(),
+            used_bytes: listed.used,
+            limit_bytes: listed.limit,
         }))
     }
 

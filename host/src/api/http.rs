@@ -55,6 +55,13 @@ pub fn router(service: Arc<ClientService>, auth: Arc<Authenticator>) -> Router {
                 usize::try_from(max_module.saturating_add(1)).unwrap_or(usize::MAX),
             )),
         )
+        .route(
+            "/v1/inputs",
+            post(upload_input)
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .get(list_inputs),
+        )
+        .route("/v1/inputs/{sha256}", get(get_input))
         .route("/v1/tasks", post(submit_task).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/kill", post(kill_task))
@@ -270,26 +277,16 @@ async fn upload(
     let _turn = http.service.upload_turn().await?;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
-    let mut progress_by = tokio::time::Instant::now() + idle;
-    let mut since_progress = 0usize;
+    let mut pace = super::client::Pace::new(idle);
     loop {
-        let chunk = tokio::time::timeout_at(progress_by, stream.next())
-            .await
-            .map_err(|_| Failure {
-                status: StatusCode::REQUEST_TIMEOUT,
-                code: "deadline_exceeded",
-                message: format!(
-                    "the upload sent less than 64 KiB in {}: abandoned",
-                    humantime::format_duration(idle)
-                ),
-            })?;
+        let chunk = pace.next(stream.next()).await.map_err(|s| Failure {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "deadline_exceeded",
+            message: s.message().to_string(),
+        })?;
         let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| Failure::bad_request(format!("reading the body: {e}")))?;
-        since_progress += chunk.len();
-        if since_progress >= 64 << 10 {
-            since_progress = 0;
-            progress_by = tokio::time::Instant::now() + idle;
-        }
+        pace.took(chunk.len());
         bytes.extend_from_slice(&chunk);
         if bytes.len() as u64 > cap {
             return Err(Failure {
@@ -305,6 +302,73 @@ async fn upload(
         "size_bytes": size_bytes,
         "existed": existed,
     })))
+}
+
+// ----- inputs --------------------------------------------------------------------------------
+
+/// An input's bytes as the request's body, streamed to the host's disk as a gRPC upload is:
+/// `Content-Length` says its size (checked against the tenant's storage limit before a byte
+/// is read) and `X-Corral-Sha256`, when given, the sha256 the bytes must hash to.
+async fn upload_input(
+    State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Answer<Json<serde_json::Value>> {
+    let caller = Caller::from(&principal);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_string))
+            .transpose()
+            .map_err(|_| Failure::bad_request(format!("the {name} header is not text")))
+    };
+    let size = header("content-length")?
+        .ok_or_else(|| Failure {
+            status: StatusCode::LENGTH_REQUIRED,
+            code: "invalid_argument",
+            message: "an input's upload needs a Content-Length header (its size)".into(),
+        })?
+        .parse::<u64>()
+        .map_err(|_| Failure::bad_request("Content-Length is not a number"))?;
+    let sha256 = header("x-corral-sha256")?;
+    let chunks = body.into_data_stream();
+    let (sha256, size_bytes, existed) = http
+        .service
+        .receive_input(&caller, size, sha256, chunks)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "sha256": sha256,
+        "size_bytes": size_bytes,
+        "existed": existed,
+    })))
+}
+
+async fn get_input(
+    State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
+    Path(sha256): Path<String>,
+) -> Answer<Json<json::Input>> {
+    let request = pb::GetInputRequest { sha256 };
+    let input = http
+        .service
+        .get_input(call(&principal, request))
+        .await?
+        .into_inner();
+    Ok(Json(json::Input::from(&input)))
+}
+
+async fn list_inputs(
+    State(http): State<Http>,
+    Extension(principal): Extension<Principal>,
+) -> Answer<Json<json::Inputs>> {
+    let request = pb::ListInputsRequest::default();
+    let listed = http
+        .service
+        .list_inputs(call(&principal, request))
+        .await?
+        .into_inner();
+    Ok(Json(json::Inputs::from(&listed)))
 }
 
 // ----- tasks ---------------------------------------------------------------------------------
@@ -342,6 +406,9 @@ struct SubmitBody {
     /// A writable output directory whose files are kept.
     #[serde(default)]
     outputs: bool,
+    /// Uploaded inputs it mounts: `[{"sha256": "...", "path": "/input/iris.csv"}]`.
+    #[serde(default)]
+    inputs: Vec<json::InputMount>,
     idempotency_key: Option<String>,
     // Jobs only.
     array: Option<u32>,
@@ -396,6 +463,10 @@ impl SubmitBody {
                 retry_failed: self.retry_failed,
             }),
             collect_outputs: self.outputs,
+            inputs: std::mem::take(&mut self.inputs)
+                .into_iter()
+                .map(pb::InputMount::from)
+                .collect(),
         })
     }
 }

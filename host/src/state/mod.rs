@@ -35,12 +35,14 @@
 
 mod access;
 mod fuel;
+mod inputs;
 mod jobs;
 mod tenants;
 #[cfg(test)]
 mod tests;
 
 pub use access::MAX_AUDIT_ENTRIES;
+pub use inputs::{unknown_input, InputView, InputsView};
 pub use jobs::{JobView, SubmittedJob};
 pub use tenants::TenantView;
 
@@ -188,6 +190,7 @@ struct Rules {
     max_output_bytes: u64,
     task_retention_ms: i64,
     module_retention_ms: i64,
+    input_retention_ms: i64,
     audit_retention_ms: i64,
     fuel_window_ms: i64,
 }
@@ -214,6 +217,8 @@ pub struct Collected {
     pub tasks: usize,
     /// Modules.
     pub modules: usize,
+    /// Inputs.
+    pub inputs: usize,
     /// Entries of the audit log.
     pub audit: usize,
 }
@@ -268,6 +273,8 @@ pub struct HostState {
     /// Commands for agents not attached yet (reconciliation kills), sent when they attach.
     queued: HashMap<String, Vec<AgentCommand>>,
     modules: BTreeMap<String, ModuleUse>,
+    /// Uploaded inputs, who uploaded them and the tasks that mount them.
+    inputs: inputs::Inputs,
     next_id: u64,
     /// Something changed that may let a pending task be placed.
     dirty: bool,
@@ -345,6 +352,7 @@ impl HostState {
                 max_output_bytes: config.max_output_size.as_u64(),
                 task_retention_ms: millis(config.task_retention),
                 module_retention_ms: millis(config.module_retention),
+                input_retention_ms: millis(config.input_retention),
                 audit_retention_ms: millis(config.audit_retention),
                 fuel_window_ms: millis(config.fuel_window),
             },
@@ -373,6 +381,7 @@ impl HostState {
             attached: HashMap::new(),
             queued: HashMap::new(),
             modules: BTreeMap::new(),
+            inputs: inputs::Inputs::default(),
             next_id: 0,
             dirty: false,
             stale_carving: BTreeMap::new(),
@@ -415,6 +424,7 @@ impl HostState {
             };
             state.modules.insert(sha, used);
         }
+        state.restore_inputs(loaded.inputs, loaded.input_owners, now);
         state.next_job_id = loaded.highest_job_id;
         state.restore_jobs(loaded.jobs, loaded.job_keys, now);
         for task in loaded.tasks {
@@ -446,6 +456,7 @@ impl HostState {
                     facts: ModuleFacts::default(),
                 });
             used.tasks += 1;
+            state.restore_task_inputs(&task, now);
             if task.state.holds_resources() {
                 tenants::hold(&mut state.held, &task.spec.tenant, &task.spec.resources());
                 state.ledger.hold(&task.spec.tenant, task.spec.limits.fuel);
@@ -564,6 +575,7 @@ impl HostState {
             .expect("checked above");
         used.tasks += 1;
         used.last_used_ms = used.last_used_ms.max(now.ms);
+        self.inputs_mounted(&spec.inputs, 1, now);
         let task = Task::new(id, spec, now.ms);
         if let Some((tenant, key)) = key {
             self.idempotency.insert((tenant.clone(), key.clone()), id);
@@ -661,6 +673,7 @@ impl HostState {
                 continue;
             };
             self.job_task_removed(&task, fx);
+            self.task_inputs_removed(&task, now);
             let sha = &task.spec.module_sha256;
             if let Some(used) = self.modules.get_mut(sha) {
                 used.tasks = used.tasks.saturating_sub(1);
@@ -689,6 +702,8 @@ impl HostState {
             fx.writes.push(Write::ForgetModule(sha));
             collected.modules += 1;
         }
+        let cutoff = now.ms.saturating_sub(self.rules.input_retention_ms);
+        collected.inputs = self.collect_inputs(cutoff, fx);
         collected.audit = self.collect_audit(now, fx);
         // A tenant with nothing placed or waiting has had its turn.
         let (queues, held) = (&self.queues, &self.held);

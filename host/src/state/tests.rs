@@ -37,6 +37,7 @@ fn spec(memory: u64, retries: u32, retry_failed: bool) -> TaskSpec {
             retry_failed,
         },
         collect_outputs: false,
+        inputs: Vec::new(),
     }
 }
 
@@ -304,6 +305,27 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
                 used.tasks
             ));
         }
+    }
+    // Each input counts the kept tasks that mount it; every one mounted is listed.
+    for (sha, used) in &state.inputs.by_sha {
+        let mounting = state
+            .tasks()
+            .filter(|t| t.spec.inputs.iter().any(|i| &i.sha256 == sha))
+            .count() as u64;
+        if used.tasks != mounting {
+            return Err(format!(
+                "input {sha} counts {} tasks, {mounting} mount it",
+                used.tasks
+            ));
+        }
+    }
+    if let Some(t) = state.tasks().find(|t| {
+        t.spec
+            .inputs
+            .iter()
+            .any(|i| !state.inputs.by_sha.contains_key(&i.sha256))
+    }) {
+        return Err(format!("{}'s input is not listed", t.id));
     }
     // Each job counts its tasks by state, and has ended exactly when they all have, as its
     // rules say.
@@ -1392,6 +1414,7 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
         Collected {
             tasks: 1,
             modules: 0,
+            inputs: 0,
             audit: 0
         }
     );
@@ -1436,6 +1459,7 @@ fn an_ended_task_is_kept_for_its_retention_then_removed_with_its_key_and_then_it
         Collected {
             tasks: 0,
             modules: 1,
+            inputs: 0,
             audit: 0
         }
     );
@@ -2755,4 +2779,94 @@ fn the_key_of_a_job_not_restored_is_kept_a_retention_and_refuses_meanwhile() {
         .any(|w| matches!(w, Write::ForgetJobKey(t, k) if t == "default" && k == "k")));
     let made = state.submit_job(retry, |_| Ok(()), later, &mut fx).unwrap();
     assert_eq!(made.view.job.id, JobId(5));
+}
+
+#[test]
+fn inputs_count_against_their_uploaders_storage_and_go_once_unused() {
+    use crate::task::InputMount;
+    let config = HostConfig {
+        input_retention: Duration::from_secs(600),
+        task_retention: Duration::from_secs(60),
+        ..HostConfig::default()
+    };
+    let mut w = World::with(&config);
+    let (big, small) = ("b".repeat(64), "c".repeat(64));
+    let limit = crate::tenant::DEFAULT_INPUT_STORAGE.as_u64();
+    let mut fx = Effects::default();
+    // acme uploads most of its limit; one byte more does not fit, what it has always does.
+    assert_eq!(
+        w.state
+            .input_uploaded(&big, limit - 10, Some("acme"), w.now, &mut fx)
+            .unwrap(),
+        (true, false)
+    );
+    assert!(matches!(fx.writes.as_slice(), [Write::InputOwner(s, t)] if *s == big && t == "acme"));
+    let over = w.state.input_room(Some("acme"), None, 11).unwrap_err();
+    assert!(
+        matches!(&over, HostError::Exhausted(m) if m.contains("storage limit")),
+        "{over}"
+    );
+    assert!(w.state.input_room(Some("acme"), Some(&big), limit).is_ok());
+    assert!(w.state.input_room(Some("acme"), None, 10).is_ok());
+    // The same bytes from another tenant are stored once and charged to it too; an admin's
+    // uploads count against no tenant.
+    let mut fx = Effects::default();
+    assert_eq!(
+        w.state
+            .input_uploaded(&big, limit - 10, Some("zeta"), w.now, &mut fx)
+            .unwrap(),
+        (false, false)
+    );
+    assert_eq!(w.state.input_storage("zeta"), limit - 10);
+    assert_eq!(
+        w.state
+            .input_uploaded(&small, 5, None, w.now, &mut fx)
+            .unwrap(),
+        (true, false)
+    );
+    // A tenant mounts only what it uploaded; an admin anything stored.
+    let mount = |sha: &str| InputMount {
+        sha256: sha.to_string(),
+        path: "/input/x".into(),
+    };
+    assert!(w.state.check_inputs(&[mount(&big)], Some("acme")).is_ok());
+    let theirs = w.state.check_inputs(&[mount(&small)], Some("acme"));
+    assert!(matches!(theirs, Err(HostError::NotFound(_))));
+    assert!(w.state.check_inputs(&[mount(&small)], None).is_ok());
+    assert_eq!(w.state.list_inputs(Some("acme")).inputs.len(), 1);
+    assert_eq!(w.state.list_inputs(None).inputs.len(), 2);
+
+    // A task mounting `big` keeps it, and only the agent it is placed on may fetch it.
+    w.agent("a1", 4, 4 * GIB);
+    let mut task = spec(MIB, 0, false);
+    task.inputs = vec![mount(&big)];
+    let id = w.submit(task);
+    assert!(!w.state.input_fetch("a1", &big), "not placed yet");
+    w.schedule();
+    assert!(w.state.input_fetch("a1", &big));
+    assert!(!w.state.input_fetch("a2", &big));
+    assert!(!w.state.input_fetch("a1", &small));
+    assert_eq!(w.state.input(&big, None).unwrap().fetches, 1);
+    w.tick(Duration::from_secs(7200));
+    let mut fx = Effects::default();
+    assert_eq!(
+        w.state.collect(w.now, &mut fx).inputs,
+        1,
+        "only the unmounted one goes"
+    );
+    assert!(matches!(fx.writes.as_slice(), [.., Write::ForgetInput(s)] if *s == small));
+    // Once its task ends and is removed, `big` is kept input_retention from then, then goes
+    // with its owners.
+    w.report("a1", id, ended(OutcomeKind::Success));
+    w.tick(Duration::from_secs(61));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).tasks, 1);
+    assert!(w.state.may_use_input(&big, Some("acme")));
+    w.tick(Duration::from_secs(601));
+    let mut fx = Effects::default();
+    assert_eq!(w.state.collect(w.now, &mut fx).inputs, 1);
+    assert!(!w.state.may_use_input(&big, None));
+    assert_eq!(w.state.input_storage("acme"), 0);
+    assert_eq!(w.state.input_storage("zeta"), 0);
+    w.check();
 }
