@@ -676,3 +676,20 @@ pub fn param_set(members: Vec<(String, serde_json::Value)>) -> Result<pb::ParamS
         .collect::<Result<_, String>>()?;
     Ok(pb::ParamSet { params })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::result_of;
+
+    #[test]
+    fn a_result_keeps_the_numbers_the_task_printed_to_the_last_digit() {
+        // Each the shortest text of its f64; a parse one ulp off prints another.
+        for text in [
+            r#"{"test_accuracy":0.9666666666666667}"#,
+            r#"{"loss":0.10687178804583446,"x":1e-300,"y":2.2250738585072014e-308}"#,
+        ] {
+            assert_eq!(result_of(text.as_bytes()).to_string(), text);
+        }
+        assert_eq!(result_of(b"not json"), serde_json::json!("not json"));
+    }
+}
