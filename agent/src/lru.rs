@@ -5,23 +5,23 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Marks `path` as just used. A file that cannot be touched is still a cache entry.
+/// Marks `path` as just used. Opened for reading: the owner of a read-only entry (as kept
+/// inputs are) may still set its times. A file that cannot be touched is still a cache entry.
 pub(crate) fn touch(path: &Path) {
-    let _ = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(SystemTime::now()));
+    let _ = std::fs::File::open(path).and_then(|f| f.set_modified(SystemTime::now()));
 }
 
 /// Removes the least recently used files of `dir` whose names end with `suffix` until those
-/// left hold at most `max_bytes`.
-pub(crate) fn evict(dir: &Path, suffix: &str, max_bytes: u64) {
+/// left hold at most `max_bytes`; never `keep` (the entry about to be used, which may alone
+/// be larger than the cap).
+pub(crate) fn evict(dir: &Path, suffix: &str, max_bytes: u64, keep: Option<&Path>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let mut entries: Vec<(SystemTime, u64, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .filter(|e| keep.is_none_or(|k| e.path() != k))
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             Some((meta.modified().ok()?, meta.len(), e.path()))
@@ -67,7 +67,7 @@ mod tests {
                 .unwrap();
         }
         touch(&dir.path().join("a.wasm"));
-        evict(dir.path(), ".wasm", 200);
+        evict(dir.path(), ".wasm", 200, None);
         let left = |n: &str| dir.path().join(n).exists();
         assert!(left("a.wasm"), "the one just used went");
         assert!(!left("b.wasm"), "the least recently used stayed");

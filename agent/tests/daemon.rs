@@ -373,6 +373,34 @@ async fn an_input_is_fetched_once_kept_read_only_and_seen_by_each_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_larger_than_the_cache_is_kept_while_used_and_evicts_the_others() {
+    let content = b"larger than the cache\n".to_vec();
+    let mut rig = Rig::start_with(Duration::from_secs(5), 8).await;
+    let sha = rig.add_module(&fixtures::wat("read_input"));
+    let mut inputs = Vec::new();
+    for text in [&b"an older input\n"[..], &content] {
+        let input = corral_admission::sha256_of(text);
+        rig.host
+            .inputs
+            .lock()
+            .unwrap()
+            .insert(input.clone(), text.to_vec());
+        inputs.push(input);
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        let task = format!("t-{i}");
+        rig.host.launch(&task, mounting(&sha, input));
+        let update = rig.final_report(&task).await;
+        assert_eq!(kind(&update), pb::OutcomeKind::Success, "{update:?}");
+    }
+    let kept: Vec<String> = std::fs::read_dir(rig.data.path().join("inputs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [format!("{}.input", inputs[1])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_the_host_serves_damaged_is_the_agents_failure_and_not_kept() {
     let mut rig = Rig::start(Duration::from_secs(5)).await;
     let sha = rig.add_module(&fixtures::wat("read_input"));

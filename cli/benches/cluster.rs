@@ -16,9 +16,14 @@
 //! `GetJob` as `corral job wait` does, with the CPU time per task of Corral's processes and of
 //! the client; and, through `corral dev`, a job of 10,000 linreg runs on iris.
 //!
+//! With `-- --inputs`, a shared input instead: through a host and two agents, a 500 MB input
+//! (`-- --input-mib N` for another size) uploaded over gRPC (time, and the host's resident set
+//! after it), then a job of 100 tasks mounting it, spread over both agents: the job's time and
+//! how many times agents fetched the input (at most once each).
+//!
 //! Run: `cargo bench -p corral --bench cluster` (`-- --quick` for fewer tasks, `-- --tls` for
 //! the TLS setup alone, `-- --plain` for the same processes in plaintext alone, `-- --jobs`
-//! for jobs; `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
+//! for jobs, `-- --inputs` for a shared input; `CORRAL_BENCH_BREAKDOWN=1` first prints when each state of five tasks was seen).
 
 // A bench binary, not a library.
 #![allow(missing_docs)]
@@ -60,6 +65,11 @@ fn dev() -> Setup {
 }
 
 fn processes(tls: bool) -> Setup {
+    processes_with(tls, None)
+}
+
+/// [`processes`], the host with the config file `config`.
+fn processes_with(tls: bool, config: Option<&str>) -> Setup {
     let pki_dir = tls.then(|| tempfile::tempdir().expect("a temp dir"));
     let pki = pki_dir
         .as_ref()
@@ -73,6 +83,9 @@ fn processes(tls: bool) -> Setup {
             .to_string()
     };
     let mut host_args = vec!["host", "--listen", "127.0.0.1:0"];
+    if let Some(config) = config {
+        host_args.extend(["--config", config]);
+    }
     let tls_args;
     if tls {
         tls_args = [
@@ -383,9 +396,148 @@ async fn jobs(setup: &Setup, quick: bool, linreg: bool) {
     }
 }
 
+/// A shared input of `mib` MiB through `setup`: uploaded, then mounted by a job of 100 trivial
+/// tasks on the two agents.
+async fn shared_input(setup: &Setup, mib: u64) {
+    use sha2::Digest;
+    let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
+    let sha = bench::upload_trivial(&mut client).await;
+    server::wait_for_agents(&mut client, 2).await;
+    // Bytes that do not compress: a xorshift stream.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("input.bin");
+    let size = mib << 20;
+    let mut hasher = sha2::Sha256::new();
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("a file"));
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for word in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                word.copy_from_slice(&x.to_le_bytes());
+            }
+            hasher.update(&block);
+            file.write_all(&block).expect("writing the input");
+        }
+    }
+    let digest = corral_admission::sha256_hex(&hasher.finalize().into());
+    let host_before = setup.servers[0].usage();
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let reader = {
+        let (path, digest) = (path.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(path).expect("the input");
+            let mut first = true;
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                let n = file.read(&mut chunk).expect("reading the input");
+                if n == 0 {
+                    return;
+                }
+                chunk.truncate(n);
+                let message = pb::UploadInputRequest {
+                    size_bytes: if first { size } else { 0 },
+                    sha256: if first { digest.clone() } else { String::new() },
+                    chunk: chunk.into(),
+                };
+                first = false;
+                if tx.blocking_send(message).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let uploaded = client
+        .upload_input(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("upload the input")
+        .into_inner();
+    reader.await.expect("the reader");
+    let upload = started.elapsed();
+    let host_after = setup.servers[0].usage();
+    assert_eq!(uploaded.sha256, digest);
+    let mut spec = spec(&sha, "reads-nothing");
+    spec.inputs = vec![pb::InputMount {
+        sha256: digest.clone(),
+        path: "/input/data.bin".into(),
+    }];
+    let started = Instant::now();
+    let submitted = client
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(spec),
+            array: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("submit the job")
+        .into_inner();
+    let job = loop {
+        let job = client
+            .get_job(pb::GetJobRequest {
+                job_id: submitted.job_id.clone(),
+            })
+            .await
+            .expect("get the job")
+            .into_inner();
+        if job.state != pb::JobState::Running as i32 {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(job.counts.expect("counts").finished, 100, "{job:?}");
+    let tasks = server::all_tasks(&mut client).await;
+    let mut agents: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.job_id == submitted.job_id)
+        .map(|t| t.agent_id.as_str())
+        .collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let info = client
+        .get_input(pb::GetInputRequest { sha256: digest })
+        .await
+        .expect("the input")
+        .into_inner();
+    println!(
+        "{}: input of {mib} MiB uploaded in {:.2} s = {:.0} MiB/s (host RSS {:.1} MiB before, \
+         {:.1} MiB after); a job of 100 tasks mounting it ran on {} agent(s) in {:.2} s; \
+         the input was fetched {} time(s)",
+        setup.name,
+        upload.as_secs_f64(),
+        mib as f64 / upload.as_secs_f64(),
+        bench::mib(host_before.rss_bytes),
+        bench::mib(host_after.rss_bytes),
+        agents.len(),
+        elapsed.as_secs_f64(),
+        info.fetches,
+    );
+    assert!(
+        info.fetches <= agents.len() as u64,
+        "fetched once per agent at most"
+    );
+}
+
 fn main() {
     bench::main_with(env!("CARGO_BIN_EXE_corral"), |args| async move {
         let quick = args.iter().any(|a| a == "--quick");
+        if args.iter().any(|a| a == "--inputs") {
+            let mib = bench::arg(&args, "--input-mib", 500u64);
+            // Spread, so that both agents run tasks of the job.
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let config = dir.path().join("host.toml");
+            std::fs::write(&config, "strategy = \"spread\"\n").expect("the config");
+            let mut setup = processes_with(false, config.to_str());
+            setup.name = "host + 2 agents (spread)";
+            shared_input(&setup, mib).await;
+            return;
+        }
         if args.iter().any(|a| a == "--jobs") {
             jobs(&dev(), quick, true).await;
             jobs(&processes(false), quick, false).await;

@@ -141,16 +141,18 @@ enum Request {
     /// May this agent fetch this input? (Counted when it may.)
     MayFetchInput(String, String, Answer<bool>),
     /// May this caller's tenant (`None`: an admin) upload this many bytes (of this sha256)?
-    /// True when it has them already.
-    InputRoom(Option<String>, Option<String>, u64, Answer<bool>),
+    /// The stored size when it has them already.
+    InputRoom(Option<String>, Option<String>, u64, Answer<Option<u64>>),
     /// An input received and verified: (sha256, size, uploader's tenant, the staged file).
     InputStored(
         String,
         u64,
         Option<String>,
-        std::path::PathBuf,
+        crate::store::Staged,
         Answer<(bool, bool)>,
     ),
+    /// An input's stored copy does not hash to its name.
+    InputDamaged(String),
     GetInput(String, Option<String>, Answer<crate::state::InputView>),
     ListInputs(Option<String>, Answer<crate::state::InputsView>),
     SubmitJob(Box<JobRequest>, Caller, Answer<(JobView, bool)>),
@@ -252,6 +254,20 @@ struct Shared {
     stopped: watch::Receiver<Option<String>>,
     /// Where the actor publishes task changes.
     events: Arc<Events>,
+    /// Bytes of inputs being received (declared sizes): counted against the disk's room.
+    staging: Arc<AtomicU64>,
+}
+
+/// Room on the data dir's disk held for an upload being received; given back when dropped.
+pub struct StagingRoom {
+    staging: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for StagingRoom {
+    fn drop(&mut self) {
+        self.staging.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The host's core. Cheap to clone; the actor stops when the last clone is dropped.
@@ -279,7 +295,9 @@ impl ControlPlane {
         let (requests, inbox) = mpsc::channel(QUEUE);
         let (stop, stopped) = watch::channel(None);
         let events = Events::new(16_384);
+        let staging = Arc::new(AtomicU64::new(0));
         let actor = Actor {
+            staging: staging.clone(),
             state,
             store: Some(store),
             slot: slot.clone(),
@@ -362,6 +380,7 @@ impl ControlPlane {
                 requests,
                 stopped,
                 events,
+                staging,
             }),
         })
     }
@@ -484,32 +503,54 @@ impl ControlPlane {
     // ----- inputs ---------------------------------------------------------------------------
 
     /// Whether `caller` may upload `size` bytes (of `sha256`, when it says): refused past its
-    /// tenant's storage limit or the disk's room; true when it has these bytes already.
+    /// tenant's storage limit or the disk's room; the stored size when it has these bytes
+    /// already.
     pub async fn input_room(
         &self,
         caller: &Caller,
         sha256: Option<&str>,
         size: u64,
-    ) -> Result<bool, HostError> {
+    ) -> Result<Option<u64>, HostError> {
         let (tenant, sha) = (caller.tenant.clone(), sha256.map(str::to_string));
         self.ask(|answer| Request::InputRoom(tenant, sha, size, answer))
             .await
     }
 
-    /// Where an upload is received: a new file in the store's staging directory.
-    pub fn input_staging_dir(&self) -> Result<std::path::PathBuf, HostError> {
-        Ok(self.store()?.staging_dir())
+    /// Holds `bytes` of the disk's room for an upload being received, until dropped.
+    pub fn hold_staging_room(&self, bytes: u64) -> StagingRoom {
+        self.shared.staging.fetch_add(bytes, Ordering::Relaxed);
+        StagingRoom {
+            staging: self.shared.staging.clone(),
+            bytes,
+        }
     }
 
-    /// Stores an input received into `staged` (its bytes verified to hash to `sha256`, synced)
-    /// for `caller`, and answers once that is durable: (whether the file was taken, as new;
-    /// whether the caller had it). A file not taken is the caller's to remove.
+    /// A new file to receive an upload into, in the store's staging directory (on a blocking
+    /// thread).
+    pub async fn stage_input(&self) -> Result<(crate::store::Staged, std::fs::File), HostError> {
+        let store = self.store()?;
+        tokio::task::spawn_blocking(move || store.stage())
+            .await
+            .map_err(|e| HostError::Unavailable(e.to_string()))?
+            .map_err(|e| HostError::Unavailable(format!("the host cannot stage the input: {e}")))
+    }
+
+    /// Input `sha256`'s stored copy was found damaged: it is forgotten, so that the next
+    /// upload stores it again.
+    pub async fn input_damaged(&self, sha256: &str) {
+        self.tell(Request::InputDamaged(sha256.to_string())).await;
+    }
+
+    /// Stores an input received into `staged` (its bytes verified to hash to `sha256`,
+    /// synced) for `caller`, and answers once that is durable: (whether the file was taken,
+    /// as new; whether the caller had it). The file is the actor's from the moment this is
+    /// asked, so that a caller gone meanwhile cannot remove it under the store's write.
     pub async fn input_received(
         &self,
         caller: &Caller,
         sha256: &str,
         size: u64,
-        staged: std::path::PathBuf,
+        staged: crate::store::Staged,
     ) -> Result<(bool, bool), HostError> {
         let (tenant, sha) = (caller.tenant.clone(), sha256.to_string());
         let (new, had) = self
@@ -999,6 +1040,8 @@ struct Actor {
     free_space: FreeSpace,
     /// Bytes of new tasks and modules accepted in batches not yet durable.
     pending_bytes: u64,
+    /// Bytes of inputs being received (`Shared::staging`).
+    staging: Arc<AtomicU64>,
     /// The same, in the batch being applied.
     batch_bytes: u64,
     /// The pause before the next attempt to reopen the store. It grows with each attempt and
@@ -1126,7 +1169,8 @@ impl Actor {
                     .as_deref()
                     .is_some_and(|k| state.names_task(&spec.tenant, k));
                 let size = stored_size(&spec, key.as_deref());
-                let pending = self.pending_bytes + self.batch_bytes;
+                let pending =
+                    self.pending_bytes + self.batch_bytes + self.staging.load(Ordering::Relaxed);
                 let room = if !retry && !state.may_use_module(&spec.module_sha256, caller.scope()) {
                     // Another tenant's module is answered as one that is not stored.
                     Err(crate::state::unknown_module(&spec.module_sha256))
@@ -1160,7 +1204,8 @@ impl Actor {
             }
             Request::SubmitJob(request, caller, answer) => {
                 let template = &request.template;
-                let pending = self.pending_bytes + self.batch_bytes;
+                let pending =
+                    self.pending_bytes + self.batch_bytes + self.staging.load(Ordering::Relaxed);
                 // A retry of a job that exists makes nothing: answered as it is.
                 let retry = request
                     .idempotency_key
@@ -1224,7 +1269,8 @@ impl Actor {
             Request::ModuleStored(sha, bytes, facts, tenant, answer) => {
                 // A module stored already writes nothing: never refused for room.
                 let size = bytes.len() as u64;
-                let pending = self.pending_bytes + self.batch_bytes;
+                let pending =
+                    self.pending_bytes + self.batch_bytes + self.staging.load(Ordering::Relaxed);
                 // A tenant's upload is held to its policy (as its submits are): a module it
                 // may not run is not kept for it.
                 let policy = tenant.as_deref().map_or(Ok(()), |t| {
@@ -1392,29 +1438,28 @@ impl Actor {
                 replies.push(later(answer, Ok(state.input_fetch(&agent, &sha))));
             }
             Request::InputRoom(tenant, sha, size, answer) => {
-                let had = sha
-                    .as_deref()
-                    .is_some_and(|s| state.may_use_input(s, tenant.as_deref()));
-                let pending = self.pending_bytes + self.batch_bytes;
-                let result = match had {
-                    true => Ok(true),
-                    false => state
-                        .input_room(tenant.as_deref(), sha.as_deref(), size)
-                        .and_then(|()| self.free_space.check(pending, size, "input"))
-                        .map(|()| false),
-                };
+                let pending =
+                    self.pending_bytes + self.batch_bytes + self.staging.load(Ordering::Relaxed);
+                let result = state
+                    .input_room(tenant.as_deref(), sha.as_deref(), size)
+                    .and_then(|had| match had {
+                        Some(size) => Ok(Some(size)),
+                        None => self.free_space.check(pending, size, "input").map(|()| None),
+                    });
                 replies.push(later(answer, result));
             }
             Request::InputStored(sha, size, tenant, staged, answer) => {
                 // Its bytes are on the disk already (staged): only its records are to write.
+                // The file is the store's from here: renamed in by the write, or removed.
                 let result = state.input_uploaded(&sha, size, tenant.as_deref(), now, fx);
                 if let Ok((true, _)) = result {
-                    fx.writes.push(Write::Input(sha, size, staged));
+                    fx.writes.push(Write::Input(sha, size, staged.take()));
                 }
                 replies.push(later(answer, result));
             }
+            Request::InputDamaged(sha) => state.input_damaged(&sha, fx),
             Request::GetInput(sha, tenant, answer) => {
-                replies.push(later(answer, state.input(&sha, tenant.as_deref())));
+                replies.push(later(answer, state.input(&sha, tenant.as_deref(), now)));
             }
             Request::ListInputs(tenant, answer) => {
                 replies.push(later(answer, Ok(state.list_inputs(tenant.as_deref()))));
@@ -1566,6 +1611,7 @@ fn refuse(request: Request, reason: &str) {
         }
         Request::InputRoom(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::InputStored(_, _, _, _, answer) => drop(answer.send(Err(error()))),
+        Request::InputDamaged(_) => {}
         Request::GetInput(_, _, answer) => drop(answer.send(Err(error()))),
         Request::ListInputs(_, answer) => drop(answer.send(Err(error()))),
         Request::SubmitJob(_, _, answer) => drop(answer.send(Err(error()))),
@@ -1650,6 +1696,7 @@ mod tests {
             in_flight: VecDeque::new(),
             failed: None,
             free_space: FreeSpace::fixed(u64::MAX, 0),
+            staging: Arc::default(),
             pending_bytes: 0,
             batch_bytes: 0,
             reopen_pause: REOPEN_BACKOFF.0,

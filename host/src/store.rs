@@ -476,9 +476,24 @@ impl Store {
         self.inputs_dir.join(sha256)
     }
 
-    /// Where uploads are received before they are stored (`Write::Input` renames them out).
+    /// Where this process receives uploads before they are stored (`Write::Input` renames
+    /// them out).
     pub fn staging_dir(&self) -> PathBuf {
-        self.inputs_dir.join(STAGING)
+        self.inputs_dir.join(STAGING).join(process_tag())
+    }
+
+    /// A new file in [`Store::staging_dir`] to receive an upload into (0600), and its guard.
+    pub fn stage(&self) -> std::io::Result<(Staged, std::fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static STAGED: AtomicU64 = AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging_dir().join(n.to_string());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((Staged { path, taken: false }, file))
     }
 
     /// A stored module's binary.
@@ -1271,11 +1286,60 @@ fn owners(
     Ok(pairs)
 }
 
-/// Where uploads are received, under the inputs directory.
+/// Where uploads are received, under the inputs directory: a directory per process.
 const STAGING: &str = "staging";
-/// An upload in `staging` untouched this long was abandoned (its host stopped, or its store
-/// failed before the file was stored): removed when the store opens.
-const STAGED_ABANDONED: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// This process's directory under `staging` (its pid and start time): a store opened by it
+/// removes every other one, left by a process that stopped, and keeps its own, whose uploads
+/// may be under way while the store is reopened after a failure.
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{started}", std::process::id())
+    })
+}
+
+/// A file being received into the staging directory ([`Store::stage`]): removed when dropped
+/// (on a blocking thread, within a runtime: it may be gigabytes), unless handed to the store
+/// with [`Staged::take`] for a `Write::Input`.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    taken: bool,
+}
+
+impl Staged {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path, for a `Write::Input`, which renames the file into place: no longer removed
+    /// here. (A commit that fails before the rename leaves it for the next open to remove.)
+    pub fn take(mut self) -> PathBuf {
+        self.taken = true;
+        self.path.clone()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            let _ = std::fs::remove_file(path);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+}
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -1284,11 +1348,11 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Makes the inputs directory (private to the host's user) and holds it to the `inputs`
 /// table, in one transaction: a listed input whose file is missing or of another size (a
 /// damaged disk, a hand's deletion) is unlisted, with an error logged, rather than served; a
-/// file listed nowhere (its commit failed, or its removal did not finish) is removed; and an
-/// abandoned upload in `staging` too.
+/// file listed nowhere (its commit failed, or its removal did not finish) is removed; and the
+/// uploads other processes left in `staging`.
 fn check_input_files(db: &Database, dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::DirBuilderExt;
-    let staging = dir.join(STAGING);
+    let staging = dir.join(STAGING).join(process_tag());
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -1329,14 +1393,13 @@ fn check_input_files(db: &Database, dir: &Path) -> Result<(), StoreError> {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let now = std::time::SystemTime::now();
-        for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > STAGED_ABANDONED);
-            if old {
-                let _ = std::fs::remove_file(entry.path());
+        for entry in std::fs::read_dir(dir.join(STAGING))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name() != process_tag() {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
@@ -1369,8 +1432,9 @@ mod tests {
         {
             let (store, _) = Store::open(dir.path()).unwrap();
             for (sha, bytes) in [(&a, &b"aaaa"[..]), (&b, &b"bb"[..])] {
-                let staged = store.staging_dir().join(format!("up-{sha}"));
-                std::fs::write(&staged, bytes).unwrap();
+                let (guard, _file) = store.stage().unwrap();
+                std::fs::write(guard.path(), bytes).unwrap();
+                let staged = guard.take();
                 store
                     .write(vec![
                         Write::Input(sha.clone(), bytes.len() as u64, staged.clone()),
@@ -1388,26 +1452,33 @@ mod tests {
                 .await
                 .unwrap();
             assert!(!store.input_path(&b).exists(), "removed once committed");
-            // What a crash leaves: a file no record lists, an abandoned upload.
+            // What a crash leaves: a file no record lists, another process's upload.
             std::fs::write(store.input_path(&"c".repeat(64)), b"c").unwrap();
-            std::fs::write(store.staging_dir().join("old"), b"x").unwrap();
-            let old = std::time::SystemTime::now() - STAGED_ABANDONED * 2;
-            let file = std::fs::File::options()
-                .write(true)
-                .open(store.staging_dir().join("old"))
-                .unwrap();
-            file.set_modified(old).unwrap();
-            std::fs::write(store.staging_dir().join("new"), b"x").unwrap();
+            let gone = dir.path().join("inputs/staging/1-2");
+            std::fs::create_dir_all(&gone).unwrap();
+            std::fs::write(gone.join("0"), b"x").unwrap();
+            // This process's own, maybe still being received while the store reopens.
+            let (staged, _file) = store.stage().unwrap();
+            std::mem::forget(staged);
         }
         let (store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.inputs, [(a.clone(), 4)]);
         assert_eq!(loaded.input_owners, [(a.clone(), "acme".to_string())]);
         assert!(!store.input_path(&"c".repeat(64)).exists());
-        assert!(!store.staging_dir().join("old").exists());
-        assert!(
-            store.staging_dir().join("new").exists(),
-            "maybe still uploading"
-        );
+        assert!(!dir.path().join("inputs/staging/1-2").exists());
+        assert_eq!(std::fs::read_dir(store.staging_dir()).unwrap().count(), 1);
+        // A staged file not taken is removed with its guard.
+        let (staged, _file) = store.stage().unwrap();
+        let path = staged.path().to_path_buf();
+        drop(staged);
+        // On a blocking thread of the runtime.
+        for _ in 0..100 {
+            if !path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!path.exists());
         drop(store);
         // A listed input whose file was damaged (another size) is unlisted with its owners.
         std::fs::write(dir.path().join("inputs").join(&a), b"aa").unwrap();

@@ -574,3 +574,43 @@ async fn a_nearly_full_disk_refuses_only_what_would_write() {
     assert_eq!(plane.store_failures(), 0);
     drop(plane);
 }
+
+/// An upload whose caller goes while the store writes it (a client that gave up): the file is
+/// the store's from the moment it was asked to store it, so the write finds it, and the host
+/// does not fail its commit (and every other caller with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_whose_uploader_goes_while_it_is_written_is_stored_all_the_same() {
+    let data = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(HostConfig::default(), data.path()).unwrap();
+    let bytes = b"an input".to_vec();
+    let sha = corral_admission::sha256_of(&bytes);
+    let (staged, _file) = plane.stage_input().await.unwrap();
+    std::fs::write(staged.path(), &bytes).unwrap();
+    plane.inject_store_delay(Duration::from_millis(500));
+    let uploader = {
+        let (plane, sha) = (plane.clone(), sha.clone());
+        let caller = corral_host::auth::Caller::admin();
+        tokio::spawn(async move {
+            plane
+                .input_received(&caller, &sha, bytes.len() as u64, staged)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    uploader.abort();
+    let caller = corral_host::auth::Caller::admin();
+    let start = Instant::now();
+    let stored = loop {
+        match plane.input(&caller, &sha).await {
+            Ok(stored) => break stored,
+            Err(_) if start.elapsed() < WAIT => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(stored.size, 8);
+    assert_eq!(plane.store_failures(), 0);
+    assert_eq!(
+        std::fs::read(data.path().join("inputs").join(&sha)).unwrap(),
+        b"an input"
+    );
+}

@@ -168,6 +168,8 @@ pub struct Inputs {
     pub used_bytes: u64,
     /// Absent for an admin's listing of every input.
     pub limit_bytes: Option<u64>,
+    /// More inputs than were listed (10,000).
+    pub truncated: bool,
 }
 
 impl From<&pb::ListInputsResponse> for Inputs {
@@ -176,6 +178,7 @@ impl From<&pb::ListInputsResponse> for Inputs {
             inputs: r.inputs.iter().map(Input::from).collect(),
             used_bytes: r.used_bytes,
             limit_bytes: r.limit_bytes,
+            truncated: r.truncated,
         }
     }
 }

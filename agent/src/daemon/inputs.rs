@@ -154,8 +154,13 @@ impl Agent {
         }
         crate::lru::touch(&path);
         lock(&self.verified_inputs).insert(sha256.to_string());
-        let (dir, max) = (self.inputs_dir(), self.config.max_cache_bytes);
-        let _ = tokio::task::spawn_blocking(move || crate::lru::evict(&dir, ".input", max)).await;
+        // The input just used is never evicted for room, even when it alone is larger than
+        // the cache: a task of it must run.
+        let (dir, max, keep) = (self.inputs_dir(), self.config.max_cache_bytes, path.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::lru::evict(&dir, ".input", max, Some(&keep));
+        })
+        .await;
         Ok(path)
     }
 
@@ -231,7 +236,7 @@ impl Agent {
         }
         .await;
         if written.is_err() {
-            let _ = std::fs::remove_file(&part);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(part)).await;
         } else {
             tracing::info!(sha256, bytes = received, "input fetched");
         }

@@ -642,7 +642,7 @@ impl Agent {
                 tracing::warn!(sha256 = sha, error = %e, "cannot keep the module on disk");
             }
             if let Some(dir) = path.parent() {
-                crate::lru::evict(dir, ".wasm", max);
+                crate::lru::evict(dir, ".wasm", max, None);
             }
         })
         .await;

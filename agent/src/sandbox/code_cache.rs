@@ -160,7 +160,7 @@ impl CodeCache {
     /// Removes the least recently used entries until the cache holds at most
     /// [`CodeCache::max_bytes`].
     fn evict(&self) {
-        crate::lru::evict(&self.dir, ".cwasm", self.max_bytes);
+        crate::lru::evict(&self.dir, ".cwasm", self.max_bytes, None);
     }
 
     fn remove_stale_temps(&self) {

@@ -18,12 +18,17 @@ use crate::task::{Attempt, Progress};
 /// Serves `corral.v1.AgentApi`.
 pub struct AgentService {
     plane: ControlPlane,
+    /// Turns to serve an input.
+    fetches: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AgentService {
     /// The service over `plane`.
     pub fn new(plane: ControlPlane) -> Self {
-        Self { plane }
+        Self {
+            plane,
+            fetches: std::sync::Arc::new(tokio::sync::Semaphore::new(INPUT_FETCHES)),
+        }
     }
 }
 
@@ -248,12 +253,23 @@ impl pb::agent_api_server::AgentApi for AgentService {
             return Err(Status::invalid_argument("not a sha256"));
         }
         let path = self.plane.input_for(agent_id, &sha).await.map_err(status)?;
+        let turn = tokio::time::timeout(FETCH_TURN_WAIT, self.fetches.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the host is serving as many inputs as it does at once ({INPUT_FETCHES})"
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host is shutting down"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let agent = agent_id.to_string();
-        // Read on a blocking thread a chunk at a time, as the agent takes them: an input may be
-        // gigabytes. Its bytes are checked against its name on the way (the agent checks
-        // them too): a damaged file is said to be one rather than served.
-        tokio::task::spawn_blocking(move || serve_input(&path, &sha, &agent, &tx));
+        let (plane, agent) = (self.plane.clone(), agent_id.to_string());
+        // A chunk at a time, as the agent takes them: an input may be gigabytes. Its bytes
+        // are checked against its name on the way (the agent checks them too): a damaged file
+        // is said to be one rather than served.
+        tokio::spawn(async move {
+            serve_input(plane, path, sha, agent, tx).await;
+            drop(turn);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -286,42 +302,67 @@ impl pb::agent_api_server::AgentApi for AgentService {
 
 type InputStream = Pin<Box<dyn Stream<Item = Result<pb::InputChunk, Status>> + Send>>;
 
-/// Sends input `sha` from `path` to `tx`: its size first, then chunks; an error in place of
-/// the end when the file cannot be read or its bytes do not hash to `sha`.
-fn serve_input(
-    path: &std::path::Path,
-    sha: &str,
-    agent: &str,
-    tx: &tokio::sync::mpsc::Sender<Result<pb::InputChunk, Status>>,
+/// Input fetches served at once (each reads its file a megabyte at a time).
+const INPUT_FETCHES: usize = 8;
+/// How long a fetch waits for its turn before it is refused.
+const FETCH_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a fetch waits for its agent to take a chunk before it is dropped.
+const FETCH_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends input `sha` from `path` to `tx`: its size first, then a megabyte at a time, each read
+/// and hashed on a blocking thread; an error in place of the end when the file cannot be read
+/// or its bytes do not hash to `sha` (then the input is forgotten, so that an upload stores it
+/// again). An agent that takes no chunk for a minute loses the stream.
+async fn serve_input(
+    plane: ControlPlane,
+    path: std::path::PathBuf,
+    sha: String,
+    agent: String,
+    tx: tokio::sync::mpsc::Sender<Result<pb::InputChunk, Status>>,
 ) {
     use sha2::Digest;
-    use std::io::Read;
-    let sent = (|| -> Result<(), Status> {
-        let unreadable = |e: std::io::Error| {
-            tracing::error!(sha256 = sha, error = %e, "cannot read a stored input");
-            Status::internal(format!("the host cannot read input {sha}: {e}"))
-        };
-        let mut file = std::fs::File::open(path).map_err(unreadable)?;
-        let size = file.metadata().map_err(unreadable)?.len();
+    let unreadable = |e: String| {
+        tracing::error!(sha256 = %sha, error = %e, "cannot read a stored input");
+        Status::internal(format!("the host cannot read input {sha}: {e}"))
+    };
+    let sent: Result<bool, Status> = async {
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, size))
+        })
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+        let (mut file, size) = opened.map_err(|e| unreadable(e.to_string()))?;
         let mut hasher = sha2::Sha256::new();
-        let mut first = true;
-        let mut read = 0u64;
+        let (mut read, mut first) = (0u64, true);
         loop {
-            let mut chunk = vec![0u8; corral_proto::MODULE_CHUNK_BYTES];
-            let n = file.read(&mut chunk).map_err(unreadable)?;
+            let (f, h, chunk) = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut chunk = vec![0u8; corral_proto::MODULE_CHUNK_BYTES];
+                let n = file.read(&mut chunk)?;
+                chunk.truncate(n);
+                hasher.update(&chunk);
+                Ok::<_, std::io::Error>((file, hasher, chunk))
+            })
+            .await
+            .map_err(|e| unreadable(e.to_string()))?
+            .map_err(|e| unreadable(e.to_string()))?;
+            (file, hasher) = (f, h);
+            let n = chunk.len();
+            read += n as u64;
             if n == 0 && !first {
                 break;
             }
-            chunk.truncate(n);
-            hasher.update(&chunk);
-            read += n as u64;
             let message = pb::InputChunk {
                 size_bytes: if first { size } else { 0 },
                 chunk: chunk.into(),
             };
             first = false;
-            if tx.blocking_send(Ok(message)).is_err() {
-                return Ok(()); // The agent went away.
+            match tokio::time::timeout(FETCH_SEND_WAIT, tx.send(Ok(message))).await {
+                Ok(Ok(())) => {}
+                // The agent went away, or took nothing for a minute.
+                _ => return Ok(false),
             }
             if n == 0 {
                 break;
@@ -329,16 +370,19 @@ fn serve_input(
         }
         let digest = corral_admission::sha256_hex(&hasher.finalize().into());
         if digest != sha || read != size {
-            tracing::error!(sha256 = sha, found = %digest, "a stored input's bytes are damaged");
+            tracing::error!(sha256 = %sha, found = %digest, "a stored input's bytes are damaged: it is forgotten until uploaded again");
+            plane.input_damaged(&sha).await;
             return Err(Status::data_loss(format!(
                 "the host's copy of input {sha} is damaged (its bytes hash to {digest}): upload \
                  it again"
             )));
         }
-        tracing::debug!(sha256 = sha, agent, size, "input served");
-        Ok(())
-    })();
-    if let Err(status) = sent {
-        let _ = tx.blocking_send(Err(status));
+        Ok(true)
+    }
+    .await;
+    match sent {
+        Ok(true) => tracing::debug!(sha256 = %sha, agent, "input served"),
+        Ok(false) => {}
+        Err(status) => drop(tx.send(Err(status)).await),
     }
 }

@@ -27,6 +27,32 @@ pub struct ClientService {
     uploads: std::sync::Arc<tokio::sync::Semaphore>,
     /// Turns to stream a job's results.
     results: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Turns to receive an input (apart from modules': an input may take long), and each
+    /// tenant's share of them.
+    input_uploads: std::sync::Arc<tokio::sync::Semaphore>,
+    input_uploaders: Uploaders,
+}
+
+type Uploaders = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// A tenant's input upload turn, counted against its share until dropped.
+pub(super) struct InputTurn {
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    uploaders: Uploaders,
+    tenant: Option<String>,
+}
+
+impl Drop for InputTurn {
+    fn drop(&mut self) {
+        let Some(tenant) = &self.tenant else { return };
+        let mut uploaders = self.uploaders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = uploaders.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                uploaders.remove(tenant);
+            }
+        }
+    }
 }
 
 impl ClientService {
@@ -37,6 +63,8 @@ impl ClientService {
             plane,
             uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(uploads)),
             results: std::sync::Arc::new(tokio::sync::Semaphore::new(RESULTS_STREAMS)),
+            input_uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(uploads)),
+            input_uploaders: Uploaders::default(),
         }
     }
 }
@@ -113,30 +141,55 @@ impl Pace {
     }
 }
 
-/// An input being received: a file in the store's staging directory, removed when dropped
-/// unless the store took it.
-struct Staged {
-    path: std::path::PathBuf,
-    taken: bool,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.taken {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Staged files made by this process, for unique names.
-static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 impl ClientService {
+    /// A turn to receive an input: at most `max_concurrent_uploads` at once (apart from
+    /// module uploads), a tenant at most half of them (at least one), so that slow uploads of
+    /// one tenant cannot hold every turn; waited for up to `upload_idle_timeout`.
+    pub(super) async fn input_turn(&self, caller: &Caller) -> Result<InputTurn, Status> {
+        let turns = self.plane.config().max_concurrent_uploads as usize;
+        let share = (turns / 2).max(1);
+        let mut turn = InputTurn {
+            _turn: None,
+            uploaders: self.input_uploaders.clone(),
+            tenant: None,
+        };
+        if let Some(t) = &caller.tenant {
+            let mut uploaders = self
+                .input_uploaders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = uploaders.entry(t.clone()).or_default();
+            if *n >= share {
+                return Err(Status::resource_exhausted(format!(
+                    "tenant {t} is uploading {n} inputs already, as many as a tenant may at \
+                     once: try again when one has ended"
+                )));
+            }
+            *n += 1;
+            // Counted from here: given back on every way out, as the turn drops.
+            turn.tenant = Some(t.clone());
+        }
+        let idle = self.plane.config().upload_idle_timeout;
+        let permit = tokio::time::timeout(idle, self.input_uploads.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the host is receiving as many inputs as it takes at once ({turns}); try \
+                     again"
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host is shutting down"))?;
+        turn._turn = Some(permit);
+        Ok(turn)
+    }
+
     /// Receives an input of `size` bytes (hashing to `sha256`, when given) from `chunks` for
-    /// `caller`: checked against its storage limit and the disk's room before a byte is read
-    /// (and answered at once when the caller has these bytes already), streamed to a staged
-    /// file in a turn, making progress (64 KiB) within each `upload_idle_timeout`, verified,
-    /// synced, then stored. Answers (sha256, size, whether the caller had it).
+    /// `caller`, in a turn taken before this is called: checked against its storage limit
+    /// and the disk's room before a byte is read (and answered at once, with the stored
+    /// size, when the caller has these bytes already), the room held while it is received;
+    /// streamed to a staged file, making progress (64 KiB) within each
+    /// `upload_idle_timeout`, verified, synced, then stored. Answers (sha256, size, whether
+    /// the caller had it).
     pub(super) async fn receive_input<S, E>(
         &self,
         caller: &Caller,
@@ -172,16 +225,11 @@ impl ClientService {
             .input_room(caller, sha256.as_deref(), size)
             .await
             .map_err(status)?;
-        if let (true, Some(sha)) = (had, &sha256) {
-            return Ok((sha.clone(), size, true));
+        if let (Some(stored), Some(sha)) = (had, &sha256) {
+            return Ok((sha.clone(), stored, true));
         }
-        let _turn = self.upload_turn().await?;
-        let dir = self.plane.input_staging_dir().map_err(status)?;
-        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut staged = Staged {
-            path: dir.join(format!("{}-{n}", std::process::id())),
-            taken: false,
-        };
+        let _room = self.plane.hold_staging_room(size);
+        let (staged, mut file) = self.plane.stage_input().await.map_err(status)?;
         let disk = |e: std::io::Error| {
             let full = e.raw_os_error() == Some(28);
             tracing::warn!(error = %e, "cannot stage an input");
@@ -192,18 +240,6 @@ impl ClientService {
                 false => Status::internal(format!("the host cannot store the input: {e}")),
             }
         };
-        let path = staged.path.clone();
-        let mut file = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(disk)?;
         let mut hasher = sha2::Sha256::new();
         let mut received = 0u64;
         let mut pace = Pace::new(idle);
@@ -246,12 +282,11 @@ impl ClientService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(disk)?;
-        let (new, had) = self
+        let (_, had) = self
             .plane
-            .input_received(caller, &digest, size, staged.path.clone())
+            .input_received(caller, &digest, size, staged)
             .await
             .map_err(status)?;
-        staged.taken = new;
         Ok((digest, size, had))
     }
 }
@@ -381,6 +416,8 @@ impl pb::corral_server::Corral for ClientService {
         let caller = Caller::from(&auth::principal(&request)?);
         let mut stream = request.into_inner();
         let idle = self.plane.config().upload_idle_timeout;
+        // Nothing of the stream is read before its turn: HTTP/2 flow control holds the rest.
+        let _turn = self.input_turn(&caller).await?;
         let first = tokio::time::timeout(idle, stream.message())
             .await
             .map_err(|_| Status::deadline_exceeded("the upload sent nothing: abandoned"))??
@@ -424,6 +461,7 @@ impl pb::corral_server::Corral for ClientService {
             inputs: listed.inputs.into_iter().map(input_to_pb).collect(),
             used_bytes: listed.used,
             limit_bytes: listed.limit,
+            truncated: listed.truncated,
         }))
     }
 

@@ -332,6 +332,7 @@ async fn upload_input(
         .parse::<u64>()
         .map_err(|_| Failure::bad_request("Content-Length is not a number"))?;
     let sha256 = header("x-corral-sha256")?;
+    let _turn = http.service.input_turn(&caller).await?;
     let chunks = body.into_data_stream();
     let (sha256, size_bytes, existed) = http
         .service

@@ -194,7 +194,7 @@ impl HostState {
             .expect("checked above");
         used.tasks += u64::from(count);
         used.last_used_ms = used.last_used_ms.max(now.ms);
-        self.inputs_mounted(&template.inputs, u64::from(count), now);
+        self.inputs_mounted(&template.tenant, &template.inputs, u64::from(count), now);
         let job = Job {
             id,
             name: template.name.clone(),

@@ -42,7 +42,7 @@ mod tenants;
 mod tests;
 
 pub use access::MAX_AUDIT_ENTRIES;
-pub use inputs::{unknown_input, InputView, InputsView};
+pub use inputs::{unknown_input, InputView, InputsView, MAX_INPUTS_PER_TENANT};
 pub use jobs::{JobView, SubmittedJob};
 pub use tenants::TenantView;
 
@@ -575,7 +575,7 @@ impl HostState {
             .expect("checked above");
         used.tasks += 1;
         used.last_used_ms = used.last_used_ms.max(now.ms);
-        self.inputs_mounted(&spec.inputs, 1, now);
+        self.inputs_mounted(&spec.tenant, &spec.inputs, 1, now);
         let task = Task::new(id, spec, now.ms);
         if let Some((tenant, key)) = key {
             self.idempotency.insert((tenant.clone(), key.clone()), id);

@@ -312,10 +312,10 @@ fn check_invariants(state: &HostState) -> Result<(), String> {
             .tasks()
             .filter(|t| t.spec.inputs.iter().any(|i| &i.sha256 == sha))
             .count() as u64;
-        if used.tasks != mounting {
+        if used.tasks() != mounting {
             return Err(format!(
                 "input {sha} counts {} tasks, {mounting} mount it",
-                used.tasks
+                used.tasks()
             ));
         }
     }
@@ -2793,31 +2793,36 @@ fn inputs_count_against_their_uploaders_storage_and_go_once_unused() {
     let (big, small) = ("b".repeat(64), "c".repeat(64));
     let limit = crate::tenant::DEFAULT_INPUT_STORAGE.as_u64();
     let mut fx = Effects::default();
-    // acme uploads most of its limit; one byte more does not fit, what it has always does.
+    // acme uploads most of its limit; one byte more does not fit, what it has always does,
+    // and a small input takes 4 KiB.
     assert_eq!(
         w.state
-            .input_uploaded(&big, limit - 10, Some("acme"), w.now, &mut fx)
+            .input_uploaded(&big, limit - 4096, Some("acme"), w.now, &mut fx)
             .unwrap(),
         (true, false)
     );
     assert!(matches!(fx.writes.as_slice(), [Write::InputOwner(s, t)] if *s == big && t == "acme"));
-    let over = w.state.input_room(Some("acme"), None, 11).unwrap_err();
+    let over = w.state.input_room(Some("acme"), None, 4097).unwrap_err();
     assert!(
         matches!(&over, HostError::Exhausted(m) if m.contains("storage limit")),
         "{over}"
     );
-    assert!(w.state.input_room(Some("acme"), Some(&big), limit).is_ok());
-    assert!(w.state.input_room(Some("acme"), None, 10).is_ok());
+    assert_eq!(
+        w.state.input_room(Some("acme"), Some(&big), limit).unwrap(),
+        Some(limit - 4096),
+        "what it has is answered with its size"
+    );
+    assert_eq!(w.state.input_room(Some("acme"), None, 10).unwrap(), None);
     // The same bytes from another tenant are stored once and charged to it too; an admin's
     // uploads count against no tenant.
     let mut fx = Effects::default();
     assert_eq!(
         w.state
-            .input_uploaded(&big, limit - 10, Some("zeta"), w.now, &mut fx)
+            .input_uploaded(&big, limit - 4096, Some("zeta"), w.now, &mut fx)
             .unwrap(),
         (false, false)
     );
-    assert_eq!(w.state.input_storage("zeta"), limit - 10);
+    assert_eq!(w.state.input_storage("zeta"), limit - 4096);
     assert_eq!(
         w.state
             .input_uploaded(&small, 5, None, w.now, &mut fx)
@@ -2839,6 +2844,7 @@ fn inputs_count_against_their_uploaders_storage_and_go_once_unused() {
     // A task mounting `big` keeps it, and only the agent it is placed on may fetch it.
     w.agent("a1", 4, 4 * GIB);
     let mut task = spec(MIB, 0, false);
+    task.tenant = "acme".into();
     task.inputs = vec![mount(&big)];
     let id = w.submit(task);
     assert!(!w.state.input_fetch("a1", &big), "not placed yet");
@@ -2846,7 +2852,11 @@ fn inputs_count_against_their_uploaders_storage_and_go_once_unused() {
     assert!(w.state.input_fetch("a1", &big));
     assert!(!w.state.input_fetch("a2", &big));
     assert!(!w.state.input_fetch("a1", &small));
-    assert_eq!(w.state.input(&big, None).unwrap().fetches, 1);
+    assert_eq!(w.state.input(&big, None, w.now).unwrap().fetches, 1);
+    // A tenant is shown its own use of the bytes, never another's.
+    let theirs = w.state.input(&big, Some("zeta"), w.now).unwrap();
+    assert_eq!((theirs.tasks, theirs.fetches), (0, 0));
+    assert_eq!(w.state.input(&big, Some("acme"), w.now).unwrap().tasks, 1);
     w.tick(Duration::from_secs(7200));
     let mut fx = Effects::default();
     assert_eq!(
@@ -2868,5 +2878,41 @@ fn inputs_count_against_their_uploaders_storage_and_go_once_unused() {
     assert!(!w.state.may_use_input(&big, None));
     assert_eq!(w.state.input_storage("acme"), 0);
     assert_eq!(w.state.input_storage("zeta"), 0);
+    w.check();
+}
+
+#[test]
+fn a_damaged_input_is_forgotten_so_that_its_next_upload_stores_it_again() {
+    use crate::task::InputMount;
+    let mut w = World::new();
+    let sha = "d".repeat(64);
+    let mut fx = Effects::default();
+    w.state
+        .input_uploaded(&sha, 100, Some("acme"), w.now, &mut fx)
+        .unwrap();
+    let mut task = spec(MIB, 0, false);
+    task.tenant = "acme".into();
+    task.inputs = vec![InputMount {
+        sha256: sha.clone(),
+        path: "/input/x".into(),
+    }];
+    w.submit(task.clone());
+    let mut fx = Effects::default();
+    w.state.input_damaged(&sha, &mut fx);
+    assert!(matches!(fx.writes.as_slice(), [Write::ForgetInput(s)] if *s == sha));
+    assert!(!w.state.may_use_input(&sha, Some("acme")));
+    assert!(w.state.check_inputs(&task.inputs, Some("acme")).is_err());
+    assert_eq!(
+        w.state.input_room(Some("acme"), Some(&sha), 100).unwrap(),
+        None
+    );
+    let mut fx = Effects::default();
+    assert_eq!(
+        w.state
+            .input_uploaded(&sha, 100, Some("acme"), w.now, &mut fx)
+            .unwrap(),
+        (true, false),
+        "stored again, as new"
+    );
     w.check();
 }
