@@ -78,7 +78,11 @@ fn an_input_is_fetched_once_per_agent_and_each_tenant_mounts_only_its_own() {
     assert_eq!(info["tasks"], 8);
     let fetches = info["fetches"].as_u64().unwrap();
     assert!((1..=2).contains(&fetches), "{mine}");
-    assert_eq!(mine["used_bytes"], size.max(4096), "a small input takes a block");
+    assert_eq!(
+        mine["used_bytes"],
+        size.max(4096),
+        "a small input takes a block"
+    );
     assert_eq!(mine["limit_bytes"], 10u64 << 30);
     let sha = info["sha256"].as_str().unwrap().to_string();
 

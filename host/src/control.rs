@@ -138,8 +138,8 @@ enum Request {
     Used(Vec<(String, i64)>, Refusals),
     /// May this agent fetch this module?
     MayFetch(String, String, Answer<bool>),
-    /// May this agent fetch this input? (Counted when it may.)
-    MayFetchInput(String, String, Answer<bool>),
+    /// May this agent fetch this input? Its stored copy's generation when it may (counted).
+    MayFetchInput(String, String, Answer<Option<u64>>),
     /// May this caller's tenant (`None`: an admin) upload this many bytes (of this sha256)?
     /// The stored size when it has them already.
     InputRoom(Option<String>, Option<String>, u64, Answer<Option<u64>>),
@@ -151,8 +151,8 @@ enum Request {
         crate::store::Staged,
         Answer<(bool, bool)>,
     ),
-    /// An input's stored copy does not hash to its name.
-    InputDamaged(String),
+    /// An input's stored copy (of this generation) does not hash to its name.
+    InputDamaged(String, u64),
     GetInput(String, Option<String>, Answer<crate::state::InputView>),
     ListInputs(Option<String>, Answer<crate::state::InputsView>),
     SubmitJob(Box<JobRequest>, Caller, Answer<(JobView, bool)>),
@@ -258,10 +258,20 @@ struct Shared {
     staging: Arc<AtomicU64>,
 }
 
-/// Room on the data dir's disk held for an upload being received; given back when dropped.
+/// Room on the data dir's disk held for an upload being received; given back as its bytes
+/// reach the disk (they are in the disk's free space then), and in all when dropped.
 pub struct StagingRoom {
     staging: Arc<AtomicU64>,
     bytes: u64,
+}
+
+impl StagingRoom {
+    /// `bytes` of the upload have reached the disk: their room is no longer held.
+    pub fn written(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        self.staging.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Drop for StagingRoom {
@@ -535,10 +545,11 @@ impl ControlPlane {
             .map_err(|e| HostError::Unavailable(format!("the host cannot stage the input: {e}")))
     }
 
-    /// Input `sha256`'s stored copy was found damaged: it is forgotten, so that the next
-    /// upload stores it again.
-    pub async fn input_damaged(&self, sha256: &str) {
-        self.tell(Request::InputDamaged(sha256.to_string())).await;
+    /// Copy `generation` of input `sha256` was found damaged: it is forgotten (unless
+    /// another copy is stored since), so that the next upload stores it again.
+    pub async fn input_damaged(&self, sha256: &str, generation: u64) {
+        self.tell(Request::InputDamaged(sha256.to_string(), generation))
+            .await;
     }
 
     /// Stores an input received into `staged` (its bytes verified to hash to `sha256`,
@@ -581,22 +592,24 @@ impl ControlPlane {
         self.ask(|answer| Request::ListInputs(tenant, answer)).await
     }
 
-    /// The file of input `sha256` for agent `agent_id`: only an input of a task placed on it.
+    /// The file of input `sha256` for agent `agent_id`, and its copy's generation: only a
+    /// stored input of a task placed on it.
     pub async fn input_for(
         &self,
         agent_id: &str,
         sha256: &str,
-    ) -> Result<std::path::PathBuf, HostError> {
-        let launched = self
+    ) -> Result<(std::path::PathBuf, u64), HostError> {
+        let generation = self
             .ask(|answer| Request::MayFetchInput(agent_id.to_string(), sha256.to_string(), answer))
             .await?;
-        if !launched {
+        let Some(generation) = generation else {
             return Err(HostError::PermissionDenied(format!(
-                "agent {agent_id} runs no task mounting input {sha256}: an agent fetches only \
-                 the inputs of tasks launched to it"
+                "agent {agent_id} runs no task mounting input {sha256}, or the host no longer \
+                 has it (upload it again): an agent fetches only the stored inputs of tasks \
+                 launched to it"
             )));
-        }
-        Ok(self.store()?.input_path(sha256))
+        };
+        Ok((self.store()?.input_path(sha256), generation))
     }
 
     /// A stored module's binary.
@@ -1438,13 +1451,18 @@ impl Actor {
                 replies.push(later(answer, Ok(state.input_fetch(&agent, &sha))));
             }
             Request::InputRoom(tenant, sha, size, answer) => {
-                let pending =
-                    self.pending_bytes + self.batch_bytes + self.staging.load(Ordering::Relaxed);
+                // The caller holds its own room already (`StagingRoom`): the others' count.
+                let staging = self.staging.load(Ordering::Relaxed).saturating_sub(size);
+                let pending = self.pending_bytes + self.batch_bytes + staging;
                 let result = state
                     .input_room(tenant.as_deref(), sha.as_deref(), size)
-                    .and_then(|had| match had {
-                        Some(size) => Ok(Some(size)),
-                        None => self.free_space.check(pending, size, "input").map(|()| None),
+                    .and_then(|had| match (had, &sha) {
+                        (Some(stored), Some(sha)) => {
+                            // An upload of what the caller has counts as a use of it.
+                            state.input_used(sha, tenant.as_deref(), now);
+                            Ok(Some(stored))
+                        }
+                        _ => self.free_space.check(pending, size, "input").map(|()| None),
                     });
                 replies.push(later(answer, result));
             }
@@ -1457,7 +1475,7 @@ impl Actor {
                 }
                 replies.push(later(answer, result));
             }
-            Request::InputDamaged(sha) => state.input_damaged(&sha, fx),
+            Request::InputDamaged(sha, generation) => state.input_damaged(&sha, generation, fx),
             Request::GetInput(sha, tenant, answer) => {
                 replies.push(later(answer, state.input(&sha, tenant.as_deref(), now)));
             }
@@ -1606,12 +1624,11 @@ fn refuse(request: Request, reason: &str) {
         Request::Tokens(answer) => drop(answer.send(Err(error()))),
         Request::SetTenant(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::Tenants(_, answer) => drop(answer.send(Err(error()))),
-        Request::MayFetch(_, _, answer) | Request::MayFetchInput(_, _, answer) => {
-            drop(answer.send(Err(error())))
-        }
+        Request::MayFetch(_, _, answer) => drop(answer.send(Err(error()))),
+        Request::MayFetchInput(_, _, answer) => drop(answer.send(Err(error()))),
         Request::InputRoom(_, _, _, answer) => drop(answer.send(Err(error()))),
         Request::InputStored(_, _, _, _, answer) => drop(answer.send(Err(error()))),
-        Request::InputDamaged(_) => {}
+        Request::InputDamaged(..) => {}
         Request::GetInput(_, _, answer) => drop(answer.send(Err(error()))),
         Request::ListInputs(_, answer) => drop(answer.send(Err(error()))),
         Request::SubmitJob(_, _, answer) => drop(answer.send(Err(error()))),

@@ -1033,6 +1033,15 @@ fn write_loop(
         if let Err(e) = &result {
             tracing::error!(error = %e, "state store commit failed");
             failed.get_or_insert_with(|| e.clone());
+            // Inputs of a commit that failed are not stored: their staged files (moved in
+            // or not) are nobody's now. A reopening keeps this process's staging directory.
+            for (writes, _) in &batch {
+                for write in writes {
+                    if let Write::Input(_, _, staged) = write {
+                        let _ = std::fs::remove_file(staged);
+                    }
+                }
+            }
         }
         for (_, reply) in batch {
             let _ = reply.send(result.clone());
@@ -1318,7 +1327,7 @@ impl Staged {
     }
 
     /// The path, for a `Write::Input`, which renames the file into place: no longer removed
-    /// here. (A commit that fails before the rename leaves it for the next open to remove.)
+    /// here. (The writer removes it when the commit fails.)
     pub fn take(mut self) -> PathBuf {
         self.taken = true;
         self.path.clone()
@@ -1399,7 +1408,8 @@ fn check_input_files(db: &Database, dir: &Path) -> Result<(), StoreError> {
             .flatten()
         {
             if entry.file_name() != process_tag() {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
             }
         }
     }

@@ -190,10 +190,14 @@ impl Agent {
         let local = |e: std::io::Error| format!("agent {agent} cannot keep input {sha256}: {e}");
         let mut file = {
             let part = part.clone();
-            tokio::task::spawn_blocking(move || std::fs::File::create(part))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(local)?
+            // A .part left by a crash may be read-only already.
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&part);
+                std::fs::File::create(part)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(local)?
         };
         let mut hasher = sha2::Sha256::new();
         let (mut size, mut received) = (None, 0u64);
@@ -216,8 +220,14 @@ impl Agent {
                 .map_err(local)?;
                 (file, hasher) = (f, h);
             }
+            if let Some(size) = size.filter(|s| *s != received) {
+                return Err(format!(
+                    "agent {agent}'s fetch of input {sha256} ended after {received} of its \
+                     {size} bytes"
+                ));
+            }
             let got = corral_admission::sha256_hex(&hasher.clone().finalize().into());
-            if got != sha256 || size != Some(received) {
+            if got != sha256 {
                 return Err(format!(
                     "agent {agent} fetched {received} bytes for input {sha256} that hash to {got}"
                 ));

@@ -467,8 +467,9 @@ class Client:
         """Uploads a file as a shared input, for tasks to read (see ``inputs=`` of
         :meth:`submit`), and returns its sha256.
 
-        The file's sha256 is computed in blocks, once per version of the file (its path, size
-        and modification time) for this client. When the host already holds the input for the
+        The file's sha256 is computed in blocks, once per version of the file (its path,
+        device, inode, size and modification and change times) for this client, and again
+        after a failed upload. When the host already holds the input for the
         caller's tenant, nothing is sent; otherwise the file is streamed, never whole in
         memory, so it may be of any size the host takes. A file over the host's cap is refused
         (:class:`corral.InvalidArgument`), as is one over the tenant's storage
@@ -478,7 +479,9 @@ class Client:
         with open(local, "rb") as file:
             stat = os.fstat(file.fileno())
             size = stat.st_size
-            key = (local, size, stat.st_mtime_ns)
+            # A rewrite that keeps the size and the modification time (cp -p, rsync -a) still
+            # changes the change time, or the inode when the file was replaced.
+            key = (local, stat.st_dev, stat.st_ino, size, stat.st_mtime_ns, stat.st_ctime_ns)
             sha256 = self._digests.get(key)
             if sha256 is None:
                 sha256 = _sha256_of(file, size)
@@ -489,25 +492,31 @@ class Client:
                 return sha256  # the host has it already
             except NotFound:
                 pass
-            with self._open(
-                "POST",
-                "/v1/inputs",
-                file,
-                content_type="application/octet-stream",
-                length=size,
-                headers={"X-Corral-Sha256": sha256},
-                timeout=max(self.timeout, UPLOAD_TIMEOUT),
-            ) as response:
-                try:
-                    answer = json.loads(response.read())
-                except (http.client.HTTPException, OSError) as e:
-                    raise self._unreachable(e) from None
+            try:
+                with self._open(
+                    "POST",
+                    "/v1/inputs",
+                    file,
+                    content_type="application/octet-stream",
+                    length=size,
+                    headers={"X-Corral-Sha256": sha256},
+                    timeout=max(self.timeout, UPLOAD_TIMEOUT),
+                ) as response:
+                    try:
+                        answer = json.loads(response.read())
+                    except (http.client.HTTPException, OSError) as e:
+                        raise self._unreachable(e) from None
+            except BaseException:
+                # The file may have changed under its digest: hashed again next time.
+                self._digests.pop(key, None)
+                raise
         return str(answer["sha256"])
 
     def inputs(self) -> Dict[str, Any]:
         """The caller's tenant's shared inputs: ``{"inputs": [...], "used_bytes": N,
-        "limit_bytes": N or None}``, each input a dict of ``sha256``, ``size_bytes``,
-        ``tasks``, ``fetches`` and ``last_used_ms``."""
+        "limit_bytes": N or None, "truncated": bool}``, each input a dict of ``sha256``,
+        ``size_bytes``, ``tasks``, ``fetches`` and ``last_used_ms`` (the tenant's own use).
+        A small input takes 4 KiB of the storage."""
         answer: Dict[str, Any] = self._json("GET", "/v1/inputs")
         return answer
 

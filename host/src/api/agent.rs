@@ -252,14 +252,14 @@ impl pb::agent_api_server::AgentApi for AgentService {
         if !corral_proto::input::is_sha256(&sha) {
             return Err(Status::invalid_argument("not a sha256"));
         }
-        let path = self.plane.input_for(agent_id, &sha).await.map_err(status)?;
-        let turn = tokio::time::timeout(FETCH_TURN_WAIT, self.fetches.clone().acquire_owned())
+        let (path, generation) = self.plane.input_for(agent_id, &sha).await.map_err(status)?;
+        // Waited for as long as it takes: a refusal would cost the task an attempt, and an
+        // agent that goes away drops the wait.
+        let turn = self
+            .fetches
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "the host is serving as many inputs as it does at once ({INPUT_FETCHES})"
-                ))
-            })?
             .map_err(|_| Status::unavailable("the host is shutting down"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (plane, agent) = (self.plane.clone(), agent_id.to_string());
@@ -267,7 +267,7 @@ impl pb::agent_api_server::AgentApi for AgentService {
         // are checked against its name on the way (the agent checks them too): a damaged file
         // is said to be one rather than served.
         tokio::spawn(async move {
-            serve_input(plane, path, sha, agent, tx).await;
+            serve_input(plane, path, (sha, generation), agent, tx).await;
             drop(turn);
         });
         Ok(Response::new(Box::pin(
@@ -304,8 +304,6 @@ type InputStream = Pin<Box<dyn Stream<Item = Result<pb::InputChunk, Status>> + S
 
 /// Input fetches served at once (each reads its file a megabyte at a time).
 const INPUT_FETCHES: usize = 8;
-/// How long a fetch waits for its turn before it is refused.
-const FETCH_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long a fetch waits for its agent to take a chunk before it is dropped.
 const FETCH_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -316,7 +314,7 @@ const FETCH_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 async fn serve_input(
     plane: ControlPlane,
     path: std::path::PathBuf,
-    sha: String,
+    (sha, generation): (String, u64),
     agent: String,
     tx: tokio::sync::mpsc::Sender<Result<pb::InputChunk, Status>>,
 ) {
@@ -371,7 +369,7 @@ async fn serve_input(
         let digest = corral_admission::sha256_hex(&hasher.finalize().into());
         if digest != sha || read != size {
             tracing::error!(sha256 = %sha, found = %digest, "a stored input's bytes are damaged: it is forgotten until uploaded again");
-            plane.input_damaged(&sha).await;
+            plane.input_damaged(&sha, generation).await;
             return Err(Status::data_loss(format!(
                 "the host's copy of input {sha} is damaged (its bytes hash to {digest}): upload \
                  it again"

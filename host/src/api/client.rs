@@ -220,6 +220,8 @@ impl ClientService {
                 )));
             }
         }
+        // Held before it is checked, so that uploads checked together count each other.
+        let mut room = self.plane.hold_staging_room(size);
         let had = self
             .plane
             .input_room(caller, sha256.as_deref(), size)
@@ -228,7 +230,6 @@ impl ClientService {
         if let (Some(stored), Some(sha)) = (had, &sha256) {
             return Ok((sha.clone(), stored, true));
         }
-        let _room = self.plane.hold_staging_room(size);
         let (staged, mut file) = self.plane.stage_input().await.map_err(status)?;
         let disk = |e: std::io::Error| {
             let full = e.raw_os_error() == Some(28);
@@ -255,6 +256,7 @@ impl ClientService {
                 )));
             }
             pace.took(chunk.len());
+            let n = chunk.len() as u64;
             // Hashed and written off the runtime's threads: a chunk may be megabytes.
             let (f, h) = tokio::task::spawn_blocking(move || {
                 use std::io::Write;
@@ -265,6 +267,7 @@ impl ClientService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(disk)?;
             (file, hasher) = (f, h);
+            room.written(n);
         }
         if received != size {
             return Err(Status::invalid_argument(format!(

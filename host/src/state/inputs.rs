@@ -32,6 +32,9 @@ pub(super) struct InputUse {
     pub(super) last_used_ms: i64,
     /// Agents' fetches since the host started, by the tenant of the task they were for.
     pub(super) fetches: BTreeMap<String, u64>,
+    /// Which copy of its bytes is stored (a new one each time they are stored), so that a
+    /// report of a damaged copy is not held against the next.
+    pub(super) generation: u64,
 }
 
 impl InputUse {
@@ -46,6 +49,8 @@ pub(super) struct Inputs {
     pub(super) by_sha: BTreeMap<String, InputUse>,
     /// The inputs each tenant uploaded, with its last use of each.
     pub(super) owned: BTreeMap<String, BTreeMap<String, i64>>,
+    /// The last copy's generation given.
+    pub(super) generations: u64,
 }
 
 /// One input as listed.
@@ -175,6 +180,10 @@ impl HostState {
         let had = self.input_room(tenant, Some(sha256), size)?.is_some();
         let used = self.inputs.by_sha.entry(sha256.to_string()).or_default();
         let new = !used.stored;
+        if new {
+            self.inputs.generations += 1;
+            used.generation = self.inputs.generations;
+        }
         used.stored = true;
         used.size = size;
         used.last_used_ms = used.last_used_ms.max(now.ms);
@@ -203,7 +212,8 @@ impl HostState {
         Ok(self.input_view(sha256, tenant))
     }
 
-    fn input_used(&mut self, sha256: &str, tenant: Option<&str>, now: Now) {
+    /// Counts an ask for input `sha256` by `tenant` (an upload of bytes it has) as a use.
+    pub fn input_used(&mut self, sha256: &str, tenant: Option<&str>, now: Now) {
         if let Some(used) = self.inputs.by_sha.get_mut(sha256) {
             used.last_used_ms = used.last_used_ms.max(now.ms);
         }
@@ -290,9 +300,10 @@ impl HostState {
         }
     }
 
-    /// Whether input `sha256` is mounted by a task placed on agent `agent_id` now: the only
-    /// inputs an agent may fetch. Counts the fetch, for that task's tenant, when it is.
-    pub fn input_fetch(&mut self, agent_id: &str, sha256: &str) -> bool {
+    /// Whether input `sha256` is stored and mounted by a task placed on agent `agent_id` now:
+    /// the only inputs an agent may fetch. Counts the fetch, for that task's tenant, and
+    /// answers the stored copy's generation, when it is.
+    pub fn input_fetch(&mut self, agent_id: &str, sha256: &str) -> Option<u64> {
         let tenant = self
             .tasks
             .values()
@@ -302,20 +313,21 @@ impl HostState {
                     && t.spec.inputs.iter().any(|i| i.sha256 == sha256)
             })
             .map(|t| t.spec.tenant.clone());
-        let Some(tenant) = tenant else {
-            return false;
-        };
-        if let Some(used) = self.inputs.by_sha.get_mut(sha256) {
-            *used.fetches.entry(tenant).or_default() += 1;
-        }
-        true
+        let used = self.inputs.by_sha.get_mut(sha256).filter(|u| u.stored)?;
+        *used.fetches.entry(tenant?).or_default() += 1;
+        Some(used.generation)
     }
 
-    /// Input `sha256`'s stored copy was found damaged (its bytes hash to something else):
-    /// it is no longer stored, nor anyone's, so that the next upload stores it again. Its
-    /// kept tasks still count it.
-    pub fn input_damaged(&mut self, sha256: &str, fx: &mut Effects) {
-        let Some(used) = self.inputs.by_sha.get_mut(sha256).filter(|u| u.stored) else {
+    /// Copy `generation` of input `sha256` was found damaged (its bytes hash to something
+    /// else): unless another copy is stored since, the input is no longer stored, nor
+    /// anyone's, so that the next upload stores it again. Its kept tasks still count it.
+    pub fn input_damaged(&mut self, sha256: &str, generation: u64, fx: &mut Effects) {
+        let Some(used) = self
+            .inputs
+            .by_sha
+            .get_mut(sha256)
+            .filter(|u| u.stored && u.generation == generation)
+        else {
             return;
         };
         used.stored = false;
@@ -409,10 +421,12 @@ impl HostState {
         now: Now,
     ) {
         for (sha, size) in stored {
+            self.inputs.generations += 1;
             let used = InputUse {
                 stored: true,
                 size,
                 last_used_ms: now.ms,
+                generation: self.inputs.generations,
                 ..InputUse::default()
             };
             self.inputs.by_sha.insert(sha, used);
