@@ -17,7 +17,7 @@ use corral_tests::proxy::Proxy;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -154,6 +154,15 @@ impl pb::agent_api_server::AgentApi for Host {
             .or_default() += 1;
         let bytes = self.inputs.lock().unwrap().get(&sha).cloned();
         let bytes = bytes.ok_or_else(|| Status::not_found("no such input"))?;
+        if bytes.is_empty() {
+            // A fetch that stalls: its size, then nothing, for ever.
+            let first = Ok(pb::InputChunk {
+                size_bytes: 1 << 30,
+                chunk: vec![0u8; 1024].into(),
+            });
+            let stalled = tokio_stream::iter([first]).chain(tokio_stream::pending());
+            return Ok(Response::new(Box::pin(stalled)));
+        }
         // In two chunks, the size in the first, as the host sends them.
         let half = bytes.len() / 2;
         let chunks = [
@@ -398,6 +407,36 @@ async fn an_input_larger_than_the_cache_is_kept_while_used_and_evicts_the_others
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(kept, [format!("{}.input", inputs[1])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_stops_a_task_whose_input_is_still_being_fetched() {
+    let mut rig = Rig::start(Duration::from_secs(5)).await;
+    let sha = rig.add_module(&fixtures::wat("read_input"));
+    let input = "e".repeat(64);
+    rig.host
+        .inputs
+        .lock()
+        .unwrap()
+        .insert(input.clone(), Vec::new());
+    rig.host.launch("t-1", mounting(&sha, &input));
+    rig.until(|h| matches!(h, Heard::Status(u) if u.state == pb::TaskState::Running as i32))
+        .await;
+    while !rig
+        .data
+        .path()
+        .join("inputs")
+        .read_dir()
+        .unwrap()
+        .any(|_| true)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.host.send(pb::host_message::Message::Kill(pb::Kill {
+        task: Some(task_ref("t-1")),
+    }));
+    let update = rig.final_report("t-1").await;
+    assert_eq!(update.state, pb::TaskState::Killed as i32, "{update:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

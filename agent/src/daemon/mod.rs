@@ -424,7 +424,13 @@ impl Agent {
             state: pb::TaskState::Running as i32,
             ..Default::default()
         });
-        let prepared = match self.mount_inputs(&key, &spec, &client).await {
+        // A kill while its inputs are fetched (gigabytes, maybe) stops the fetch: the run then
+        // ends KILLED at once, without them.
+        let mounting = tokio::select! {
+            mounted = self.mount_inputs(&key, &spec, &client) => mounted,
+            () = control.killed() => Ok(None),
+        };
+        let prepared = match mounting {
             Ok(mounted) => self
                 .module(&spec.module_sha256, client)
                 .await
