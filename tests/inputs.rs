@@ -3,25 +3,9 @@
 //! restart; a tenant sees and mounts only its own inputs, within its storage limit; an agent
 //! fetches only the inputs of tasks launched to it.
 
-use std::process::Output;
-
 use corral_proto::pb;
 use corral_tests::cluster::{Cluster, FAST_CONFIG};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use corral_tests::{ok, text};
 
 fn listed(cluster: &Cluster, token: &str) -> serde_json::Value {
     let out = cluster.corral_as(Some(token), &["inputs", "-o", "json"]);

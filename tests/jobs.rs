@@ -3,26 +3,11 @@
 //! its max_failures fails fast; jobs survive a host restart and are killed whole; tenants see
 //! only their own jobs, and a job counts against its tenant's queue cap.
 
-use std::process::Output;
 use std::time::Duration;
 
 use corral_tests::cluster::{Cluster, FAST_CONFIG};
 use corral_tests::fixtures;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+use corral_tests::{ok, text};
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout

@@ -44,6 +44,23 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Bytes a command printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's stdout, once it succeeded (else the test fails showing its status and output).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// An example guest built by `scripts/build-guests`.
 pub fn wasm(name: &str) -> PathBuf {
     let path = repo_root().join("target/wasm").join(format!("{name}.wasm"));

@@ -278,6 +278,24 @@ pub fn sha256_of(bytes: &[u8]) -> String {
     sha256_hex(&Sha256::digest(bytes).into())
 }
 
+/// The sha256 (lowercase hex) and size of a file's bytes, read a megabyte at a time: for
+/// inputs, which may be gigabytes.
+pub fn sha256_of_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok((sha256_hex(&hasher.finalize().into()), size));
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+}
+
 /// Lowercase hex of a sha256 digest.
 pub fn sha256_hex(digest: &[u8; 32]) -> String {
     use std::fmt::Write;
@@ -606,6 +624,19 @@ fn check_import(import: &Import) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_files_digest_read_a_megabyte_at_a_time_is_that_of_its_bytes() {
+        let path = std::env::temp_dir().join(format!("corral-digest-{}", std::process::id()));
+        // Over two reads, the last one short.
+        let bytes: Vec<u8> = (0..(1u32 << 20) + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let read = sha256_of_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read.unwrap(), (sha256_of(&bytes), bytes.len() as u64));
+    }
 
     #[test]
     fn an_admitted_module_says_what_it_imports_and_its_import_section_agrees() {

@@ -323,6 +323,30 @@ async fn linreg_array(setup: &Setup, runs: usize) {
 async fn job(setup: &Setup, what: &str, spec: pb::TaskSpec, count: u32) {
     let mut client = server::connect_with(&setup.url, Some(&setup.token), &setup.tls).await;
     let cpu_before = cpu(setup);
+    let (_, accepted, elapsed) = run_job(&mut client, spec, count).await;
+    let (servers, client_cpu) = cpu(setup);
+    let per_task =
+        |after: Duration, before: Duration| (after - before).as_secs_f64() * 1e6 / f64::from(count);
+    println!(
+        "{}: job of {count} {what}: accepted in {:.0} ms, ended in {:.2} s = {:.0} tasks/s \
+         (CPU per task: Corral {:.0} us, client {:.0} us)",
+        setup.name,
+        ms(accepted),
+        elapsed.as_secs_f64(),
+        f64::from(count) / elapsed.as_secs_f64(),
+        per_task(servers, cpu_before.0),
+        per_task(client_cpu, cpu_before.1),
+    );
+}
+
+/// Submits a job of `count` tasks of `spec` in one request and waits for its end by polling
+/// `GetJob` (5 ms, doubling to 100 ms, as `corral job wait`); every task must have finished.
+/// Answers its id, when it was accepted and when it ended, from the submit.
+async fn run_job(
+    client: &mut server::Client,
+    spec: pb::TaskSpec,
+    count: u32,
+) -> (String, Duration, Duration) {
     let started = Instant::now();
     let submitted = client
         .submit_job(pb::SubmitJobRequest {
@@ -350,24 +374,12 @@ async fn job(setup: &Setup, what: &str, spec: pb::TaskSpec, count: u32) {
         pause = (pause * 2).min(Duration::from_millis(100));
     };
     let elapsed = started.elapsed();
-    let (servers, client_cpu) = cpu(setup);
     assert_eq!(
         job.counts.expect("counts").finished,
         count,
         "every task finished: {job:?}"
     );
-    let per_task =
-        |after: Duration, before: Duration| (after - before).as_secs_f64() * 1e6 / f64::from(count);
-    println!(
-        "{}: job of {count} {what}: accepted in {:.0} ms, ended in {:.2} s = {:.0} tasks/s \
-         (CPU per task: Corral {:.0} us, client {:.0} us)",
-        setup.name,
-        ms(accepted),
-        elapsed.as_secs_f64(),
-        f64::from(count) / elapsed.as_secs_f64(),
-        per_task(servers, cpu_before.0),
-        per_task(client_cpu, cpu_before.1),
-    );
+    (submitted.job_id, accepted, elapsed)
 }
 
 /// The job benchmarks through `setup`: a warm-up job, then 10,000 trivial tasks (and, with
@@ -467,35 +479,11 @@ async fn shared_input(setup: &Setup, mib: u64) {
         sha256: digest.clone(),
         path: "/input/data.bin".into(),
     }];
-    let started = Instant::now();
-    let submitted = client
-        .submit_job(pb::SubmitJobRequest {
-            spec: Some(spec),
-            array: 100,
-            ..Default::default()
-        })
-        .await
-        .expect("submit the job")
-        .into_inner();
-    let job = loop {
-        let job = client
-            .get_job(pb::GetJobRequest {
-                job_id: submitted.job_id.clone(),
-            })
-            .await
-            .expect("get the job")
-            .into_inner();
-        if job.state != pb::JobState::Running as i32 {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let elapsed = started.elapsed();
-    assert_eq!(job.counts.expect("counts").finished, 100, "{job:?}");
+    let (job_id, _, elapsed) = run_job(&mut client, spec, 100).await;
     let tasks = server::all_tasks(&mut client).await;
     let mut agents: Vec<&str> = tasks
         .iter()
-        .filter(|t| t.job_id == submitted.job_id)
+        .filter(|t| t.job_id == job_id)
         .map(|t| t.agent_id.as_str())
         .collect();
     agents.sort_unstable();

@@ -134,8 +134,8 @@ impl Agent {
         // Kept by an earlier run of the agent: used only if its bytes hash to its name.
         let checked = {
             let (path, sha) = (path.clone(), sha256.to_string());
-            tokio::task::spawn_blocking(move || match hash_file(&path) {
-                Ok(digest) if digest == sha => true,
+            tokio::task::spawn_blocking(move || match corral_admission::sha256_of_file(&path) {
+                Ok((digest, _)) if digest == sha => true,
                 Ok(_) => {
                     tracing::warn!(
                         sha256 = sha,
@@ -252,20 +252,4 @@ impl Agent {
         }
         written
     }
-}
-
-/// The sha256 of a file's bytes, read a megabyte at a time.
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(corral_admission::sha256_hex(&hasher.finalize().into()))
 }

@@ -76,9 +76,10 @@ pub async fn upload(
 /// The file's sha256, once the host has its bytes for this caller.
 async fn upload_one(client: &mut Client, file: &std::path::Path) -> anyhow::Result<String> {
     let path = file.to_path_buf();
-    let (sha256, size) = tokio::task::spawn_blocking(move || hash_file(&path))
-        .await?
-        .with_context(|| format!("cannot read input {}", file.display()))?;
+    let (sha256, size) =
+        tokio::task::spawn_blocking(move || corral_admission::sha256_of_file(&path))
+            .await?
+            .with_context(|| format!("cannot read input {}", file.display()))?;
     match client
         .get_input(pb::GetInputRequest {
             sha256: sha256.clone(),
@@ -122,28 +123,6 @@ async fn upload_one(client: &mut Client, file: &std::path::Path) -> anyhow::Resu
         .with_context(|| format!("cannot read input {}", file.display()))?;
     let uploaded = answer.map_err(rpc)?.into_inner();
     Ok(uploaded.sha256)
-}
-
-/// A file's sha256 and size, read a megabyte at a time.
-fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buffer[..n]);
-    }
-    Ok((
-        corral_admission::sha256_hex(&hasher.finalize().into()),
-        size,
-    ))
 }
 
 /// Arguments of `corral inputs`.
